@@ -1,19 +1,37 @@
-"""lightning_fed: federated learning for PyTorch Lightning."""
+"""lightning_fed: federated learning for PyTorch Lightning.
+
+The PySyft 0.2 pointer API on torch 2.x (``import lightning_fed as sy``: ``sy.TorchHook``, ``sy.VirtualWorker``,
+``send``/``get``, pointer arithmetic and ``backward()`` at the worker) and, on top of it, federated data and a
+Lightning ``FederatedStrategy``. Importing the package patches nothing.
+"""
 
 from lightning_fed.exceptions import (
     FederatedConfigError,
     LightningFedError,
+    NotAWorkerError,
     PermissionDeniedError,
     PointerError,
     WorkerError,
 )
+from lightning_fed.pointers import PointerTensor, TorchHook, get, send
+from lightning_fed.workers import BaseWorker, VirtualWorker, me
 
 __version__ = "0.1.0.dev0"
+local_worker = me
 
 __all__ = [
+    "BaseWorker",
     "FederatedConfigError",
     "LightningFedError",
+    "NotAWorkerError",
     "PermissionDeniedError",
     "PointerError",
+    "PointerTensor",
+    "TorchHook",
+    "VirtualWorker",
     "WorkerError",
+    "get",
+    "local_worker",
+    "me",
+    "send",
 ]

@@ -36,3 +36,7 @@ class PointerError(LightningFedError, RuntimeError):
 
 class PermissionDeniedError(LightningFedError, PermissionError):
     """A worker's data-access policy refused to release an object."""
+
+
+class NotAWorkerError(LightningFedError, TypeError):
+    """Something that is not a worker was passed where a worker is needed."""

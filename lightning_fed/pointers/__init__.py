@@ -1,0 +1,19 @@
+"""Pointers to tensors held by workers, module send/get, and the opt-in ``TorchHook``."""
+
+from lightning_fed.pointers.api import get, send, send_tensor
+from lightning_fed.pointers.hook import TorchHook
+from lightning_fed.pointers.module import get_module, get_optimizer_state, module_location, send_module
+from lightning_fed.pointers.pointer_tensor import PointerTensor, worker_id_of
+
+__all__ = [
+    "PointerTensor",
+    "TorchHook",
+    "get",
+    "get_module",
+    "get_optimizer_state",
+    "module_location",
+    "send",
+    "send_module",
+    "send_tensor",
+    "worker_id_of",
+]

@@ -1,0 +1,143 @@
+"""``TorchHook``: the opt-in, reversible patch that gives torch objects PySyft 0.2's methods.
+
+``hook = TorchHook(torch)`` adds ``Tensor.send``, ``Module.send/get/move`` and ``Dataset.federate``; ``hook.unhook()``
+(or leaving a ``with TorchHook(torch):`` block) removes them again. Creating it twice gives the same hook.
+``import lightning_fed`` patches nothing: the functions in :mod:`lightning_fed.pointers.api` work without it.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> with sy.TorchHook(torch) as hook:
+    ...     bob = sy.VirtualWorker(hook, id="bob")
+    ...     ptr = torch.tensor([1, 2]).send(bob)
+    ...     print(ptr.location.id, hook.local_worker.id)
+    bob me
+    >>> hasattr(torch.Tensor, "send")
+    False
+"""
+
+from __future__ import annotations
+
+import gc
+import types
+import weakref
+from collections.abc import Hashable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.pointers import api
+from lightning_fed.workers.base import BaseWorker, LocalWorker, me
+
+_MISSING = object()
+
+
+def _tensor_send(self: torch.Tensor, worker: BaseWorker) -> Any:
+    return api.send(self, worker)
+
+
+def _module_send(self: nn.Module, worker: BaseWorker) -> nn.Module:
+    return api.send(self, worker)
+
+
+def _module_get(self: nn.Module) -> nn.Module:
+    return api.get(self)
+
+
+def _dataset_federate(self: Dataset, workers: Any, *args: Any, **kwargs: Any) -> Any:
+    from lightning_fed.data.federated import federate  # the data layer sits above the pointers
+
+    return federate(self, workers, *args, **kwargs)
+
+
+_PATCHES: tuple[tuple[type, str, Any], ...] = (
+    (torch.Tensor, "send", _tensor_send),
+    (nn.Module, "send", _module_send),
+    (nn.Module, "move", _module_send),
+    (nn.Module, "get", _module_get),
+    (Dataset, "federate", _dataset_federate),
+)
+
+
+class TorchHook:
+    """Adds PySyft's methods to torch (see the module docstring); holds the workers created with it.
+
+    Args:
+        torch_module: the ``torch`` module, as in ``TorchHook(torch)``; optional.
+    """
+
+    _active: ClassVar[TorchHook | None] = None
+
+    def __new__(cls, torch_module: types.ModuleType | None = None, **kwargs: Any) -> TorchHook:
+        if cls._active is not None:
+            return cls._active
+        return super().__new__(cls)
+
+    def __init__(self, torch_module: types.ModuleType | None = None, *, local_worker: LocalWorker | None = None) -> None:
+        if getattr(self, "_hooked", False):
+            return
+        if torch_module is not None and torch_module is not torch:
+            raise FederatedConfigError(
+                f"TorchHook takes the torch module, got {torch_module!r}: write `TorchHook(torch)` after `import torch`."
+            )
+        self.torch = torch
+        self.local_worker: LocalWorker = local_worker if local_worker is not None else me
+        self._workers: weakref.WeakValueDictionary[Hashable, BaseWorker] = weakref.WeakValueDictionary()
+        self._saved: list[tuple[type, str, Any]] = []
+        for owner, name, fn in _PATCHES:
+            self._saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
+            setattr(owner, name, fn)
+        self._hooked = True
+        TorchHook._active = self
+
+    @property
+    def is_hooked(self) -> bool:
+        return self._hooked
+
+    @property
+    def workers(self) -> dict[Hashable, BaseWorker]:
+        """The live workers created with this hook, by id."""
+        return dict(self._workers)
+
+    def unhook(self) -> None:
+        """Remove every method this hook added (idempotent)."""
+        if not self._hooked:
+            return
+        for owner, name, original in reversed(self._saved):
+            if original is _MISSING:
+                if owner.__dict__.get(name) is not None:
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._saved.clear()
+        self._hooked = False
+        if TorchHook._active is self:
+            TorchHook._active = None
+
+    def __enter__(self) -> TorchHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unhook()
+
+    def _register_worker(self, worker: BaseWorker) -> None:
+        if worker.id == self.local_worker.id:
+            raise FederatedConfigError(
+                f"`id={worker.id!r}` is the local worker's id: choose another id for the {type(worker).__name__}."
+            )
+        existing = self._workers.get(worker.id)
+        if existing is not None and existing is not worker:
+            gc.collect()  # a worker nobody references any more may still await collection
+            existing = self._workers.get(worker.id)
+        if existing is not None and existing is not worker:
+            raise FederatedConfigError(
+                f"a worker with `id={worker.id!r}` already exists under this hook ({existing!r}): choose another id, "
+                "or reuse that worker."
+            )
+        self._workers[worker.id] = worker
+
+    def __repr__(self) -> str:
+        state = "hooked" if self._hooked else "unhooked"
+        return f"<TorchHook {state}, {len(self._workers)} workers>"

@@ -1,0 +1,172 @@
+"""Sending whole modules: every parameter and buffer object becomes a pointer in place, and comes back in place.
+
+``send_module`` gives each parameter/buffer's worker its own copy and turns the local tensor *object* into a
+:class:`PointerTensor` with :func:`torch.utils.swap_tensors`, so every reference to it (the module, an optimizer
+built before ``send``, a tied weight) now points to the worker. ``get_module`` does the reverse. An optimizer then
+steps the worker's tensors through the pointers; its per-element state (momentum buffers, Adam moments: the state
+tensors shaped like their parameter) follows the parameter from worker to worker and home again, while scalar
+state such as Adam's ``step`` stays with the optimizer.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> alice = sy.VirtualWorker(id="alice")
+    >>> model = torch.nn.Linear(2, 1)
+    >>> weight = model.weight
+    >>> _ = sy.send(model, alice)
+    >>> type(model.weight).__name__, model.weight is weight, len(alice.objects)
+    ('PointerTensor', True, 2)
+    >>> _ = sy.get(model)
+    >>> type(model.weight).__name__, len(alice.objects)
+    ('Parameter', 0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from lightning_fed.exceptions import PointerError
+from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
+from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
+from lightning_fed.workers.store import new_object_id
+
+
+def _module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every distinct parameter and buffer object of ``module`` (tied weights once), with a name for errors."""
+    seen: set[int] = set()
+    found: list[tuple[str, torch.Tensor]] = []
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        for kind in (sub._parameters, sub._buffers):
+            for name, tensor in kind.items():
+                if tensor is None or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                found.append((f"{prefix}.{name}" if prefix else name, tensor))
+    return found
+
+
+def _like(template: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """A new tensor object over ``data`` of the template's kind (Parameter or plain), grad and attributes kept."""
+    if isinstance(template, nn.Parameter):
+        fresh = type(template)(data, requires_grad=template.requires_grad)
+    else:
+        fresh = data.requires_grad_(template.requires_grad) if template.requires_grad else data
+    if template.grad is not None:
+        fresh.grad = template.grad
+    fresh.__dict__.update(template.__dict__)
+    return fresh
+
+
+def _swap(name: str, local: torch.Tensor, other: torch.Tensor) -> None:
+    try:
+        torch.utils.swap_tensors(local, other)
+    except RuntimeError as err:
+        raise PointerError(
+            f"cannot move module tensor {name!r}: {err}. This happens while an autograd graph that has not run "
+            "backward() still uses it; call backward() or drop that graph's outputs first."
+        ) from err
+
+
+def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
+    """Send every parameter and buffer of ``module`` to ``worker``; returns ``module`` (now holding pointers)."""
+    check_worker(worker)
+    _ensure_optimizer_state_follows()
+    if worker is me:
+        return get_module(module)
+    done: list[tuple[str, torch.Tensor]] = []
+    try:
+        for name, tensor in _module_tensors(module):
+            if isinstance(tensor, PointerTensor):
+                tensor.move(worker)
+                continue
+            with torch.no_grad():
+                copy = _like(tensor, tensor.detach().clone())
+                if tensor.grad is not None:
+                    copy.grad = tensor.grad.detach().clone()
+            obj_id = new_object_id()
+            me._send(ObjectMessage(obj_id, copy), worker)
+            ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
+            try:
+                _swap(name, tensor, ptr)
+            except PointerError:
+                ptr._state = "deleted"
+                me._send(DeleteMessage(obj_id), worker)
+                raise
+            done.append((name, tensor))
+    except BaseException:
+        for name, tensor in done:  # leave the module as it was
+            _fetch_into(name, tensor)
+        raise
+    return module
+
+
+def _fetch_into(name: str, ptr: PointerTensor) -> None:
+    remote = ptr.get()
+    fresh = _like(remote, remote.detach())  # a new tensor object over the same storage: no copy
+    _swap(name, ptr, fresh)
+
+
+def get_module(module: nn.Module) -> nn.Module:
+    """Bring every parameter and buffer of ``module`` back from its worker, in place; returns ``module``."""
+    for name, tensor in _module_tensors(module):
+        if isinstance(tensor, PointerTensor):
+            _fetch_into(name, tensor)
+    return module
+
+
+def module_location(module: nn.Module) -> BaseWorker | None:
+    """The worker holding ``module``'s tensors, or ``None`` when they are all local."""
+    for _, tensor in _module_tensors(module):
+        if isinstance(tensor, PointerTensor):
+            return tensor.location
+    return None
+
+
+# -- optimizer state follows its parameter ---------------------------------------------------------------------------
+_follow_handle: Any = None
+
+
+def _ensure_optimizer_state_follows() -> None:
+    """Install (once, on the first module ``send``) the global optimizer pre-step hook that moves state."""
+    global _follow_handle
+    if _follow_handle is None:
+        _follow_handle = register_optimizer_step_pre_hook(_state_follows_params)
+
+
+def _travels(key: Any, value: torch.Tensor, param: torch.Tensor) -> bool:
+    if value.shape != param.shape:
+        return False
+    return not (value.dim() == 0 and key == "step")
+
+
+def _state_follows_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    state = optimizer.state
+    if not state:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entries = state.get(param)
+            if not entries:
+                continue
+            target = param.location if type(param) is PointerTensor else None
+            for key, value in entries.items():
+                if type(value) is PointerTensor:
+                    if value.location is not target:
+                        entries[key] = value.get() if target is None else value.move(target)
+                elif target is not None and isinstance(value, torch.Tensor) and _travels(key, value, param):
+                    from lightning_fed.pointers.api import send
+
+                    entries[key] = send(value, target)
+
+
+def get_optimizer_state(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Bring ``optimizer``'s state to where its parameters are now (home, after ``model.get()``), without a step.
+
+    State otherwise moves lazily, at the next ``optimizer.step()``; call this before ``optimizer.state_dict()``.
+    """
+    _state_follows_params(optimizer, (), {})
+    return optimizer

@@ -1,0 +1,300 @@
+"""``PointerTensor``: "this tensor lives at worker W under id N", usable as a tensor.
+
+Every torch function, operator, tensor method and property getter/setter applied to a pointer reaches
+:meth:`PointerTensor.__torch_function__`, which sends the command to the owning worker and wraps each tensor the
+worker returns in a new pointer (or returns the input pointer itself for in-place operations). Non-tensor results
+(shapes, dtypes, ``None``) come back as plain values. Dropping the last reference to a pointer frees the object at
+the worker.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> bob = sy.VirtualWorker(id="bob")
+    >>> a = sy.send(torch.tensor([3.14, 6.28]), bob)
+    >>> b = sy.send(torch.tensor([6.14, 3.28]), bob)
+    >>> c = a + b
+    >>> c.location is bob, c.shape
+    (True, torch.Size([2]))
+    >>> c.get()
+    tensor([9.2800, 9.5600])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+
+from lightning_fed.exceptions import NotAWorkerError, PointerError
+from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.commands import command_name, refusal_reason
+from lightning_fed.workers.messages import (
+    CommandMessage,
+    DeleteMessage,
+    GetMessage,
+    MoveMessage,
+    ObjectRef,
+    TensorDescriptor,
+)
+from lightning_fed.workers.store import new_object_id
+
+_LIVE = "live"
+_FETCHED = "fetched"
+_DELETED = "deleted"
+
+
+def check_worker(worker: Any, what: str = "send()") -> BaseWorker:
+    """Return ``worker`` if it is a worker, else raise :class:`~lightning_fed.exceptions.NotAWorkerError`."""
+    if not isinstance(worker, BaseWorker):
+        hint = f"VirtualWorker(hook, id={worker!r})" if isinstance(worker, str) else "VirtualWorker(hook, id='alice')"
+        raise NotAWorkerError(
+            f"{what} needs a worker, got {worker!r} ({type(worker).__name__}): create one with "
+            f"lightning_fed.{hint} and pass that object."
+        )
+    return worker
+
+
+class PointerTensor(torch.Tensor):
+    """A pointer to a tensor held by a worker. Create pointers with ``send``, never directly.
+
+    Attributes:
+        location: the worker that holds the tensor.
+        id_at_location: the tensor's id in that worker's store.
+        owner: the local worker ``me`` that holds this pointer.
+        id: this pointer's own id.
+    """
+
+    location: BaseWorker
+    id_at_location: int
+    owner: BaseWorker
+    id: int
+    _state: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PointerTensor:
+        raise PointerError("PointerTensor is not built directly: use `tensor.send(worker)` or lightning_fed.send().")
+
+    @classmethod
+    def _make(cls, location: BaseWorker, id_at_location: int, shape: torch.Size, dtype: torch.dtype,
+              device: torch.device, owner: BaseWorker = me) -> PointerTensor:  # fmt: skip
+        ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device)
+        ptr.location = location
+        ptr.id_at_location = id_at_location
+        ptr.owner = owner
+        ptr.id = new_object_id()
+        ptr._state = _LIVE
+        return ptr
+
+    # -- the pointer's own API ------------------------------------------------------------------------------------
+    def _check_live(self) -> None:
+        state = self._state
+        if state is not _LIVE:
+            how = "fetched with .get()" if state is _FETCHED else "deleted"
+            raise PointerError(
+                f"the pointer to {self.location.id}:{self.id_at_location} was already {how}; its object is no longer "
+                "at the worker. Keep the value .get() returned, or send the tensor again."
+            )
+
+    def get(self) -> torch.Tensor:
+        """Bring the tensor back from its worker, which forgets it. A pointer can be fetched once."""
+        self._check_live()
+        obj = self.owner._send(GetMessage(self.id_at_location), self.location)
+        self._state = _FETCHED
+        return obj
+
+    def to_here(self) -> torch.Tensor:
+        """A local copy of the tensor; the worker keeps its own (like ``torch.distributed.rpc.RRef.to_here``)."""
+        self._check_live()
+        return self.owner._send(GetMessage(self.id_at_location, keep=True), self.location)
+
+    def move(self, worker: BaseWorker) -> PointerTensor | torch.Tensor:
+        """Move the tensor to ``worker`` directly, without passing through ``me``; this pointer follows it.
+
+        Moving to the local worker ``me`` is ``get()``.
+        """
+        check_worker(worker, "move()")
+        self._check_live()
+        if worker is self.location:
+            return self
+        if worker is self.owner:
+            return self.get()
+        new_id = new_object_id()
+        self.owner._send(MoveMessage(self.id_at_location, worker, new_id), self.location)
+        self.location = worker
+        self.id_at_location = new_id
+        return self
+
+    def send(self, worker: BaseWorker) -> PointerTensor | torch.Tensor:
+        """Sending a pointer moves its tensor: the same as :meth:`move`."""
+        return self.move(worker)
+
+    def copy(self) -> PointerTensor:
+        """A pointer to a new, independent copy of the tensor at the same worker (``requires_grad`` kept)."""
+        self._check_live()
+        copy = torch.Tensor.clone(torch.Tensor.detach(self))
+        if torch.Tensor.requires_grad.__get__(self):
+            torch.Tensor.requires_grad_(copy)
+        return copy
+
+    def delete(self) -> None:
+        """Free the tensor at the worker now; the pointer cannot be used afterwards."""
+        self._check_live()
+        self.owner._send(DeleteMessage(self.id_at_location), self.location)
+        self._state = _DELETED
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the object is still at the worker (not fetched, not deleted)."""
+        return self._state is _LIVE
+
+    def __del__(self) -> None:
+        state = self.__dict__.get("_state")
+        if state is _LIVE:
+            self._state = _DELETED
+            try:
+                self.owner._send(DeleteMessage(self.id_at_location), self.location)
+            except Exception:  # interpreter shutdown or a worker already gone: nothing left to free
+                pass
+
+    def _describe(self) -> str:
+        return f"(Wrapper)>[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
+
+    # -- torch dispatch -------------------------------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        local = _LOCAL_FUNCTIONS.get(func)
+        if local is not None:
+            return local(*args, **(kwargs or {}))
+        name = command_name(func)
+        if name is None:
+            raise PointerError(
+                f"{getattr(func, '__qualname__', func)!s} cannot run on a pointer: it is not a torch function a "
+                "worker runs. Call .get() first if the value may leave the worker."
+            )
+        call = _Call(name)
+        margs = call.convert(args)
+        mkwargs = call.convert(kwargs) if kwargs else {}
+        call.check()
+        reason = refusal_reason(name)
+        if reason is not None:
+            raise PointerError(f"{name} on a pointer to worker {call.location.id!r} is refused: {reason}.")
+        response = call.owner._send(CommandMessage(name, margs, mkwargs), call.location)
+        return call.build(response)
+
+    @classmethod
+    def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        raise PointerError(f"{func} reached a pointer below __torch_function__; this is a lightning_fed bug.")
+
+
+class _Call:
+    """Turns a call's arguments into a message (pointers -> ids) and the worker's answer back into pointers."""
+
+    __slots__ = ("local_tensor", "location", "name", "owner", "pointers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.location: BaseWorker | None = None
+        self.owner: BaseWorker = me
+        self.pointers: dict[int, PointerTensor] = {}
+        self.local_tensor: torch.Tensor | None = None
+
+    def convert(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is PointerTensor:
+            obj._check_live()
+            location = obj.location
+            if self.location is None:
+                self.location = location
+                self.owner = obj.owner
+            elif location is not self.location:
+                raise PointerError(
+                    f"{self.name} mixes a pointer to worker {self.location.id!r} with a pointer to worker "
+                    f"{location.id!r}: tensors must be at the same worker. Move one first, e.g. "
+                    f"`ptr.move({self.location.id})`."
+                )
+            self.pointers[obj.id_at_location] = obj
+            return ObjectRef(obj.id_at_location)
+        if kind is tuple or kind is list:
+            return kind(self.convert(item) for item in obj)
+        if kind is dict:
+            return {key: self.convert(value) for key, value in obj.items()}
+        if isinstance(obj, torch.Tensor):
+            self.local_tensor = obj
+        return obj
+
+    def check(self) -> None:
+        if self.location is None:  # only reachable through a subclass misuse
+            raise PointerError(f"{self.name} was called with no live pointer.")
+        if self.local_tensor is not None:
+            t = self.local_tensor
+            raise PointerError(
+                f"{self.name} mixes a pointer to worker {self.location.id!r} with a local tensor of shape "
+                f"{tuple(t.shape)}: send the local tensor to the worker first, e.g. `t.send(worker)`."
+            )
+
+    def build(self, response: Any) -> Any:
+        kind = type(response)
+        if kind is TensorDescriptor:
+            return PointerTensor._make(
+                self.location, response.obj_id, response.shape, response.dtype, response.device, self.owner
+            )
+        if kind is ObjectRef:
+            return self.pointers[response.obj_id]
+        if kind is tuple or kind is list:
+            return kind(self.build(item) for item in response)
+        if isinstance(response, tuple) and hasattr(response, "_fields"):
+            return kind(*(self.build(item) for item in response))
+        if kind is dict:
+            return {key: self.build(value) for key, value in response.items()}
+        return response
+
+
+def _repr(self: PointerTensor, *args: Any, **kwargs: Any) -> str:
+    return self._describe()
+
+
+def _format(self: PointerTensor, spec: str = "") -> str:
+    return format(self._describe(), spec)
+
+
+def _iter(self: PointerTensor) -> Any:
+    return iter(torch.unbind(self, 0))
+
+
+def _deepcopy(self: PointerTensor, memo: dict) -> PointerTensor:
+    copy = self.copy()
+    memo[id(self)] = copy
+    return copy
+
+
+def _reduce_ex(self: PointerTensor, protocol: int) -> Any:
+    raise PointerError(
+        f"a pointer to worker {self.location.id!r} cannot be pickled: it refers to an object in this process. "
+        "Call .get() first to save the value."
+    )
+
+
+_LOCAL_FUNCTIONS: dict[Any, Any] = {
+    torch.Tensor.__repr__: _repr,
+    torch.Tensor.__str__: _repr,
+    torch.Tensor.__format__: _format,
+    torch.Tensor.__iter__: _iter,
+    torch.Tensor.__deepcopy__: _deepcopy,
+    torch.Tensor.__reduce_ex__: _reduce_ex,
+}
+
+
+def worker_id_of(obj: Any) -> Hashable | None:
+    """The id of the worker a pointer (or the first pointer in a tuple/list/dict batch) points to, else ``None``."""
+    if isinstance(obj, PointerTensor):
+        return obj.location.id
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            found = worker_id_of(item)
+            if found is not None:
+                return found
+    if isinstance(obj, dict):
+        for item in obj.values():
+            found = worker_id_of(item)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,244 @@
+"""Workers: an object store, a dispatch table from message type to handler, and a two-method transport.
+
+A worker never runs code named by a message: commands come from the allowlist in :mod:`.commands`, and plans
+(whole training steps, used by the federated strategy) are callables its owner installed beforehand with
+:meth:`BaseWorker.install_plan`, looked up by name.
+
+Example:
+    >>> import torch
+    >>> from lightning_fed.workers import VirtualWorker, me
+    >>> from lightning_fed.workers.messages import CommandMessage, ObjectMessage, ObjectRef
+    >>> alice = VirtualWorker(id="alice")
+    >>> me._send(ObjectMessage(1, torch.tensor([1.0, 2.0])), alice)
+    >>> desc = me._send(CommandMessage("torch.mul", (ObjectRef(1), 3)), alice)
+    >>> alice.objects[desc.obj_id]
+    tensor([3., 6.])
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+from lightning_fed.exceptions import FederatedConfigError, WorkerError
+from lightning_fed.workers.commands import refusal_reason, resolve_command
+from lightning_fed.workers.messages import (
+    CommandMessage,
+    DeleteMessage,
+    GetMessage,
+    MoveMessage,
+    ObjectMessage,
+    ObjectRef,
+    PlanMessage,
+    TensorDescriptor,
+)
+from lightning_fed.workers.store import ObjectStore
+
+_current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar("lightning_fed_worker", default=None)
+
+
+def current_worker() -> BaseWorker | None:
+    """The worker whose command or plan is running right now, or ``None`` on the local side."""
+    return _current_worker.get()
+
+
+def _resolve(obj: Any, objects: dict[int, Any], worker_id: Hashable, inputs: dict[int, int]) -> Any:
+    kind = type(obj)
+    if kind is ObjectRef:
+        try:
+            value = objects[obj.obj_id]
+        except KeyError:
+            raise WorkerError(
+                f"worker {worker_id!r} holds no object {obj.obj_id}: it was fetched with .get() or deleted."
+            ) from None
+        inputs[id(value)] = obj.obj_id
+        return value
+    if kind is tuple or kind is list:
+        return kind(_resolve(item, objects, worker_id, inputs) for item in obj)
+    if kind is dict:
+        return {key: _resolve(value, objects, worker_id, inputs) for key, value in obj.items()}
+    return obj
+
+
+class BaseWorker:
+    """A party that holds objects and answers messages. Subclasses provide the transport (:meth:`_send`).
+
+    Args:
+        hook: the :class:`~lightning_fed.TorchHook` this worker belongs to, or ``None``. Ids are unique per hook.
+        id: the worker's name (a string or an int), as in PySyft's ``VirtualWorker(hook, id="alice")``.
+    """
+
+    def __init__(self, hook: Any = None, id: Hashable | None = None) -> None:
+        if id is None:
+            raise FederatedConfigError(
+                f"{type(self).__name__} needs an `id`, got id=None: pass a name, e.g. "
+                f"{type(self).__name__}(hook, id='alice')."
+            )
+        if not isinstance(id, (str, int)) or isinstance(id, bool):
+            raise FederatedConfigError(
+                f"`id` must be a string or an int, got id={id!r} ({type(id).__name__}): pass a name such as 'alice'."
+            )
+        if hook is not None and not hasattr(hook, "_register_worker"):
+            raise FederatedConfigError(
+                f"`hook` must be a lightning_fed.TorchHook or None, got hook={hook!r}: "
+                "create one with `hook = lightning_fed.TorchHook(torch)` or leave it out."
+            )
+        self.id = id
+        self.hook = hook
+        self._store = ObjectStore()
+        self._plans: dict[str, Callable[..., Any]] = {}
+        self._router: dict[type, Callable[[Any], Any]] = {
+            ObjectMessage: self._handle_object,
+            GetMessage: self._handle_get,
+            DeleteMessage: self._handle_delete,
+            MoveMessage: self._handle_move,
+            CommandMessage: self._handle_command,
+            PlanMessage: self._handle_plan,
+        }
+        if hook is not None:
+            hook._register_worker(self)
+
+    # -- the store, as PySyft showed it --------------------------------------------------------------------------
+    @property
+    def objects(self) -> dict[int, Any]:
+        """The worker's objects, ``id -> object``."""
+        return self._store.objects
+
+    @property
+    def _objects(self) -> dict[int, Any]:  # the seed tutorial prints `worker._objects`
+        return self._store.objects
+
+    def clear_objects(self) -> None:
+        """Forget every object this worker holds."""
+        self._store.clear()
+
+    # -- transport ------------------------------------------------------------------------------------------------
+    def _send(self, message: Any, to: BaseWorker) -> Any:
+        """Deliver ``message`` to worker ``to`` and return its answer."""
+        raise NotImplementedError
+
+    def _recv(self, message: Any) -> Any:
+        """Answer a message addressed to this worker, through the dispatch table."""
+        handler = self._router.get(type(message))
+        if handler is None:
+            raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
+        return handler(message)
+
+    # -- plans ----------------------------------------------------------------------------------------------------
+    def install_plan(self, name: str, fn: Callable[..., Any]) -> None:
+        """Install ``fn`` under ``name``; :class:`PlanMessage` runs it with the worker's objects as arguments."""
+        self._plans[name] = fn
+
+    def remove_plan(self, name: str) -> None:
+        self._plans.pop(name, None)
+
+    # -- handlers -------------------------------------------------------------------------------------------------
+    def _handle_object(self, message: ObjectMessage) -> None:
+        self._store.set(message.obj_id, message.obj)
+
+    def _handle_get(self, message: GetMessage) -> Any:
+        if message.obj_id not in self._store:
+            raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
+        if message.keep:
+            obj = self._store.get(message.obj_id)
+            return _copy_out(obj)
+        return self._store.pop(message.obj_id)
+
+    def _handle_move(self, message: MoveMessage) -> None:
+        if message.obj_id not in self._store:
+            raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
+        obj = self._store.get(message.obj_id)
+        self._send(ObjectMessage(message.new_id, obj), message.to)
+        self._store.discard(message.obj_id)
+
+    def _handle_delete(self, message: DeleteMessage) -> None:
+        self._store.discard(message.obj_id)
+
+    def _handle_command(self, message: CommandMessage) -> Any:
+        func = resolve_command(message.command)
+        if func is None:
+            reason = refusal_reason(message.command) or "it is not in the worker's command allowlist"
+            raise WorkerError(f"worker {self.id!r} refuses to run {message.command}: {reason}.")
+        return self._execute(message.command, func, message.args, message.kwargs)
+
+    def _handle_plan(self, message: PlanMessage) -> Any:
+        fn = self._plans.get(message.plan)
+        if fn is None:
+            raise WorkerError(
+                f"worker {self.id!r} has no plan named {message.plan!r}; installed plans: {sorted(self._plans)}."
+            )
+        return self._execute(f"plan {message.plan!r}", fn, message.args, message.kwargs)
+
+    def _execute(self, label: str, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        objects = self._store.objects
+        inputs: dict[int, int] = {}
+        real_args = _resolve(args, objects, self.id, inputs)
+        real_kwargs = _resolve(kwargs, objects, self.id, inputs) if kwargs else {}
+        token = _current_worker.set(self)
+        try:
+            result = func(*real_args, **real_kwargs)
+        except WorkerError:
+            raise
+        except Exception as err:
+            raise WorkerError(f"worker {self.id!r} failed to run {label}: {type(err).__name__}: {err}") from err
+        finally:
+            _current_worker.reset(token)
+        return self._register(result, inputs)
+
+    def _register(self, result: Any, inputs: dict[int, int]) -> Any:
+        if isinstance(result, torch.Tensor):
+            existing = inputs.get(id(result))
+            if existing is not None:
+                return ObjectRef(existing)
+            obj_id = self._store.new_id()
+            self._store.set(obj_id, result)
+            return TensorDescriptor(obj_id, result.shape, result.dtype, result.device, result.requires_grad)
+        kind = type(result)
+        if kind is tuple or kind is list:
+            return kind(self._register(item, inputs) for item in result)
+        if isinstance(result, tuple) and hasattr(result, "_fields"):  # namedtuples such as torch.return_types.max
+            return kind(*(self._register(item, inputs) for item in result))
+        if kind is dict:
+            return {key: self._register(value, inputs) for key, value in result.items()}
+        return result
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id:{self.id} #objects:{len(self._store)}>"
+
+
+def _copy_out(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        copy = obj.detach().clone()
+        copy.requires_grad_(obj.requires_grad)
+        return copy
+    return obj
+
+
+class VirtualWorker(BaseWorker):
+    """A worker in this process: messages are delivered by a method call and nothing is pickled.
+
+    ``send`` hands the worker its own copy of a tensor, ``get`` hands the worker's object back, and commands run on
+    the worker's tensors in place, so a simulation costs what its math costs.
+
+    Example:
+        >>> import torch, lightning_fed as sy
+        >>> clinic = sy.VirtualWorker(id="clinic")
+        >>> ptr = sy.send(torch.tensor([0, 1, 2]), clinic)
+        >>> list(clinic._objects.values())
+        [tensor([0, 1, 2])]
+        >>> ptr.get(), clinic._objects
+        (tensor([0, 1, 2]), {})
+    """
+
+    def _send(self, message: Any, to: BaseWorker) -> Any:
+        return to._recv(message)
+
+
+class LocalWorker(VirtualWorker):
+    """The local worker ``me``: the owner of every pointer made in this process."""
+
+
+me = LocalWorker(id="me")

@@ -1,0 +1,86 @@
+"""The messages workers exchange: frozen dataclasses, one per kind of request.
+
+A message carries object ids (:class:`ObjectRef`) where the sender held pointers; the worker answers a command with
+:class:`TensorDescriptor` for each new tensor it stored, an :class:`ObjectRef` where the result is one of the
+command's own inputs (in-place operations), and plain values for everything that is not a tensor.
+
+Example:
+    >>> msg = CommandMessage("torch.add", (ObjectRef(1), 2), {})
+    >>> msg.command, msg.args
+    ('torch.add', (ObjectRef(obj_id=1), 2))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """Names an object that lives in the receiving worker's store."""
+
+    obj_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TensorDescriptor:
+    """What a worker tells the sender about a tensor it stored: enough to build a pointer, never the values."""
+
+    obj_id: int
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    requires_grad: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMessage:
+    """Store ``obj`` under ``obj_id`` (the receiving end of ``send``)."""
+
+    obj_id: int
+    obj: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GetMessage:
+    """Hand object ``obj_id`` back to the sender and forget it (``get``); ``keep=True`` hands a copy and keeps it."""
+
+    obj_id: int
+    keep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MoveMessage:
+    """Hand object ``obj_id`` to worker ``to``, which stores it under ``new_id`` (``pointer.move(to)``)."""
+
+    obj_id: int
+    to: Any
+    new_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage:
+    """Forget object ``obj_id``; sent when the last pointer to it goes away. Unknown ids are ignored."""
+
+    obj_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandMessage:
+    """Run the allowlisted command ``command`` on the worker's objects named in ``args``/``kwargs``."""
+
+    command: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanMessage:
+    """Run the plan the worker's owner installed under ``plan`` (see ``BaseWorker.install_plan``)."""
+
+    plan: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
