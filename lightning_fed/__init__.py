@@ -5,6 +5,7 @@ The PySyft 0.2 pointer API on torch 2.x (``import lightning_fed as sy``: ``sy.To
 Lightning ``FederatedStrategy``. Importing the package patches nothing.
 """
 
+from lightning_fed.data import FederatedDataLoader, FederatedDataset, federate
 from lightning_fed.exceptions import (
     FederatedConfigError,
     LightningFedError,
@@ -22,6 +23,8 @@ local_worker = me
 __all__ = [
     "BaseWorker",
     "FederatedConfigError",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "LightningFedError",
     "NotAWorkerError",
     "PermissionDeniedError",
@@ -30,6 +33,7 @@ __all__ = [
     "TorchHook",
     "VirtualWorker",
     "WorkerError",
+    "federate",
     "get",
     "local_worker",
     "me",

@@ -3,7 +3,7 @@
 from lightning_fed.pointers.api import get, send, send_tensor
 from lightning_fed.pointers.hook import TorchHook
 from lightning_fed.pointers.module import get_module, get_optimizer_state, module_location, send_module
-from lightning_fed.pointers.pointer_tensor import PointerTensor, worker_id_of
+from lightning_fed.pointers.pointer_tensor import PointerTensor, pointers_from, worker_id_of
 
 __all__ = [
     "PointerTensor",
@@ -12,6 +12,7 @@ __all__ = [
     "get_module",
     "get_optimizer_state",
     "module_location",
+    "pointers_from",
     "send",
     "send_module",
     "send_tensor",

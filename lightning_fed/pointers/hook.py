@@ -75,13 +75,15 @@ class TorchHook:
             return cls._active
         return super().__new__(cls)
 
-    def __init__(self, torch_module: types.ModuleType | None = None, *, local_worker: LocalWorker | None = None) -> None:
-        if getattr(self, "_hooked", False):
-            return
-        if torch_module is not None and torch_module is not torch:
+    def __init__(
+        self, torch_module: types.ModuleType | None = None, *, local_worker: LocalWorker | None = None
+    ) -> None:
+        if torch_module is not None and torch_module is not torch:  # checked first: also when a hook is active
             raise FederatedConfigError(
                 f"TorchHook takes the torch module, got {torch_module!r}: write `TorchHook(torch)` after `import torch`."
             )
+        if getattr(self, "_hooked", False):
+            return
         self.torch = torch
         self.local_worker: LocalWorker = local_worker if local_worker is not None else me
         self._workers: weakref.WeakValueDictionary[Hashable, BaseWorker] = weakref.WeakValueDictionary()
@@ -129,6 +131,7 @@ class TorchHook:
             )
         existing = self._workers.get(worker.id)
         if existing is not None and existing is not worker:
+            existing = None  # drop our own reference first, or the collection below can never free it
             gc.collect()  # a worker nobody references any more may still await collection
             existing = self._workers.get(worker.id)
         if existing is not None and existing is not worker:

@@ -241,8 +241,9 @@ class _Call:
             return self.pointers[response.obj_id]
         if kind is tuple or kind is list:
             return kind(self.build(item) for item in response)
-        if isinstance(response, tuple) and hasattr(response, "_fields"):
-            return kind(*(self.build(item) for item in response))
+        if isinstance(response, tuple):  # namedtuples, and structseqs such as torch.return_types.max
+            items = [self.build(item) for item in response]
+            return kind(*items) if hasattr(response, "_fields") else kind(items)
         if kind is dict:
             return {key: self.build(value) for key, value in response.items()}
         return response
@@ -298,3 +299,11 @@ def worker_id_of(obj: Any) -> Hashable | None:
             if found is not None:
                 return found
     return None
+
+
+def pointers_from(response: Any, location: BaseWorker, owner: BaseWorker = me) -> Any:
+    """Turn a worker's answer (descriptors, nested in tuples/lists/dicts) into pointers located at ``location``."""
+    call = _Call("response")
+    call.location = location
+    call.owner = owner
+    return call.build(response)

@@ -37,7 +37,9 @@ from lightning_fed.workers.messages import (
 )
 from lightning_fed.workers.store import ObjectStore
 
-_current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar("lightning_fed_worker", default=None)
+_current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar(
+    "lightning_fed_worker", default=None
+)
 
 
 def current_worker() -> BaseWorker | None:
@@ -199,8 +201,9 @@ class BaseWorker:
         kind = type(result)
         if kind is tuple or kind is list:
             return kind(self._register(item, inputs) for item in result)
-        if isinstance(result, tuple) and hasattr(result, "_fields"):  # namedtuples such as torch.return_types.max
-            return kind(*(self._register(item, inputs) for item in result))
+        if isinstance(result, tuple):  # namedtuples, and structseqs such as torch.return_types.max
+            items = [self._register(item, inputs) for item in result]
+            return kind(*items) if hasattr(result, "_fields") else kind(items)
         if kind is dict:
             return {key: self._register(value, inputs) for key, value in result.items()}
         return result

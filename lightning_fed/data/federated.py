@@ -1,0 +1,197 @@
+"""``federate``: split a dataset among workers, each receiving its shard as a lazy view.
+
+Each worker is handed a :class:`torch.utils.data.Subset` of the dataset (indices only: images are decoded and
+transforms run at the worker, when it builds a batch); ``me`` keeps a :class:`DatasetPointer` per worker and the
+partition's statistics, never the data.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed.data import federate
+    >>> ds = TensorDataset(torch.randn(10, 3), torch.arange(10) % 2)
+    >>> a, b = sy.VirtualWorker(id="a"), sy.VirtualWorker(id="b")
+    >>> fed = federate(ds, (a, b), seed=0)
+    >>> len(fed), fed.lengths
+    (10, {'a': 5, 'b': 5})
+    >>> fed["a"].location is a
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from lightning_fed.data.partition import label_histogram, partition_dataset_indices
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.pointers.pointer_tensor import check_worker
+from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
+from lightning_fed.workers.store import new_object_id
+
+
+class DatasetPointer:
+    """A pointer to a dataset shard held by a worker: its location, id there, and length (the data stays there)."""
+
+    def __init__(self, location: BaseWorker, id_at_location: int, length: int, owner: BaseWorker = me) -> None:
+        self.location = location
+        self.id_at_location = id_at_location
+        self.owner = owner
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __del__(self) -> None:
+        try:
+            self.owner._send(DeleteMessage(self.id_at_location), self.location)
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"(Wrapper)>[DatasetPointer | {self.owner.id} -> {self.location.id}:{self.id_at_location}, {len(self)} samples]"
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
+    """The integer labels of ``dataset`` without loading samples, when it exposes them (``targets``/``labels``)."""
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset)
+        return None if parent is None else parent[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    for name in ("targets", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None:
+            try:
+                tensor = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+            if tensor.dim() == 1 and not tensor.is_floating_point():
+                return tensor.long()
+    tensors = getattr(dataset, "tensors", None)  # TensorDataset(x, y)
+    if isinstance(tensors, tuple) and len(tensors) >= 2:
+        last = tensors[-1]
+        if last.dim() == 1 and not last.is_floating_point():
+            return last.long()
+    return None
+
+
+def check_workers(workers: Any) -> list[BaseWorker]:
+    """Validate a sequence of workers: at least one, all workers, ids unique."""
+    if isinstance(workers, BaseWorker):
+        workers = [workers]
+    if not isinstance(workers, Sequence) or isinstance(workers, str):
+        raise FederatedConfigError(
+            f"`workers` must be a sequence of workers, got {workers!r}: pass e.g. (alice, bob) of VirtualWorker."
+        )
+    if len(workers) == 0:
+        raise FederatedConfigError("`workers` is empty: pass at least one worker, e.g. (alice, bob).")
+    checked = [check_worker(w, "federate()") for w in workers]
+    ids = [w.id for w in checked]
+    duplicates = sorted({str(i) for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise FederatedConfigError(
+            f"`workers` has duplicate ids {duplicates}: each worker needs its own id (workers={ids!r})."
+        )
+    return checked
+
+
+class FederatedDataset:
+    """A dataset split among workers: one :class:`DatasetPointer` per worker, plus the partition's statistics.
+
+    Args:
+        dataset: the dataset to split (anything with ``__len__`` and ``__getitem__``).
+        workers: the workers, in order.
+        partition: one list of dataset indices per worker.
+        labels: the dataset's labels (for the label histogram), if known.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        workers: Sequence[BaseWorker],
+        partition: Sequence[Sequence[int]],
+        *,
+        labels: torch.Tensor | None = None,
+    ) -> None:
+        self.workers = check_workers(workers)
+        if len(partition) != len(self.workers):
+            raise FederatedConfigError(
+                f"`partition` has {len(partition)} index lists for {len(self.workers)} workers: give one per worker."
+            )
+        self.partition = [list(map(int, part)) for part in partition]
+        self.shards: dict[Hashable, DatasetPointer] = {}
+        for worker, indices in zip(self.workers, self.partition):
+            obj_id = new_object_id()
+            me._send(ObjectMessage(obj_id, Subset(dataset, indices)), worker)
+            self.shards[worker.id] = DatasetPointer(worker, obj_id, len(indices))
+        self.num_classes: int | None = None
+        self.label_histogram: np.ndarray | None = None
+        if labels is not None:
+            self.num_classes = int(labels.max().item()) + 1 if len(labels) else 0
+            self.label_histogram = label_histogram(labels, self.partition, self.num_classes)
+
+    @property
+    def worker_ids(self) -> list[Hashable]:
+        return [w.id for w in self.workers]
+
+    @property
+    def lengths(self) -> dict[Hashable, int]:
+        """Samples per worker, by worker id."""
+        return {wid: len(shard) for wid, shard in self.shards.items()}
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self.shards.values())
+
+    def __getitem__(self, worker_id: Hashable) -> DatasetPointer:
+        try:
+            return self.shards[worker_id]
+        except KeyError:
+            raise KeyError(f"no worker {worker_id!r} in this FederatedDataset; workers: {self.worker_ids}") from None
+
+    def summary(self) -> str:
+        """A text table: samples per worker and, when labels are known, the label histogram."""
+        header = f"{'worker':>12} {'samples':>8}"
+        if self.label_histogram is not None:
+            header += "  " + " ".join(f"{c:>5}" for c in range(self.num_classes or 0))
+        lines = [header]
+        for k, worker in enumerate(self.workers):
+            line = f"{worker.id!s:>12} {len(self.shards[worker.id]):>8}"
+            if self.label_histogram is not None:
+                line += "  " + " ".join(f"{int(n):>5}" for n in self.label_histogram[k])
+            lines.append(line)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"FederatedDataset({len(self)} samples over workers {self.worker_ids})"
+
+
+def federate(
+    dataset: Dataset,
+    workers: Sequence[BaseWorker],
+    partition: Any = "iid",
+    *,
+    seed: int = 0,
+    **partition_args: Any,
+) -> FederatedDataset:
+    """Split ``dataset`` among ``workers`` with a partitioner (a registry name or a callable); seeded.
+
+    ``dataset.federate(workers)`` calls this through :class:`~lightning_fed.TorchHook`. Label-based partitioners
+    (``"dirichlet"``, ``"shards"``) read the labels from ``dataset.targets`` (or ``labels``, or a TensorDataset's
+    last tensor).
+    """
+    checked = check_workers(workers)
+    try:
+        num_samples = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise FederatedConfigError(
+            f"`dataset` of type {type(dataset).__name__} has no __len__: federate() needs a map-style dataset "
+            "with a known length (an IterableDataset cannot be partitioned by index)."
+        ) from None
+    labels = dataset_labels(dataset)
+    parts = partition_dataset_indices(
+        partition, num_samples=num_samples, num_workers=len(checked), labels=labels, seed=seed, **partition_args
+    )
+    return FederatedDataset(dataset, checked, parts, labels=labels)

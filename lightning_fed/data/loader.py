@@ -1,0 +1,181 @@
+"""``FederatedDataLoader``: batches built by each worker from its own shard, handed out as pointers.
+
+The loader never sees a sample: for every batch it asks the owning worker to gather the indices from its shard and
+collate them, and yields the pointers the worker answers with (``data.location`` is the worker). Shuffling is
+seeded per (seed, epoch, worker), so the same seed gives the same batches, and a resumed run continues exactly.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed.data import FederatedDataLoader, federate
+    >>> a, b = sy.VirtualWorker(id="a"), sy.VirtualWorker(id="b")
+    >>> fed = federate(TensorDataset(torch.randn(10, 3), torch.arange(10)), (a, b))
+    >>> loader = FederatedDataLoader(fed, batch_size=4, shuffle=True)
+    >>> len(loader)
+    4
+    >>> [(data.location.id, tuple(data.shape)) for data, target in loader]
+    [('a', (4, 3)), ('a', (1, 3)), ('b', (4, 3)), ('b', (1, 3))]
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from lightning_fed.data.federated import FederatedDataset
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.pointers.pointer_tensor import pointers_from
+from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.messages import ObjectRef, PlanMessage
+
+_ORDERS = ("sequential", "round_robin")
+_plan_counter = itertools.count()
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, worker index...), independent of Python's hash."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _make_batch(shard: Any, indices: list[int], *, collate_fn: Callable[[list[Any]], Any]) -> Any:
+    getitems = getattr(shard, "__getitems__", None)
+    samples = getitems(indices) if callable(getitems) else [shard[i] for i in indices]
+    return collate_fn(samples)
+
+
+class EpochClock:
+    """The epoch a loader shuffles for. Lightning's fit loop calls ``loader.sampler.set_epoch(epoch)``."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class FederatedDataLoader:
+    """Iterate over a :class:`FederatedDataset` in batches of pointers, each batch built by its worker.
+
+    Args:
+        federated_dataset: the dataset split among workers (``dataset.federate(workers)``).
+        batch_size: samples per batch.
+        shuffle: reshuffle each worker's shard every epoch (seeded).
+        drop_last: drop each worker's last incomplete batch.
+        collate_fn: how a worker turns samples into a batch (default: ``torch.utils.data.default_collate``).
+        seed: drives the shuffling.
+        order: ``"sequential"`` (all of one worker's batches, then the next worker's, as PySyft did) or
+            ``"round_robin"`` (one batch from each worker in turn).
+    """
+
+    def __init__(
+        self,
+        federated_dataset: FederatedDataset,
+        batch_size: int = 8,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        *,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        seed: int = 0,
+        order: str = "sequential",
+        **unsupported: Any,
+    ) -> None:
+        if unsupported:
+            names = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+            raise FederatedConfigError(
+                f"FederatedDataLoader does not support {names}: workers build their batches in this process, so "
+                "remove these arguments (supported: batch_size, shuffle, drop_last, collate_fn, seed, order)."
+            )
+        if not isinstance(federated_dataset, FederatedDataset):
+            raise FederatedConfigError(
+                f"`federated_dataset` must be a FederatedDataset, got {type(federated_dataset).__name__}: "
+                "split the dataset first with `dataset.federate(workers)` or lightning_fed.data.federate()."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
+        if order not in _ORDERS:
+            raise FederatedConfigError(f"`order={order!r}` is not valid: choose one of {_ORDERS}.")
+        self.federated_dataset = federated_dataset
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+        self.seed = int(seed)
+        self.order = order
+        self.sampler = EpochClock()
+        self._iterations = 0
+        self._plan = f"lightning_fed.batch.{next(_plan_counter)}"
+        plan = functools.partial(_make_batch, collate_fn=self.collate_fn)
+        for worker in federated_dataset.workers:
+            worker.install_plan(self._plan, plan)
+        weakref.finalize(self, _remove_plan, list(federated_dataset.workers), self._plan)
+
+    @property
+    def dataset(self) -> FederatedDataset:
+        return self.federated_dataset
+
+    @property
+    def workers(self) -> list[BaseWorker]:
+        return self.federated_dataset.workers
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch the next iteration shuffles for (Lightning does this through ``sampler.set_epoch``)."""
+        self.sampler.set_epoch(epoch)
+
+    def num_batches(self, worker: BaseWorker | Hashable) -> int:
+        """How many batches ``worker`` (an object or an id) yields per epoch."""
+        n = len(self.federated_dataset[_worker_id(worker)])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return sum(self.num_batches(w) for w in self.workers)
+
+    def _indices(self, position: int, length: int, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(length))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, position))
+        return torch.randperm(length, generator=generator).tolist()
+
+    def worker_batches(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[Any]:
+        """The batches (pointer pairs) of one worker for ``epoch`` (default: the loader's current epoch)."""
+        worker_id = _worker_id(worker)
+        shard = self.federated_dataset[worker_id]
+        position = self.federated_dataset.worker_ids.index(worker_id)
+        order = self._indices(position, len(shard), self.sampler.epoch if epoch is None else epoch)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            indices = order[start : start + self.batch_size]
+            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), indices))
+            yield pointers_from(me._send(message, shard.location), shard.location)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.sampler.epoch
+        streams = [self.worker_batches(w, epoch) for w in self.workers]
+        self.sampler.epoch = epoch + 1  # a plain loop reshuffles every epoch; Lightning sets the epoch explicitly
+        if self.order == "sequential":
+            for stream in streams:
+                yield from stream
+        else:
+            for batches in itertools.zip_longest(*streams):
+                yield from (batch for batch in batches if batch is not None)
+
+    def __repr__(self) -> str:
+        return (
+            f"FederatedDataLoader({len(self.workers)} workers, {len(self)} batches of {self.batch_size}, "
+            f"shuffle={self.shuffle}, order={self.order!r})"
+        )
+
+
+def _worker_id(worker: BaseWorker | Hashable) -> Hashable:
+    return worker.id if isinstance(worker, BaseWorker) else worker
+
+
+def _remove_plan(workers: list[BaseWorker], plan: str) -> None:
+    for worker in workers:
+        worker.remove_plan(plan)
