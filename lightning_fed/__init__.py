@@ -15,6 +15,7 @@ from lightning_fed.exceptions import (
     WorkerError,
 )
 from lightning_fed.pointers import PointerTensor, TorchHook, get, send
+from lightning_fed.strategies import FederatedStrategy
 from lightning_fed.workers import BaseWorker, VirtualWorker, me
 
 __version__ = "0.1.0.dev0"
@@ -25,6 +26,7 @@ __all__ = [
     "FederatedConfigError",
     "FederatedDataLoader",
     "FederatedDataset",
+    "FederatedStrategy",
     "LightningFedError",
     "NotAWorkerError",
     "PermissionDeniedError",

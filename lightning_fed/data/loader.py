@@ -44,10 +44,32 @@ def mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def _make_batch(shard: Any, indices: list[int], *, collate_fn: Callable[[list[Any]], Any]) -> Any:
+def _make_batch(shard: Any, indices: torch.Tensor, *, collate_fn: Callable[[list[Any]], Any]) -> Any:
+    """The plan a worker runs: gather ``indices`` (positions in its shard) and collate; only tensors leave."""
+    positions = indices.tolist()
     getitems = getattr(shard, "__getitems__", None)
-    samples = getitems(indices) if callable(getitems) else [shard[i] for i in indices]
-    return collate_fn(samples)
+    samples = getitems(positions) if callable(getitems) else [shard[i] for i in positions]
+    batch = collate_fn(samples)
+    _check_tensors_only(batch)
+    return batch
+
+
+def _check_tensors_only(batch: Any, where: str = "batch") -> None:
+    """Refuse to answer with anything but tensors (in tuples, lists, dicts): other values would reach ``me``."""
+    if isinstance(batch, torch.Tensor):
+        return
+    if isinstance(batch, (tuple, list)):
+        for i, item in enumerate(batch):
+            _check_tensors_only(item, f"{where}[{i}]")
+    elif isinstance(batch, dict):
+        for key, item in batch.items():
+            _check_tensors_only(item, f"{where}[{key!r}]")
+    else:
+        raise FederatedConfigError(
+            f"{where} is a {type(batch).__name__}, not a tensor: a worker hands out pointers to tensors only, and "
+            "this value would reach the server in the clear. Turn it into a tensor in the dataset or `collate_fn`, "
+            "or drop it."
+        )
 
 
 class EpochClock:
@@ -101,6 +123,8 @@ class FederatedDataLoader:
             raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
         if order not in _ORDERS:
             raise FederatedConfigError(f"`order={order!r}` is not valid: choose one of {_ORDERS}.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer >= 0.")
         self.federated_dataset = federated_dataset
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
@@ -136,23 +160,44 @@ class FederatedDataLoader:
     def __len__(self) -> int:
         return sum(self.num_batches(w) for w in self.workers)
 
-    def _indices(self, position: int, length: int, epoch: int) -> list[int]:
+    def _shard_order(self, position: int, length: int, epoch: int) -> torch.Tensor:
+        """Positions in a shard, in the order of ``epoch`` (seeded per seed, epoch and worker position)."""
         if not self.shuffle:
-            return list(range(length))
+            return torch.arange(length)
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, position))
-        return torch.randperm(length, generator=generator).tolist()
+        return torch.randperm(length, generator=generator)
+
+    def _batch_starts(self, length: int) -> range:
+        stop = length - length % self.batch_size if self.drop_last else length
+        return range(0, stop, self.batch_size)
+
+    def batch_indices(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> list[list[int]]:
+        """The dataset indices of each batch ``worker`` yields in ``epoch`` (default: the current epoch).
+
+        Computed from the partition and the seed alone, without asking the worker: what :meth:`worker_batches`
+        gathers there.
+        """
+        worker_id = _worker_id(worker)
+        shard = self.federated_dataset.partition[self._position(worker_id)]
+        order = self._shard_order(self._position(worker_id), len(shard), self._epoch(epoch)).tolist()
+        return [[shard[j] for j in order[s : s + self.batch_size]] for s in self._batch_starts(len(order))]
 
     def worker_batches(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[Any]:
         """The batches (pointer pairs) of one worker for ``epoch`` (default: the loader's current epoch)."""
         worker_id = _worker_id(worker)
         shard = self.federated_dataset[worker_id]
-        position = self.federated_dataset.worker_ids.index(worker_id)
-        order = self._indices(position, len(shard), self.sampler.epoch if epoch is None else epoch)
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            indices = order[start : start + self.batch_size]
-            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), indices))
+        order = self._shard_order(self._position(worker_id), len(shard), self._epoch(epoch))
+        for start in self._batch_starts(len(order)):
+            # the positions travel as one tensor, not a list the worker would walk item by item looking for refs
+            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), order[start : start + self.batch_size]))
             yield pointers_from(me._send(message, shard.location), shard.location)
+
+    def _position(self, worker_id: Hashable) -> int:
+        self.federated_dataset[worker_id]  # a clear KeyError for an unknown worker
+        return self.federated_dataset.worker_ids.index(worker_id)
+
+    def _epoch(self, epoch: int | None) -> int:
+        return self.sampler.epoch if epoch is None else int(epoch)
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self.sampler.epoch

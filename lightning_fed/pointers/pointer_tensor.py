@@ -307,3 +307,14 @@ def pointers_from(response: Any, location: BaseWorker, owner: BaseWorker = me) -
     call.location = location
     call.owner = owner
     return call.build(response)
+
+
+def refs_of(obj: Any) -> tuple[Any, BaseWorker]:
+    """Replace every pointer in ``obj`` (tuples/lists/dicts) by an :class:`ObjectRef`; return it and the location.
+
+    Raises :class:`PointerError` if the pointers live at different workers or ``obj`` holds no pointer.
+    """
+    call = _Call("batch")
+    converted = call.convert(obj)
+    call.check()
+    return converted, call.location

@@ -1,0 +1,60 @@
+"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the workers' models.
+
+Example:
+    >>> import torch
+    >>> agg = FedAvg()
+    >>> agg.begin_round([torch.zeros(2)])
+    >>> agg.accumulate([torch.tensor([1.0, 1.0])], weight=1, worker_id="a")
+    >>> agg.accumulate([torch.tensor([3.0, 5.0])], weight=3, worker_id="b")
+    >>> agg.finalize([torch.zeros(2)])
+    [tensor([2.5000, 4.0000])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_fed.aggregation.base import Aggregator
+from lightning_fed.aggregation.functional import accumulate_, apply_mean_update, zeros_like_sums
+from lightning_fed.exceptions import LightningFedError
+
+
+class FedAvg(Aggregator):
+    """Weighted mean of updates: ``global + sum_k n_k * update_k / sum_k n_k``, summed first, divided at the end."""
+
+    name = "fedavg"
+
+    def __init__(self) -> None:
+        self._sums: list[Tensor] | None = None
+        self._total = 0.0
+        self._count = 0
+
+    @override
+    def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
+        self._sums = zeros_like_sums(global_tensors)
+        self._total = 0.0
+        self._count = 0
+
+    @override
+    def accumulate(self, update: Sequence[Tensor], weight: float, worker_id: Hashable) -> None:
+        if self._sums is None:
+            raise LightningFedError("FedAvg.accumulate() before begin_round(): the strategy drives this order.")
+        accumulate_(self._sums, update, weight)
+        self._total += float(weight)
+        self._count += 1
+
+    @property
+    @override
+    def num_contributions(self) -> int:
+        return self._count
+
+    @override
+    def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:
+        if self._sums is None or self._total <= 0:
+            raise LightningFedError("no worker contributed to this round: nothing to aggregate.")
+        new = apply_mean_update(global_tensors, self._sums, self._total)
+        self._sums = None
+        return new

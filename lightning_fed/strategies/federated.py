@@ -1,0 +1,549 @@
+"""``FederatedStrategy``: an unchanged LightningModule trains federated, with one Trainer for the whole run.
+
+The train dataloader (from :class:`~lightning_fed.data.FederatedDataModule`) yields batches of pointers. For each
+batch the strategy sends the worker that owns it a plan message; the worker resolves the pointers to its own
+tensors and runs the user's ``training_step``, ``backward`` and the optimizer step there. The strategy never
+``get()``s data.
+
+Two ways of training:
+
+* ``mode="fedavg"`` (default): a Lightning epoch is a round. Each sampled worker starts from the global model,
+  trains ``local_epochs`` over its shard (or ``local_steps`` batches) with its own optimizer state, and the global
+  model becomes the aggregate (sample-weighted mean for FedAvg) of the workers' updates. Validation then runs
+  locally on the global model.
+* ``mode="follow"`` (alias ``"seed"``): the seed tutorial's way: one model follows every batch to its worker and
+  back, so training equals centralized training on the same batch order.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed import FederatedDataModule, FederatedStrategy
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> data = FederatedDataModule.from_datasets(
+    ...     TensorDataset(torch.randn(32, 4), torch.arange(32) % 2), workers=["westside", "grapevine"], batch_size=8
+    ... )
+    >>> trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=2, logger=False, enable_checkpointing=False,
+    ...                      enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(BoringClassifier(), datamodule=data)
+    >>> trainer.strategy.round_index, sorted(trainer.strategy.worker_summary())
+    (2, ['grapevine', 'westside'])
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_fed.aggregation import AGGREGATORS, Aggregator
+from lightning_fed.aggregation.functional import model_delta
+from lightning_fed.data.loader import FederatedDataLoader
+from lightning_fed.exceptions import FederatedConfigError, PointerError
+from lightning_fed.pointers.pointer_tensor import refs_of
+from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
+from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
+from lightning_fed.strategies.worker_state import WorkerOptimizerStates
+from lightning_fed.workers.base import BaseWorker, current_worker, me
+from lightning_fed.workers.messages import PlanMessage
+
+_MODES = {"fedavg": "fedavg", "follow": "follow", "seed": "follow"}
+_RUN_PLAN = "lightning_fed.strategy.run"
+_CHECKPOINT_KEY = "federated"
+
+
+class FederatedStrategy(Strategy):
+    """Routes each training step to the worker that owns the batch; aggregates rounds (see module docstring).
+
+    Args:
+        mode: ``"fedavg"`` (rounds and aggregation) or ``"follow"``/``"seed"`` (one model follows the batches).
+        aggregation: an aggregator name (``"fedavg"``) or an :class:`~lightning_fed.aggregation.Aggregator`.
+        local_epochs: passes over its shard each sampled worker makes per round.
+        local_steps: batches per worker per round instead of ``local_epochs`` (cycling and reshuffling the shard).
+        clients_per_round: workers sampled per round: an int, a fraction in (0, 1], or ``None`` for all.
+        reset_optimizer_state: start every worker's optimizer state afresh each round (default: keep it).
+        seed: drives client sampling; ``None`` takes the train loader's seed (so one seed drives the run).
+    """
+
+    strategy_name = "federated"
+
+    def __init__(
+        self,
+        mode: str = "fedavg",
+        aggregation: str | Aggregator = "fedavg",
+        local_epochs: int = 1,
+        local_steps: int | None = None,
+        clients_per_round: int | float | None = None,
+        reset_optimizer_state: bool = False,
+        seed: int | None = None,
+        accelerator: pl.accelerators.Accelerator | None = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision_plugin=precision_plugin)
+        if mode not in _MODES:
+            raise FederatedConfigError(f"`mode={mode!r}` is not valid: choose 'fedavg' or 'follow' (alias 'seed').")
+        if isinstance(local_epochs, bool) or not isinstance(local_epochs, int) or local_epochs < 1:
+            raise FederatedConfigError(f"`local_epochs={local_epochs!r}` is not valid: pass an integer >= 1.")
+        if local_steps is not None and (
+            isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1
+        ):
+            raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
+        self.mode = _MODES[mode]
+        self._aggregator = _resolve_aggregator(aggregation)
+        self.local_epochs = local_epochs
+        self.local_steps = local_steps
+        self.clients_per_round = clients_per_round
+        self.seed = seed
+        self.parallel_devices: list[torch.device] | None = None
+        self.num_nodes = 1
+        self.global_rank = 0
+        self.local_rank = 0
+        self.node_rank = 0
+        self.world_size = 1
+        self._worker_states = WorkerOptimizerStates(reset_each_round=reset_optimizer_state)
+        self._loader: FederatedDataLoader | None = None
+        self._planner: RoundPlanner | None = None
+        self._plan: RoundPlan | None = None
+        self._round_open = False
+        self._round_index = 0
+        self._steps_in_round = 0
+        self._active: BaseWorker | None = None
+        self._module_is_global = True
+        self._tensors: list[Tensor] = []
+        self._global: list[Tensor] = []
+        self._batch: Any = None
+        self._real_batch: Any = None
+        self._pending: Callable[[Any], Any] | None = None
+        self._pending_result: Any = None
+        self._restored: dict[str, Any] | None = None
+        self._val_stash: list[Tensor] | None = None
+        self._stats: dict[Hashable, dict[str, Any]] = {}
+
+    # -- parts the strategy owns ----------------------------------------------------------------------------------
+    @property
+    def aggregator(self) -> Aggregator:
+        return self._aggregator
+
+    @property
+    def round_index(self) -> int:
+        """Rounds completed (aggregated) so far."""
+        return self._round_index
+
+    @property
+    def workers(self) -> list[BaseWorker]:
+        return list(self._loader.workers) if self._loader is not None else []
+
+    # -- devices: one process, one device (scale-out is a separate capability) --------------------------------------
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        return self.parallel_devices[0] if self.parallel_devices else torch.device("cpu")
+
+    @property
+    @override
+    def is_global_zero(self) -> bool:
+        return True
+
+    @override
+    def model_to_device(self) -> None:
+        assert self.model is not None
+        self.model.to(self.root_device)
+
+    @override
+    def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    @override
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    @override
+    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor:
+        return tensor
+
+    @override
+    def setup_environment(self) -> None:
+        devices = self.parallel_devices or []
+        if len(devices) > 1 or self.num_nodes > 1:
+            raise FederatedConfigError(
+                f"FederatedStrategy runs in one process on one device for now, got devices={len(devices)} and "
+                f"num_nodes={self.num_nodes}: pass `devices=1, num_nodes=1` (workers spread over processes, GPUs and "
+                "nodes are a planned capability)."
+            )
+        super().setup_environment()
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        super().setup(trainer)
+        module = self.lightning_module
+        if self.mode == "fedavg" and not module.automatic_optimization and trainer.training:
+            raise FederatedConfigError(
+                "FederatedStrategy(mode='fedavg') needs `automatic_optimization=True` in your LightningModule (it "
+                "steps each worker's optimizer itself); use mode='follow' for manual optimization."
+            )
+        self._tensors = _model_tensors(module)
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    @override
+    def process_dataloader(self, dataloader: object) -> object:
+        if not isinstance(dataloader, FederatedDataLoader):
+            return dataloader
+        self._loader = dataloader
+        for worker in dataloader.workers:
+            worker.install_plan(_RUN_PLAN, self._run_plan)
+            self._stats.setdefault(worker.id, {"samples": len(dataloader.federated_dataset[worker.id]), "steps": 0})
+        if self.mode == "follow":
+            return dataloader
+        seed = dataloader.seed if self.seed is None else self.seed
+        self._planner = RoundPlanner(
+            dataloader,
+            clients_per_round=self.clients_per_round,
+            local_epochs=self.local_epochs,
+            local_steps=self.local_steps,
+            seed=seed,
+        )
+        return RoundLoader(self._planner, self)
+
+    def round_plan(self, round_index: int) -> RoundPlan:
+        if self._planner is None:
+            raise FederatedConfigError("no federated train dataloader yet: use a FederatedDataModule.")
+        return self._planner.plan(round_index)
+
+    def _on_set_round(self, round_index: int) -> None:
+        """Called with the round about to run (Lightning's ``set_epoch``); keeps Lightning's batch count right."""
+        if self.mode == "fedavg" and self._trainer_or_none() is not None:
+            sync_round_length(self.lightning_module.trainer, self.round_plan(round_index).total_steps)
+
+    # -- the round lifecycle (FedAvg) -----------------------------------------------------------------------------
+    def _begin_round(self, plan: RoundPlan) -> None:
+        self._finalize_round()
+        accumulate = self.lightning_module.trainer.accumulate_grad_batches
+        if accumulate > 1 and any(steps % accumulate for steps in plan.steps):
+            raise FederatedConfigError(
+                f"`accumulate_grad_batches={accumulate}` does not divide the batches each worker trains per round "
+                f"({dict(zip((w.id for w in plan.workers), plan.steps))}): gradients would mix workers. Choose "
+                "local_steps or a batch size that makes them divisible."
+            )
+        if not self._global:
+            self._global = [t.detach().clone() for t in self._tensors]
+        else:
+            torch._foreach_copy_(self._global, [t.detach() for t in self._tensors])
+        self._aggregator.begin_round(self._global)
+        self._plan = plan
+        self._round_open = True
+        self._steps_in_round = 0
+        self._module_is_global = True
+
+    def _switch_to(self, worker: BaseWorker) -> None:
+        if self._active is not None:
+            self._finish_worker(self._active)
+        if not self._module_is_global:
+            with torch.no_grad():
+                torch._foreach_copy_(self._tensors, self._global)
+        self._worker_states.activate(worker.id, self.optimizers)
+        self._active = worker
+        self._module_is_global = False
+
+    def _finish_worker(self, worker: BaseWorker) -> None:
+        with torch.no_grad():
+            update = model_delta([t.detach() for t in self._tensors], self._global)
+        self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
+        self._worker_states.deactivate(self.optimizers)
+        self._active = None
+
+    def _finalize_round(self) -> None:
+        if not self._round_open:
+            return
+        if self._active is not None:
+            self._finish_worker(self._active)
+        if self._aggregator.num_contributions > 0:
+            new = self._aggregator.finalize(self._global)
+            with torch.no_grad():
+                torch._foreach_copy_(self._global, new)
+                torch._foreach_copy_(self._tensors, self._global)
+            self._round_index += 1
+        self._module_is_global = True
+        self._round_open = False
+        self._worker_states.end_round()
+
+    def _round_is_complete(self) -> bool:
+        if self._plan is None:
+            return False
+        limit = self.lightning_module.trainer.num_training_batches
+        return self._steps_in_round >= min(self._plan.total_steps, limit)
+
+    # -- the training step, at the worker -------------------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        try:
+            _, worker = refs_of(batch)
+        except PointerError as err:
+            raise FederatedConfigError(
+                f"FederatedStrategy got a training batch that is not a pointer batch at one worker ({err}). The train "
+                "dataloader must yield pointers: wrap your datamodule in lightning_fed.FederatedDataModule(...)."
+            ) from err
+        self._batch = batch
+        self._steps_in_round += 1
+        if self.mode == "fedavg" and worker is not self._active:
+            self._switch_to(worker)
+        self._active = worker
+        self._stats[worker.id]["steps"] += 1
+        _describe_progress(self.lightning_module.trainer, self._round_index, worker)
+
+    def _run_plan(self, real_batch: Any) -> None:
+        """The plan every worker runs: the pending step function, on the worker's own batch."""
+        fn, self._pending = self._pending, None
+        self._pending_result = fn(real_batch) if fn is not None else None
+
+    def _at_worker(self, batch: Any, fn: Callable[[Any], Any]) -> Any:
+        refs, worker = refs_of(batch)
+        self._pending = fn
+        try:
+            me._send(PlanMessage(_RUN_PLAN, (refs,)), worker)
+            return self._pending_result
+        finally:
+            self._pending, self._pending_result = None, None
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        batch = args[0] if args else kwargs.pop("batch")
+        rest = args[1:]
+        if self._real_batch is not None and current_worker() is self._active:
+            return self._user_training_step(self._real_batch, rest, kwargs)
+        out = self._at_worker(batch, lambda real: self._user_training_step(real, rest, kwargs))
+        if not self.lightning_module.automatic_optimization and self._round_is_complete():
+            self._finalize_round()
+        return out
+
+    def _user_training_step(self, real_batch: Any, rest: tuple, kwargs: dict) -> Any:
+        output = super().training_step(real_batch, *rest, **kwargs)
+        loss = output.get("loss") if isinstance(output, dict) else output
+        if isinstance(loss, Tensor) and self._active is not None:
+            worker_id = self._active.id
+            self._stats[worker_id]["last_loss"] = loss.detach()
+            self.lightning_module.log(
+                f"train_loss/{worker_id}",
+                loss.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=_batch_size(real_batch),
+            )
+        return output
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
+        if current_worker() is not None:  # manual optimization: already inside the worker's training_step
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+
+        def step(real_batch: Any) -> Any:
+            self._real_batch = real_batch
+            try:
+                return super(FederatedStrategy, self).optimizer_step(optimizer, closure, model, **kwargs)
+            finally:
+                self._real_batch = None
+
+        out = self._at_worker(self._batch, step)
+        if self.mode == "fedavg" and self._round_is_complete():
+            self._finalize_round()
+        return out
+
+    # -- evaluation on the global model ---------------------------------------------------------------------------
+    @override
+    def on_validation_start(self) -> None:
+        if self._round_open and self._round_is_complete():
+            self._finalize_round()
+        if self._round_open and not self._module_is_global:  # mid-round validation: evaluate the global model
+            self._val_stash = [t.detach().clone() for t in self._tensors]
+            with torch.no_grad():
+                torch._foreach_copy_(self._tensors, self._global)
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._val_stash is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self._tensors, self._val_stash)
+            self._val_stash = None
+
+    # -- start and end of fit -------------------------------------------------------------------------------------
+    @override
+    def on_train_start(self) -> None:
+        if self._restored is not None:
+            self._load_federated_state(self._restored)
+            self._restored = None
+        rank_zero_info(self.summary())
+
+    @override
+    def on_train_end(self) -> None:
+        self._finalize_round()
+        rank_zero_info(self.worker_table())
+
+    @override
+    def teardown(self) -> None:
+        for worker in self.workers:
+            worker.remove_plan(_RUN_PLAN)
+        super().teardown()
+
+    def summary(self) -> str:
+        """The configuration, as logged at fit start."""
+        workers = ", ".join(f"{w.id} ({self._stats.get(w.id, {}).get('samples', '?')} samples)" for w in self.workers)
+        how = (
+            f"FedAvg rounds with {self._aggregator!r}, local_epochs={self.local_epochs}, local_steps={self.local_steps}"
+            f", clients_per_round={self.clients_per_round or 'all'}"
+            if self.mode == "fedavg"
+            else "the model follows each batch to its worker (the seed's way)"
+        )
+        return f"FederatedStrategy: {len(self.workers)} workers [{workers}]; {how}."
+
+    def worker_summary(self) -> dict[Hashable, dict[str, Any]]:
+        """Per worker: samples, steps trained, last loss."""
+        out = {}
+        for worker_id, stats in self._stats.items():
+            last = stats.get("last_loss")
+            out[worker_id] = {
+                "samples": stats["samples"],
+                "steps": stats["steps"],
+                "last_loss": float(last) if last is not None else None,
+            }
+        return out
+
+    def worker_table(self) -> str:
+        rows = [f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10}"]
+        for worker_id, s in self.worker_summary().items():
+            loss = f"{s['last_loss']:.4f}" if s["last_loss"] is not None else "-"
+            rows.append(f"{worker_id!s:>14} {s['samples']:>8} {s['steps']:>7} {loss:>10}")
+        return "\n".join(rows)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        if self._round_open and self._round_is_complete():
+            self._finalize_round()
+        state = self.lightning_module.state_dict(keep_vars=True)
+        if self._round_open and not self._module_is_global:  # mid-round: the global model is the snapshot
+            index = {id(t): i for i, t in enumerate(self._tensors)}
+            state = {k: self._global[index[id(v)]] if id(v) in index else v for k, v in state.items()}
+        return {k: v.detach() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if self._round_open and not self._round_is_complete():
+            rank_zero_warn(
+                "Saving a checkpoint in the middle of a federated round: it holds the global model of the round's "
+                "start, and resuming from it replays the whole round."
+            )
+        checkpoint[_CHECKPOINT_KEY] = self._federated_state()
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(
+            checkpoint_path, weights_only=False if weights_only is None else weights_only
+        )
+        self._restored = checkpoint.get(_CHECKPOINT_KEY)
+        return checkpoint
+
+    def _federated_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "mode": self.mode,
+            "round_index": self._round_index,
+            "optimizer_states": self._worker_states.to_checkpoint(self.optimizers),
+            "aggregator": self._aggregator.state_dict(),
+            "stats": self.worker_summary(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def _load_federated_state(self, state: dict[str, Any]) -> None:
+        self._round_index = int(state.get("round_index", 0))
+        self._worker_states.load_checkpoint(state.get("optimizer_states", {}), self.optimizers)
+        self._aggregator.load_state_dict(state.get("aggregator", {}))
+        for worker_id, saved in state.get("stats", {}).items():
+            if worker_id in self._stats:
+                self._stats[worker_id]["steps"] = saved["steps"]
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def _trainer_or_none(self) -> pl.Trainer | None:
+        module = self.lightning_module
+        return getattr(module, "_trainer", None) if module is not None else None
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        for name, mode, description in (
+            ("federated", "fedavg", "Federated learning: FedAvg rounds over pointer batches (lightning_fed)"),
+            ("fedavg", "fedavg", "Federated learning with FedAvg (lightning_fed)"),
+            ("federated_follow", "follow", "Federated learning, the model following each batch (lightning_fed)"),
+        ):
+            if name not in strategy_registry:
+                strategy_registry.register(name, cls, description=description, mode=mode)
+
+
+def _resolve_aggregator(aggregation: str | Aggregator) -> Aggregator:
+    if isinstance(aggregation, Aggregator):
+        return aggregation
+    if isinstance(aggregation, str) and aggregation.lower() in AGGREGATORS:
+        return AGGREGATORS[aggregation.lower()]()
+    raise FederatedConfigError(
+        f"`aggregation={aggregation!r}` is not valid: pass one of {sorted(AGGREGATORS)} or an Aggregator instance."
+    )
+
+
+def _model_tensors(module: torch.nn.Module) -> list[Tensor]:
+    """The tensors FedAvg averages: every parameter and buffer (floating and integer), each object once."""
+    seen: set[int] = set()
+    tensors = []
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            tensors.append(t)
+    return tensors
+
+
+def _batch_size(batch: Any) -> int | None:
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.dim() else None
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            found = _batch_size(item)
+            if found is not None:
+                return found
+    if isinstance(batch, dict):
+        for item in batch.values():
+            found = _batch_size(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe_progress(trainer: pl.Trainer, round_index: int, worker: BaseWorker) -> None:
+    try:
+        bar = trainer.progress_bar_callback.train_progress_bar  # type: ignore[union-attr]
+    except (AttributeError, TypeError):  # no progress bar, or not a tqdm one, or not started
+        return
+    set_description = getattr(bar, "set_description", None)
+    if callable(set_description):
+        set_description(f"Round {trainer.current_epoch} · {worker.id}", refresh=False)
