@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -26,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from lightning_fed.data.partition import label_histogram, partition_dataset_indices
+from lightning_fed.data.partition import get_partitioner, label_histogram, partition_dataset_indices
+from lightning_fed.data.partition.functional import _as_labels
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.pointers.pointer_tensor import check_worker
-from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.base import BaseWorker, VirtualWorker, me
 from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
 
@@ -47,13 +49,12 @@ class DatasetPointer:
         return self._length
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.owner._send(DeleteMessage(self.id_at_location), self.location)
-        except Exception:  # interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
-        return f"(Wrapper)>[DatasetPointer | {self.owner.id} -> {self.location.id}:{self.id_at_location}, {len(self)} samples]"
+        where = f"{self.owner.id} -> {self.location.id}:{self.id_at_location}"
+        return f"(Wrapper)>[DatasetPointer | {where}, {len(self)} samples]"
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
@@ -79,7 +80,7 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
 
 
 def check_workers(workers: Any) -> list[BaseWorker]:
-    """Validate a sequence of workers: at least one, all workers, ids unique."""
+    """Validate a sequence of workers: at least one, all workers (not the local worker ``me``), ids unique."""
     if isinstance(workers, BaseWorker):
         workers = [workers]
     if not isinstance(workers, Sequence) or isinstance(workers, str):
@@ -88,14 +89,80 @@ def check_workers(workers: Any) -> list[BaseWorker]:
         )
     if len(workers) == 0:
         raise FederatedConfigError("`workers` is empty: pass at least one worker, e.g. (alice, bob).")
-    checked = [check_worker(w, "federate()") for w in workers]
-    ids = [w.id for w in checked]
+    for i, worker in enumerate(workers):
+        if not isinstance(worker, BaseWorker):
+            name = worker if isinstance(worker, (str, int)) and not isinstance(worker, bool) else "alice"
+            raise FederatedConfigError(
+                f"`workers[{i}]={worker!r}` ({type(worker).__name__}) is not a worker: create one with "
+                f"lightning_fed.VirtualWorker(id={name!r}) and pass that object."
+            )
+        if worker is me:
+            raise FederatedConfigError(
+                f"`workers[{i}]` is the local worker `me`: the data would stay on the server side. Pass remote "
+                "workers only, e.g. lightning_fed.VirtualWorker(id='alice')."
+            )
+    ids = [w.id for w in workers]
     duplicates = sorted({str(i) for i in ids if ids.count(i) > 1})
     if duplicates:
         raise FederatedConfigError(
             f"`workers` has duplicate ids {duplicates}: each worker needs its own id (workers={ids!r})."
         )
-    return checked
+    return list(workers)
+
+
+def make_workers(workers: Any) -> list[BaseWorker]:
+    """Workers from a count (``"worker_0"``, ...), a list of ids (new VirtualWorkers), or worker objects.
+
+    Example:
+        >>> [w.id for w in make_workers(2)], [w.id for w in make_workers(["alice", 7])]
+        (['worker_0', 'worker_1'], ['alice', 7])
+    """
+    if isinstance(workers, int) and not isinstance(workers, bool):
+        if workers < 1:
+            raise FederatedConfigError(f"`workers={workers!r}` is not valid: pass a number of workers >= 1.")
+        return [VirtualWorker(id=f"worker_{i}") for i in range(workers)]
+    if isinstance(workers, BaseWorker):
+        workers = [workers]
+    if isinstance(workers, str) or not isinstance(workers, Sequence):
+        fix = f"workers=[{workers!r}]" if isinstance(workers, str) else "workers=2 or workers=['alice', 'bob']"
+        raise FederatedConfigError(
+            f"`workers={workers!r}` ({type(workers).__name__}) is not valid: pass a number of workers, a list of "
+            f"ids, or a list of VirtualWorker objects, e.g. {fix}."
+        )
+    if len(workers) == 0:
+        raise FederatedConfigError("`workers=[]` is empty: pass at least one worker, e.g. workers=['alice', 'bob'].")
+    made = []
+    for i, worker in enumerate(workers):
+        if isinstance(worker, (str, int)) and not isinstance(worker, bool):
+            worker = VirtualWorker(id=worker)
+        elif not isinstance(worker, BaseWorker):
+            raise FederatedConfigError(
+                f"`workers[{i}]={worker!r}` ({type(worker).__name__}) is not valid: each entry is a worker id "
+                "(str or int) or a VirtualWorker object."
+            )
+        made.append(worker)
+    return check_workers(made)  # duplicate ids, the local worker `me`
+
+
+def _check_partition_args(partition: Any, partition_args: dict[str, Any]) -> None:
+    """Name the arguments the partitioner does not take, before it fails with a bare TypeError."""
+    if not partition_args:
+        return
+    fn = get_partitioner(partition)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params[2:] if p.name != "seed" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [name for name in partition_args if name not in accepted]
+    if unknown:
+        name = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+        given = ", ".join(f"{k}={partition_args[k]!r}" for k in unknown)
+        raise FederatedConfigError(
+            f"Partitioner {name!r} does not take {given}: remove it, or pass one of its arguments {accepted}."
+        )
 
 
 class FederatedDataset:
@@ -123,7 +190,7 @@ class FederatedDataset:
             )
         self.partition = [list(map(int, part)) for part in partition]
         self.shards: dict[Hashable, DatasetPointer] = {}
-        for worker, indices in zip(self.workers, self.partition):
+        for worker, indices in zip(self.workers, self.partition, strict=True):
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, Subset(dataset, indices)), worker)
             self.shards[worker.id] = DatasetPointer(worker, obj_id, len(indices))
@@ -174,13 +241,14 @@ def federate(
     partition: Any = "iid",
     *,
     seed: int = 0,
+    labels: Any = None,
     **partition_args: Any,
 ) -> FederatedDataset:
     """Split ``dataset`` among ``workers`` with a partitioner (a registry name or a callable); seeded.
 
     ``dataset.federate(workers)`` calls this through :class:`~lightning_fed.TorchHook`. Label-based partitioners
-    (``"dirichlet"``, ``"shards"``) read the labels from ``dataset.targets`` (or ``labels``, or a TensorDataset's
-    last tensor).
+    (``"dirichlet"``, ``"shards"``) read the labels from ``labels`` when given (one int class per sample), else from
+    ``dataset.targets`` (or ``labels``, or a TensorDataset's last tensor); they also fill the label histogram.
     """
     checked = check_workers(workers)
     try:
@@ -190,7 +258,8 @@ def federate(
             f"`dataset` of type {type(dataset).__name__} has no __len__: federate() needs a map-style dataset "
             "with a known length (an IterableDataset cannot be partitioned by index)."
         ) from None
-    labels = dataset_labels(dataset)
+    _check_partition_args(partition, partition_args)
+    labels = dataset_labels(dataset) if labels is None else torch.from_numpy(_as_labels(labels))
     parts = partition_dataset_indices(
         partition, num_samples=num_samples, num_workers=len(checked), labels=labels, seed=seed, **partition_args
     )

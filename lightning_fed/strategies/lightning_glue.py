@@ -76,3 +76,6 @@ def sync_round_length(trainer: pl.Trainer, num_batches: int) -> None:
         return
     combined.limits = [limited]
     fit_loop.max_batches = limited
+    # the fit loop derived the validation interval from the first round's length: follow the new length
+    if isinstance(trainer.val_check_interval, float) and getattr(trainer, "_val_check_time_interval", None) is None:
+        trainer.val_check_batch = max(1, int(limited * trainer.val_check_interval))

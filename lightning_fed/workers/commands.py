@@ -31,7 +31,9 @@ _REVEALING = (
     "tolist",
     "numpy",
     "__bool__",
+    "__nonzero__",
     "__int__",
+    "__long__",
     "__float__",
     "__complex__",
     "__index__",
@@ -43,7 +45,11 @@ _REVEALING = (
     "__setstate__",
     "__dlpack__",
     "__dlpack_device__",
+    "__repr__",
+    "__str__",
+    "__format__",
     "data_ptr",
+    "const_data_ptr",
     "storage",
     "untyped_storage",
     "_typed_storage",
@@ -93,7 +99,7 @@ def _tables() -> tuple[dict[str, Callable], dict[Any, str], dict[str, str]]:
         short = base.rsplit(".", 1)[-1]
         if isinstance(func, types.MethodWrapperType):  # getters/setters: torch.Tensor.grad.__get__
             short = base.rsplit(".", 2)[-2]
-        if short in _REVEALING:
+        if short in _REVEALING or short.startswith(("sym_", "_sym_")):  # torch.sym_float(t) is float(t)
             refused[name] = _REVEAL_REASON
         elif short in _CALLABLE_TAKING:
             refused[name] = _CALLABLE_REASON

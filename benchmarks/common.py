@@ -1,0 +1,167 @@
+"""Helpers shared by the benchmarks: machine description, timing, interleaved repeats, tables, JSON lines, RSS.
+
+Timings on a shared machine are noisy, so benchmarks compare contenders *within one run*: every repeat times each
+contender once, in alternating order (A B, then B A, ...), and the reported ratio is the median of the per-repeat
+ratios, with its minimum and maximum.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+# -- the machine ---------------------------------------------------------------------------------------------------
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (or ``platform.processor()`` elsewhere)."""
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def ram_gib() -> float | None:
+    """Total memory in GiB, from ``/proc/meminfo``."""
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 1)
+    return None
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def rss_mib() -> float | None:
+    """This process's resident set size in MiB (``VmRSS`` from ``/proc/self/status``)."""
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What a reader needs to compare numbers: CPU, cores, RAM, torch, threads, load, date."""
+    load = load_average()
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_avg": [round(x, 2) for x in load] if load else None,
+    }
+
+
+def print_machine(info: dict[str, Any]) -> None:
+    print(
+        f"# {info['date']}  cpu: {info['cpu_model']}  cores: {info['cores']}  ram: {info['ram_gib']} GiB  "
+        f"python {info['python']}  torch {info['torch']}  threads: {info['torch_threads']}  "
+        f"load avg: {info['load_avg']}"
+    )
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+def time_loop_ns(fn: Callable[[], Any], iters: int) -> int:
+    """Nanoseconds for ``iters`` calls of ``fn`` (``time.perf_counter_ns``)."""
+    start = time.perf_counter_ns()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter_ns() - start
+
+
+def time_once_s(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) / 1e9
+
+
+def interleaved(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each contender once per repeat, alternating the order every repeat; return ``name -> [result...]``.
+
+    Each contender returns its own measurement (seconds, or µs/op). Repeat ``r`` runs them forwards when ``r`` is
+    even and backwards when odd, so a slow spell on the machine hits all contenders alike.
+    """
+    names = list(contenders)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            results[name].append(contenders[name]())
+    return results
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+    """min/median/max of the per-repeat ratios ``num[i] / den[i]``."""
+    return summary([a / b for a, b in zip(num, den, strict=True)])
+
+
+def differences(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+    """min/median/max of the per-repeat differences ``num[i] - den[i]``."""
+    return summary([a - b for a, b in zip(num, den, strict=True)])
+
+
+# -- output --------------------------------------------------------------------------------------------------------
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(row) for row in cells[1:]]
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return "—" if value is None else str(value)
+
+
+def _rounded(obj: Any, digits: int = 4) -> Any:
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def print_json_line(record: dict[str, Any]) -> None:
+    """Print ``record`` as the single last line of output (floats rounded), and flush."""
+    sys.stdout.flush()
+    print(json.dumps(_rounded(record), sort_keys=False), flush=True)

@@ -1,0 +1,340 @@
+"""``FederatedDataModule``: any LightningDataModule, with its training data split among workers.
+
+Only the training data is federated. At ``setup("fit")`` the inner datamodule's ``train_dataloader()`` is called
+once to find the dataset (its ``.dataset``), the batch size and the ``collate_fn``; the dataset is split with a
+partitioner (:func:`~lightning_fed.data.federate`) and ``train_dataloader()`` returns a
+:class:`~lightning_fed.data.FederatedDataLoader` of pointers. Everything else (``prepare_data``, ``setup``, the
+val/test/predict loaders, ``state_dict``, the batch-transfer hooks, unknown public attributes such as
+``num_classes``) is the inner datamodule's. The partition is shown at setup: a table logged with
+``rank_zero_info``, :attr:`~FederatedDataModule.partition_stats`, and a label-by-worker heatmap saved in the
+trainer's log directory (with matplotlib, the ``plot`` extra).
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed.data import FederatedDataModule
+    >>> data = TensorDataset(torch.randn(40, 3), torch.arange(40) % 4)
+    >>> dm = FederatedDataModule.from_datasets(data, data, workers=["alice", "bob"], batch_size=8, seed=0)
+    >>> dm.setup("fit")
+    >>> dm.partition_stats.samples
+    {'alice': 20, 'bob': 20}
+    >>> data_ptr, target_ptr = next(iter(dm.train_dataloader()))
+    >>> type(data_ptr).__name__, data_ptr.location.id, tuple(data_ptr.shape)
+    ('PointerTensor', 'alice', (8, 3))
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
+from typing_extensions import override
+
+from lightning_fed.data.federated import FederatedDataset, dataset_labels, federate, make_workers
+from lightning_fed.data.loader import _ORDERS, FederatedDataLoader
+from lightning_fed.data.partition import get_partitioner, is_label_based
+from lightning_fed.data.plot import PartitionStats
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.workers.base import BaseWorker
+
+HEATMAP_FILENAME = "partition_heatmap.png"
+# Forwarded only when the inner datamodule defines them, so that Lightning still sees which hooks exist (a missing
+# val_dataloader means no validation) and a LightningModule's own transfer hooks keep their precedence.
+_FORWARDED_HOOKS = ("val_dataloader", "test_dataloader", "predict_dataloader", "transfer_batch_to_device",
+                    "on_before_batch_transfer", "on_after_batch_transfer")  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(name: str, value: Any, ok: bool, fix: str) -> None:
+    if not ok:
+        raise FederatedConfigError(f"`{name}={value!r}` is not valid: {fix}.")
+
+
+def _inner_train_data(datamodule: LightningDataModule) -> tuple[DataLoader, Dataset]:
+    name = type(datamodule).__name__
+    if not is_overridden("train_dataloader", datamodule):
+        raise FederatedConfigError(f"`{name}` has no `train_dataloader()`: FederatedDataModule federates its data.")
+    loader = datamodule.train_dataloader()
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(loader, DataLoader) or dataset is None:
+        raise FederatedConfigError(
+            f"`{name}.train_dataloader()` returned {type(loader).__name__}, not a torch DataLoader with a dataset: "
+            "FederatedDataModule federates that loader's `.dataset`. Return one DataLoader(dataset, ...) from it, "
+            "or use FederatedDataModule.from_datasets(train_dataset, ...)."
+        )
+    if isinstance(dataset, IterableDataset):
+        raise FederatedConfigError(
+            f"`{name}.train_dataloader().dataset` is an IterableDataset ({type(dataset).__name__}), which cannot be "
+            "split by index: use a map-style dataset (with __len__ and __getitem__)."
+        )
+    return loader, dataset
+
+
+class FederatedDataModule(LightningDataModule):
+    """Wrap ``datamodule`` so that its training data is split among ``workers`` and served as pointers.
+
+    Args:
+        datamodule: the LightningDataModule to wrap.
+        workers: a count (creates VirtualWorkers ``"worker_0"``, ...), a list of ids, or VirtualWorker objects.
+        partition: a partitioner name (``"iid"``, ``"dirichlet"``, ``"shards"``, ``"quantity_skew"``) or callable.
+        seed: drives the partition and the shuffling.
+        batch_size: per-worker batch size; ``None`` takes the inner train loader's.
+        shuffle, drop_last, order: as in :class:`~lightning_fed.data.FederatedDataLoader`.
+        partition_args, more_partition_args: the partitioner's arguments (e.g. ``alpha=0.5``).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(60, 2), torch.arange(60) % 3)
+        >>> inner = LightningDataModule.from_datasets(data, batch_size=10)
+        >>> dm = FederatedDataModule(inner, workers=3, partition="shards", shards_per_worker=1)
+        >>> dm.setup("fit")
+        >>> dm.partition_stats.label_counts
+        {'worker_0': [0, 0, 20], 'worker_1': [20, 0, 0], 'worker_2': [0, 20, 0]}
+        >>> len(dm.train_dataloader())
+        6
+    """
+
+    def __init__(
+        self,
+        datamodule: LightningDataModule,
+        *,
+        workers: int | Sequence[Hashable | BaseWorker],
+        partition: str | Callable[..., list[list[int]]] = "iid",
+        seed: int = 0,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        order: str = "sequential",
+        partition_args: dict[str, Any] | None = None,
+        **more_partition_args: Any,
+    ) -> None:
+        if not isinstance(datamodule, LightningDataModule):
+            raise FederatedConfigError(
+                f"`datamodule={datamodule!r}` is not a LightningDataModule instance: pass one (e.g. "
+                "MNISTDataModule()), or use FederatedDataModule.from_datasets(train_dataset, ...) for plain datasets."
+            )
+        self.datamodule = datamodule  # before super().__init__(), which sets `trainer` (forwarded to it)
+        super().__init__()
+        _check("seed", seed, _is_int(seed) and seed >= 0, "pass an integer >= 0")
+        _check("batch_size", batch_size, batch_size is None or (_is_int(batch_size) and batch_size >= 1),
+               "pass an integer >= 1, or None to use the inner train loader's")  # fmt: skip
+        _check("shuffle", shuffle, isinstance(shuffle, bool), "pass True or False")
+        _check("drop_last", drop_last, isinstance(drop_last, bool), "pass True or False")
+        _check("order", order, order in _ORDERS, f"choose one of {_ORDERS}")
+        _check("partition_args", partition_args, partition_args is None or isinstance(partition_args, dict),
+               "pass a dict or None")  # fmt: skip
+        both = sorted(set(partition_args or {}) & set(more_partition_args))
+        if both:
+            raise FederatedConfigError(f"{both} given both in `partition_args` and as keywords: give each once.")
+        fn = get_partitioner(partition)  # an unknown name fails here, not at setup
+        self.partition_name: str = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+        self.partition, self.seed, self.batch_size = partition, seed, batch_size
+        self.shuffle, self.drop_last, self.order = shuffle, drop_last, order
+        self.partition_args: dict[str, Any] = {**(partition_args or {}), **more_partition_args}
+        self.workers = make_workers(workers)
+        self.prepare_data_per_node = datamodule.prepare_data_per_node
+        self.allow_zero_length_dataloader_with_multiple_devices = (
+            datamodule.allow_zero_length_dataloader_with_multiple_devices
+        )
+        for hook in _FORWARDED_HOOKS:
+            if is_overridden(hook, datamodule):
+                setattr(self, hook, getattr(datamodule, hook))
+        federated = {"workers": [w.id for w in self.workers], "partition": self.partition_name, "seed": seed}
+        federated.update(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, order=order)
+        hparams = {**datamodule.hparams_initial, "federated": {**federated, **self.partition_args}}
+        # logged unless the inner datamodule saved its own and asked not to log them
+        self.save_hyperparameters(hparams, logger=datamodule._log_hyperparams or not datamodule.hparams_initial)
+        self._federated: FederatedDataset | None = None
+        self._stats: PartitionStats | None = None
+        self._train_batch_size: int | None = None
+        self._collate_fn: Callable[[list[Any]], Any] = default_collate
+
+    # -- the trainer and everything else belong to the inner datamodule too ----------------------------------------
+    @property  # type: ignore[override]
+    def trainer(self) -> Any:
+        return self.__dict__.get("_trainer")
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = trainer
+        self.datamodule.trainer = trainer
+
+    def __getattr__(self, name: str) -> Any:  # only reached for attributes this wrapper does not have
+        inner = self.__dict__.get("datamodule")
+        if name.startswith("_") or inner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(inner, name)
+
+    @override
+    def prepare_data(self) -> None:
+        self.datamodule.prepare_data()
+
+    @override
+    def setup(self, stage: str) -> None:
+        """The inner ``setup(stage)``; for ``"fit"`` (or None) the first time, split the training data."""
+        self.datamodule.setup(stage)
+        if stage in ("fit", None) and self._federated is None:
+            self._federate()
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self.datamodule.teardown(stage)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.datamodule.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.datamodule.load_state_dict(state_dict)
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self.datamodule.on_exception(exception)
+
+    # -- the federated part ----------------------------------------------------------------------------------------
+    def _federate(self) -> None:
+        loader, dataset = _inner_train_data(self.datamodule)
+        name = type(self.datamodule).__name__
+        self._train_batch_size = self.batch_size or loader.batch_size
+        if self._train_batch_size is None:
+            raise FederatedConfigError(
+                f"`batch_size=None` and `{name}.train_dataloader()` has no batch_size (it batches with a "
+                "batch_sampler or not at all): pass FederatedDataModule(..., batch_size=32)."
+            )
+        self._collate_fn = loader.collate_fn if loader.batch_sampler is not None else default_collate
+        ignored = [f"num_workers={loader.num_workers}"] if loader.num_workers else []
+        ignored += ["pin_memory=True"] if loader.pin_memory else []
+        if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            ignored.append(f"sampler={type(loader.sampler).__name__}")
+        if ignored:
+            rank_zero_warn(
+                f"FederatedDataModule ignores {', '.join(ignored)} of `{name}.train_dataloader()`: each worker "
+                "batches its own shard in this process (shuffled when `shuffle=True`)."
+            )
+        labels = self._labels(dataset)
+        self._federated = federate(
+            dataset, self.workers, self.partition, seed=self.seed, labels=labels, **self.partition_args
+        )
+        self._stats = PartitionStats.of(self._federated, self.partition_name, self.seed)
+        rank_zero_info(
+            f"FederatedDataModule: {len(self._federated)} training samples of {name}, partition "
+            f"{self.partition_name!r} (seed={self.seed}), over {len(self.workers)} workers:\n"
+            + self._federated.summary()
+        )
+        log_dir = getattr(getattr(self.trainer, "logger", None), "log_dir", None)
+        if log_dir is not None and self.trainer.is_global_zero:
+            self.save_partition_heatmap(Path(log_dir) / HEATMAP_FILENAME)
+
+    def _labels(self, dataset: Dataset) -> torch.Tensor | None:
+        labels = getattr(self.datamodule, "train_labels", None)
+        source = f"`{type(self.datamodule).__name__}.train_labels`"
+        if callable(labels):
+            labels = labels()
+        if labels is None:
+            labels, source = dataset_labels(dataset), "the train dataset's labels"
+        if labels is not None and len(labels) != len(dataset):
+            raise FederatedConfigError(
+                f"{source} has {len(labels)} labels but the train dataset has {len(dataset)} samples: give one "
+                "label per training sample, in dataset order."
+            )
+        if labels is None and is_label_based(get_partitioner(self.partition)):
+            raise FederatedConfigError(
+                f"`partition={self.partition_name!r}` needs the training labels, but {type(self.datamodule).__name__} "
+                f"has no `train_labels` and its train dataset ({type(dataset).__name__}) has no `targets`, `labels` "
+                "or TensorDataset label tensor. Add a `train_labels` property (one int class per sample) to the "
+                "datamodule, or use `partition='iid'`."
+            )
+        return labels
+
+    @property
+    def federated_dataset(self) -> FederatedDataset | None:
+        """The training data split among the workers, after ``setup("fit")``; ``None`` before."""
+        return self._federated
+
+    @property
+    def partition_stats(self) -> PartitionStats:
+        """Samples and label counts per worker (after ``setup("fit")``)."""
+        if self._stats is None:
+            raise FederatedConfigError("No partition yet: call `setup('fit')` first (a Trainer does).")
+        return self._stats
+
+    def save_partition_heatmap(self, path: str | Path) -> Path | None:
+        """Save the label-by-worker heatmap (PNG) at ``path``; ``None`` without matplotlib."""
+        return self.partition_stats.save_heatmap(path)
+
+    @override
+    def train_dataloader(self) -> FederatedDataLoader:
+        """A :class:`FederatedDataLoader` over the federated training data (splitting it first if needed)."""
+        if self._federated is None:
+            self.setup("fit")
+        assert self._federated is not None and self._train_batch_size is not None
+        return FederatedDataLoader(
+            self._federated,
+            batch_size=self._train_batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            collate_fn=self._collate_fn,
+            seed=self.seed,
+            order=self.order,
+        )
+
+    @classmethod
+    @override
+    def from_datasets(  # type: ignore[override]
+        cls,
+        train_dataset: Dataset,
+        val_dataset: Dataset | None = None,
+        test_dataset: Dataset | None = None,
+        predict_dataset: Dataset | None = None,
+        *,
+        workers: int | Sequence[Hashable | BaseWorker],
+        partition: str | Callable[..., list[list[int]]] = "iid",
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> FederatedDataModule:
+        """Federate ``train_dataset``; the other datasets are served locally in batches of ``val_batch_size``
+        (default ``batch_size``). ``kwargs`` are the other arguments of :class:`FederatedDataModule`."""
+        ok = val_batch_size is None or (_is_int(val_batch_size) and val_batch_size >= 1)
+        _check("val_batch_size", val_batch_size, ok, "pass an integer >= 1, or None to use `batch_size`")
+        datasets = (train_dataset, val_dataset, test_dataset, predict_dataset)
+        inner = _DatasetsDataModule(*datasets, batch_size=batch_size, eval_batch_size=val_batch_size or batch_size)
+        return cls(inner, workers=workers, partition=partition, seed=seed, batch_size=batch_size, **kwargs)
+
+    def __repr__(self) -> str:
+        ids = [w.id for w in self.workers]
+        return (
+            f"FederatedDataModule({type(self.datamodule).__name__}, workers={ids}, partition={self.partition_name!r})"
+        )
+
+
+class _DatasetsDataModule(LightningDataModule):
+    """The inner datamodule of :meth:`FederatedDataModule.from_datasets`: only the loaders of the datasets given."""
+
+    def __init__(self, train: Dataset, val: Dataset | None, test: Dataset | None, predict: Dataset | None, *,
+                 batch_size: int, eval_batch_size: int) -> None:  # fmt: skip
+        super().__init__()
+        self.train_dataset, self.batch_size, self.eval_batch_size = train, batch_size, eval_batch_size
+        for hook, dataset in (("val_dataloader", val), ("test_dataloader", test), ("predict_dataloader", predict)):
+            if dataset is not None:
+                setattr(self, hook, functools.partial(self._eval_loader, dataset))
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.eval_batch_size)

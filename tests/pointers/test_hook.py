@@ -1,0 +1,207 @@
+"""Tests of ``TorchHook``: opt-in, idempotent, reversible, and the registry of workers created with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import lightning_fed as sy
+from lightning_fed.exceptions import FederatedConfigError, NotAWorkerError
+from lightning_fed.pointers import PointerTensor
+
+PATCHED = [(torch.Tensor, "send"), (nn.Module, "send"), (nn.Module, "get"), (nn.Module, "move"), (Dataset, "federate")]
+
+
+def patched_names() -> list[str]:
+    return [f"{owner.__name__}.{name}" for owner, name in PATCHED if hasattr(owner, name)]
+
+
+@pytest.fixture
+def hook() -> Iterator[sy.TorchHook]:
+    hook = sy.TorchHook(torch)
+    yield hook
+    hook.unhook()
+
+
+def test_import_patches_nothing() -> None:
+    # A fresh interpreter: no other test's hook can be active there.
+    code = (
+        "import torch, lightning_fed\n"
+        "from torch import nn\n"
+        "from torch.utils.data import Dataset\n"
+        "found = [f'{o.__name__}.{n}' for o, n in [(torch.Tensor, 'send'), (torch.Tensor, 'get'), "
+        "(nn.Module, 'send'), (nn.Module, 'get'), (nn.Module, 'move'), (Dataset, 'federate')] if hasattr(o, n)]\n"
+        "print(found)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_hook_adds_the_methods_and_unhook_removes_them() -> None:
+    assert patched_names() == []
+    hook = sy.TorchHook(torch)
+    try:
+        assert hook.is_hooked
+        assert patched_names() == ["Tensor.send", "Module.send", "Module.get", "Module.move", "Dataset.federate"]
+    finally:
+        hook.unhook()
+    assert not hook.is_hooked
+    assert patched_names() == []
+    hook.unhook()  # idempotent
+    assert patched_names() == []
+
+
+def test_context_manager_removes_the_methods() -> None:
+    with sy.TorchHook(torch) as hook:
+        assert hook.is_hooked
+        assert hasattr(torch.Tensor, "send") and hasattr(nn.Module, "get")
+    assert not hook.is_hooked
+    assert patched_names() == []
+
+
+def test_context_manager_unhooks_on_error() -> None:
+    with pytest.raises(RuntimeError, match="boom"), sy.TorchHook(torch):
+        raise RuntimeError("boom")
+    assert patched_names() == []
+
+
+def test_hook_is_idempotent(hook: sy.TorchHook) -> None:
+    assert sy.TorchHook(torch) is hook
+    assert sy.TorchHook() is hook
+    assert patched_names() == ["Tensor.send", "Module.send", "Module.get", "Module.move", "Dataset.federate"]
+
+
+def test_after_unhook_a_new_hook_is_made() -> None:
+    first = sy.TorchHook(torch)
+    first.unhook()
+    second = sy.TorchHook(torch)
+    try:
+        assert second is not first
+        assert second.is_hooked
+        assert hasattr(torch.Tensor, "send")
+    finally:
+        second.unhook()
+
+
+def test_unhook_restores_an_attribute_that_was_there_before() -> None:
+    def original(self: torch.Tensor, worker: object) -> str:
+        return "original"
+
+    torch.Tensor.send = original
+    try:
+        hook = sy.TorchHook(torch)
+        try:
+            assert torch.Tensor.send is not original
+        finally:
+            hook.unhook()
+        assert torch.Tensor.__dict__["send"] is original
+    finally:
+        del torch.Tensor.send
+    assert patched_names() == []
+
+
+@pytest.mark.parametrize("module", [numpy, sys])
+def test_hooking_something_other_than_torch_is_refused(module: object) -> None:
+    with pytest.raises(
+        FederatedConfigError, match=r"TorchHook takes the torch module, got <module .*`TorchHook\(torch\)`"
+    ):
+        sy.TorchHook(module)
+    assert patched_names() == []
+
+
+def test_hooking_numpy_is_refused_while_a_hook_is_active(hook: sy.TorchHook) -> None:
+    # Regression: the active hook was returned before the argument was checked.
+    with pytest.raises(FederatedConfigError, match=r"TorchHook takes the torch module, got <module 'numpy'"):
+        sy.TorchHook(numpy)
+    assert hook.is_hooked
+
+
+def test_local_worker_is_me(hook: sy.TorchHook) -> None:
+    assert hook.local_worker is sy.me
+    assert hook.torch is torch
+
+
+def test_repr(hook: sy.TorchHook) -> None:
+    alice = sy.VirtualWorker(hook, id="alice")
+    assert repr(hook) == "<TorchHook hooked, 1 workers>"
+    assert alice.hook is hook
+
+
+# -- workers under the hook ------------------------------------------------------------------------------------------
+def test_workers_are_registered_under_the_hook(hook: sy.TorchHook) -> None:
+    alice = sy.VirtualWorker(hook, id="alice")
+    bob = sy.VirtualWorker(hook=hook, id="bob")
+    sy.VirtualWorker(id="not-registered")
+    assert hook.workers == {"alice": alice, "bob": bob}
+
+
+def test_two_workers_with_the_same_id_are_refused(hook: sy.TorchHook) -> None:
+    alice = sy.VirtualWorker(hook, id="alice")
+    with pytest.raises(FederatedConfigError, match=r"a worker with `id='alice'` already exists under this hook.*reuse"):
+        sy.VirtualWorker(hook, id="alice")
+    assert hook.workers == {"alice": alice}
+
+
+def test_an_id_can_be_reused_once_its_worker_is_collected(hook: sy.TorchHook) -> None:
+    # Regression: the check held its own reference to the old worker while collecting it, so it never went away.
+    # No gc.collect() here on purpose: the hook must collect the unreachable worker itself.
+    alice = sy.VirtualWorker(hook, id="alice")
+    with pytest.raises(FederatedConfigError, match="already exists"):
+        sy.VirtualWorker(hook, id="alice")
+    del alice
+    again = sy.VirtualWorker(hook, id="alice")
+    assert hook.workers == {"alice": again}
+
+
+def test_the_local_workers_id_is_refused(hook: sy.TorchHook) -> None:
+    with pytest.raises(FederatedConfigError, match=r"`id='me'` is the local worker's id: choose another id"):
+        sy.VirtualWorker(hook, id="me")
+
+
+# -- the patched methods ---------------------------------------------------------------------------------------------
+def test_tensor_send_through_the_hook(hook: sy.TorchHook) -> None:
+    clinic = sy.VirtualWorker(hook, id="clinic")
+    ptr = torch.tensor([1, 2]).send(clinic)
+    assert type(ptr) is PointerTensor
+    assert ptr.location is clinic
+    assert torch.equal(ptr.get(), torch.tensor([1, 2]))
+
+
+def test_tensor_send_to_a_string_is_not_a_worker_error(hook: sy.TorchHook) -> None:
+    with pytest.raises(
+        NotAWorkerError, match=r"send\(\) needs a worker, got 'alice' \(str\).*VirtualWorker\(hook, id='alice'\)"
+    ):
+        torch.tensor([1.0]).send("alice")
+    with pytest.raises(TypeError, match="needs a worker"):
+        torch.tensor([1.0]).send("alice")
+
+
+def test_module_send_move_get_through_the_hook(hook: sy.TorchHook) -> None:
+    alice = sy.VirtualWorker(hook, id="alice")
+    bob = sy.VirtualWorker(hook, id="bob")
+    model = nn.Linear(2, 1)
+    expected = model.weight.detach().clone()
+    assert model.send(alice) is model
+    assert model.weight.location is alice
+    assert model.move(bob) is model
+    assert model.weight.location is bob
+    assert alice.objects == {}
+    assert model.get() is model
+    assert type(model.weight) is nn.Parameter
+    assert torch.equal(model.weight.detach(), expected)
+    assert bob.objects == {}
+
+
+def test_pointer_methods_do_not_depend_on_the_hook() -> None:
+    with sy.TorchHook(torch) as hook:
+        alice = sy.VirtualWorker(hook, id="alice")
+        ptr = torch.tensor([3.0]).send(alice)
+    assert not hasattr(torch.Tensor, "send")
+    assert torch.equal((ptr * 2).get(), torch.tensor([6.0]))

@@ -1,0 +1,67 @@
+"""Exact resume and determinism: same seed, same run; stopped after round k and resumed == uninterrupted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_fed import FederatedStrategy
+from lightning_fed.testing import BoringClassifier
+from tests.strategies.helpers import FedDM, tiny_dataset, trainer
+
+DROPOUT = 0.3  # dropout makes the run depend on the RNG state the checkpoint must carry
+
+
+def _setup(prefix: str, mode: str = "fedavg"):
+    torch.manual_seed(0)
+    model = BoringClassifier(4, 3, hidden=8, lr=0.05, optimizer="momentum", dropout=DROPOUT)
+    data = FedDM(tiny_dataset(60), num_workers=4, batch_size=5, seed=7, prefix=prefix, partition="quantity_skew")
+    strategy = FederatedStrategy(mode=mode, clients_per_round=2 if mode == "fedavg" else None)
+    return model, data, strategy
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "follow"])
+def test_same_seed_gives_bit_identical_runs(mode):
+    results = []
+    for run in range(2):
+        model, data, strategy = _setup(f"r{run}", mode)
+        torch.manual_seed(123)
+        trainer(max_epochs=3, strategy=strategy).fit(model, datamodule=data)
+        results.append(_params(model))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "follow"])
+def test_resume_from_round_checkpoint_equals_uninterrupted_run(tmp_path, mode):
+    model, data, strategy = _setup("w", mode)
+    torch.manual_seed(123)
+    trainer(max_epochs=4, strategy=strategy).fit(model, datamodule=data)
+    uninterrupted = _params(model)
+
+    model, data, strategy = _setup("w", mode)
+    torch.manual_seed(123)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer(max_epochs=2, strategy=strategy, enable_checkpointing=True, callbacks=[ckpt]).fit(model, datamodule=data)
+    stopped = _params(model)
+    assert any(not torch.equal(stopped[k], uninterrupted[k]) for k in stopped)
+
+    model, data, strategy = _setup("w", mode)
+    torch.manual_seed(999)  # the checkpoint, not this seed, must decide what happens next
+    resumed_trainer = trainer(max_epochs=4, strategy=strategy)
+    resumed_trainer.fit(model, datamodule=data, ckpt_path=str(tmp_path / "epoch=1.ckpt"))
+    resumed = _params(model)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), {
+        k: (resumed[k].double() - uninterrupted[k].double()).abs().max().item() for k in resumed
+    }
+    if mode == "fedavg":
+        assert resumed_trainer.strategy.round_index == 4
+        checkpoint = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)
+        federated = checkpoint["federated"]
+        assert federated["round_index"] == 2
+        assert set(federated["optimizer_states"]) <= {"w0", "w1", "w2", "w3"}
+        assert any(federated["optimizer_states"].values())  # momentum buffers of the workers that trained
