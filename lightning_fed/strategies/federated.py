@@ -355,7 +355,10 @@ class FederatedStrategy(Strategy):
             finally:
                 self._real_batch = None
 
-        out = self._at_worker(self._batch, step)
+        try:
+            out = self._at_worker(self._batch, step)
+        finally:
+            self._batch = None  # the batch's objects are freed at the worker as soon as Lightning drops it too
         if self.mode == "fedavg" and self._round_is_complete():
             self._finalize_round()
         return out
@@ -387,6 +390,7 @@ class FederatedStrategy(Strategy):
 
     @override
     def on_train_end(self) -> None:
+        self._batch = None
         self._finalize_round()
         rank_zero_info(self.worker_table())
 

@@ -1,0 +1,179 @@
+"""FederatedStrategy with the rest of Lightning: registry, callbacks, logging, schedulers, errors."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import StrategyRegistry
+from torch.utils.data import DataLoader
+
+from lightning_fed import FederatedConfigError, FederatedStrategy
+from lightning_fed.testing import BoringClassifier
+from tests.strategies.helpers import FedDM, tiny_dataset, trainer
+
+
+def test_registered_names_build_the_strategy():
+    for name, mode in (("federated", "fedavg"), ("fedavg", "fedavg"), ("federated_follow", "follow")):
+        assert name in StrategyRegistry
+        strategy = StrategyRegistry.get(name)
+        assert isinstance(strategy, FederatedStrategy) and strategy.mode == mode
+
+
+def test_training_steps_run_at_the_worker_that_owns_the_batch():
+    from lightning_fed.workers import current_worker
+
+    seen = []
+
+    class Spy(BoringClassifier):
+        def training_step(self, batch, batch_idx):
+            x, _ = batch
+            seen.append((current_worker().id, type(x).__name__))
+            return super().training_step(batch, batch_idx)
+
+    data = FedDM(tiny_dataset(32), num_workers=2, batch_size=8)
+    trainer(max_epochs=1, strategy="federated").fit(Spy(4, 3), datamodule=data)
+    assert seen == [("w0", "Tensor")] * 2 + [("w1", "Tensor")] * 2  # real tensors, inside each worker
+    assert all(len(w.objects) == 1 for w in data.workers)  # only the shard remains: batches were freed
+
+
+def test_full_lightning_feature_set_runs_with_fedavg(tmp_path):
+    class WithScheduler(BoringClassifier):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+    data = FedDM(tiny_dataset(48), num_workers=3, batch_size=4)
+    model = WithScheduler(4, 3, hidden=8, batch_norm=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_last=True)
+    t = pl.Trainer(
+        strategy=FederatedStrategy(clients_per_round=2),
+        max_epochs=3,
+        logger=CSVLogger(tmp_path),
+        callbacks=[ckpt, EarlyStopping(monitor="val_loss", patience=5)],
+        gradient_clip_val=0.5,
+        accumulate_grad_batches=2,
+        log_every_n_steps=1,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+    )
+    t.fit(model, datamodule=data)
+    assert t.strategy.round_index == 3
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)  # one scheduler step per round
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "val_acc" in metrics and any(f"train_loss/w{i}" in metrics for i in range(3))
+    val = t.validate(model, datamodule=data, verbose=False)[0]
+    test = t.test(model, dataloaders=DataLoader(data.dataset, batch_size=16), verbose=False)[0]
+    assert 0.0 <= val["val_acc"] <= 1.0 and 0.0 <= test["test_acc"] <= 1.0
+    preds = t.predict(model, dataloaders=DataLoader(data.dataset, batch_size=16))
+    assert torch.cat(preds).shape == (48,)
+
+
+def test_validation_runs_once_per_round_on_the_global_model_even_when_rounds_differ_in_length():
+    events = []
+
+    class Recorder(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            events.append(("val", trainer.current_epoch, trainer.strategy.round_index, trainer.num_training_batches))
+
+    data = FedDM(tiny_dataset(60), num_workers=4, batch_size=5, partition="quantity_skew", seed=7)
+    strategy = FederatedStrategy(clients_per_round=2)
+    t = trainer(max_epochs=4, strategy=strategy, callbacks=[Recorder()])
+    t.fit(BoringClassifier(4, 3), datamodule=data)
+    lengths = [t.strategy.round_plan(r).total_steps for r in range(4)]
+    assert len(set(lengths)) > 1  # the scenario under test: rounds of different lengths
+    assert events == [("val", r, r + 1, lengths[r]) for r in range(4)]
+
+
+def test_progress_bar_shows_round_and_worker(capfd):
+    data = FedDM(tiny_dataset(16), num_workers=2, batch_size=8, prefix="school")
+    pl.Trainer(strategy="federated", max_epochs=1, logger=False, enable_checkpointing=False,
+               enable_model_summary=False).fit(BoringClassifier(4, 3), datamodule=data)  # fmt: skip
+    captured = capfd.readouterr()
+    err = captured.out + captured.err
+    assert "Round 0 · school0" in err and "Round 0 · school1" in err
+
+
+def test_summary_and_worker_table_are_logged(caplog):
+    data = FedDM(tiny_dataset(16), num_workers=2, batch_size=8, prefix="clinic")
+    with caplog.at_level("INFO"):
+        trainer(max_epochs=1, strategy="federated").fit(BoringClassifier(4, 3), datamodule=data)
+    text = caplog.text
+    assert "FederatedStrategy: 2 workers [clinic0 (8 samples), clinic1 (8 samples)]" in text
+    assert "last loss" in text and "clinic1" in text
+
+
+# -- errors ---------------------------------------------------------------------------------------------------------
+class _PlainDM(pl.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(tiny_dataset(8), batch_size=4)
+
+
+def test_non_pointer_training_batches_name_federated_datamodule():
+    with pytest.raises(FederatedConfigError, match="FederatedDataModule"):
+        trainer(max_epochs=1, strategy="federated").fit(BoringClassifier(4, 3), datamodule=_PlainDM())
+
+
+@pytest.mark.parametrize("value", [0, 5, -1, 1.5, 0.0, "all", True])
+def test_clients_per_round_out_of_range(value):
+    data = FedDM(tiny_dataset(16), num_workers=4, batch_size=2)
+    with pytest.raises(FederatedConfigError, match=f"clients_per_round={value!r}"):
+        trainer(max_epochs=1, strategy=FederatedStrategy(clients_per_round=value)).fit(BoringClassifier(4, 3), datamodule=data)
+
+
+def test_worker_with_no_data_is_named():
+    data = FedDM(tiny_dataset(9), num_workers=3, batch_size=4, drop_last=True)  # 3 samples each: no full batch
+    with pytest.raises(FederatedConfigError, match="worker 'w0' has no data to train on: 3 samples give 0 batches"):
+        trainer(max_epochs=1, strategy="federated").fit(BoringClassifier(4, 3), datamodule=data)
+
+
+def test_several_devices_or_nodes_are_refused_for_now():
+    with pytest.raises(FederatedConfigError, match="devices=2 and num_nodes=1"):
+        data = FedDM(tiny_dataset(16), num_workers=2, batch_size=4)
+        trainer(max_epochs=1, strategy="federated", accelerator="cpu", devices=2).fit(BoringClassifier(4, 3), datamodule=data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "async"}, "mode='async'"),
+        ({"local_epochs": 0}, "local_epochs=0"),
+        ({"local_steps": 0}, "local_steps=0"),
+        ({"aggregation": "median-of-means"}, "aggregation='median-of-means'"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(FederatedConfigError, match=match):
+        FederatedStrategy(**kwargs)
+
+
+def test_fedavg_refuses_manual_optimization_and_follow_mode_supports_it():
+    class Manual(BoringClassifier):
+        def __init__(self):
+            super().__init__(4, 3)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+            self.manual_backward(loss)
+            opt.step()
+            return loss
+
+    data = FedDM(tiny_dataset(16), num_workers=2, batch_size=4)
+    with pytest.raises(FederatedConfigError, match="automatic_optimization=True"):
+        trainer(max_epochs=1, strategy="federated").fit(Manual(), datamodule=data)
+    model = Manual()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer(max_epochs=1, strategy="federated_follow").fit(model, datamodule=data)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_accumulation_that_would_mix_workers_is_refused():
+    data = FedDM(tiny_dataset(24), num_workers=2, batch_size=4)  # 3 batches per worker
+    with pytest.raises(FederatedConfigError, match="accumulate_grad_batches=2"):
+        trainer(max_epochs=1, strategy="federated", accumulate_grad_batches=2).fit(BoringClassifier(4, 3), datamodule=data)
