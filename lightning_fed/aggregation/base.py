@@ -25,6 +25,17 @@ class Aggregator(ABC):
     def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
         """Reset the round's accumulators."""
 
+    # -- worker-side hooks (run at the worker, inside its training; defaults do nothing) ---------------------------
+    def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:
+        """A worker starts its local training from ``global_tensors`` (parameters first, then buffers)."""
+
+    def adjust_gradients(self, worker_id: Hashable, params: Sequence[Tensor], global_params: Sequence[Tensor]) -> None:
+        """After each local backward, before clipping and the optimizer step: edit ``p.grad`` in place."""
+
+    def worker_update(self, worker_id: Hashable, update: list[Tensor], num_steps: int, lr: float) -> list[Tensor]:
+        """Turn a worker's raw update (``local - global``) into what it sends; runs at the worker."""
+        return update
+
     @abstractmethod
     def accumulate(self, update: Sequence[Tensor], weight: float, worker_id: Hashable) -> None:
         """Add one worker's update (``local - global``) with its weight (its number of samples)."""

@@ -206,9 +206,13 @@ class FederatedDataLoader:
         if self.order == "sequential":
             for stream in streams:
                 yield from stream
-        else:
-            for batches in itertools.zip_longest(*streams):
-                yield from (batch for batch in batches if batch is not None)
+        else:  # one batch from each worker in turn; no batch is held here once yielded (zip_longest would)
+            while streams:
+                for stream in list(streams):
+                    try:
+                        yield next(stream)
+                    except StopIteration:
+                        streams.remove(stream)
 
     def __repr__(self) -> str:
         return (

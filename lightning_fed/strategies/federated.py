@@ -127,6 +127,8 @@ class FederatedStrategy(Strategy):
         self._restored: dict[str, Any] | None = None
         self._val_stash: list[Tensor] | None = None
         self._stats: dict[Hashable, dict[str, Any]] = {}
+        self._local_steps = 0
+        self._num_params = 0
 
     # -- parts the strategy owns ----------------------------------------------------------------------------------
     @property
@@ -195,6 +197,7 @@ class FederatedStrategy(Strategy):
                 "steps each worker's optimizer itself); use mode='follow' for manual optimization."
             )
         self._tensors = _model_tensors(module)
+        self._num_params = len(list(module.parameters()))
 
     # -- data -----------------------------------------------------------------------------------------------------
     @override
@@ -256,10 +259,14 @@ class FederatedStrategy(Strategy):
         self._worker_states.activate(worker.id, self.optimizers)
         self._active = worker
         self._module_is_global = False
+        self._local_steps = 0
+        self._aggregator.worker_start(worker.id, self._global)
 
     def _finish_worker(self, worker: BaseWorker) -> None:
         with torch.no_grad():
             update = model_delta([t.detach() for t in self._tensors], self._global)
+            lr = float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else 0.0
+            update = self._aggregator.worker_update(worker.id, update, self._local_steps, lr)
         self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
         self._worker_states.deactivate(self.optimizers)
         self._active = None
@@ -345,6 +352,7 @@ class FederatedStrategy(Strategy):
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
+        self._local_steps += 1
         if current_worker() is not None:  # manual optimization: already inside the worker's training_step
             return super().optimizer_step(optimizer, closure, model, **kwargs)
 
@@ -362,6 +370,12 @@ class FederatedStrategy(Strategy):
         if self.mode == "fedavg" and self._round_is_complete():
             self._finalize_round()
         return out
+
+    @override
+    def post_backward(self, closure_loss: Tensor) -> None:
+        if self.mode == "fedavg" and self._active is not None:
+            n = self._num_params
+            self._aggregator.adjust_gradients(self._active.id, self._tensors[:n], self._global[:n])
 
     # -- evaluation on the global model ---------------------------------------------------------------------------
     @override

@@ -92,14 +92,6 @@ class BaseWorker:
         self.hook = hook
         self._store = ObjectStore()
         self._plans: dict[str, Callable[..., Any]] = {}
-        self._router: dict[type, Callable[[Any], Any]] = {
-            ObjectMessage: self._handle_object,
-            GetMessage: self._handle_get,
-            DeleteMessage: self._handle_delete,
-            MoveMessage: self._handle_move,
-            CommandMessage: self._handle_command,
-            PlanMessage: self._handle_plan,
-        }
         if hook is not None:
             hook._register_worker(self)
 
@@ -124,10 +116,10 @@ class BaseWorker:
 
     def _recv(self, message: Any) -> Any:
         """Answer a message addressed to this worker, through the dispatch table."""
-        handler = self._router.get(type(message))
+        handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
-        return handler(message)
+        return handler(self, message)
 
     # -- plans ----------------------------------------------------------------------------------------------------
     def install_plan(self, name: str, fn: Callable[..., Any]) -> None:
@@ -210,6 +202,20 @@ class BaseWorker:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id:{self.id} #objects:{len(self._store)}>"
+
+    # The dispatch table, {message type: handler}, lives on the class: a worker holds no bound methods of itself,
+    # so a dropped worker (and its store) is freed at once, without waiting for the cycle collector.
+    _routes: dict[type, Callable[[BaseWorker, Any], Any]] = {}
+
+
+BaseWorker._routes = {
+    ObjectMessage: BaseWorker._handle_object,
+    GetMessage: BaseWorker._handle_get,
+    MoveMessage: BaseWorker._handle_move,
+    DeleteMessage: BaseWorker._handle_delete,
+    CommandMessage: BaseWorker._handle_command,
+    PlanMessage: BaseWorker._handle_plan,
+}
 
 
 def _copy_out(obj: Any) -> Any:

@@ -118,6 +118,11 @@ def _tables() -> tuple[dict[str, Callable], dict[Any, str], dict[str, str]]:
             add(f"{ns_name}.__set__", setter)
         if isinstance(namespace, property) and namespace.fset is not None:
             add(f"{ns_name}.__set__", namespace.__set__)
+    # tensor factories that reach __torch_function__ but are missing from torch's list of overridable functions
+    for name in ("new_ones", "new_zeros", "new_full", "new_empty", "new_empty_strided", "new_tensor"):
+        func = getattr(torch.Tensor, name, None)
+        if func is not None and func not in by_func:
+            add(f"torch.Tensor.{name}", func)
     for name in ("__reduce_ex__", "__getstate__", "__setstate__"):
         func = getattr(torch.Tensor, name, None)
         if func is not None and func not in by_func:

@@ -537,11 +537,6 @@ def test_constructing_a_pointer_directly_is_refused(args: tuple) -> None:
         PointerTensor(*args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Tensor.new_* factories (new_ones, new_zeros, new_full, new_empty, new_tensor) are not in "
-    "torch.overrides.get_overridable_functions(), so they have no allowlist name and a pointer refuses them",
-)
 def test_new_factories_run_at_the_worker(alice: VirtualWorker) -> None:
     p = sy.send(torch.zeros(2, dtype=torch.float64), alice)
     ones = p.new_ones(3)
