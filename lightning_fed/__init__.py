@@ -5,7 +5,7 @@ The PySyft 0.2 pointer API on torch 2.x (``import lightning_fed as sy``: ``sy.To
 Lightning ``FederatedStrategy``. Importing the package patches nothing.
 """
 
-from lightning_fed.data import FederatedDataLoader, FederatedDataset, federate
+from lightning_fed.data import FederatedDataLoader, FederatedDataModule, FederatedDataset, federate
 from lightning_fed.exceptions import (
     FederatedConfigError,
     LightningFedError,
@@ -25,6 +25,7 @@ __all__ = [
     "BaseWorker",
     "FederatedConfigError",
     "FederatedDataLoader",
+    "FederatedDataModule",
     "FederatedDataset",
     "FederatedStrategy",
     "LightningFedError",

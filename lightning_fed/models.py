@@ -1,0 +1,125 @@
+"""Reference models: the seed tutorial's CNN as a LightningModule, and McMahan et al. 2017's MNIST CNN and 2NN.
+
+These are ordinary Lightning code, used by the examples, the CLI configs and the benchmarks.
+
+Example:
+    >>> import torch
+    >>> model = MNISTClassifier()
+    >>> model(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    >>> sum(p.numel() for p in McMahanCNN().parameters())
+    1663370
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+
+class SeedCNN(nn.Module):
+    """The seed tutorial's ``Net``: two 3x3 convolutions (32, 64), 2x2 max-pool, FC 128, FC 10, log-softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 32, 3, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 1), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(64 * 12 * 12, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv(x), 2)
+        return F.log_softmax(self.fc(x.view(-1, 64 * 12 * 12)), dim=1)
+
+
+class McMahanCNN(nn.Module):
+    """McMahan et al. 2017's MNIST CNN: 5x5 conv 32, 2x2 pool, 5x5 conv 64, 2x2 pool, FC 512, FC 10 (1,663,370)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 10))
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.fc(self.conv(x)), dim=1)
+
+
+class McMahan2NN(nn.Module):
+    """McMahan et al. 2017's 2NN: 784-200-200-10 with ReLU (199,210 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                                 nn.Linear(200, 10))  # fmt: skip
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(x), dim=1)
+
+
+_ARCHITECTURES = {"seed_cnn": SeedCNN, "mcmahan_cnn": McMahanCNN, "mcmahan_2nn": McMahan2NN}
+
+
+class MNISTClassifier(pl.LightningModule):
+    """An MNIST classifier: NLL loss, SGD (the seed's optimizer) or Adam, torchmetrics accuracy.
+
+    Args:
+        architecture: ``"seed_cnn"`` (the seed tutorial's Net), ``"mcmahan_cnn"`` or ``"mcmahan_2nn"``.
+        lr: learning rate (the seed uses 0.01).
+        momentum: SGD momentum (the seed uses none).
+        optimizer: ``"sgd"`` or ``"adam"``.
+    """
+
+    def __init__(self, architecture: str = "seed_cnn", lr: float = 0.01, momentum: float = 0.0,
+                 optimizer: str = "sgd") -> None:  # fmt: skip
+        super().__init__()
+        if architecture not in _ARCHITECTURES:
+            raise ValueError(f"`architecture={architecture!r}` is not valid: choose one of {sorted(_ARCHITECTURES)}.")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"`optimizer={optimizer!r}` is not valid: choose 'sgd' or 'adam'.")
+        self.save_hyperparameters()
+        self.net = _ARCHITECTURES[architecture]()
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        data, target = batch
+        loss = F.nll_loss(self(data), target)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        data, target = batch
+        output = self(data)
+        self.log("val_loss", F.nll_loss(output, target), prog_bar=True)
+        self.val_acc(output, target)
+        self.log("val_acc", self.val_acc, prog_bar=True)
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        data, target = batch
+        output = self(data)
+        self.log("test_loss", F.nll_loss(output, target))
+        self.test_acc(output, target)
+        self.log("test_acc", self.test_acc)
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.hparams.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
