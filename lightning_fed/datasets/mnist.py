@@ -114,7 +114,12 @@ class MNISTDataModule(LightningDataModule):
         for name, value in (("download", download), ("pin_memory", pin_memory)):
             if not isinstance(value, bool):
                 raise FederatedConfigError(f"`{name}={value!r}` is not valid: pass True or False.")
-        self.save_hyperparameters()
+        # explicit: the frame inspection of a bare save_hyperparameters() would pick up an enclosing __init__'s
+        # arguments when this datamodule is built inside another one (FederatedMNISTDataModule does that)
+        self.save_hyperparameters(
+            {"root": root, "batch_size": batch_size, "test_batch_size": test_batch_size, "val_size": val_size,
+             "download": download, "num_workers": num_workers, "seed": seed, "pin_memory": pin_memory}
+        )  # fmt: skip
         self.root = Path(root)
         self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
         self.train_dataset: Dataset | None = None

@@ -1,0 +1,40 @@
+"""FederatedMNISTDataModule: flat arguments for the CLI, validated, on tiny IDX files."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_fed import FederatedConfigError, PointerTensor
+from lightning_fed.datasets import FederatedMNISTDataModule
+from tests.helpers.mnist_files import write_mnist_raw
+
+
+def test_two_schools_get_the_training_set_as_pointers(tmp_path):
+    write_mnist_raw(tmp_path, num_train=100, num_test=20)
+    dm = FederatedMNISTDataModule(root=tmp_path, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.federated_dataset.lengths == {"westside": 50, "grapevine": 50}
+    data, target = next(iter(dm.train_dataloader()))
+    assert type(data) is PointerTensor and data.location.id == "westside" and tuple(data.shape) == (16, 1, 28, 28)
+    assert dm.hparams.federated["workers"] == ["westside", "grapevine"]
+    assert dm.datamodule.hparams.num_workers == 0  # the inner MNISTDataModule kept its own hyper-parameters
+
+
+def test_dirichlet_and_shards_arguments(tmp_path):
+    assert FederatedMNISTDataModule(tmp_path, partition="dirichlet", alpha=0.3).partition_args == {"alpha": 0.3}
+    dm = FederatedMNISTDataModule(tmp_path, workers=4, partition="shards", shards_per_worker=2)
+    assert dm.partition_args == {"shards_per_worker": 2} and len(dm.workers) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"partition": "dirichlet"}, r"`partition='dirichlet'` needs `alpha`"),
+        ({"partition": "iid", "alpha": 0.3}, r"`alpha=0.3` only applies to partition='dirichlet'"),
+        ({"partition": "iid", "shards_per_worker": 2}, r"`shards_per_worker=2` only applies to partition='shards'"),
+    ],
+)
+def test_partition_arguments_that_do_not_fit(tmp_path, kwargs, match):
+    with pytest.raises(FederatedConfigError, match=match):
+        FederatedMNISTDataModule(tmp_path, **kwargs)
