@@ -12,7 +12,9 @@ Run (offline, with the four MNIST files in ``data/MNIST/raw``):
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 
@@ -24,6 +26,9 @@ from lightning_fed.models import MNISTClassifier
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (default: data)")
+    parser.add_argument("--mnist-from", default=None,
+                        help="a folder whose MNIST/raw holds the four .gz files: copied into the data root when "
+                             "missing there (for machines without internet); ignored if it does not exist")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=10, help="rounds (FedAvg) or epochs (follow); the seed uses 10")
     parser.add_argument("--mode", choices=["fedavg", "follow"], default="fedavg",
                         help="fedavg: rounds of local training + averaging; follow: the seed's way, the model "
@@ -41,8 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def copy_mnist_files(source: str | None, root: str) -> None:
+    """Copy the MNIST .gz files from ``source/MNIST/raw`` into ``root/MNIST/raw`` where they are missing."""
+    if source is None or not (Path(source) / "MNIST" / "raw").is_dir():
+        return
+    target = Path(root) / "MNIST" / "raw"
+    target.mkdir(parents=True, exist_ok=True)
+    for file in (Path(source) / "MNIST" / "raw").glob("*.gz"):
+        if not (target / file.name).exists():
+            shutil.copyfile(file, target / file.name)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    copy_mnist_files(args.mnist_from, args.data_root)
     pl.seed_everything(args.seed, workers=True)
     data = FederatedMNISTDataModule(
         root=args.data_root,

@@ -1,0 +1,43 @@
+"""The examples run: the pointer tour prints what the seed shows; the two-schools app trains on tiny MNIST files."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+
+from tests.helpers.mnist_files import write_mnist_raw
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pointer_tour_prints_the_seed_output(capsys):
+    _load("pointer_tour").main()
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\(Wrapper\)>\[PointerTensor \| me:\d+ -> clinic:\d+\]", lines[0])
+    assert re.fullmatch(r"\{\d+: tensor\(\[0, 1, 2, 1, 2\]\)\}", lines[1])
+    assert lines[2:4] == ["tensor([0, 1, 2, 1, 2])", "{}"]
+    assert lines[5:] == ["tensor([2.4000, 6.2000], requires_grad=True)", "tensor([1., 1.])"]
+    assert not hasattr(torch.Tensor, "send")  # the tour unhooks at the end
+
+
+def test_two_schools_example_trains_and_reports(tmp_path, capsys):
+    source = tmp_path / "shared"
+    write_mnist_raw(source, num_train=128, num_test=64)
+    example = _load("mnist_two_schools")
+    result = example.main(["--data-root", str(tmp_path / "data"), "--mnist-from", str(source), "--epochs", "2",
+                           "--batch-size", "32", "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+    assert "Test accuracy after 2 rounds (fedavg, iid):" in out
+    assert "westside" in out and "grapevine" in out
+    assert 0.0 <= result["test_acc"] <= 1.0
