@@ -80,7 +80,8 @@ class TorchHook:
     ) -> None:
         if torch_module is not None and torch_module is not torch:  # checked first: also when a hook is active
             raise FederatedConfigError(
-                f"TorchHook takes the torch module, got {torch_module!r}: write `TorchHook(torch)` after `import torch`."
+                f"TorchHook takes the torch module, got {torch_module!r}: "
+                "write `TorchHook(torch)` after `import torch`."
             )
         if getattr(self, "_hooked", False):
             return

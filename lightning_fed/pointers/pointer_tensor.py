@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable
 from typing import Any
 
@@ -150,10 +151,8 @@ class PointerTensor(torch.Tensor):
         state = self.__dict__.get("_state")
         if state is _LIVE:
             self._state = _DELETED
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown or a worker gone: nothing left to free
                 self.owner._send(DeleteMessage(self.id_at_location), self.location)
-            except Exception:  # interpreter shutdown or a worker already gone: nothing left to free
-                pass
 
     def _describe(self) -> str:
         return f"(Wrapper)>[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"

@@ -69,7 +69,9 @@ class WorkerOptimizerStates:
             out[worker_id] = per_optimizer
         return out
 
-    def load_checkpoint(self, saved: dict[Hashable, list[dict[int, dict[str, Any]]]], optimizers: Sequence[Optimizer]) -> None:  # fmt: skip
+    def load_checkpoint(
+        self, saved: dict[Hashable, list[dict[int, dict[str, Any]]]], optimizers: Sequence[Optimizer]
+    ) -> None:
         self._states.clear()
         for worker_id, per_optimizer in saved.items():
             states = []

@@ -25,7 +25,7 @@ def hook():
 # --- the seed's code, as written (only the data root and the epoch count differ) ---------------------------------
 class Net(nn.Module):
     def __init__(self):
-        super(Net, self).__init__()  # noqa: UP008 - the seed's code
+        super(Net, self).__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels=1, out_channels=32, kernel_size=3, stride=1),
             nn.ReLU(),
@@ -85,7 +85,9 @@ def test(model, device, test_loader):
             correct += pred.eq(target.view_as(pred)).sum().item()
     test_loss /= len(test_loader.dataset)
     print(
-        f"\nTest set: Average loss: {test_loss:.4f}, Accuracy: {correct}/{len(test_loader.dataset)} ({100.0 * correct / len(test_loader.dataset):.0f}%)\n"
+        "\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(
+            test_loss, correct, len(test_loader.dataset), 100.0 * correct / len(test_loader.dataset)
+        )
     )
 
 

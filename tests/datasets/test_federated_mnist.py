@@ -15,7 +15,7 @@ def test_two_schools_get_the_training_set_as_pointers(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     assert dm.federated_dataset.lengths == {"westside": 50, "grapevine": 50}
-    data, target = next(iter(dm.train_dataloader()))
+    data, _target = next(iter(dm.train_dataloader()))
     assert type(data) is PointerTensor and data.location.id == "westside" and tuple(data.shape) == (16, 1, 28, 28)
     assert dm.hparams.federated["workers"] == ["westside", "grapevine"]
     assert dm.datamodule.hparams.num_workers == 0  # the inner MNISTDataModule kept its own hyper-parameters

@@ -22,8 +22,17 @@ def tiny_dataset(n: int = 48, features: int = 4, classes: int = 3, seed: int = 0
 class FedDM(pl.LightningDataModule):
     """The train data federated over ``num_workers`` fresh VirtualWorkers; validation on the whole dataset."""
 
-    def __init__(self, dataset: Dataset, num_workers: int = 2, batch_size: int = 8, seed: int = 0,
-                 partition: str = "iid", prefix: str = "w", drop_last: bool = False, **partition_args) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_workers: int = 2,
+        batch_size: int = 8,
+        seed: int = 0,
+        partition: str = "iid",
+        prefix: str = "w",
+        drop_last: bool = False,
+        **partition_args,
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.workers = [sy.VirtualWorker(id=f"{prefix}{i}") for i in range(num_workers)]
