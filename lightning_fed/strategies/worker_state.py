@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -86,3 +87,63 @@ class WorkerOptimizerStates:
                     }
                 states.append(state)
             self._states[worker_id] = states
+
+
+class WorkerSchedulerStates:
+    """Per-worker state of step-interval LR schedulers: each worker's schedule advances with its own local steps.
+
+    Epoch-interval schedulers stay global (stepped once a round, after aggregation). A worker that has not trained
+    yet starts from the schedulers' state at the start of fit.
+
+    Example:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([p], lr=1.0)
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> states = WorkerSchedulerStates()
+        >>> states.activate("a", [sched]); opt.step(); sched.step(); states.deactivate([sched])
+        >>> states.activate("b", [sched]); opt.param_groups[0]["lr"]
+        1.0
+        >>> states.deactivate([sched]); states.activate("a", [sched]); opt.param_groups[0]["lr"]
+        0.5
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[Hashable, list[tuple[dict[str, Any], list[float]]]] = {}
+        self._initial: list[tuple[dict[str, Any], list[float]]] | None = None
+        self._active: Hashable | None = None
+
+    @staticmethod
+    def _snapshot(schedulers: Sequence[Any]) -> list[tuple[dict[str, Any], list[float]]]:
+        return [(copy.deepcopy(s.state_dict()), [g["lr"] for g in s.optimizer.param_groups]) for s in schedulers]
+
+    @staticmethod
+    def _load(schedulers: Sequence[Any], snapshot: list[tuple[dict[str, Any], list[float]]]) -> None:
+        for scheduler, (state, lrs) in zip(schedulers, snapshot):
+            scheduler.load_state_dict(copy.deepcopy(state))
+            for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+                group["lr"] = lr
+
+    def activate(self, worker_id: Hashable, schedulers: Sequence[Any]) -> None:
+        if not schedulers:
+            return
+        if self._initial is None:
+            self._initial = self._snapshot(schedulers)
+        self._load(schedulers, self._states.get(worker_id, self._initial))
+        self._active = worker_id
+
+    def deactivate(self, schedulers: Sequence[Any]) -> None:
+        if self._active is not None and schedulers:
+            self._states[self._active] = self._snapshot(schedulers)
+        self._active = None
+
+    def reset(self) -> None:
+        """Forget every worker's schedule (``reset_optimizer_state=True`` does this each round)."""
+        self._states.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": self._states, "initial": self._initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._states = dict(state.get("states", {}))
+        self._initial = state.get("initial")
