@@ -1,9 +1,10 @@
 """The aggregator interface the strategy drives, once per round.
 
-``begin_round(global)`` -> for each worker that finished: ``accumulate(update, weight, worker_id)`` ->
-``finalize(global)`` returns the new global tensors. Updates are ``local - global`` deltas, one tensor per model
-tensor (parameters and buffers, in the model's order). ``is_sum`` says whether the aggregator is a weighted sum,
-which secure aggregation and DP noise need.
+``setup(worker_ids)`` once, then per round: ``begin_round(global)`` -> for each worker that finished:
+``accumulate(update, weight, worker_id)`` -> ``finalize(global)`` returns the new global tensors. At the workers,
+``worker_start``, ``adjust_gradients`` (once per local optimizer step) and ``worker_update`` run inside training.
+Updates are ``local - global`` deltas, one tensor per model tensor (parameters and buffers, in the model's order).
+``is_sum`` says whether the aggregator is a weighted sum, which secure aggregation and DP noise need.
 """
 
 from __future__ import annotations
@@ -16,10 +17,44 @@ from torch import Tensor
 
 
 class Aggregator(ABC):
-    """Turns the round's worker updates into the next global model."""
+    """Turns the round's worker updates into the next global model.
+
+    Example:
+        >>> import torch
+        >>> class Last(Aggregator):  # keeps the last update it saw
+        ...     def begin_round(self, global_tensors):
+        ...         self.update = None
+        ...     def accumulate(self, update, weight, worker_id):
+        ...         self.update = list(update)
+        ...     def finalize(self, global_tensors):
+        ...         return [g + u for g, u in zip(global_tensors, self.update)]
+        >>> agg = Last()
+        >>> agg.begin_round([torch.zeros(1)])
+        >>> agg.accumulate([torch.ones(1)], weight=1, worker_id="a")
+        >>> agg.finalize([torch.zeros(1)]), agg.is_sum
+        ([tensor([1.])], True)
+    """
 
     is_sum: ClassVar[bool] = True
     name: ClassVar[str] = "aggregator"
+    num_params: int | None = None  # the model's first ``num_params`` tensors are parameters (see ``setup_model``)
+
+    def setup(self, worker_ids: Sequence[Hashable]) -> None:
+        """The federation's workers (all of them, sampled or not), told once before training."""
+
+    def setup_model(self, num_params: int) -> None:
+        """The model's layout, told once before training: its first ``num_params`` tensors are parameters, the rest
+        buffers. Server optimizers step parameters only (buffers such as BatchNorm's running statistics take the
+        weighted mean); while it is unknown (``None``) every floating tensor counts as a parameter."""
+        self.num_params = num_params
+
+    def is_param(self, index: int, tensor: Tensor) -> bool:
+        """Whether model tensor ``index`` is a floating parameter (what server optimizers step)."""
+        return tensor.dtype.is_floating_point and (self.num_params is None or index < self.num_params)
+
+    def check_num_clients(self, num_clients: int) -> None:
+        """Raise :class:`~lightning_fed.exceptions.FederatedConfigError` if rounds of ``num_clients`` updates cannot
+        be aggregated (e.g. Krum needs ``2f + 3``); the strategy calls it with the clients sampled per round."""
 
     @abstractmethod
     def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
@@ -30,7 +65,8 @@ class Aggregator(ABC):
         """A worker starts its local training from ``global_tensors`` (parameters first, then buffers)."""
 
     def adjust_gradients(self, worker_id: Hashable, params: Sequence[Tensor], global_params: Sequence[Tensor]) -> None:
-        """After each local backward, before clipping and the optimizer step: edit ``p.grad`` in place."""
+        """Once per local optimizer step, after backward (the last one, with gradient accumulation) and before
+        clipping and the step: edit ``p.grad`` in place."""
 
     def worker_update(self, worker_id: Hashable, update: list[Tensor], num_steps: int, lr: float) -> list[Tensor]:
         """Turn a worker's raw update (``local - global``) into what it sends; runs at the worker."""

@@ -1,14 +1,4 @@
-"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the workers' models.
-
-Example:
-    >>> import torch
-    >>> agg = FedAvg()
-    >>> agg.begin_round([torch.zeros(2)])
-    >>> agg.accumulate([torch.tensor([1.0, 1.0])], weight=1, worker_id="a")
-    >>> agg.accumulate([torch.tensor([3.0, 5.0])], weight=3, worker_id="b")
-    >>> agg.finalize([torch.zeros(2)])
-    [tensor([2.5000, 4.0000])]
-"""
+"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the workers' models."""
 
 from __future__ import annotations
 
@@ -18,12 +8,25 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.functional import accumulate_, apply_mean_update, zeros_like_sums
+from lightning_fed.aggregation.functional import accumulate_, apply_update, mean_update, zeros_like_sums
 from lightning_fed.exceptions import LightningFedError
 
 
 class FedAvg(Aggregator):
-    """Weighted mean of updates: ``global + sum_k n_k * update_k / sum_k n_k``, summed first, divided at the end."""
+    """Weighted mean of updates: ``global + sum_k n_k * update_k / sum_k n_k``, summed first, divided at the end.
+
+    The base of every sum-like aggregator here (FedAvgM, FedOpt, FedProx, SCAFFOLD): they reuse its running sums and
+    post-process the mean update in :meth:`apply`.
+
+    Example:
+        >>> import torch
+        >>> agg = FedAvg()
+        >>> agg.begin_round([torch.zeros(2)])
+        >>> agg.accumulate([torch.tensor([1.0, 1.0])], weight=1, worker_id="a")
+        >>> agg.accumulate([torch.tensor([3.0, 5.0])], weight=3, worker_id="b")
+        >>> agg.finalize([torch.zeros(2)])
+        [tensor([2.5000, 4.0000])]
+    """
 
     name = "fedavg"
 
@@ -41,7 +44,9 @@ class FedAvg(Aggregator):
     @override
     def accumulate(self, update: Sequence[Tensor], weight: float, worker_id: Hashable) -> None:
         if self._sums is None:
-            raise LightningFedError("FedAvg.accumulate() before begin_round(): the strategy drives this order.")
+            raise LightningFedError(
+                f"{type(self).__name__}.accumulate() before begin_round(): the strategy drives this order."
+            )
         accumulate_(self._sums, update, weight)
         self._total += float(weight)
         self._count += 1
@@ -55,6 +60,10 @@ class FedAvg(Aggregator):
     def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:
         if self._sums is None or self._total <= 0:
             raise LightningFedError("no worker contributed to this round: nothing to aggregate.")
-        new = apply_mean_update(global_tensors, self._sums, self._total)
+        delta = mean_update(self._sums, self._total)
         self._sums = None
-        return new
+        return self.apply(global_tensors, delta)
+
+    def apply(self, global_tensors: Sequence[Tensor], mean_delta: list[Tensor]) -> list[Tensor]:
+        """The new global tensors from the round's weighted mean update (FedAvg: ``global + mean_delta``)."""
+        return apply_update(global_tensors, mean_delta)

@@ -50,6 +50,7 @@ from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
+from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures
 from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
 from lightning_fed.strategies.worker_state import WorkerOptimizerStates
 from lightning_fed.workers.base import BaseWorker, current_worker, me
@@ -71,6 +72,15 @@ class FederatedStrategy(Strategy):
         clients_per_round: workers sampled per round: an int, a fraction in (0, 1], or ``None`` for all.
         reset_optimizer_state: start every worker's optimizer state afresh each round (default: keep it).
         seed: drives client sampling; ``None`` takes the train loader's seed (so one seed drives the run).
+        min_clients: the fewest worker updates a round needs; fewer stops the run with ``RoundFailedError``. A worker
+            whose ``training_step`` raises is always left out of its round (see
+            :mod:`~lightning_fed.strategies.robustness`).
+        dropout_rate: simulated dropout: the probability a sampled worker drops out of a round (seeded by round).
+        deadline_steps: simulated stragglers: a worker stops after this many local batches in a round.
+        straggler_policy: ``"drop"`` (default, as FedAvg) or ``"partial"`` (as FedProx): whether the update of a
+            worker stopped by ``deadline_steps`` counts.
+        byzantine: a Byzantine simulation: :class:`~lightning_fed.strategies.robustness.ByzantineWorkers` or a dict
+            such as ``{"w3": "scale:100"}`` / ``{"w3": ("sign_flip", 1.0)}`` transforming those workers' updates.
     """
 
     strategy_name = "federated"
@@ -84,6 +94,11 @@ class FederatedStrategy(Strategy):
         clients_per_round: int | float | None = None,
         reset_optimizer_state: bool = False,
         seed: int | None = None,
+        min_clients: int = 1,
+        dropout_rate: float = 0.0,
+        deadline_steps: int | None = None,
+        straggler_policy: str = "drop",
+        byzantine: ByzantineWorkers | dict[Hashable, Any] | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         checkpoint_io: Any = None,
         precision_plugin: Any = None,
@@ -99,6 +114,13 @@ class FederatedStrategy(Strategy):
             raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
         self.mode = _MODES[mode]
         self._aggregator = _resolve_aggregator(aggregation)
+        self._failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
+        self._byzantine = ByzantineWorkers.coerce(byzantine)
+        if self.mode == "follow" and (self._failures.enabled or self._byzantine is not None):
+            raise FederatedConfigError(
+                "`dropout_rate`, `deadline_steps` and `byzantine` simulate failures in federated rounds: use them with "
+                "mode='fedavg', not mode='follow'."
+            )
         self.local_epochs = local_epochs
         self.local_steps = local_steps
         self.clients_per_round = clients_per_round
@@ -129,6 +151,8 @@ class FederatedStrategy(Strategy):
         self._stats: dict[Hashable, dict[str, Any]] = {}
         self._local_steps = 0
         self._num_params = 0
+        self._skip = False  # the current batch's worker dropped out, failed, or is past its deadline
+        self._stepping = False  # inside the worker's optimizer step (the backward that precedes a step)
 
     # -- parts the strategy owns ----------------------------------------------------------------------------------
     @property
@@ -218,6 +242,13 @@ class FederatedStrategy(Strategy):
             local_steps=self.local_steps,
             seed=seed,
         )
+        worker_ids = [w.id for w in dataloader.workers]
+        self._aggregator.setup(worker_ids)
+        self._aggregator.setup_model(self._num_params)
+        self._aggregator.check_num_clients(self._planner.clients_per_round)
+        self._failures.check_setup(self._planner.clients_per_round)
+        if self._byzantine is not None:
+            self._byzantine.check_workers(worker_ids)
         return RoundLoader(self._planner, self)
 
     def round_plan(self, round_index: int) -> RoundPlan:
@@ -234,17 +265,23 @@ class FederatedStrategy(Strategy):
     def _begin_round(self, plan: RoundPlan) -> None:
         self._finalize_round()
         accumulate = self.lightning_module.trainer.accumulate_grad_batches
-        if accumulate > 1 and any(steps % accumulate for steps in plan.steps):
+        steps = plan.steps + tuple(self._failures.effective_steps(plan.steps))  # a deadline cuts a worker's steps
+        if accumulate > 1 and any(s % accumulate for s in steps):
             raise FederatedConfigError(
                 f"`accumulate_grad_batches={accumulate}` does not divide the batches each worker trains per round "
-                f"({dict(zip((w.id for w in plan.workers), plan.steps))}): gradients would mix workers. Choose "
-                "local_steps or a batch size that makes them divisible."
+                f"({dict(zip((w.id for w in plan.workers), plan.steps))}, deadline_steps="
+                f"{self._failures.deadline_steps}): gradients would mix workers. Choose local_steps, deadline_steps "
+                "or a batch size that makes them divisible."
             )
         if not self._global:
             self._global = [t.detach().clone() for t in self._tensors]
         else:
             torch._foreach_copy_(self._global, [t.detach() for t in self._tensors])
         self._aggregator.begin_round(self._global)
+        assert self._planner is not None
+        self._failures.begin_round(
+            plan.round_index, [w.id for w in plan.workers], [w.id for w in self._planner.workers], self._planner.seed
+        )
         self._plan = plan
         self._round_open = True
         self._steps_in_round = 0
@@ -263,11 +300,14 @@ class FederatedStrategy(Strategy):
         self._aggregator.worker_start(worker.id, self._global)
 
     def _finish_worker(self, worker: BaseWorker) -> None:
-        with torch.no_grad():
-            update = model_delta([t.detach() for t in self._tensors], self._global)
-            lr = float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else 0.0
-            update = self._aggregator.worker_update(worker.id, update, self._local_steps, lr)
-        self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
+        if self._failures.finish(worker.id):  # not failed, dropped out, or late under straggler_policy="drop"
+            with torch.no_grad():
+                update = model_delta([t.detach() for t in self._tensors], self._global)
+                lr = float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else 0.0
+                update = self._aggregator.worker_update(worker.id, update, self._local_steps, lr)
+                if self._byzantine is not None:
+                    update = self._byzantine(worker.id, update, self._global)
+            self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
         self._worker_states.deactivate(self.optimizers)
         self._active = None
 
@@ -276,15 +316,20 @@ class FederatedStrategy(Strategy):
             return
         if self._active is not None:
             self._finish_worker(self._active)
-        if self._aggregator.num_contributions > 0:
-            new = self._aggregator.finalize(self._global)
+        try:
+            self._failures.end_round()  # raises when fewer than min_clients delivered an update
+            if self._aggregator.num_contributions > 0:
+                new = self._aggregator.finalize(self._global)
+                with torch.no_grad():
+                    torch._foreach_copy_(self._global, new)
+                self._round_index += 1
+        finally:  # on failure the module keeps the last global model
             with torch.no_grad():
-                torch._foreach_copy_(self._global, new)
                 torch._foreach_copy_(self._tensors, self._global)
-            self._round_index += 1
-        self._module_is_global = True
-        self._round_open = False
-        self._worker_states.end_round()
+            self._module_is_global = True
+            self._round_open = False
+            self._skip = False
+            self._worker_states.end_round()
 
     def _round_is_complete(self) -> bool:
         if self._plan is None:
@@ -307,7 +352,9 @@ class FederatedStrategy(Strategy):
         if self.mode == "fedavg" and worker is not self._active:
             self._switch_to(worker)
         self._active = worker
-        self._stats[worker.id]["steps"] += 1
+        self._skip = self.mode == "fedavg" and self._failures.skip_batch(worker.id)
+        if not self._skip:
+            self._stats[worker.id]["steps"] += 1
         _describe_progress(self.lightning_module.trainer, self._round_index, worker)
 
     def _run_plan(self, real_batch: Any) -> None:
@@ -326,6 +373,8 @@ class FederatedStrategy(Strategy):
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        if self._skip:  # Lightning skips backward and the step for a ``None`` output
+            return None
         batch = args[0] if args else kwargs.pop("batch")
         rest = args[1:]
         if self._real_batch is not None and current_worker() is self._active:
@@ -336,7 +385,15 @@ class FederatedStrategy(Strategy):
         return out
 
     def _user_training_step(self, real_batch: Any, rest: tuple, kwargs: dict) -> Any:
-        output = super().training_step(real_batch, *rest, **kwargs)
+        try:
+            output = super().training_step(real_batch, *rest, **kwargs)
+        except Exception as err:
+            if self.mode != "fedavg" or self._active is None:
+                raise
+            self._failures.record_failure(self._active.id, err)  # this worker sits the rest of the round out
+            self._skip = True
+            self.lightning_module.zero_grad(set_to_none=True)  # the optimizer step that follows changes nothing
+            return None
         loss = output.get("loss") if isinstance(output, dict) else output
         if isinstance(loss, Tensor) and self._active is not None:
             worker_id = self._active.id
@@ -352,19 +409,26 @@ class FederatedStrategy(Strategy):
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
-        self._local_steps += 1
         if current_worker() is not None:  # manual optimization: already inside the worker's training_step
+            self._local_steps += 1
             return super().optimizer_step(optimizer, closure, model, **kwargs)
 
         def step(real_batch: Any) -> Any:
             self._real_batch = real_batch
+            self._stepping = True
             try:
                 return super(FederatedStrategy, self).optimizer_step(optimizer, closure, model, **kwargs)
             finally:
                 self._real_batch = None
+                self._stepping = False
 
         try:
-            out = self._at_worker(self._batch, step)
+            if self._skip:  # Lightning needs its closure run: training_step returns None, no backward, no step
+                out = closure()
+            else:
+                out = self._at_worker(self._batch, step)
+                if not self._skip:  # the worker did not fail during this step
+                    self._local_steps += 1
         finally:
             self._batch = None  # the batch's objects are freed at the worker as soon as Lightning drops it too
         if self.mode == "fedavg" and self._round_is_complete():
@@ -373,9 +437,17 @@ class FederatedStrategy(Strategy):
 
     @override
     def post_backward(self, closure_loss: Tensor) -> None:
-        if self.mode == "fedavg" and self._active is not None:
+        if self.mode == "fedavg" and self._active is not None and self._stepping:  # once per step, not per backward
             n = self._num_params
-            self._aggregator.adjust_gradients(self._active.id, self._tensors[:n], self._global[:n])
+            params = self._tensors[:n]
+            scaler = getattr(self.precision_plugin, "scaler", None)  # fp16 AMP: the gradients are still scaled here
+            grads = [p.grad for p in params if p.grad is not None] if scaler is not None else []
+            scale = scaler.get_scale() if grads else 1.0
+            if grads:
+                torch._foreach_div_(grads, scale)  # a power of two: exact
+            self._aggregator.adjust_gradients(self._active.id, params, self._global[:n])
+            if grads:
+                torch._foreach_mul_(grads, scale)
 
     # -- evaluation on the global model ---------------------------------------------------------------------------
     @override
@@ -419,14 +491,15 @@ class FederatedStrategy(Strategy):
         workers = ", ".join(f"{w.id} ({self._stats.get(w.id, {}).get('samples', '?')} samples)" for w in self.workers)
         how = (
             f"FedAvg rounds with {self._aggregator!r}, local_epochs={self.local_epochs}, local_steps={self.local_steps}"
-            f", clients_per_round={self.clients_per_round or 'all'}"
+            f", clients_per_round={self.clients_per_round or 'all'}, {self._failures.describe()}"
+            + (f", {self._byzantine!r}" if self._byzantine is not None else "")
             if self.mode == "fedavg"
             else "the model follows each batch to its worker (the seed's way)"
         )
         return f"FederatedStrategy: {len(self.workers)} workers [{workers}]; {how}."
 
     def worker_summary(self) -> dict[Hashable, dict[str, Any]]:
-        """Per worker: samples, steps trained, last loss."""
+        """Per worker: samples, steps trained, last loss, and rounds it failed in, dropped out of, or was late for."""
         out = {}
         for worker_id, stats in self._stats.items():
             last = stats.get("last_loss")
@@ -434,14 +507,21 @@ class FederatedStrategy(Strategy):
                 "samples": stats["samples"],
                 "steps": stats["steps"],
                 "last_loss": float(last) if last is not None else None,
+                **self._failures.counts(worker_id),
             }
         return out
 
     def worker_table(self) -> str:
-        rows = [f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10}"]
+        header = (
+            f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10} {'failed':>7} {'dropped':>8} {'late':>5}"
+        )
+        rows = [header]
         for worker_id, s in self.worker_summary().items():
             loss = f"{s['last_loss']:.4f}" if s["last_loss"] is not None else "-"
-            rows.append(f"{worker_id!s:>14} {s['samples']:>8} {s['steps']:>7} {loss:>10}")
+            rows.append(
+                f"{worker_id!s:>14} {s['samples']:>8} {s['steps']:>7} {loss:>10} {s['failed']:>7} {s['dropped']:>8} "
+                f"{s['late']:>5}"
+            )
         return "\n".join(rows)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
@@ -480,6 +560,7 @@ class FederatedStrategy(Strategy):
             "round_index": self._round_index,
             "optimizer_states": self._worker_states.to_checkpoint(self.optimizers),
             "aggregator": self._aggregator.state_dict(),
+            "failures": self._failures.state_dict(),
             "stats": self.worker_summary(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -493,6 +574,7 @@ class FederatedStrategy(Strategy):
         self._round_index = int(state.get("round_index", 0))
         self._worker_states.load_checkpoint(state.get("optimizer_states", {}), self.optimizers)
         self._aggregator.load_state_dict(state.get("aggregator", {}))
+        self._failures.load_state_dict(state.get("failures", {}))
         for worker_id, saved in state.get("stats", {}).items():
             if worker_id in self._stats:
                 self._stats[worker_id]["steps"] = saved["steps"]

