@@ -52,7 +52,7 @@ from lightning_fed.pointers.pointer_tensor import refs_of
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
 from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures
 from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
-from lightning_fed.strategies.worker_state import WorkerOptimizerStates
+from lightning_fed.strategies.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
 from lightning_fed.workers.base import BaseWorker, current_worker, me
 from lightning_fed.workers.messages import PlanMessage
 
@@ -132,6 +132,8 @@ class FederatedStrategy(Strategy):
         self.node_rank = 0
         self.world_size = 1
         self._worker_states = WorkerOptimizerStates(reset_each_round=reset_optimizer_state)
+        self._worker_schedules = WorkerSchedulerStates()
+        self._step_schedulers: list[Any] = []
         self._loader: FederatedDataLoader | None = None
         self._planner: RoundPlanner | None = None
         self._plan: RoundPlan | None = None
@@ -222,6 +224,7 @@ class FederatedStrategy(Strategy):
             )
         self._tensors = _model_tensors(module)
         self._num_params = len(list(module.parameters()))
+        self._step_schedulers = _per_worker_schedulers(trainer) if self.mode == "fedavg" else []
 
     # -- data -----------------------------------------------------------------------------------------------------
     @override
@@ -294,6 +297,7 @@ class FederatedStrategy(Strategy):
             with torch.no_grad():
                 torch._foreach_copy_(self._tensors, self._global)
         self._worker_states.activate(worker.id, self.optimizers)
+        self._worker_schedules.activate(worker.id, self._step_schedulers)
         self._active = worker
         self._module_is_global = False
         self._local_steps = 0
@@ -330,6 +334,8 @@ class FederatedStrategy(Strategy):
             self._round_open = False
             self._skip = False
             self._worker_states.end_round()
+            if self._worker_states.reset_each_round:
+                self._worker_schedules.reset()
 
     def _round_is_complete(self) -> bool:
         if self._plan is None:
@@ -559,6 +565,7 @@ class FederatedStrategy(Strategy):
             "mode": self.mode,
             "round_index": self._round_index,
             "optimizer_states": self._worker_states.to_checkpoint(self.optimizers),
+            "scheduler_states": self._worker_schedules.state_dict(),
             "aggregator": self._aggregator.state_dict(),
             "failures": self._failures.state_dict(),
             "stats": self.worker_summary(),
@@ -573,6 +580,7 @@ class FederatedStrategy(Strategy):
     def _load_federated_state(self, state: dict[str, Any]) -> None:
         self._round_index = int(state.get("round_index", 0))
         self._worker_states.load_checkpoint(state.get("optimizer_states", {}), self.optimizers)
+        self._worker_schedules.load_state_dict(state.get("scheduler_states", {}))
         self._aggregator.load_state_dict(state.get("aggregator", {}))
         self._failures.load_state_dict(state.get("failures", {}))
         for worker_id, saved in state.get("stats", {}).items():
@@ -610,6 +618,20 @@ def _resolve_aggregator(aggregation: str | Aggregator) -> Aggregator:
     raise FederatedConfigError(
         f"`aggregation={aggregation!r}` is not valid: pass one of {sorted(AGGREGATORS)} or an Aggregator instance."
     )
+
+
+def _per_worker_schedulers(trainer: pl.Trainer) -> list[Any]:
+    """The step-interval LR schedulers (kept per worker); refuses mixing them with epoch-interval ones."""
+    configs = trainer.lr_scheduler_configs
+    step = [c.scheduler for c in configs if c.interval == "step"]
+    epoch = [c.scheduler for c in configs if c.interval != "step"]
+    if step and epoch:
+        raise FederatedConfigError(
+            "FederatedStrategy keeps step-interval LR schedulers per worker and epoch-interval ones global (once a "
+            f"round); got both ({[type(s).__name__ for s in step]} per step, {[type(s).__name__ for s in epoch]} "
+            "per epoch), which would fight over the learning rate: use one kind."
+        )
+    return step
 
 
 def _model_tensors(module: torch.nn.Module) -> list[Tensor]:

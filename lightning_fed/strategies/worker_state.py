@@ -112,6 +112,7 @@ class WorkerSchedulerStates:
         self._states: dict[Hashable, list[tuple[dict[str, Any], list[float]]]] = {}
         self._initial: list[tuple[dict[str, Any], list[float]]] | None = None
         self._active: Hashable | None = None
+        self._schedulers: Sequence[Any] = ()
 
     @staticmethod
     def _snapshot(schedulers: Sequence[Any]) -> list[tuple[dict[str, Any], list[float]]]:
@@ -125,23 +126,32 @@ class WorkerSchedulerStates:
                 group["lr"] = lr
 
     def activate(self, worker_id: Hashable, schedulers: Sequence[Any]) -> None:
+        """Save the active worker's schedule (steps Lightning took after its last batch included), load this one's."""
         if not schedulers:
             return
+        self.sync()
         if self._initial is None:
             self._initial = self._snapshot(schedulers)
         self._load(schedulers, self._states.get(worker_id, self._initial))
         self._active = worker_id
+        self._schedulers = schedulers
+
+    def sync(self) -> None:
+        """Save the active worker's current schedule (before a checkpoint)."""
+        if self._active is not None and self._schedulers:
+            self._states[self._active] = self._snapshot(self._schedulers)
 
     def deactivate(self, schedulers: Sequence[Any]) -> None:
-        if self._active is not None and schedulers:
-            self._states[self._active] = self._snapshot(schedulers)
+        self.sync()
         self._active = None
 
     def reset(self) -> None:
         """Forget every worker's schedule (``reset_optimizer_state=True`` does this each round)."""
         self._states.clear()
+        self._active = None
 
     def state_dict(self) -> dict[str, Any]:
+        self.sync()
         return {"states": self._states, "initial": self._initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -65,3 +65,26 @@ def test_resume_from_round_checkpoint_equals_uninterrupted_run(tmp_path, mode):
         assert federated["round_index"] == 2
         assert set(federated["optimizer_states"]) <= {"w0", "w1", "w2", "w3"}
         assert any(federated["optimizer_states"].values())  # momentum buffers of the workers that trained
+
+
+class _Scheduled(BoringClassifier):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.7)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_resume_continues_each_workers_lr_schedule(tmp_path):
+    def run(max_epochs, ckpt_path=None, callbacks=()):
+        torch.manual_seed(0)
+        model = _Scheduled(4, 3, hidden=8)
+        data = FedDM(tiny_dataset(60), num_workers=3, batch_size=5, seed=1)
+        t = trainer(max_epochs=max_epochs, strategy=FederatedStrategy(clients_per_round=2),
+                    enable_checkpointing=bool(callbacks), callbacks=list(callbacks))  # fmt: skip
+        t.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return _params(model)
+
+    uninterrupted = run(4)
+    run(2, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")])
+    resumed = run(4, ckpt_path=str(tmp_path / "epoch=1.ckpt"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

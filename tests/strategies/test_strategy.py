@@ -121,7 +121,9 @@ def test_non_pointer_training_batches_name_federated_datamodule():
 def test_clients_per_round_out_of_range(value):
     data = FedDM(tiny_dataset(16), num_workers=4, batch_size=2)
     with pytest.raises(FederatedConfigError, match=f"clients_per_round={value!r}"):
-        trainer(max_epochs=1, strategy=FederatedStrategy(clients_per_round=value)).fit(BoringClassifier(4, 3), datamodule=data)
+        trainer(max_epochs=1, strategy=FederatedStrategy(clients_per_round=value)).fit(
+            BoringClassifier(4, 3), datamodule=data
+        )
 
 
 def test_worker_with_no_data_is_named():
@@ -133,7 +135,9 @@ def test_worker_with_no_data_is_named():
 def test_several_devices_or_nodes_are_refused_for_now():
     with pytest.raises(FederatedConfigError, match="devices=2 and num_nodes=1"):
         data = FedDM(tiny_dataset(16), num_workers=2, batch_size=4)
-        trainer(max_epochs=1, strategy="federated", accelerator="cpu", devices=2).fit(BoringClassifier(4, 3), datamodule=data)
+        trainer(max_epochs=1, strategy="federated", accelerator="cpu", devices=2).fit(
+            BoringClassifier(4, 3), datamodule=data
+        )
 
 
 @pytest.mark.parametrize(
@@ -176,4 +180,54 @@ def test_fedavg_refuses_manual_optimization_and_follow_mode_supports_it():
 def test_accumulation_that_would_mix_workers_is_refused():
     data = FedDM(tiny_dataset(24), num_workers=2, batch_size=4)  # 3 batches per worker
     with pytest.raises(FederatedConfigError, match="accumulate_grad_batches=2"):
-        trainer(max_epochs=1, strategy="federated", accumulate_grad_batches=2).fit(BoringClassifier(4, 3), datamodule=data)
+        trainer(max_epochs=1, strategy="federated", accumulate_grad_batches=2).fit(
+            BoringClassifier(4, 3), datamodule=data
+        )
+
+
+class _StepScheduled(BoringClassifier):
+    seen: list
+
+    def training_step(self, batch, batch_idx):
+        from lightning_fed.workers import current_worker
+
+        self.seen.append((current_worker().id, self.optimizers().param_groups[0]["lr"]))
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_step_interval_schedulers_advance_per_worker_across_rounds():
+    model = _StepScheduled(4, 3)
+    model.seen = []
+    data = FedDM(tiny_dataset(32), num_workers=2, batch_size=8)  # 2 batches per worker per round
+    trainer(max_epochs=3, strategy="federated").fit(model, datamodule=data)
+    for worker in ("w0", "w1"):
+        lrs = [lr for w, lr in model.seen if w == worker]
+        assert lrs == pytest.approx([0.1 * 0.5**k for k in range(6)])  # its own 6 steps, continued across rounds
+
+
+def test_mixing_step_and_epoch_schedulers_is_refused():
+    class Mixed(BoringClassifier):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [
+                {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1), "interval": "step"},
+                {"scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, 0.9), "interval": "epoch"},
+            ]
+
+    with pytest.raises(FederatedConfigError, match="step-interval LR schedulers per worker and epoch-interval"):
+        trainer(max_epochs=1, strategy="federated").fit(Mixed(4, 3), datamodule=FedDM(tiny_dataset(16), batch_size=8))
+
+
+def test_bf16_mixed_precision_on_cpu():
+    data = FedDM(tiny_dataset(32), num_workers=2, batch_size=8)
+    model = BoringClassifier(4, 3, hidden=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    t = trainer(max_epochs=2, strategy="federated", precision="bf16-mixed", accelerator="cpu")
+    t.fit(model, datamodule=data)
+    assert t.strategy.round_index == 2 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
