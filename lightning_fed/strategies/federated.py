@@ -49,6 +49,7 @@ from lightning_fed.aggregation.functional import model_delta
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
+from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregator
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
 from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures
 from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
@@ -79,6 +80,8 @@ class FederatedStrategy(Strategy):
         deadline_steps: simulated stragglers: a worker stops after this many local batches in a round.
         straggler_policy: ``"drop"`` (default, as FedAvg) or ``"partial"`` (as FedProx): whether the update of a
             worker stopped by ``deadline_steps`` counts.
+        secure_aggregation: ``True`` or a :class:`~lightning_fed.secure_aggregation.SecureAggregationConfig`: the
+            round's sum is taken by secure aggregation (pairwise masks, dropout recovery); needs a sum aggregator.
         byzantine: a Byzantine simulation: :class:`~lightning_fed.strategies.robustness.ByzantineWorkers` or a dict
             such as ``{"w3": "scale:100"}`` / ``{"w3": ("sign_flip", 1.0)}`` transforming those workers' updates.
     """
@@ -99,6 +102,7 @@ class FederatedStrategy(Strategy):
         deadline_steps: int | None = None,
         straggler_policy: str = "drop",
         byzantine: ByzantineWorkers | dict[Hashable, Any] | None = None,
+        secure_aggregation: bool | SecureAggregationConfig = False,
         accelerator: pl.accelerators.Accelerator | None = None,
         checkpoint_io: Any = None,
         precision_plugin: Any = None,
@@ -114,6 +118,13 @@ class FederatedStrategy(Strategy):
             raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
         self.mode = _MODES[mode]
         self._aggregator = _resolve_aggregator(aggregation)
+        if secure_aggregation:
+            if self.mode == "follow":
+                raise FederatedConfigError(
+                    "`secure_aggregation` secures the sum of a round's updates: it needs mode='fedavg', got mode='follow'."
+                )
+            config = secure_aggregation if isinstance(secure_aggregation, SecureAggregationConfig) else None
+            self._aggregator = SecureAggregator(self._aggregator, config)  # refuses non-sum aggregators, naming both
         self._failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
         self._byzantine = ByzantineWorkers.coerce(byzantine)
         if self.mode == "follow" and (self._failures.enabled or self._byzantine is not None):
@@ -280,6 +291,9 @@ class FederatedStrategy(Strategy):
             self._global = [t.detach().clone() for t in self._tensors]
         else:
             torch._foreach_copy_(self._global, [t.detach() for t in self._tensors])
+        set_participants = getattr(self._aggregator, "set_participants", None)
+        if callable(set_participants):  # secure aggregation exchanges keys with the round's workers up front
+            set_participants([w.id for w in plan.workers])
         self._aggregator.begin_round(self._global)
         assert self._planner is not None
         self._failures.begin_round(
@@ -305,15 +319,26 @@ class FederatedStrategy(Strategy):
 
     def _finish_worker(self, worker: BaseWorker) -> None:
         if self._failures.finish(worker.id):  # not failed, dropped out, or late under straggler_policy="drop"
-            with torch.no_grad():
-                update = model_delta([t.detach() for t in self._tensors], self._global)
-                lr = float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else 0.0
-                update = self._aggregator.worker_update(worker.id, update, self._local_steps, lr)
-                if self._byzantine is not None:
-                    update = self._byzantine(worker.id, update, self._global)
-            self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
+            self._in_worker(worker, lambda _: self._send_update(worker))
+        else:
+            drop = getattr(self._aggregator, "drop", None)
+            if callable(drop):
+                drop(worker.id)
         self._worker_states.deactivate(self.optimizers)
         self._active = None
+
+    def _send_update(self, worker: BaseWorker) -> None:
+        """Runs at the worker: its update, through the aggregator's worker-side hooks, into the round's sum.
+
+        With secure aggregation, ``accumulate`` masks the update here, so what reaches the server is masked.
+        """
+        with torch.no_grad():
+            update = model_delta([t.detach() for t in self._tensors], self._global)
+            lr = float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else 0.0
+            update = self._aggregator.worker_update(worker.id, update, self._local_steps, lr)
+            if self._byzantine is not None:
+                update = self._byzantine(worker.id, update, self._global)
+        self._aggregator.accumulate(update, weight=self._stats[worker.id]["samples"], worker_id=worker.id)
 
     def _finalize_round(self) -> None:
         if not self._round_open:
@@ -367,6 +392,15 @@ class FederatedStrategy(Strategy):
         """The plan every worker runs: the pending step function, on the worker's own batch."""
         fn, self._pending = self._pending, None
         self._pending_result = fn(real_batch) if fn is not None else None
+
+    def _in_worker(self, worker: BaseWorker, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(None)`` as the worker's plan, in its context."""
+        self._pending = fn
+        try:
+            me._send(PlanMessage(_RUN_PLAN, (None,)), worker)
+            return self._pending_result
+        finally:
+            self._pending, self._pending_result = None, None
 
     def _at_worker(self, batch: Any, fn: Callable[[Any], Any]) -> Any:
         refs, worker = refs_of(batch)

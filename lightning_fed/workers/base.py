@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,10 @@ from lightning_fed.workers.messages import (
     TensorDescriptor,
 )
 from lightning_fed.workers.store import ObjectStore
+
+if TYPE_CHECKING:  # the privacy layer sits below the workers: imported for type hints only
+    from lightning_fed.privacy.audit import AuditLog
+    from lightning_fed.privacy.policy import DataAccessPolicy
 
 _current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar(
     "lightning_fed_worker", default=None
@@ -71,9 +75,11 @@ class BaseWorker:
     Args:
         hook: the :class:`~lightning_fed.TorchHook` this worker belongs to, or ``None``. Ids are unique per hook.
         id: the worker's name (a string or an int), as in PySyft's ``VirtualWorker(hook, id="alice")``.
+        policy: a :class:`~lightning_fed.privacy.DataAccessPolicy` guarding what leaves this worker, or ``None``
+            (the default: no checks, no audit, nothing tracked).
     """
 
-    def __init__(self, hook: Any = None, id: Hashable | None = None) -> None:
+    def __init__(self, hook: Any = None, id: Hashable | None = None, *, policy: DataAccessPolicy | None = None) -> None:
         if id is None:
             raise FederatedConfigError(
                 f"{type(self).__name__} needs an `id`, got id=None: pass a name, e.g. "
@@ -92,6 +98,9 @@ class BaseWorker:
         self.hook = hook
         self._store = ObjectStore()
         self._plans: dict[str, Callable[..., Any]] = {}
+        self._guard: Any = None  # a privacy.policy.WorkerGuard when a policy is set; it holds no reference to self
+        if policy is not None:
+            self.set_policy(policy)
         if hook is not None:
             hook._register_worker(self)
 
@@ -108,6 +117,22 @@ class BaseWorker:
     def clear_objects(self) -> None:
         """Forget every object this worker holds."""
         self._store.clear()
+        if self._guard is not None:
+            self._guard.forget_all()
+
+    # -- data-access policy (lightning_fed.privacy.policy) ---------------------------------------------------------
+    def set_policy(self, policy: DataAccessPolicy | None) -> None:
+        """Guard what leaves this worker with ``policy`` (``None`` removes it); objects held now count as private."""
+        self._guard = None if policy is None else policy.guard(self.id, self._store.objects)
+
+    @property
+    def policy(self) -> DataAccessPolicy | None:
+        return None if self._guard is None else self._guard.policy
+
+    @property
+    def audit_log(self) -> AuditLog | None:
+        """What left this worker under its policy (``None`` without a policy)."""
+        return None if self._guard is None else self._guard.audit_log
 
     # -- transport ------------------------------------------------------------------------------------------------
     def _send(self, message: Any, to: BaseWorker) -> Any:
@@ -132,24 +157,33 @@ class BaseWorker:
     # -- handlers -------------------------------------------------------------------------------------------------
     def _handle_object(self, message: ObjectMessage) -> None:
         self._store.set(message.obj_id, message.obj)
+        if self._guard is not None:
+            self._guard.on_store(message.obj_id, message.obj)
 
     def _handle_get(self, message: GetMessage) -> Any:
         if message.obj_id not in self._store:
             raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
+        obj = self._store.get(message.obj_id)
+        if self._guard is not None:  # raises PermissionDeniedError, else audits and returns what may leave
+            obj = self._guard.release(message.obj_id, obj, "to_here" if message.keep else "get")
         if message.keep:
-            obj = self._store.get(message.obj_id)
             return _copy_out(obj)
-        return self._store.pop(message.obj_id)
+        self._store.discard(message.obj_id)
+        return obj
 
     def _handle_move(self, message: MoveMessage) -> None:
         if message.obj_id not in self._store:
             raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
         obj = self._store.get(message.obj_id)
+        if self._guard is not None:
+            obj = self._guard.release(message.obj_id, obj, "move", getattr(message.to, "id", None))
         self._send(ObjectMessage(message.new_id, obj), message.to)
         self._store.discard(message.obj_id)
 
     def _handle_delete(self, message: DeleteMessage) -> None:
         self._store.discard(message.obj_id)
+        if self._guard is not None:
+            self._guard.forget(message.obj_id)
 
     def _handle_command(self, message: CommandMessage) -> Any:
         func = resolve_command(message.command)
@@ -180,7 +214,10 @@ class BaseWorker:
             raise WorkerError(f"worker {self.id!r} failed to run {label}: {type(err).__name__}: {err}") from err
         finally:
             _current_worker.reset(token)
-        return self._register(result, inputs)
+        response = self._register(result, inputs)
+        if self._guard is not None:  # provenance: results inherit "private" from their inputs
+            self._guard.on_result(label, inputs.values(), args, kwargs, response)
+        return response
 
     def _register(self, result: Any, inputs: dict[int, int]) -> Any:
         if isinstance(result, torch.Tensor):
