@@ -121,7 +121,8 @@ class FederatedStrategy(Strategy):
         if secure_aggregation:
             if self.mode == "follow":
                 raise FederatedConfigError(
-                    "`secure_aggregation` secures the sum of a round's updates: it needs mode='fedavg', got mode='follow'."
+                    "`secure_aggregation` secures the sum of a round's updates: it needs mode='fedavg', "
+                    "got mode='follow'."
                 )
             config = secure_aggregation if isinstance(secure_aggregation, SecureAggregationConfig) else None
             self._aggregator = SecureAggregator(self._aggregator, config)  # refuses non-sum aggregators, naming both
