@@ -387,7 +387,7 @@ class FederatedStrategy(Strategy):
         self._skip = self.mode == "fedavg" and self._failures.skip_batch(worker.id)
         if not self._skip:
             self._stats[worker.id]["steps"] += 1
-        _describe_progress(self.lightning_module.trainer, self._round_index, worker)
+        _describe_progress(self.lightning_module.trainer, "Round" if self.mode == "fedavg" else "Epoch", worker)
 
     def _run_plan(self, real_batch: Any) -> None:
         """The plan every worker runs: the pending step function, on the worker's own batch."""
@@ -696,11 +696,11 @@ def _batch_size(batch: Any) -> int | None:
     return None
 
 
-def _describe_progress(trainer: pl.Trainer, round_index: int, worker: BaseWorker) -> None:
+def _describe_progress(trainer: pl.Trainer, unit: str, worker: BaseWorker) -> None:
     try:
         bar = trainer.progress_bar_callback.train_progress_bar  # type: ignore[union-attr]
     except (AttributeError, TypeError):  # no progress bar, or not a tqdm one, or not started
         return
     set_description = getattr(bar, "set_description", None)
     if callable(set_description):
-        set_description(f"Round {trainer.current_epoch} · {worker.id}", refresh=False)
+        set_description(f"{unit} {trainer.current_epoch} · {worker.id}", refresh=False)
