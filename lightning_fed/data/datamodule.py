@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.data as tud
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from typing_extensions import override
 
 from lightning_fed.data.federated import FederatedDataset, dataset_labels, federate, make_workers
@@ -157,8 +158,7 @@ class FederatedDataModule(LightningDataModule):
         self.save_hyperparameters(hparams, logger=datamodule._log_hyperparams or not datamodule.hparams_initial)
         self._federated: FederatedDataset | None = None
         self._stats: PartitionStats | None = None
-        self._train_batch_size: int | None = None
-        self._collate_fn: Callable[[list[Any]], Any] = default_collate
+        self._loader_args: dict[str, Any] = {}
 
     # -- the trainer and everything else belong to the inner datamodule too ----------------------------------------
     @property  # type: ignore[override]
@@ -207,21 +207,25 @@ class FederatedDataModule(LightningDataModule):
     def _federate(self) -> None:
         loader, dataset = _inner_train_data(self.datamodule)
         name = type(self.datamodule).__name__
-        self._train_batch_size = self.batch_size or loader.batch_size
-        if self._train_batch_size is None:
+        batch_size = self.batch_size or loader.batch_size
+        if batch_size is None:
             raise FederatedConfigError(
                 f"`batch_size=None` and `{name}.train_dataloader()` has no batch_size (it batches with a "
                 "batch_sampler or not at all): pass FederatedDataModule(..., batch_size=32)."
             )
-        self._collate_fn = loader.collate_fn if loader.batch_sampler is not None else default_collate
-        ignored = [f"num_workers={loader.num_workers}"] if loader.num_workers else []
-        ignored += ["pin_memory=True"] if loader.pin_memory else []
-        if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
-            ignored.append(f"sampler={type(loader.sampler).__name__}")
-        if ignored:
+        collate_fn = loader.collate_fn if loader.batch_sampler is not None else default_collate  # not default_convert
+        self._loader_args = {"batch_size": batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                             "collate_fn": collate_fn, "seed": self.seed, "order": self.order}  # fmt: skip
+        speed = [f"num_workers={loader.num_workers}"] if loader.num_workers else []
+        speed += ["pin_memory=True"] if loader.pin_memory else []
+        if speed:
+            rank_zero_info(f"FederatedDataModule: {', '.join(speed)} of `{name}.train_dataloader()` do not apply.")
+        custom = [] if isinstance(loader.sampler, (tud.RandomSampler, tud.SequentialSampler)) else [loader.sampler]
+        custom += [loader.batch_sampler] if type(loader.batch_sampler) not in (tud.BatchSampler, type(None)) else []
+        if custom:
             rank_zero_warn(
-                f"FederatedDataModule ignores {', '.join(ignored)} of `{name}.train_dataloader()`: each worker "
-                "batches its own shard in this process (shuffled when `shuffle=True`)."
+                f"FederatedDataModule ignores the {' and '.join(type(c).__name__ for c in custom)} of "
+                f"`{name}.train_dataloader()`: each worker samples its own shard (shuffled when `shuffle=True`)."
             )
         labels = self._labels(dataset)
         self._federated = federate(
@@ -279,16 +283,8 @@ class FederatedDataModule(LightningDataModule):
         """A :class:`FederatedDataLoader` over the federated training data (splitting it first if needed)."""
         if self._federated is None:
             self.setup("fit")
-        assert self._federated is not None and self._train_batch_size is not None
-        return FederatedDataLoader(
-            self._federated,
-            batch_size=self._train_batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            collate_fn=self._collate_fn,
-            seed=self.seed,
-            order=self.order,
-        )
+        assert self._federated is not None
+        return FederatedDataLoader(self._federated, **self._loader_args)
 
     @classmethod
     @override

@@ -49,6 +49,7 @@ from lightning_fed.aggregation.functional import model_delta
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
+from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator, PrivacyMonitor, find_dp, make_private
 from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregator
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
 from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures
@@ -80,6 +81,9 @@ class FederatedStrategy(Strategy):
         deadline_steps: simulated stragglers: a worker stops after this many local batches in a round.
         straggler_policy: ``"drop"`` (default, as FedAvg) or ``"partial"`` (as FedProx): whether the update of a
             worker stopped by ``deadline_steps`` counts.
+        privacy: a :class:`~lightning_fed.privacy.dp.DPConfig`: client-level DP-FedAvg (clipped updates, noise on
+            the sum) or sample-level DP-SGD at each worker (Opacus), with Opacus' accountant; ``dp/epsilon`` is
+            logged every round.
         secure_aggregation: ``True`` or a :class:`~lightning_fed.secure_aggregation.SecureAggregationConfig`: the
             round's sum is taken by secure aggregation (pairwise masks, dropout recovery); needs a sum aggregator.
         byzantine: a Byzantine simulation: :class:`~lightning_fed.strategies.robustness.ByzantineWorkers` or a dict
@@ -103,6 +107,7 @@ class FederatedStrategy(Strategy):
         straggler_policy: str = "drop",
         byzantine: ByzantineWorkers | dict[Hashable, Any] | None = None,
         secure_aggregation: bool | SecureAggregationConfig = False,
+        privacy: DPConfig | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         checkpoint_io: Any = None,
         precision_plugin: Any = None,
@@ -126,6 +131,14 @@ class FederatedStrategy(Strategy):
                 )
             config = secure_aggregation if isinstance(secure_aggregation, SecureAggregationConfig) else None
             self._aggregator = SecureAggregator(self._aggregator, config)  # refuses non-sum aggregators, naming both
+        if privacy is not None:
+            if not isinstance(privacy, DPConfig):
+                raise FederatedConfigError(
+                    f"`privacy={privacy!r}` is not valid: pass a lightning_fed.privacy.dp.DPConfig(...) or None."
+                )
+            if self.mode == "follow":
+                raise FederatedConfigError("`privacy` (differential privacy) needs mode='fedavg', got mode='follow'.")
+            self._aggregator = make_private(self._aggregator, privacy)  # outermost: DP wraps secure aggregation
         self._failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
         self._byzantine = ByzantineWorkers.coerce(byzantine)
         if self.mode == "follow" and (self._failures.enabled or self._byzantine is not None):
@@ -237,6 +250,8 @@ class FederatedStrategy(Strategy):
         self._tensors = _model_tensors(module)
         self._num_params = len(list(module.parameters()))
         self._step_schedulers = _per_worker_schedulers(trainer) if self.mode == "fedavg" else []
+        if find_dp(self._aggregator) is not None and not any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
+            trainer.callbacks.append(PrivacyMonitor())  # logs dp/epsilon each round, stops at target_epsilon
 
     # -- data -----------------------------------------------------------------------------------------------------
     @override
@@ -264,6 +279,13 @@ class FederatedStrategy(Strategy):
         self._failures.check_setup(self._planner.clients_per_round)
         if self._byzantine is not None:
             self._byzantine.check_workers(worker_ids)
+        dp = find_dp(self._aggregator)
+        if isinstance(dp, DPSGDAggregator):  # sample-level DP-SGD: per-sample gradients, Poisson batches
+            plan = self._planner.plan(0)
+            steps = dict(zip((w.id for w in plan.workers), plan.steps))
+            steps_per_round = {w.id: steps.get(w.id, self._planner.steps_for(w)) for w in dataloader.workers}
+            dp.attach_federated(self.lightning_module, dataloader, steps_per_round=steps_per_round)
+            self._planner.batch_source = lambda worker, epoch: dp.worker_batches(dataloader, worker, epoch)
         return RoundLoader(self._planner, self)
 
     def round_plan(self, round_index: int) -> RoundPlan:
@@ -385,6 +407,9 @@ class FederatedStrategy(Strategy):
             self._switch_to(worker)
         self._active = worker
         self._skip = self.mode == "fedavg" and self._failures.skip_batch(worker.id)
+        dp = find_dp(self._aggregator)
+        if isinstance(dp, DPSGDAggregator) and not dp.can_step(worker.id):
+            self._skip = True  # this worker's privacy budget is spent
         if not self._skip:
             self._stats[worker.id]["steps"] += 1
         _describe_progress(self.lightning_module.trainer, "Round" if self.mode == "fedavg" else "Epoch", worker)
@@ -523,6 +548,9 @@ class FederatedStrategy(Strategy):
 
     @override
     def teardown(self) -> None:
+        dp = find_dp(self._aggregator)
+        if isinstance(dp, DPSGDAggregator):
+            dp.detach()
         for worker in self.workers:
             worker.remove_plan(_RUN_PLAN)
         super().teardown()

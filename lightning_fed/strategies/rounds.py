@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,8 @@ class RoundPlanner:
         self.local_epochs = local_epochs
         self.local_steps = local_steps
         self.seed = seed
+        # where a worker's batches for an epoch come from (differential privacy swaps in Poisson-sampled batches)
+        self.batch_source: Callable[[BaseWorker, int], Iterator[Any]] = loader.worker_batches
         for worker in self.workers:
             if loader.num_batches(worker) == 0:
                 samples = len(loader.federated_dataset[worker.id])
@@ -100,11 +102,13 @@ class RoundPlanner:
     def plan(self, round_index: int) -> RoundPlan:
         chosen = sample_clients(len(self.workers), self.clients_per_round, self.seed, round_index)
         workers = tuple(self.workers[i] for i in chosen)
+        return RoundPlan(round_index, workers, tuple(self.steps_for(w) for w in workers))
+
+    def steps_for(self, worker: BaseWorker) -> int:
+        """The batches ``worker`` trains in a round it takes part in."""
         if self.local_steps is not None:
-            steps = tuple(self.local_steps for _ in workers)
-        else:
-            steps = tuple(self.local_epochs * self.loader.num_batches(w) for w in workers)
-        return RoundPlan(round_index, workers, steps)
+            return self.local_steps
+        return self.local_epochs * self.loader.num_batches(worker)
 
     def batches(self, plan: RoundPlan) -> Iterator[tuple[BaseWorker, Any]]:
         """The round's batches, worker after worker, each worker cycling its shard (reshuffled) as needed."""
@@ -114,7 +118,7 @@ class RoundPlanner:
             produced = 0
             for local_pass in range(passes):
                 epoch = plan.round_index * passes + local_pass
-                for batch in self.loader.worker_batches(worker, epoch=epoch):
+                for batch in self.batch_source(worker, epoch):
                     if produced == steps:
                         break
                     produced += 1

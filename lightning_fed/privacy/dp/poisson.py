@@ -1,0 +1,139 @@
+"""Poisson sampling of each worker's batches, for sample-level DP-SGD (what the accountants assume).
+
+Each batch takes every sample of the worker's shard independently with probability ``q = batch_size / shard size``,
+as Opacus' ``UniformWithReplacementSampler`` (the same ``torch.rand(n) < q`` draw, so with the same generator the same
+batches). Batch sizes vary around ``batch_size``; an empty draw still gives a batch (with zero rows), so the step
+happens and adds its noise, as Opacus' ``DPDataLoader`` does.
+
+:class:`PoissonBatches` builds the batches at the workers, as pointers, like
+:class:`~lightning_fed.data.FederatedDataLoader`: the seed comes from the loader's seed, the epoch and the worker's
+position, so a run is reproducible and a resumed run draws the same batches.
+
+Example:
+    >>> import torch
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> batches = poisson_batch_positions(10, sample_rate=0.3, num_batches=3, generator=generator)
+    >>> len(batches), all(0 <= i < 10 for b in batches for i in b)
+    (3, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import torch
+
+from lightning_fed.data.loader import FederatedDataLoader, _make_batch, mix_seed
+from lightning_fed.pointers.pointer_tensor import pointers_from
+from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.messages import ObjectRef, PlanMessage
+
+_POISSON_STREAM = 0x9015  # keeps Poisson draws independent of the loader's shuffling and client sampling
+_plan_counter = itertools.count()
+
+
+def poisson_batch_positions(
+    num_samples: int, sample_rate: float, num_batches: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """``num_batches`` Poisson draws of positions in ``range(num_samples)``, each kept with ``sample_rate``."""
+    if num_samples <= 0:
+        raise ValueError(f"poisson_batch_positions needs num_samples > 0, got {num_samples!r}")
+    out = []
+    for _ in range(num_batches):
+        mask = torch.rand(num_samples, generator=generator) < sample_rate
+        out.append(mask.nonzero(as_tuple=False).reshape(-1).tolist())
+    return out
+
+
+def _empty_like(batch: Any) -> Any:
+    """The same structure with zero rows (tensors sliced ``[:0]``)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:0]
+    if isinstance(batch, dict):
+        return {k: _empty_like(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_empty_like(v) for v in batch]
+        return type(batch)(items) if not hasattr(batch, "_fields") else type(batch)(*items)
+    return batch
+
+
+def _make_poisson_batch(shard: Any, positions: torch.Tensor, *, collate_fn: Callable[[list[Any]], Any]) -> Any:
+    """The plan a worker runs: collate the drawn samples, or an empty batch shaped like one sample's."""
+    if positions.numel() == 0:
+        return _empty_like(_make_batch(shard, torch.zeros(1, dtype=torch.long), collate_fn=collate_fn))
+    return _make_batch(shard, positions, collate_fn=collate_fn)
+
+
+class PoissonBatches:
+    """Poisson-sampled pointer batches over a :class:`~lightning_fed.data.FederatedDataLoader`'s shards.
+
+    Args:
+        loader: the federated loader (its shards, ``batch_size``, ``collate_fn`` and ``seed`` are used).
+        seed: overrides the loader's seed.
+
+    Example:
+        >>> import torch, lightning_fed as sy
+        >>> from torch.utils.data import TensorDataset
+        >>> from lightning_fed.data import FederatedDataLoader, federate
+        >>> a, b = sy.VirtualWorker(id="pa"), sy.VirtualWorker(id="pb")
+        >>> loader = FederatedDataLoader(federate(TensorDataset(torch.randn(40, 3)), (a, b)), batch_size=5)
+        >>> poisson = PoissonBatches(loader)
+        >>> poisson.sample_rate("pa")
+        0.25
+        >>> [x.location.id for (x,) in poisson.worker_batches(a, epoch=0)]
+        ['pa', 'pa', 'pa', 'pa']
+    """
+
+    def __init__(self, loader: FederatedDataLoader, seed: int | None = None) -> None:
+        self.loader = loader
+        self.seed = loader.seed if seed is None else int(seed)
+        self._plan = f"lightning_fed.poisson_batch.{next(_plan_counter)}"
+        plan = functools.partial(_make_poisson_batch, collate_fn=loader.collate_fn)
+        for worker in loader.workers:
+            worker.install_plan(self._plan, plan)
+
+    def num_samples(self, worker: BaseWorker | Hashable) -> int:
+        return len(self.loader.federated_dataset[_worker_id(worker)])
+
+    def sample_rate(self, worker: BaseWorker | Hashable) -> float:
+        """``q = batch_size / shard size`` (at most 1)."""
+        return min(1.0, self.loader.batch_size / self.num_samples(worker))
+
+    def batch_positions(
+        self, worker: BaseWorker | Hashable, epoch: int, num_batches: int | None = None
+    ) -> list[list[int]]:
+        """The positions (in the worker's shard) of each batch of ``epoch``; by default as many batches as the
+        loader gives the worker per epoch."""
+        worker_id = _worker_id(worker)
+        position = self.loader.federated_dataset.worker_ids.index(worker_id)
+        count = self.loader.num_batches(worker_id) if num_batches is None else num_batches
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, position, _POISSON_STREAM))
+        return poisson_batch_positions(self.num_samples(worker_id), self.sample_rate(worker_id), count, generator)
+
+    def worker_batches(
+        self, worker: BaseWorker | Hashable, epoch: int, num_batches: int | None = None
+    ) -> Iterator[Any]:
+        """The worker's Poisson batches of ``epoch``, as pointer batches built at the worker."""
+        shard = self.loader.federated_dataset[_worker_id(worker)]
+        for positions in self.batch_positions(worker, epoch, num_batches):
+            message = PlanMessage(
+                self._plan, (ObjectRef(shard.id_at_location), torch.tensor(positions, dtype=torch.long))
+            )
+            yield pointers_from(me._send(message, shard.location), shard.location)
+
+    def close(self) -> None:
+        """Remove the batch plan from the workers."""
+        for worker in self.loader.workers:
+            worker.remove_plan(self._plan)
+
+    def __repr__(self) -> str:
+        return (
+            f"PoissonBatches({len(self.loader.workers)} workers, batch_size={self.loader.batch_size}, seed={self.seed})"
+        )
+
+
+def _worker_id(worker: BaseWorker | Hashable) -> Hashable:
+    return worker.id if isinstance(worker, BaseWorker) else worker

@@ -1,0 +1,80 @@
+"""``AggregatorWrapper``: the hooks a privacy wrapper passes on to the aggregator it wraps (``.inner``).
+
+Example:
+    >>> from lightning_fed.aggregation import FedAvg
+    >>> wrapped = AggregatorWrapper(FedAvg())
+    >>> wrapped.setup_model(3)
+    >>> wrapped.num_params, wrapped.inner.num_params, wrapped.is_sum
+    (3, 3, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_fed.aggregation.base import Aggregator
+
+
+class AggregatorWrapper(Aggregator):
+    """Passes every hook on to ``inner``; subclasses override the ones they change."""
+
+    def __init__(self, inner: Aggregator) -> None:
+        self.inner = inner
+        self.is_sum = inner.is_sum  # type: ignore[misc]
+
+    @override
+    def setup(self, worker_ids: Sequence[Hashable]) -> None:
+        self.inner.setup(worker_ids)
+
+    @override
+    def setup_model(self, num_params: int) -> None:
+        super().setup_model(num_params)
+        self.inner.setup_model(num_params)
+
+    @override
+    def check_num_clients(self, num_clients: int) -> None:
+        self.inner.check_num_clients(num_clients)
+
+    def set_participants(self, worker_ids: Sequence[Hashable]) -> None:
+        """The next round's workers, passed on to an inner aggregator that needs them (secure aggregation)."""
+        forward = getattr(self.inner, "set_participants", None)
+        if callable(forward):
+            forward(worker_ids)
+
+    def drop(self, worker_id: Hashable) -> None:
+        """``worker_id`` failed before sending its update (passed on to an inner aggregator that tracks it)."""
+        forward = getattr(self.inner, "drop", None)
+        if callable(forward):
+            forward(worker_id)
+
+    @override
+    def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
+        self.inner.begin_round(global_tensors)
+
+    @override
+    def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:
+        self.inner.worker_start(worker_id, global_tensors)
+
+    @override
+    def adjust_gradients(self, worker_id: Hashable, params: Sequence[Tensor], global_params: Sequence[Tensor]) -> None:
+        self.inner.adjust_gradients(worker_id, params, global_params)
+
+    @override
+    def worker_update(self, worker_id: Hashable, update: list[Tensor], num_steps: int, lr: float) -> list[Tensor]:
+        return self.inner.worker_update(worker_id, update, num_steps, lr)
+
+    @override
+    def accumulate(self, update: Sequence[Tensor], weight: float, worker_id: Hashable) -> None:
+        self.inner.accumulate(update, weight, worker_id)
+
+    @property
+    @override
+    def num_contributions(self) -> int:
+        return self.inner.num_contributions
+
+    @override
+    def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:
+        return self.inner.finalize(global_tensors)
