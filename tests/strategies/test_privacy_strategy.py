@@ -12,7 +12,7 @@ from lightning_fed.testing import BoringClassifier
 from tests.strategies.helpers import FedDM, tiny_dataset, trainer
 
 pytest.importorskip("opacus")
-from opacus.accountants import RDPAccountant  # noqa: E402
+from opacus.accountants import RDPAccountant
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
