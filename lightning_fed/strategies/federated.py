@@ -31,12 +31,10 @@ Example:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -44,14 +42,23 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_fed.aggregation import AGGREGATORS, Aggregator
+from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.functional import model_delta
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
-from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator, PrivacyMonitor, find_dp, make_private
-from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregator
+from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator, PrivacyMonitor, find_dp
+from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
+from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
+from lightning_fed.strategies.reporting import (
+    batch_size_of,
+    capture_rng,
+    describe_progress,
+    restore_rng,
+    worker_summary,
+    worker_table,
+)
 from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures
 from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
 from lightning_fed.strategies.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
@@ -122,23 +129,7 @@ class FederatedStrategy(Strategy):
         ):
             raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
         self.mode = _MODES[mode]
-        self._aggregator = _resolve_aggregator(aggregation)
-        if secure_aggregation:
-            if self.mode == "follow":
-                raise FederatedConfigError(
-                    "`secure_aggregation` secures the sum of a round's updates: it needs mode='fedavg', "
-                    "got mode='follow'."
-                )
-            config = secure_aggregation if isinstance(secure_aggregation, SecureAggregationConfig) else None
-            self._aggregator = SecureAggregator(self._aggregator, config)  # refuses non-sum aggregators, naming both
-        if privacy is not None:
-            if not isinstance(privacy, DPConfig):
-                raise FederatedConfigError(
-                    f"`privacy={privacy!r}` is not valid: pass a lightning_fed.privacy.dp.DPConfig(...) or None."
-                )
-            if self.mode == "follow":
-                raise FederatedConfigError("`privacy` (differential privacy) needs mode='fedavg', got mode='follow'.")
-            self._aggregator = make_private(self._aggregator, privacy)  # outermost: DP wraps secure aggregation
+        self._aggregator = build_aggregator(aggregation, secure_aggregation, privacy, self.mode)
         self._failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
         self._byzantine = ByzantineWorkers.coerce(byzantine)
         if self.mode == "follow" and (self._failures.enabled or self._byzantine is not None):
@@ -247,9 +238,9 @@ class FederatedStrategy(Strategy):
                 "FederatedStrategy(mode='fedavg') needs `automatic_optimization=True` in your LightningModule (it "
                 "steps each worker's optimizer itself); use mode='follow' for manual optimization."
             )
-        self._tensors = _model_tensors(module)
+        self._tensors = model_tensors(module)
         self._num_params = len(list(module.parameters()))
-        self._step_schedulers = _per_worker_schedulers(trainer) if self.mode == "fedavg" else []
+        self._step_schedulers = per_worker_schedulers(trainer) if self.mode == "fedavg" else []
         if find_dp(self._aggregator) is not None and not any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
             trainer.callbacks.append(PrivacyMonitor())  # logs dp/epsilon each round, stops at target_epsilon
 
@@ -412,7 +403,7 @@ class FederatedStrategy(Strategy):
             self._skip = True  # this worker's privacy budget is spent
         if not self._skip:
             self._stats[worker.id]["steps"] += 1
-        _describe_progress(self.lightning_module.trainer, "Round" if self.mode == "fedavg" else "Epoch", worker)
+        describe_progress(self.lightning_module.trainer, "Round" if self.mode == "fedavg" else "Epoch", worker)
 
     def _run_plan(self, real_batch: Any) -> None:
         """The plan every worker runs: the pending step function, on the worker's own batch."""
@@ -469,7 +460,7 @@ class FederatedStrategy(Strategy):
                 loss.detach(),
                 on_step=False,
                 on_epoch=True,
-                batch_size=_batch_size(real_batch),
+                batch_size=batch_size_of(real_batch),
             )
         return output
 
@@ -569,29 +560,11 @@ class FederatedStrategy(Strategy):
 
     def worker_summary(self) -> dict[Hashable, dict[str, Any]]:
         """Per worker: samples, steps trained, last loss, and rounds it failed in, dropped out of, or was late for."""
-        out = {}
-        for worker_id, stats in self._stats.items():
-            last = stats.get("last_loss")
-            out[worker_id] = {
-                "samples": stats["samples"],
-                "steps": stats["steps"],
-                "last_loss": float(last) if last is not None else None,
-                **self._failures.counts(worker_id),
-            }
-        return out
+        return worker_summary(self._stats, self._failures)
 
     def worker_table(self) -> str:
-        header = (
-            f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10} {'failed':>7} {'dropped':>8} {'late':>5}"
-        )
-        rows = [header]
-        for worker_id, s in self.worker_summary().items():
-            loss = f"{s['last_loss']:.4f}" if s["last_loss"] is not None else "-"
-            rows.append(
-                f"{worker_id!s:>14} {s['samples']:>8} {s['steps']:>7} {loss:>10} {s['failed']:>7} {s['dropped']:>8} "
-                f"{s['late']:>5}"
-            )
-        return "\n".join(rows)
+        """:meth:`worker_summary` as a text table (logged at the end of fit)."""
+        return worker_table(self.worker_summary())
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     @override
@@ -632,12 +605,7 @@ class FederatedStrategy(Strategy):
             "aggregator": self._aggregator.state_dict(),
             "failures": self._failures.state_dict(),
             "stats": self.worker_summary(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": capture_rng(),
         }
 
     def _load_federated_state(self, state: dict[str, Any]) -> None:
@@ -649,13 +617,8 @@ class FederatedStrategy(Strategy):
         for worker_id, saved in state.get("stats", {}).items():
             if worker_id in self._stats:
                 self._stats[worker_id]["steps"] = saved["steps"]
-        rng = state.get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+        if state.get("rng"):
+            restore_rng(state["rng"])
 
     def _trainer_or_none(self) -> pl.Trainer | None:
         module = self.lightning_module
@@ -671,64 +634,3 @@ class FederatedStrategy(Strategy):
         ):
             if name not in strategy_registry:
                 strategy_registry.register(name, cls, description=description, mode=mode)
-
-
-def _resolve_aggregator(aggregation: str | Aggregator) -> Aggregator:
-    if isinstance(aggregation, Aggregator):
-        return aggregation
-    if isinstance(aggregation, str) and aggregation.lower() in AGGREGATORS:
-        return AGGREGATORS[aggregation.lower()]()
-    raise FederatedConfigError(
-        f"`aggregation={aggregation!r}` is not valid: pass one of {sorted(AGGREGATORS)} or an Aggregator instance."
-    )
-
-
-def _per_worker_schedulers(trainer: pl.Trainer) -> list[Any]:
-    """The step-interval LR schedulers (kept per worker); refuses mixing them with epoch-interval ones."""
-    configs = trainer.lr_scheduler_configs
-    step = [c.scheduler for c in configs if c.interval == "step"]
-    epoch = [c.scheduler for c in configs if c.interval != "step"]
-    if step and epoch:
-        raise FederatedConfigError(
-            "FederatedStrategy keeps step-interval LR schedulers per worker and epoch-interval ones global (once a "
-            f"round); got both ({[type(s).__name__ for s in step]} per step, {[type(s).__name__ for s in epoch]} "
-            "per epoch), which would fight over the learning rate: use one kind."
-        )
-    return step
-
-
-def _model_tensors(module: torch.nn.Module) -> list[Tensor]:
-    """The tensors FedAvg averages: every parameter and buffer (floating and integer), each object once."""
-    seen: set[int] = set()
-    tensors = []
-    for t in [*module.parameters(), *module.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
-            tensors.append(t)
-    return tensors
-
-
-def _batch_size(batch: Any) -> int | None:
-    if isinstance(batch, Tensor):
-        return batch.shape[0] if batch.dim() else None
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            found = _batch_size(item)
-            if found is not None:
-                return found
-    if isinstance(batch, dict):
-        for item in batch.values():
-            found = _batch_size(item)
-            if found is not None:
-                return found
-    return None
-
-
-def _describe_progress(trainer: pl.Trainer, unit: str, worker: BaseWorker) -> None:
-    try:
-        bar = trainer.progress_bar_callback.train_progress_bar  # type: ignore[union-attr]
-    except (AttributeError, TypeError):  # no progress bar, or not a tqdm one, or not started
-        return
-    set_description = getattr(bar, "set_description", None)
-    if callable(set_description):
-        set_description(f"{unit} {trainer.current_epoch} · {worker.id}", refresh=False)
