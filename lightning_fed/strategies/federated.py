@@ -52,6 +52,7 @@ from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
 from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
 from lightning_fed.strategies.reporting import (
+    WorkerLosses,
     batch_size_of,
     capture_rng,
     describe_progress,
@@ -169,6 +170,7 @@ class FederatedStrategy(Strategy):
         self._stats: dict[Hashable, dict[str, Any]] = {}
         self._local_steps = 0
         self._num_params = 0
+        self._losses = WorkerLosses()  # per-worker mean training loss, logged once a round (not once a step)
         self._skip = False  # the current batch's worker dropped out, failed, or is past its deadline
         self._stepping = False  # inside the worker's optimizer step (the backward that precedes a step)
 
@@ -359,6 +361,7 @@ class FederatedStrategy(Strategy):
             return
         if self._active is not None:
             self._finish_worker(self._active)
+        self._losses.flush(self.lightning_module.trainer)
         try:
             self._failures.end_round()  # raises when fewer than min_clients delivered an update
             if self._aggregator.num_contributions > 0:
@@ -453,15 +456,8 @@ class FederatedStrategy(Strategy):
             return None
         loss = output.get("loss") if isinstance(output, dict) else output
         if isinstance(loss, Tensor) and self._active is not None:
-            worker_id = self._active.id
-            self._stats[worker_id]["last_loss"] = loss.detach()
-            self.lightning_module.log(
-                f"train_loss/{worker_id}",
-                loss.detach(),
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch_size_of(real_batch),
-            )
+            self._losses.add(self._active.id, loss.detach(), batch_size_of(real_batch))
+            self._stats[self._active.id]["last_loss"] = loss.detach()
         return output
 
     @override
@@ -511,6 +507,8 @@ class FederatedStrategy(Strategy):
     def on_validation_start(self) -> None:
         if self._round_open and self._round_is_complete():
             self._finalize_round()
+        if self.mode == "follow":
+            self._losses.flush(self.lightning_module.trainer)
         if self._round_open and not self._module_is_global:  # mid-round validation: evaluate the global model
             self._val_stash = [t.detach().clone() for t in self._tensors]
             with torch.no_grad():
@@ -535,6 +533,7 @@ class FederatedStrategy(Strategy):
     def on_train_end(self) -> None:
         self._batch = None
         self._finalize_round()
+        self._losses.flush(self.lightning_module.trainer)
         rank_zero_info(self.worker_table())
 
     @override

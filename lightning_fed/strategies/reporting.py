@@ -21,6 +21,38 @@ from torch import Tensor
 from lightning_fed.workers.base import BaseWorker
 
 
+class WorkerLosses:
+    """Each worker's sample-weighted mean training loss, accumulated on its device, logged once a round.
+
+    Logging through ``LightningModule.log`` at every step costs more than a small model's whole step; this keeps a
+    running sum per worker and hands ``train_loss/<worker>`` to the loggers (and ``callback_metrics``) at the end
+    of each round (each epoch in ``mode="follow"``).
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[Hashable, list[Any]] = {}
+
+    def add(self, worker_id: Hashable, loss: Tensor, batch_size: int | None) -> None:
+        weight = batch_size or 1
+        entry = self._sums.get(worker_id)
+        if entry is None:
+            self._sums[worker_id] = [loss.float() * weight, weight]
+        else:
+            entry[0] = entry[0] + loss.float() * weight
+            entry[1] += weight
+
+    def flush(self, trainer: pl.Trainer) -> dict[str, float]:
+        """Log the means since the last flush; returns them."""
+        if not self._sums:
+            return {}
+        means = {f"train_loss/{w}": float(total / count) for w, (total, count) in self._sums.items()}
+        self._sums.clear()
+        for logger in trainer.loggers:
+            logger.log_metrics(means, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in means.items()})
+        return means
+
+
 def worker_summary(stats: dict[Hashable, dict[str, Any]], failures: Any) -> dict[Hashable, dict[str, Any]]:
     """Per worker: samples, steps trained, last loss, and the failure counters of ``failures``."""
     out = {}

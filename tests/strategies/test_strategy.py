@@ -231,3 +231,26 @@ def test_bf16_mixed_precision_on_cpu():
     t.fit(model, datamodule=data)
     assert t.strategy.round_index == 2 and all(p.dtype == torch.float32 for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_per_worker_loss_is_the_rounds_sample_weighted_mean(tmp_path):
+    from lightning_fed.workers import current_worker
+
+    seen = []
+
+    class Spy(BoringClassifier):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            seen.append((current_worker().id, loss.item(), batch[0].shape[0]))
+            return loss
+
+    data = FedDM(tiny_dataset(28), num_workers=2, batch_size=4)  # 14 samples each: batches of 4, 4, 4, 2
+    t = pl.Trainer(strategy="federated", max_epochs=1, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    t.fit(Spy(4, 3), datamodule=data)
+    for worker in ("w0", "w1"):
+        steps = [(loss, n) for w, loss, n in seen if w == worker]
+        expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)
+        assert t.callback_metrics[f"train_loss/{worker}"].item() == pytest.approx(expected, rel=1e-5)
+    header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_loss/w0" in header and "train_loss/w1" in header
