@@ -11,7 +11,6 @@ label skew. Every run uses the same seed, so the partitions and client samples a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,8 +48,9 @@ def run(args: argparse.Namespace, algorithm: str, partition: str, log_dir: Path)
     model = MNISTClassifier(architecture="mcmahan_2nn", lr=args.lr)
     logger = CSVLogger(log_dir, name=f"{algorithm}-{partition}".replace(" ", "_").replace("(", "").replace(")", ""))
     trainer = pl.Trainer(
-        strategy=FederatedStrategy(aggregation=ALGORITHMS[algorithm](), clients_per_round=args.clients_per_round,
-                                   seed=args.seed),  # fmt: skip
+        strategy=FederatedStrategy(
+            aggregation=ALGORITHMS[algorithm](), clients_per_round=args.clients_per_round, seed=args.seed
+        ),
         accelerator="cpu",
         devices=1,
         max_epochs=args.rounds,
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace, algorithm: str, partition: str, log_dir: Path)
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     seconds = time.perf_counter() - start
-    rounds, acc = read_curve(Path(logger.log_dir) / "metrics.csv", "val_acc")
-    print(f"{partition:>24} {algorithm:>26}: " + " ".join(f"{100 * a:.1f}" for a in acc) + f"  ({seconds:.0f} s)",
-          flush=True)  # fmt: skip
+    _, acc = read_curve(Path(logger.log_dir) / "metrics.csv", "val_acc")
+    curve = " ".join(f"{100 * a:.1f}" for a in acc)
+    print(f"{partition:>24} {algorithm:>26}: {curve}  ({seconds:.0f} s)", flush=True)
     return {"algorithm": algorithm, "partition": partition, "val_acc": acc, "seconds": seconds}
 
 

@@ -45,6 +45,7 @@ from benchmarks.common import (
     differences,
     format_table,
     interleaved,
+    load_average,
     machine_info,
     print_json_line,
     print_machine,
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{train['max_param_diff_fed_vs_plain']:.2e}."
         )
         print("messages in one step:", train["messages_by_kind"])
+        end_load = [round(x, 2) for x in load_average() or ()]
+        print(f"load average (1/5/15 min) at start: {info['load_avg']}, at end: {end_load}")
         if args.profile:
             print("\n## cProfile of one federated loop\n" + train.pop("profile"))
     finally:
@@ -383,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "ops": ops,
             "train": train,
             "rss_mib": rss_mib(),
+            "load_avg_end": [round(x, 2) for x in load_average() or ()],
         }
     )
     return 0
