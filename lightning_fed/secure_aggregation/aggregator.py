@@ -44,6 +44,7 @@ from typing_extensions import override
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.fedavg import FedAvg
 from lightning_fed.aggregation.functional import accumulation_dtype, mean_update
+from lightning_fed.aggregation.wrapper import AggregatorWrapper
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.secure_aggregation.config import SecureAggregationConfig
 from lightning_fed.secure_aggregation.protocol import SecureAggregationRound
@@ -80,7 +81,7 @@ def _finalizer(inner: Aggregator) -> Finalizer:
     )
 
 
-class SecureAggregator(Aggregator):
+class SecureAggregator(AggregatorWrapper):
     """Secure aggregation around a weighted-sum aggregator (see the module docstring).
 
     Args:
@@ -101,8 +102,8 @@ class SecureAggregator(Aggregator):
             raise FederatedConfigError(
                 f"`config={config!r}` is not valid: pass a SecureAggregationConfig(threshold=..., bits=..., clip=...)."
             )
-        self._finish = _finalizer(inner)
-        self.inner = inner
+        self._finish = _finalizer(inner)  # refuses non-sum aggregators, naming both settings
+        super().__init__(inner)
         self.config = config if config is not None else SecureAggregationConfig()
         self._worker_ids: list[Hashable] | None = None
         self._next: list[Hashable] | None = None
@@ -148,18 +149,7 @@ class SecureAggregator(Aggregator):
         self._weights = {}
         self._clipped = 0
 
-    # -- the worker side: the inner aggregator's hooks --------------------------------------------------------------
-    @override
-    def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:
-        self.inner.worker_start(worker_id, global_tensors)
-
-    @override
-    def adjust_gradients(self, worker_id: Hashable, params: Sequence[Tensor], global_params: Sequence[Tensor]) -> None:
-        self.inner.adjust_gradients(worker_id, params, global_params)
-
-    @override
-    def worker_update(self, worker_id: Hashable, update: list[Tensor], num_steps: int, lr: float) -> list[Tensor]:
-        return self.inner.worker_update(worker_id, update, num_steps, lr)
+    # the worker side (worker_start, adjust_gradients, worker_update) is the inner aggregator's, via the wrapper
 
     # -- one worker's masked input --------------------------------------------------------------------------------
     @override

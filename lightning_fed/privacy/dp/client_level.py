@@ -32,11 +32,11 @@ from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.functional import is_float
+from lightning_fed.aggregation.wrapper import AggregatorWrapper
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
 from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noise_multiplier, require_opacus
 from lightning_fed.privacy.dp.config import DPConfig
-from lightning_fed.privacy.dp.wrapper import AggregatorWrapper
 
 
 class DPAggregator(AggregatorWrapper):

@@ -25,13 +25,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
+from lightning_fed.aggregation.wrapper import AggregatorWrapper
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
 from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noise_multiplier, require_opacus
 from lightning_fed.privacy.dp.config import DPConfig
 from lightning_fed.privacy.dp.grad_sample import attach_grad_sample_hooks, reset_grad_samples
 from lightning_fed.privacy.dp.poisson import PoissonBatches
-from lightning_fed.privacy.dp.wrapper import AggregatorWrapper
 
 
 class DPSGDAggregator(AggregatorWrapper):

@@ -1,4 +1,6 @@
-"""``AggregatorWrapper``: the hooks a privacy wrapper passes on to the aggregator it wraps (``.inner``).
+"""``AggregatorWrapper``: an aggregator around another one (``.inner``), passing every hook on by default.
+
+Secure aggregation and differential privacy are such wrappers: each overrides only what it changes.
 
 Example:
     >>> from lightning_fed.aggregation import FedAvg
