@@ -82,9 +82,10 @@ class FederatedStrategy(Strategy):
         clients_per_round: workers sampled per round: an int, a fraction in (0, 1], or ``None`` for all.
         reset_optimizer_state: start every worker's optimizer state afresh each round (default: keep it).
         seed: drives client sampling; ``None`` takes the train loader's seed (so one seed drives the run).
-        min_clients: the fewest worker updates a round needs; fewer stops the run with ``RoundFailedError``. A worker
-            whose ``training_step`` raises is always left out of its round (see
-            :mod:`~lightning_fed.strategies.robustness`).
+        min_clients: the fewest worker updates a round needs; fewer stops the run with ``RoundFailedError``.
+        tolerate_failures: when a worker's ``training_step`` raises, leave that worker out of the round and go on
+            (a simulated client failure, see :mod:`~lightning_fed.strategies.robustness`) instead of stopping the
+            run with the error. Off by default: in a simulation an exception is usually a bug.
         dropout_rate: simulated dropout: the probability a sampled worker drops out of a round (seeded by round).
         deadline_steps: simulated stragglers: a worker stops after this many local batches in a round.
         straggler_policy: ``"drop"`` (default, as FedAvg) or ``"partial"`` (as FedProx): whether the update of a
@@ -110,6 +111,7 @@ class FederatedStrategy(Strategy):
         reset_optimizer_state: bool = False,
         seed: int | None = None,
         min_clients: int = 1,
+        tolerate_failures: bool = False,
         dropout_rate: float = 0.0,
         deadline_steps: int | None = None,
         straggler_policy: str = "drop",
@@ -131,6 +133,9 @@ class FederatedStrategy(Strategy):
             raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
         self.mode = _MODES[mode]
         self._aggregator = build_aggregator(aggregation, secure_aggregation, privacy, self.mode)
+        if not isinstance(tolerate_failures, bool):
+            raise FederatedConfigError(f"`tolerate_failures={tolerate_failures!r}` is not valid: pass True or False.")
+        self.tolerate_failures = tolerate_failures
         self._failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
         self._byzantine = ByzantineWorkers.coerce(byzantine)
         if self.mode == "follow" and (self._failures.enabled or self._byzantine is not None):
@@ -448,7 +453,7 @@ class FederatedStrategy(Strategy):
         try:
             output = super().training_step(real_batch, *rest, **kwargs)
         except Exception as err:
-            if self.mode != "fedavg" or self._active is None:
+            if self.mode != "fedavg" or self._active is None or not self.tolerate_failures:
                 raise
             self._failures.record_failure(self._active.id, err)  # this worker sits the rest of the round out
             self._skip = True

@@ -19,7 +19,9 @@ def _setup(name: str):
     torch.manual_seed(0)
     model = BoringClassifier(4, 3, hidden=8, lr=0.05, optimizer="sgd", dropout=0.3, batch_norm=True)
     # the same worker ids in every run: SCAFFOLD's c_i are keyed by them
-    data = FedDM(tiny_dataset(40), num_workers=4, batch_size=5, seed=7, prefix="w", partition="quantity_skew")
+    data = FedDM(
+        tiny_dataset(40), num_workers=4, batch_size=5, seed=7, prefix="w", partition="quantity_skew", drop_last=True
+    )
     return model, data, FederatedStrategy(aggregation=MAKERS[name](), clients_per_round=2)
 
 

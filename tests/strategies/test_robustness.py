@@ -77,7 +77,7 @@ def test_a_failing_worker_is_left_out_and_the_round_completes_with_the_others():
     fed = FedDM(tiny_dataset(48), num_workers=4, batch_size=4, seed=0, partition="quantity_skew")  # 3, 3, 5, 3 batches
     model = _model(worker="w2", at=2)
     start = copy.deepcopy(model)
-    strategy = FederatedStrategy()
+    strategy = FederatedStrategy(tolerate_failures=True)
     with pytest.warns(UserWarning, match=re.escape(f"Round 0: worker 'w2' failed at its local batch 2 (RuntimeError: {BOOM})")):  # fmt: skip
         trainer(max_epochs=1, strategy=strategy).fit(model, datamodule=fed)
 
@@ -99,7 +99,9 @@ def test_too_few_survivors_stop_the_run_naming_round_survivors_and_min_clients()
         rf"min_clients=4\. Left out: 'w2' \(failed: RuntimeError: {BOOM}\)"
     )
     with pytest.warns(UserWarning, match="failed"), pytest.raises(RoundFailedError, match=match) as info:
-        trainer(max_epochs=2, strategy=FederatedStrategy(min_clients=4)).fit(model, datamodule=fed)
+        trainer(max_epochs=2, strategy=FederatedStrategy(min_clients=4, tolerate_failures=True)).fit(
+            model, datamodule=fed
+        )
     assert isinstance(info.value.__cause__, RuntimeError)
     assert _max_diff(model, {k: v.double() for k, v in start.state_dict().items()}) == 0  # still the global model
 
@@ -245,3 +247,11 @@ def test_failure_counts_survive_a_checkpoint():
     restored.load_state_dict(failures.state_dict())
     assert restored.counts("a") == {"failed": 1, "dropped": 0, "late": 0}
     assert restored.counts("b") == {"failed": 0, "dropped": 0, "late": 1}
+
+
+def test_by_default_a_worker_error_stops_the_run_naming_the_worker():
+    from lightning_fed import WorkerError
+
+    fed = FedDM(tiny_dataset(48), num_workers=4, batch_size=4, seed=0, partition="quantity_skew")
+    with pytest.raises(WorkerError, match=f"worker 'w2' failed to run plan.*RuntimeError: {BOOM}"):
+        trainer(max_epochs=1, strategy=FederatedStrategy()).fit(_model(worker="w2", at=2), datamodule=fed)
