@@ -29,8 +29,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from torch import Tensor
 
-from lightning_fed.secure_aggregation.quantization import MASK32
-
 SEED_BYTES = 32
 _ZERO_NONCE = bytes(16)  # cryptography's ChaCha20 nonce: 4-byte block counter (0) + 12-byte nonce (0)
 
@@ -43,15 +41,34 @@ def keystream(seed: bytes, nbytes: int) -> bytes:
     return encryptor.update(bytes(nbytes))
 
 
+_zeros = bytearray()  # the plaintext the keystream is read from: all zeros, grown as needed, never written
+_SLACK = 64  # update_into wants its output a cipher block larger than its input
+
+
+def _zero_view(nbytes: int) -> memoryview:
+    global _zeros
+    if len(_zeros) < nbytes:
+        _zeros = bytearray(nbytes)
+    return memoryview(_zeros)[:nbytes]
+
+
 def prg_ring(seed: bytes, numel: int, bits: int) -> Tensor:
-    """``numel`` uniform elements of ``Z_(2^bits)`` (bits 32 or 64) as an int64 tensor, expanded from ``seed``."""
+    """``numel`` uniform elements of ``Z_(2^bits)`` (bits 32 or 64) as an int64 tensor, expanded from ``seed``.
+
+    The keystream is written straight into the result's memory (no intermediate copies): this runs once per pair of
+    workers per round on model-sized vectors.
+    """
     if bits not in (32, 64):
         raise ValueError(f"bits must be 32 or 64, got {bits!r}")
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a PRG seed is {SEED_BYTES} bytes, got {len(seed)}")
     width = bits // 8
-    raw = bytearray(keystream(seed, numel * width))
+    words = np.empty(numel + _SLACK // width, dtype="<i8" if bits == 64 else "<u4")
+    encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
+    encryptor.update_into(_zero_view(numel * width), words.view(np.uint8))
     if bits == 64:
-        return torch.from_numpy(np.frombuffer(raw, dtype="<i8").astype(np.int64, copy=False))
-    return torch.from_numpy(np.frombuffer(raw, dtype="<u4").astype(np.int64)) & MASK32
+        return torch.from_numpy(words[:numel].astype(np.int64, copy=False))
+    return torch.from_numpy(words[:numel].astype(np.int64))
 
 
 def derive_key(material: bytes, info: bytes, length: int = SEED_BYTES) -> bytes:
