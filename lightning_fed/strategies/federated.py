@@ -133,6 +133,7 @@ class FederatedStrategy(Strategy):
             raise FederatedConfigError(f"`local_steps={local_steps!r}` is not valid: pass an integer >= 1 or None.")
         self.mode = _MODES[mode]
         self._aggregator = build_aggregator(aggregation, secure_aggregation, privacy, self.mode)
+        self._dp = find_dp(self._aggregator)  # the differential-privacy wrapper in the chain, if any
         if not isinstance(tolerate_failures, bool):
             raise FederatedConfigError(f"`tolerate_failures={tolerate_failures!r}` is not valid: pass True or False.")
         self.tolerate_failures = tolerate_failures
@@ -248,7 +249,7 @@ class FederatedStrategy(Strategy):
         self._tensors = model_tensors(module)
         self._num_params = len(list(module.parameters()))
         self._step_schedulers = per_worker_schedulers(trainer) if self.mode == "fedavg" else []
-        if find_dp(self._aggregator) is not None and not any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
+        if self._dp is not None and not any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
             trainer.callbacks.append(PrivacyMonitor())  # logs dp/epsilon each round, stops at target_epsilon
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ class FederatedStrategy(Strategy):
         self._failures.check_setup(self._planner.clients_per_round)
         if self._byzantine is not None:
             self._byzantine.check_workers(worker_ids)
-        dp = find_dp(self._aggregator)
+        dp = self._dp
         if isinstance(dp, DPSGDAggregator):  # sample-level DP-SGD: per-sample gradients, Poisson batches
             plan = self._planner.plan(0)
             steps = dict(zip((w.id for w in plan.workers), plan.steps))
@@ -406,7 +407,7 @@ class FederatedStrategy(Strategy):
             self._switch_to(worker)
         self._active = worker
         self._skip = self.mode == "fedavg" and self._failures.skip_batch(worker.id)
-        dp = find_dp(self._aggregator)
+        dp = self._dp
         if isinstance(dp, DPSGDAggregator) and not dp.can_step(worker.id):
             self._skip = True  # this worker's privacy budget is spent
         if not self._skip:
@@ -543,7 +544,7 @@ class FederatedStrategy(Strategy):
 
     @override
     def teardown(self) -> None:
-        dp = find_dp(self._aggregator)
+        dp = self._dp
         if isinstance(dp, DPSGDAggregator):
             dp.detach()
         for worker in self.workers:
