@@ -29,6 +29,7 @@ import io
 import pstats
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,39 @@ def count_messages(workers: list[sy.VirtualWorker], fn: Any) -> dict[str, int]:
     return dict(counts)
 
 
+def split_worker_time(workers: list[sy.VirtualWorker], fn: Any, runs: int) -> list[tuple[float, float]]:
+    """Per run of ``fn()``: (total s, s spent inside the torch calls the workers ran), by shadowing ``_execute``.
+
+    The difference is everything else: the pointer machinery and the Python of nn.Module/optimizer/autograd that a
+    plain loop runs too.
+    """
+    inside = [0]
+
+    def timed(func: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter_ns()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter_ns() - start
+
+        return run
+
+    for w in workers:
+        original = w._execute
+        w._execute = lambda label, func, args, kwargs, original=original: original(label, timed(func), args, kwargs)
+    try:
+        out = []
+        for _ in range(runs):
+            inside[0] = 0
+            total = time_once_s(fn)
+            out.append((total, inside[0] / 1e9))
+        return out
+    finally:
+        for w in workers:
+            del w._execute
+
+
 def train_loop(
     workers: list[sy.VirtualWorker], steps: int, batch_size: int, repeats: int, profile: int
 ) -> dict[str, Any]:
@@ -256,6 +290,14 @@ def train_loop(
     )
     per_step_ms = {name: statistics.median(t) / steps * 1e3 for name, t in times.items()}
     messages = count_messages(workers, lambda: fed_loop(models["fed"], opts["fed"], fed_batches[:1], device))
+    split = {}
+    for name, loop in (("fed", fed_loop), ("resident", resident_loop)):
+        runs = split_worker_time(
+            workers, lambda loop=loop, name=name: loop(models[name], opts[name], fed_batches, device), 3
+        )
+        total, inside = min(runs)  # the fastest run: the least disturbed by other load
+        split[name] = {"total": total / steps * 1e3, "inside_worker_torch": inside / steps * 1e3}
+        split[name]["outside"] = split[name]["total"] - split[name]["inside_worker_torch"]
     result: dict[str, Any] = {
         "steps": steps,
         "batch_size": batch_size,
@@ -265,9 +307,16 @@ def train_loop(
         "ratio": ratios(times["fed"], times["plain"]),
         "resident_ratio": ratios(times["resident"], times["plain"]),
         "sendget_share": summary([s / f for s, f in zip(times["sendget"], times["fed"], strict=True)]),
-        "dispatch_ms_per_step": (per_step_ms["resident"] - per_step_ms["plain"]),
+        # per-repeat differences (so a slow spell that hits one repeat does not skew them), in ms per step
+        "fed_extra_ms_per_step": summary(
+            [(f - p) / steps * 1e3 for f, p in zip(times["fed"], times["plain"], strict=True)]
+        ),
+        "dispatch_ms_per_step": summary(
+            [(r - p) / steps * 1e3 for r, p in zip(times["resident"], times["plain"], strict=True)]
+        ),
         "goal_ratio": GOAL_RATIO,
         "max_param_diff_fed_vs_plain": max_diff,
+        "split_ms_per_step": split,  # fastest of 3 extra runs: time inside the worker's torch calls vs outside
         "messages_per_step": sum(messages.values()),
         "messages_by_kind": dict(sorted(messages.items(), key=lambda kv: -kv[1])),
     }
@@ -298,6 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64; smoke 8)")
     parser.add_argument("--iters", type=int, default=None, help="calls per small-op measurement (default 3000)")
     parser.add_argument("--model-iters", type=int, default=None, help="calls per model send+get (default 30)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's own default)"
+    )
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile rows of the loop")
     args = parser.parse_args(argv)
     defaults = (
@@ -315,6 +367,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     info = machine_info()
     print_machine(info)
     hook = sy.TorchHook(torch)
@@ -364,10 +418,21 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "meets" if train["meets_goal"] else "MISSES"
         print(
             f"\nfed/plain = {ratio['median']:.3f} (min {ratio['min']:.3f}, max {ratio['max']:.3f}): {verdict} the "
-            f"{GOAL_RATIO}x goal. Pointer dispatch (model kept at worker - plain): "
-            f"{train['dispatch_ms_per_step']:.2f} ms/step; module send+get: {ms['sendget']:.2f} ms/step; "
+            f"{GOAL_RATIO}x goal. Per step, fed - plain: {train['fed_extra_ms_per_step']['median']:.2f} ms; pointer "
+            f"dispatch (model kept at worker - plain): {train['dispatch_ms_per_step']['median']:.2f} ms; "
+            f"module send+get: {ms['sendget']:.2f} ms; "
             f"{train['messages_per_step']} messages/step. Fed and plain weights differ by at most "
             f"{train['max_param_diff_fed_vs_plain']:.2e}."
+        )
+        sp = train["split_ms_per_step"]
+        print(
+            "split of a step (fastest of 3 runs), ms: "
+            + "; ".join(
+                f"{name}: {v['total']:.2f} total = {v['inside_worker_torch']:.2f} in the torch calls the worker ran "
+                f"+ {v['outside']:.2f} outside them"
+                for name, v in sp.items()
+            )
+            + f"; plain: {ms['plain']:.2f} (median) all of it"
         )
         print("messages in one step:", train["messages_by_kind"])
         end_load = [round(x, 2) for x in load_average() or ()]
@@ -381,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "pointer",
             "machine": info,
             "config": {
-                k: getattr(args, k) for k in ("smoke", "repeats", "steps", "batch_size", "iters", "model_iters")
+                k: getattr(args, k)
+                for k in ("smoke", "repeats", "steps", "batch_size", "iters", "model_iters", "threads")
             },
             "ops": ops,
             "train": train,

@@ -43,7 +43,15 @@ def test_pointer_benchmark_smoke():
     for op in record["ops"].values():
         assert {"ptr_us", "plain_us", "overhead_us"} <= op.keys()
     train = record["train"]
-    assert {"step_ms", "ratio", "resident_ratio", "goal_ratio", "meets_goal", "messages_per_step"} <= train.keys()
+    assert {
+        "step_ms",
+        "ratio",
+        "resident_ratio",
+        "goal_ratio",
+        "meets_goal",
+        "messages_per_step",
+        "split_ms_per_step",
+    } <= train.keys()
     assert {"min", "median", "max"} <= train["ratio"].keys()
     assert {"plain", "fed", "resident", "sendget"} <= train["step_ms"].keys()
     # the federated loop trained the same weights as plain PyTorch (a correctness check, not a timing)
