@@ -49,7 +49,7 @@ class RoundLoader:
         return trainer.current_epoch if trainer is not None else 0
 
     def __len__(self) -> int:
-        return self.planner.plan(self._round()).total_steps
+        return self.strategy._round_length(self.planner.plan(self._round()))
 
     def __iter__(self) -> Iterator[Any]:
         return self._batches()
@@ -57,8 +57,7 @@ class RoundLoader:
     def _batches(self) -> Iterator[Any]:
         plan = self.planner.plan(self._round())  # runs at the first next(), after set_epoch
         self.strategy._begin_round(plan)
-        for _worker, batch in self.planner.batches(plan):
-            yield batch
+        yield from self.strategy._round_batches(plan)
 
 
 def sync_round_length(trainer: pl.Trainer, num_batches: int) -> None:

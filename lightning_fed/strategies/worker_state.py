@@ -49,6 +49,14 @@ class WorkerOptimizerStates:
             optimizer.state = state
         self._active = worker_id
 
+    def get(self, worker_id: Hashable) -> list[defaultdict] | None:
+        """``worker_id``'s state dicts (one per optimizer, keyed by parameter), or ``None`` if it has none yet."""
+        return self._states.get(worker_id)
+
+    def put(self, worker_id: Hashable, states: list[defaultdict]) -> None:
+        """Replace ``worker_id``'s state dicts (vectorized training writes them back after a round)."""
+        self._states[worker_id] = states
+
     def deactivate(self, optimizers: Sequence[Optimizer]) -> None:
         """Give the optimizers an empty state (the server side holds none between workers)."""
         for optimizer in optimizers:

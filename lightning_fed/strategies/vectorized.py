@@ -1,0 +1,579 @@
+"""Vectorized workers: a round's workers train together, as one batched computation over stacked model copies.
+
+With ``FederatedStrategy(vectorize=True)`` each participating worker's parameters become one slice of a stacked
+tensor with a leading worker dimension. A vectorized step takes the next batch of every worker at once and runs
+the user's unchanged ``training_step`` under ``torch.func.functional_call`` + ``torch.vmap`` (gradients by
+``torch.func.grad_and_value``), so K workers cost one dispatch of each operation instead of K. The user's own
+optimizer class is re-created over the stacked tensors with the same hyper-parameters: SGD, momentum, Adam and
+their relatives update elementwise, so every worker's slice moves exactly as it would alone.
+
+Exactness with the sequential path:
+
+* **Unequal shards**: a worker with no batch left at a step is masked (its parameter and optimizer-state slices
+  are restored after the step), so it does not move; batches of different sizes at one step (a shard's last
+  batch) are vmapped in groups of equal shape.
+* **Optimizer state** kept across rounds: workers whose states differ in kind or in their scalar ``step`` cannot
+  share one stacked optimizer (its ``step`` is one number), so the round's workers are split into *cohorts* of
+  equal state signature, trained one cohort after another; with equal shards (or fresh state) there is one.
+* **Randomness**: ``vmap(randomness="different")``: dropout draws an independent mask for each worker.
+* **Not batchable**: when an operation of ``training_step`` cannot run under ``vmap`` (``.item()``, data-dependent
+  control flow, in-place updates of unbatched state such as a torchmetrics metric), the first step says so in one
+  warning and the run goes on in *loop* mode: each worker's forward and backward run one after another (plain
+  autograd, ``self.log`` as usual) and only the optimizer step stays stacked. Never a silent wrong answer.
+* **Refused** with a :class:`~lightning_fed.exceptions.FederatedConfigError` naming the cause: BatchNorm (running
+  statistics per worker are not kept), manual optimization, several optimizers, gradient accumulation, mixed
+  precision, step-interval LR schedulers, overridden backward/optimizer hooks, and aggregators that edit gradients
+  at the workers (FedProx, SCAFFOLD, sample-level DP).
+
+Vectorized training is a simulation technique: the round's batches meet in one computation in this process.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed import FederatedDataModule, FederatedStrategy
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> data = FederatedDataModule.from_datasets(
+    ...     TensorDataset(torch.randn(64, 4), torch.arange(64) % 2), workers=8, batch_size=4
+    ... )
+    >>> trainer = pl.Trainer(strategy=FederatedStrategy(vectorize=True), max_epochs=2, logger=False,
+    ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(BoringClassifier(), datamodule=data)
+    >>> trainer.strategy.round_index, trainer.global_step  # 2 rounds of 2 vectorized steps (8 workers x 2 batches)
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.optim import Optimizer
+
+from lightning_fed.aggregation.base import Aggregator
+from lightning_fed.aggregation.wrapper import AggregatorWrapper
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.workers.base import BaseWorker
+
+_HOOKS_NOT_CALLED = (
+    "backward",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "optimizer_step",
+    "configure_gradient_clipping",
+)
+
+
+# -- what the round loader yields ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cohort:
+    """Workers that train together: their optimizer states have one signature, so one stacked optimizer fits."""
+
+    index: int
+    workers: tuple[BaseWorker, ...]
+    steps: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        return max(self.steps)
+
+
+class VectorStep:
+    """One vectorized step: the next pointer batch of each of the cohort's workers (``None``: it has none left).
+
+    A plain object (not a collection), so Lightning's batch transfer leaves it alone.
+    """
+
+    __slots__ = ("batches", "cohort", "step")
+
+    def __init__(self, cohort: Cohort, step: int, batches: list[Any]) -> None:
+        self.cohort = cohort
+        self.step = step
+        self.batches = batches
+
+    def __repr__(self) -> str:
+        present = sum(b is not None for b in self.batches)
+        return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
+
+
+def cohort_steps(cohorts: Sequence[Cohort], batch_source: Any, planner: Any, round_index: int) -> Iterator[VectorStep]:
+    """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch."""
+    for cohort in cohorts:
+        streams = [
+            _worker_stream(planner, batch_source, w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)
+        ]
+        for step in range(cohort.length):
+            yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
+
+
+def _worker_stream(planner: Any, batch_source: Any, worker: BaseWorker, steps: int, round_index: int) -> Iterator[Any]:
+    # the same batches, in the same order, as RoundPlanner.batches gives the sequential path
+    per_pass = planner.loader.num_batches(worker)
+    passes = -(-steps // per_pass)
+    for local_pass in range(passes):
+        yield from batch_source(worker, round_index * passes + local_pass)
+
+
+# -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
+def _signature(state: dict[Tensor, dict[str, Any]] | None, params: Sequence[Tensor]) -> tuple:
+    if not state:
+        return ()
+    out = []
+    for position, param in enumerate(params):
+        entries = state.get(param)
+        if not entries:
+            continue
+        items = []
+        for key in sorted(entries):
+            value = entries[key]
+            if isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 0:
+                items.append((key, "tensor"))  # stacked along the worker dimension
+            elif isinstance(value, Tensor) and value.numel() == 1:
+                items.append((key, float(value)))  # one shared number: must be equal
+            else:
+                items.append((key, repr(value)))
+        out.append((position, tuple(items)))
+    return tuple(out)
+
+
+def plan_cohorts(
+    workers: Sequence[BaseWorker], steps: Sequence[int], states: Any, optimizer: Optimizer | None
+) -> list[Cohort]:
+    """Split a round's workers into cohorts of equal optimizer-state signature, in order of first appearance."""
+    params = [p for g in optimizer.param_groups for p in g["params"]] if optimizer is not None else []
+    groups: dict[tuple, list[int]] = {}
+    for i, worker in enumerate(workers):
+        saved = states.get(worker.id)
+        key = _signature(saved[0] if saved else None, params)
+        groups.setdefault(key, []).append(i)
+    return [
+        Cohort(n, tuple(workers[i] for i in idx), tuple(steps[i] for i in idx)) for n, idx in enumerate(groups.values())
+    ]
+
+
+# -- what vectorized training supports -------------------------------------------------------------------------------
+def _aggregator_chain(aggregator: Aggregator) -> Iterator[Aggregator]:
+    seen = 0
+    while aggregator is not None and seen < 16:
+        yield aggregator
+        aggregator = getattr(aggregator, "inner", None)
+        seen += 1
+
+
+def check_vectorizable(module: Any, trainer: Any, aggregator: Aggregator) -> None:
+    """Raise :class:`FederatedConfigError` naming what ``vectorize=True`` cannot train exactly."""
+    fix = "pass vectorize=False (the sequential path supports it)"
+    if not module.automatic_optimization:
+        raise FederatedConfigError(f"`vectorize=True` needs automatic optimization (your module uses manual): {fix}.")
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._NormBase) and getattr(sub, "track_running_stats", False):
+            raise FederatedConfigError(
+                f"`vectorize=True` cannot keep per-worker running statistics of {type(sub).__name__} module "
+                f"{name or '<root>'!r}: {fix}, or use a norm without running statistics (GroupNorm, LayerNorm, "
+                "track_running_stats=False)."
+            )
+    overridden = [hook for hook in _HOOKS_NOT_CALLED if is_overridden(hook, module)]
+    if overridden:
+        raise FederatedConfigError(
+            f"`vectorize=True` computes gradients and steps the optimizer itself, so your module's {overridden} "
+            f"would not be called: {fix}."
+        )
+    if len(trainer.optimizers) != 1:
+        raise FederatedConfigError(
+            f"`vectorize=True` needs exactly one optimizer, got {len(trainer.optimizers)}: {fix}."
+        )
+    if trainer.accumulate_grad_batches != 1:
+        raise FederatedConfigError(
+            f"`vectorize=True` does not support `accumulate_grad_batches={trainer.accumulate_grad_batches}`: use 1 "
+            f"and a larger batch size, or {fix}."
+        )
+    precision = str(trainer.precision)
+    if precision not in ("32-true", "32", "64-true", "64"):
+        raise FederatedConfigError(
+            f"`vectorize=True` supports 32/64-bit precision, got precision={precision!r}: {fix}."
+        )
+    step_schedulers = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.interval == "step"]
+    if step_schedulers:
+        raise FederatedConfigError(
+            f"`vectorize=True` keeps no per-worker LR schedule: step-interval schedulers {step_schedulers} are not "
+            f"supported; use interval='epoch' (one step a round) or {fix}."
+        )
+    for agg in _aggregator_chain(aggregator):
+        hook = type(agg).adjust_gradients
+        if hook not in (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients):
+            raise FederatedConfigError(
+                f"`vectorize=True` does not support {type(agg).__name__}, which edits gradients at the workers: "
+                f"use FedAvg, FedAvgM, FedOpt, robust aggregators, secure aggregation or client-level DP, or {fix}."
+            )
+
+
+class _TrainingStepCall(nn.Module):
+    """``forward`` calls the LightningModule's ``training_step`` (so ``functional_call`` can swap its parameters)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any, batch_idx: int) -> Any:
+        return self.module.training_step(batch, batch_idx)
+
+
+def _loss_of(output: Any) -> Tensor:
+    loss = output.get("loss") if isinstance(output, dict) else output
+    if not isinstance(loss, Tensor):
+        raise FederatedConfigError(
+            f"`vectorize=True` needs training_step to return a loss tensor (or a dict with 'loss'), got {output!r}: "
+            "skipping batches by returning None is not supported; pass vectorize=False."
+        )
+    return loss
+
+
+def _is_vmap_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "vmap" in text or "batchedtensor" in text or "functorch" in text or "batching rule" in text
+
+
+@dataclass
+class _LogCall:
+    name: str
+    kwargs: dict[str, Any]
+
+
+class _LogRecorder:
+    """Stands in for ``LightningModule.log`` under vmap: records names and values, logs them per worker after."""
+
+    def __init__(self) -> None:
+        self.calls: list[_LogCall] = []
+        self.values: list[Tensor] = []
+
+    def __call__(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            raise FederatedConfigError("`vectorize=True`: pass self.log options by keyword.")
+        self.calls.append(_LogCall(name, kwargs))
+        self.values.append(torch.as_tensor(value).detach() if not isinstance(value, Tensor) else value.detach())
+
+
+# -- the stacked workers of one cohort --------------------------------------------------------------------------------
+class VectorizedWorkers:
+    """Trains the cohorts of a run: stacked parameters, the user's optimizer re-created over them, masked steps.
+
+    Args:
+        module: the LightningModule (its parameters hold the global model; they are never changed here).
+        optimizer: the user's optimizer (its class and hyper-parameters are copied, its state is not used).
+        states: the strategy's :class:`~lightning_fed.strategies.worker_state.WorkerOptimizerStates`.
+        clip_val / clip_algorithm: Lightning's ``gradient_clip_val`` / ``gradient_clip_algorithm``, applied to
+            each worker's gradients separately.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        optimizer: Optimizer,
+        states: Any,
+        clip_val: float | None = None,
+        clip_algorithm: str | None = None,
+    ) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.states = states
+        self.clip_val = clip_val
+        self.clip_algorithm = clip_algorithm or "norm"
+        self.use_vmap = True
+        self._call = _TrainingStepCall(module)
+        named = dict(module.named_parameters())
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.user_params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.names = {id(p): f"module.{n}" for n, p in named.items()}
+        missing = [p for p in self.user_params if id(p) not in self.names]
+        if missing:
+            raise FederatedConfigError(
+                "`vectorize=True`: the optimizer holds tensors that are not parameters of the LightningModule; "
+                "pass vectorize=False."
+            )
+        self._position = {id(p): i for i, p in enumerate(self.user_params)}
+        self.frozen = {f"module.{n}": p for n, p in named.items() if id(p) not in in_optimizer}
+        self.cohort: Cohort | None = None
+        self.stacked: list[Tensor] = []
+        self.stacked_optimizer: Optimizer | None = None
+        self.counts: list[int] = []
+        self._start_step: float | None = None
+        self._grads: list[Tensor] | None = None
+        self._active: list[bool] = []
+
+    # -- cohort lifecycle --------------------------------------------------------------------------------------------
+    def start(self, cohort: Cohort) -> None:
+        """Stack the global model once per worker and the workers' optimizer states; build the stacked optimizer."""
+        k = len(cohort.workers)
+        with torch.no_grad():
+            self.stacked = [p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())) for p in self.user_params]
+        groups, position = [], 0
+        for group in self.optimizer.param_groups:
+            n = len(group["params"])
+            groups.append({**{key: v for key, v in group.items() if key != "params"},
+                           "params": self.stacked[position:position + n]})  # fmt: skip
+            position += n
+        try:
+            self.stacked_optimizer = type(self.optimizer)(groups)
+        except TypeError:
+            try:
+                self.stacked_optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
+            except TypeError as err:
+                raise FederatedConfigError(
+                    f"`vectorize=True` could not re-create your optimizer {type(self.optimizer).__name__} over the "
+                    f"stacked parameters ({err}): pass vectorize=False."
+                ) from err
+        self._load_states(cohort)
+        self.cohort = cohort
+        self.counts = [0] * k
+
+    def _load_states(self, cohort: Cohort) -> None:
+        saved = [self.states.get(w.id) for w in cohort.workers]
+        first = saved[0]
+        self._start_step = None
+        if not first or not first[0]:
+            return  # fresh: the stacked optimizer creates its state at the first step, as each worker's would
+        assert self.stacked_optimizer is not None
+        for i, param in enumerate(self.user_params):
+            entries = first[0].get(param)
+            if not entries:
+                continue
+            stacked_entries: dict[str, Any] = {}
+            for key, value in entries.items():
+                if isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 0:
+                    stacked_entries[key] = torch.stack([s[0][param][key] for s in saved])
+                else:
+                    stacked_entries[key] = value.clone() if isinstance(value, Tensor) else value
+                    if key == "step":
+                        self._start_step = float(value)
+            self.stacked_optimizer.state[self.stacked[i]] = stacked_entries
+
+    def finish(self) -> list[tuple[BaseWorker, list[Tensor], int]]:
+        """Each worker's final parameters (in the module's order; views into the stacks) and step count; saves
+        their optimizer states."""
+        assert self.cohort is not None and self.stacked_optimizer is not None
+        out = []
+        for k, worker in enumerate(self.cohort.workers):
+            if self.counts[k]:
+                self._save_state(worker.id, k)
+            out.append((worker, [self._worker_param(p, k) for p in self.module.parameters()], self.counts[k]))
+        self.cohort = None
+        self.stacked_optimizer = None
+        return out
+
+    def _worker_param(self, param: Tensor, k: int) -> Tensor:
+        position = self._position.get(id(param))
+        return param.detach() if position is None else self.stacked[position][k]  # frozen: the global value
+
+    def _save_state(self, worker_id: Hashable, k: int) -> None:
+        assert self.stacked_optimizer is not None
+        k_workers = len(self.counts)
+        state: defaultdict = defaultdict(dict)
+        for param, stacked in zip(self.user_params, self.stacked):
+            entries = self.stacked_optimizer.state.get(stacked)
+            if not entries:
+                continue
+            mine: dict[str, Any] = {}
+            for key, value in entries.items():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == k_workers and \
+                        value.shape[1:] == param.shape:  # fmt: skip
+                    mine[key] = value[k].clone()
+                elif key == "step":
+                    steps = (self._start_step or 0.0) + self.counts[k]
+                    mine[key] = torch.tensor(steps, dtype=value.dtype) if isinstance(value, Tensor) else steps
+                else:
+                    mine[key] = value.clone() if isinstance(value, Tensor) else value
+            state[param] = mine
+        self.states.put(worker_id, [state])
+
+    # -- one vectorized step ----------------------------------------------------------------------------------------
+    def compute(self, batches: Sequence[Any], active: Sequence[bool], batch_idx: int) -> list[tuple[int, Tensor]]:
+        """Gradients of every active worker's ``training_step`` loss; returns ``[(worker position, loss)]``."""
+        assert self.cohort is not None
+        self._active = list(active)
+        positions = [k for k, a in enumerate(active) if a]
+        grads = [torch.zeros_like(t) for t in self.stacked]
+        losses: list[tuple[int, Tensor]] = []
+        if self.use_vmap:
+            try:
+                losses = self._compute_vmap(batches, positions, grads, batch_idx)
+            except Exception as err:
+                if not _is_vmap_error(err):
+                    raise
+                rank_zero_warn(
+                    f"FederatedStrategy(vectorize=True): your training_step cannot run under torch.vmap ({err}). "
+                    "Going on in loop mode: each worker's forward and backward run one after another (exact, slower)."
+                )
+                self.use_vmap = False
+                grads = [torch.zeros_like(t) for t in self.stacked]
+        if not self.use_vmap:
+            losses = self._compute_loop(batches, positions, grads, batch_idx)
+        self._grads = grads
+        return losses
+
+    def _compute_vmap(
+        self, batches: Sequence[Any], positions: list[int], grads: list[Tensor], batch_idx: int
+    ) -> list[tuple[int, Tensor]]:
+        by_shape: dict[tuple, list[int]] = {}
+        for k in positions:
+            by_shape.setdefault(_shapes(batches[k]), []).append(k)
+        losses: list[tuple[int, Tensor]] = []
+        for group in by_shape.values():
+            index = torch.tensor(group, device=self.stacked[0].device) if len(group) < len(self.stacked[0]) else None
+            params = [t if index is None else t.index_select(0, index) for t in self.stacked]
+            batch = _stack([batches[k] for k in group])
+            recorder = _LogRecorder()
+            group_grads, (loss, logged) = self._vmapped(params, batch, batch_idx, recorder)
+            for full, part in zip(grads, group_grads):
+                if index is None:
+                    full.copy_(part)
+                else:
+                    full.index_copy_(0, index, part)
+            for j, k in enumerate(group):
+                for call, values in zip(recorder.calls, logged):
+                    self._log(call, values[j], batches[k])
+                losses.append((k, loss[j].detach()))
+        return losses
+
+    def _vmapped(self, params: list[Tensor], batch: Any, batch_idx: int, recorder: _LogRecorder) -> Any:
+        names = [self.names[id(p)] for p in self.user_params]
+
+        def loss_fn(worker_params: list[Tensor], worker_batch: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
+            recorder.calls.clear()
+            recorder.values.clear()
+            swapped = {**self.frozen, **dict(zip(names, worker_params))}
+            loss = _loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
+            return loss, tuple(recorder.values)  # grad_and_value returns (grads, (loss, these))
+
+        with _patched_log(self.module, recorder):
+            return vmap(grad_and_value(loss_fn, has_aux=True), randomness="different")(params, batch)
+
+    def _compute_loop(
+        self, batches: Sequence[Any], positions: list[int], grads: list[Tensor], batch_idx: int
+    ) -> list[tuple[int, Tensor]]:
+        names = [self.names[id(p)] for p in self.user_params]
+        losses = []
+        for k in positions:
+            leaves = [t[k].detach().requires_grad_(True) for t in self.stacked]
+            output = functional_call(self._call, {**self.frozen, **dict(zip(names, leaves))}, (batches[k], batch_idx))
+            loss = _loss_of(output)
+            for full, grad in zip(grads, torch.autograd.grad(loss, leaves, allow_unused=True)):
+                if grad is not None:
+                    full[k].copy_(grad)
+            losses.append((k, loss.detach()))
+        return losses
+
+    def _log(self, call: _LogCall, value: Tensor, batch: Any) -> None:
+        kwargs = dict(call.kwargs)
+        if kwargs.get("batch_size") is None:
+            kwargs["batch_size"] = _batch_size(batch)
+        self.module.log(call.name, value, **kwargs)
+
+    def step(self) -> None:
+        """Clip each worker's gradients, step the stacked optimizer; masked (inactive) workers do not move."""
+        assert self.stacked_optimizer is not None and self._grads is not None
+        grads, self._grads = self._grads, None
+        if self.clip_val is not None and self.clip_val > 0:
+            _clip_per_worker(grads, float(self.clip_val), self.clip_algorithm)
+        for stacked, grad in zip(self.stacked, grads):
+            stacked.grad = grad
+        for user_group, group in zip(self.optimizer.param_groups, self.stacked_optimizer.param_groups):
+            for key, value in user_group.items():  # LR schedulers change the user's optimizer: follow them
+                if key != "params":
+                    group[key] = value
+        inactive = [k for k, a in enumerate(self._active) if not a]
+        saved = self._save_slices(inactive) if inactive else None
+        self.stacked_optimizer.step()
+        if saved is not None:
+            self._restore_slices(inactive, saved)
+        for k, a in enumerate(self._active):
+            self.counts[k] += int(a)
+        for stacked in self.stacked:
+            stacked.grad = None
+
+    def _per_worker_tensors(self) -> list[Tensor]:
+        assert self.stacked_optimizer is not None
+        k = len(self.counts)
+        out = list(self.stacked)
+        for stacked in self.stacked:
+            for value in self.stacked_optimizer.state.get(stacked, {}).values():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == k:
+                    out.append(value)
+        return out
+
+    def _save_slices(self, inactive: list[int]) -> list[Tensor]:
+        index = torch.tensor(inactive, device=self.stacked[0].device)
+        return [t.index_select(0, index) for t in self._per_worker_tensors()]
+
+    def _restore_slices(self, inactive: list[int], saved: list[Tensor]) -> None:
+        # parameters come first and state tensors keep their order; state created by this very step has no saved
+        # slice (a worker masked since the start never saves its state: its step count stays 0)
+        index = torch.tensor(inactive, device=self.stacked[0].device)
+        with torch.no_grad():
+            for t, v in zip(self._per_worker_tensors(), saved):
+                t.index_copy_(0, index, v)
+
+
+@contextlib.contextmanager
+def _patched_log(module: Any, recorder: _LogRecorder) -> Iterator[None]:
+    module.log = recorder  # an instance attribute shadows LightningModule.log (and log_dict, which calls it)
+    try:
+        yield
+    finally:
+        del module.log
+
+
+def _leaves(batch: Any) -> list[Tensor]:
+    if isinstance(batch, Tensor):
+        return [batch]
+    if isinstance(batch, (list, tuple)):
+        return [leaf for item in batch for leaf in _leaves(item)]
+    if isinstance(batch, dict):
+        return [leaf for key in sorted(batch, key=str) for leaf in _leaves(batch[key])]
+    return []
+
+
+def _shapes(batch: Any) -> tuple:
+    return tuple((tuple(t.shape), t.dtype) for t in _leaves(batch))
+
+
+def _stack(batches: list[Any]) -> Any:
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.stack(batches)
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(_stack(list(items)) for items in zip(*batches)))
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack(list(items)) for items in zip(*batches))
+    if isinstance(first, dict):
+        return {key: _stack([b[key] for b in batches]) for key in first}
+    raise FederatedConfigError(
+        f"`vectorize=True` stacks batches of tensors (in tuples, lists or dicts), got {type(first).__name__}: pass "
+        "vectorize=False."
+    )
+
+
+def _batch_size(batch: Any) -> int:
+    leaves = _leaves(batch)
+    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
+
+
+def _clip_per_worker(grads: list[Tensor], clip_val: float, algorithm: str) -> None:
+    """Lightning's gradient clipping, for each worker's slice on its own (norm: total L2 norm over its tensors)."""
+    with torch.no_grad():
+        if algorithm == "value":
+            torch._foreach_clamp_min_(grads, -clip_val)
+            torch._foreach_clamp_max_(grads, clip_val)
+            return
+        k = grads[0].shape[0]
+        norms = torch.stack([g.reshape(k, -1).double().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        coef = (clip_val / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype).view(k, *([1] * (g.dim() - 1))))
