@@ -2,8 +2,9 @@
 
 With ``FederatedStrategy(vectorize=True)`` each participating worker's parameters become one slice of a stacked
 tensor with a leading worker dimension. A vectorized step takes the next batch of every worker at once and runs
-the user's unchanged ``training_step`` under ``torch.func.functional_call`` + ``torch.vmap`` (gradients by
-``torch.func.grad_and_value``), so K workers cost one dispatch of each operation instead of K. The user's own
+the user's unchanged ``training_step`` under ``torch.func.functional_call`` + ``torch.vmap`` and one backward of
+the summed losses (the workers share no parameter, so each worker's slice of the stacked gradient is its own), so
+K workers cost one dispatch of each operation instead of K. The user's own
 optimizer class is re-created over the stacked tensors with the same hyper-parameters: SGD, momentum, Adam and
 their relatives update elementwise, so every worker's slice moves exactly as it would alone.
 
@@ -54,7 +55,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
 from lightning_fed.aggregation.base import Aggregator
@@ -305,7 +306,6 @@ class VectorizedWorkers:
         self.stacked_optimizer: Optimizer | None = None
         self.counts: list[int] = []
         self._start_step: float | None = None
-        self._grads: list[Tensor] | None = None
         self._active: list[bool] = []
 
     # -- cohort lifecycle --------------------------------------------------------------------------------------------
@@ -313,7 +313,8 @@ class VectorizedWorkers:
         """Stack the global model once per worker and the workers' optimizer states; build the stacked optimizer."""
         k = len(cohort.workers)
         with torch.no_grad():
-            self.stacked = [p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())) for p in self.user_params]
+            stacked = [p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())) for p in self.user_params]
+        self.stacked = [t.requires_grad_(True) for t in stacked]  # leaves: autograd fills each worker's slice
         groups, position = [], 0
         for group in self.optimizer.param_groups:
             n = len(group["params"])
@@ -363,7 +364,7 @@ class VectorizedWorkers:
         for k, worker in enumerate(self.cohort.workers):
             if self.counts[k]:
                 self._save_state(worker.id, k)
-            out.append((worker, [self._worker_param(p, k) for p in self.module.parameters()], self.counts[k]))
+            out.append((worker, [self._worker_param(p, k).detach() for p in self.module.parameters()], self.counts[k]))
         self.cohort = None
         self.stacked_optimizer = None
         return out
@@ -399,11 +400,10 @@ class VectorizedWorkers:
         assert self.cohort is not None
         self._active = list(active)
         positions = [k for k, a in enumerate(active) if a]
-        grads = [torch.zeros_like(t) for t in self.stacked]
         losses: list[tuple[int, Tensor]] = []
         if self.use_vmap:
             try:
-                losses = self._compute_vmap(batches, positions, grads, batch_idx)
+                losses = self._compute_vmap(batches, positions, batch_idx)
             except Exception as err:
                 if not _is_vmap_error(err):
                     raise
@@ -412,61 +412,65 @@ class VectorizedWorkers:
                     "Going on in loop mode: each worker's forward and backward run one after another (exact, slower)."
                 )
                 self.use_vmap = False
-                grads = [torch.zeros_like(t) for t in self.stacked]
         if not self.use_vmap:
-            losses = self._compute_loop(batches, positions, grads, batch_idx)
-        self._grads = grads
+            losses = self._compute_loop(batches, positions, batch_idx)
+        for t in self.stacked:  # a parameter the loss does not reach gets a zero gradient, as in the sequential path
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
         return losses
 
-    def _compute_vmap(
-        self, batches: Sequence[Any], positions: list[int], grads: list[Tensor], batch_idx: int
-    ) -> list[tuple[int, Tensor]]:
+    def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
+        """One vmapped forward per group of equal batch shapes; one gradient of the sum of the workers' losses (the
+        workers share no parameter, so each slice of the stacked gradient is that worker's own gradient)."""
         by_shape: dict[tuple, list[int]] = {}
         for k in positions:
             by_shape.setdefault(_shapes(batches[k]), []).append(k)
+        names = [self.names[id(p)] for p in self.user_params]
+        k_workers = len(self.counts)
         losses: list[tuple[int, Tensor]] = []
+        total: Tensor | None = None
+        pending_logs = []
         for group in by_shape.values():
-            index = torch.tensor(group, device=self.stacked[0].device) if len(group) < len(self.stacked[0]) else None
-            params = [t if index is None else t.index_select(0, index) for t in self.stacked]
-            batch = _stack([batches[k] for k in group])
+            if len(group) == k_workers:
+                params = self.stacked
+            else:
+                index = torch.tensor(group, device=self.stacked[0].device)
+                params = [t.index_select(0, index) for t in self.stacked]
             recorder = _LogRecorder()
-            group_grads, (loss, logged) = self._vmapped(params, batch, batch_idx, recorder)
-            for full, part in zip(grads, group_grads):
-                if index is None:
-                    full.copy_(part)
-                else:
-                    full.index_copy_(0, index, part)
+
+            def forward(worker_params: list[Tensor], worker_batch: Any, recorder: _LogRecorder = recorder) -> Any:
+                recorder.calls.clear()
+                recorder.values.clear()
+                swapped = {**self.frozen, **dict(zip(names, worker_params))}
+                loss = _loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
+                return loss, tuple(recorder.values)
+
+            with _patched_log(self.module, recorder):
+                loss, logged = vmap(forward, randomness="different")(params, _stack([batches[k] for k in group]))
+            total = loss.sum() if total is None else total + loss.sum()
             for j, k in enumerate(group):
-                for call, values in zip(recorder.calls, logged):
-                    self._log(call, values[j], batches[k])
                 losses.append((k, loss[j].detach()))
+                pending_logs.extend((call, values[j], batches[k]) for call, values in zip(recorder.calls, logged))
+        if total is not None:  # autograd.grad, not backward: no accumulation copy into the parameters' layout
+            grads = torch.autograd.grad(total, self.stacked, allow_unused=True)
+            for t, g in zip(self.stacked, grads):
+                t.grad = g
+        for call, value, batch in pending_logs:  # after backward: a bad log call cannot leave half a step behind
+            self._log(call, value, batch)
         return losses
 
-    def _vmapped(self, params: list[Tensor], batch: Any, batch_idx: int, recorder: _LogRecorder) -> Any:
+    def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
         names = [self.names[id(p)] for p in self.user_params]
-
-        def loss_fn(worker_params: list[Tensor], worker_batch: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-            recorder.calls.clear()
-            recorder.values.clear()
-            swapped = {**self.frozen, **dict(zip(names, worker_params))}
-            loss = _loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
-            return loss, tuple(recorder.values)  # grad_and_value returns (grads, (loss, these))
-
-        with _patched_log(self.module, recorder):
-            return vmap(grad_and_value(loss_fn, has_aux=True), randomness="different")(params, batch)
-
-    def _compute_loop(
-        self, batches: Sequence[Any], positions: list[int], grads: list[Tensor], batch_idx: int
-    ) -> list[tuple[int, Tensor]]:
-        names = [self.names[id(p)] for p in self.user_params]
+        for t in self.stacked:
+            t.grad = torch.zeros_like(t)
         losses = []
         for k in positions:
             leaves = [t[k].detach().requires_grad_(True) for t in self.stacked]
             output = functional_call(self._call, {**self.frozen, **dict(zip(names, leaves))}, (batches[k], batch_idx))
             loss = _loss_of(output)
-            for full, grad in zip(grads, torch.autograd.grad(loss, leaves, allow_unused=True)):
+            for stacked, grad in zip(self.stacked, torch.autograd.grad(loss, leaves, allow_unused=True)):
                 if grad is not None:
-                    full[k].copy_(grad)
+                    stacked.grad[k].copy_(grad)
             losses.append((k, loss.detach()))
         return losses
 
@@ -478,12 +482,12 @@ class VectorizedWorkers:
 
     def step(self) -> None:
         """Clip each worker's gradients, step the stacked optimizer; masked (inactive) workers do not move."""
-        assert self.stacked_optimizer is not None and self._grads is not None
-        grads, self._grads = self._grads, None
+        assert self.stacked_optimizer is not None
+        grads = [t.grad for t in self.stacked]
+        if any(g is None for g in grads):
+            raise RuntimeError("VectorizedWorkers.step() before compute(): no gradients")
         if self.clip_val is not None and self.clip_val > 0:
             _clip_per_worker(grads, float(self.clip_val), self.clip_algorithm)
-        for stacked, grad in zip(self.stacked, grads):
-            stacked.grad = grad
         for user_group, group in zip(self.optimizer.param_groups, self.stacked_optimizer.param_groups):
             for key, value in user_group.items():  # LR schedulers change the user's optimizer: follow them
                 if key != "params":
@@ -510,7 +514,8 @@ class VectorizedWorkers:
 
     def _save_slices(self, inactive: list[int]) -> list[Tensor]:
         index = torch.tensor(inactive, device=self.stacked[0].device)
-        return [t.index_select(0, index) for t in self._per_worker_tensors()]
+        with torch.no_grad():
+            return [t.index_select(0, index) for t in self._per_worker_tensors()]
 
     def _restore_slices(self, inactive: list[int], saved: list[Tensor]) -> None:
         # parameters come first and state tensors keep their order; state created by this very step has no saved

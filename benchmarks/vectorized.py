@@ -1,0 +1,183 @@
+"""Vectorized workers vs sequential: many small clients, one round's workers trained together under torch.vmap.
+
+Workload B of the benchmarks: 100 clients, McMahan et al.'s 2NN (784-200-200-10), batch 10, 10 clients a round,
+one local epoch, SGD, on MNIST-shaped data (real MNIST with ``--data-root``, synthetic otherwise), each client
+holding ``--samples-per-client`` images. Contenders, timed interleaved in one run (ratios of the same repeat):
+
+* ``plain``: a sequential plain PyTorch loop over exactly the same samples (the round's clients one after another,
+  model copies and FedAvg by hand): what running workers one after another costs without any framework;
+* ``sequential``: ``FederatedStrategy()``;
+* ``vectorized``: ``FederatedStrategy(vectorize=True)``.
+
+Then time per round as the workers per round grow (``--scaling``), vectorized vs sequential. The final models of
+the two strategies are compared (max abs difference) so the speed is not bought with a different result.
+
+    python benchmarks/vectorized.py --data-root data
+    python benchmarks/vectorized.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import format_table, interleaved, machine_info, print_json_line, print_machine, ratios, summary
+from lightning_fed import FederatedDataModule, FederatedStrategy
+from lightning_fed.data.partition import iid
+from lightning_fed.models import MNISTClassifier
+from lightning_fed.strategies.rounds import sample_clients
+
+
+class Classifier(MNISTClassifier):
+    """The 2NN; logs nothing per step (the strategies log each worker's mean loss once a round)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return F.nll_loss(self(batch[0]), batch[1])
+
+
+def load_data(args: argparse.Namespace, num_clients: int) -> TensorDataset:
+    n = num_clients * args.samples_per_client
+    if args.data_root:
+        from torchvision.datasets import MNIST
+
+        mnist = MNIST(args.data_root, train=True, download=True)
+        images = ((mnist.data[:n].float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+        return TensorDataset(images, mnist.targets[:n].clone())
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def fit_strategy(dataset: TensorDataset, args: argparse.Namespace, vectorize: bool, clients: int, per_round: int,
+                 rounds: int) -> tuple[float, pl.LightningModule]:  # fmt: skip
+    data = FederatedDataModule.from_datasets(dataset, workers=clients, batch_size=args.batch_size, seed=0)
+    torch.manual_seed(0)
+    model = Classifier(architecture="mcmahan_2nn", lr=args.lr)
+    trainer = pl.Trainer(
+        strategy=FederatedStrategy(clients_per_round=per_round, vectorize=vectorize, seed=0), accelerator="cpu",
+        devices=1, max_epochs=rounds, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    return time.perf_counter() - start, model
+
+
+def fit_plain(dataset: TensorDataset, args: argparse.Namespace, clients: int, per_round: int, rounds: int) -> float:
+    """The same rounds as a plain loop: each sampled client trains a copy of the model, then FedAvg by hand."""
+    indices = [torch.as_tensor(part) for part in iid(len(dataset), clients, seed=0)]  # the same split as the strategy
+    x, y = dataset.tensors
+    torch.manual_seed(0)
+    model = Classifier(architecture="mcmahan_2nn", lr=args.lr).net
+    start = time.perf_counter()
+    for r in range(rounds):
+        total = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
+        weight = 0
+        for client in sample_clients(clients, per_round, 0, r):
+            local = copy.deepcopy(model)
+            opt = torch.optim.SGD(local.parameters(), lr=args.lr)
+            order = indices[client][torch.randperm(len(indices[client]))]
+            for batch in order.split(args.batch_size):
+                opt.zero_grad()
+                F.nll_loss(local(x[batch]), y[batch]).backward()
+                opt.step()
+            n = len(order)
+            for t, p in zip(total, local.parameters()):
+                t.add_(p.detach().double(), alpha=n)
+            weight += n
+        with torch.no_grad():
+            for p, t in zip(model.parameters(), total):
+                p.copy_(t / weight)
+    return time.perf_counter() - start
+
+
+def max_abs_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw (default: synthetic data)")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--samples-per-client", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scaling", type=int, nargs="*", default=[10, 50, 100],
+                        help="workers per round for the scaling table (all clients take part)")  # fmt: skip
+    parser.add_argument("--scaling-rounds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the tables, not fit banners
+    if args.smoke:
+        args.clients, args.per_round, args.samples_per_client, args.rounds, args.repeats = 6, 3, 20, 1, 1
+        args.scaling, args.scaling_rounds, args.data_root = [2, 4], 1, None
+    info = machine_info()
+    print_machine(info)
+    dataset = load_data(args, max(args.clients, *args.scaling) if args.scaling else args.clients)
+    b, k, r = args.clients, args.per_round, args.rounds
+    models: dict[str, Any] = {}
+
+    def timed(name: str, vectorize: bool) -> float:
+        seconds, models[name] = fit_strategy(dataset, args, vectorize, b, k, r)
+        return seconds
+
+    times = interleaved(
+        {
+            "plain": lambda: fit_plain(dataset, args, b, k, r),
+            "sequential": lambda: timed("sequential", False),
+            "vectorized": lambda: timed("vectorized", True),
+        },
+        args.repeats,
+    )
+    difference = max_abs_diff(models["sequential"], models["vectorized"])
+    rows = [[name, summary(values)["median"], summary(values)["median"] / r] for name, values in times.items()]
+    print(f"\nWorkload B: {b} clients x {args.samples_per_client} images, 2NN, batch {args.batch_size}, {k} clients a "
+          f"round, 1 local epoch, {r} rounds; {args.repeats} interleaved repeats")  # fmt: skip
+    print(format_table(["contender", "fit s (median)", "s/round"], rows))
+    speedups = {
+        "sequential/vectorized": ratios(times["sequential"], times["vectorized"]),
+        "plain/vectorized": ratios(times["plain"], times["vectorized"]),
+        "sequential/plain": ratios(times["sequential"], times["plain"]),
+    }
+    for name, ratio in speedups.items():
+        print(f"{name}: {ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f})")
+    print(f"max |sequential - vectorized| over parameters after {r} rounds: {difference:.2e}")
+
+    scaling = []
+    for per_round in args.scaling:
+        seq, seq_model = fit_strategy(dataset, args, False, per_round, per_round, args.scaling_rounds)
+        vec, vec_model = fit_strategy(dataset, args, True, per_round, per_round, args.scaling_rounds)
+        scaling.append({"workers_per_round": per_round, "sequential_s_per_round": seq / args.scaling_rounds,
+                        "vectorized_s_per_round": vec / args.scaling_rounds, "speedup": seq / vec,
+                        "max_abs_diff": f"{max_abs_diff(seq_model, vec_model):.2e}"})  # fmt: skip
+    if scaling:
+        print(f"\nTime per round as workers per round grow ({args.samples_per_client} images each, all take part):")
+        print(format_table(
+            ["workers/round", "sequential s/round", "vectorized s/round", "speedup", "max abs diff"],
+            [[s["workers_per_round"], s["sequential_s_per_round"], s["vectorized_s_per_round"], s["speedup"],
+              s["max_abs_diff"]] for s in scaling],
+        ))  # fmt: skip
+    print_json_line({
+        "benchmark": "vectorized", "machine": info, "config": vars(args),
+        "times": {name: summary(v) for name, v in times.items()}, "speedups": speedups,
+        "max_abs_diff": f"{difference:.2e}", "scaling": scaling,
+    })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
