@@ -1,0 +1,97 @@
+"""The price of sample-level differential privacy: DP-SGD at each worker vs the same training without privacy.
+
+Two schools, the CNN of Opacus' MNIST example, each school's expected batch 120 (Opacus' sample rate 0.004 of
+30,000 images), FedAvg; ``--batches`` local batches per school per round. The private run computes per-sample
+gradients (Opacus' hooks), clips, noises and accounts; the other trains on the same Poisson-free shuffled batches.
+Both are timed interleaved in one run; the ratio is the median of the per-repeat ratios (goal: <= 1.6x). Real
+MNIST with ``--data-root``, synthetic MNIST-shaped data otherwise (the cost does not depend on the pixels).
+
+    python benchmarks/privacy.py --data-root data
+    python benchmarks/privacy.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import format_table, interleaved, machine_info, print_json_line, print_machine, ratios, summary
+from lightning_fed import FederatedDataModule, FederatedStrategy
+from lightning_fed.models import MNISTClassifier
+from lightning_fed.privacy.dp import DPConfig
+
+
+class Classifier(MNISTClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return F.nll_loss(self(batch[0]), batch[1])
+
+
+def load_data(args: argparse.Namespace) -> TensorDataset:
+    if args.data_root:
+        from torchvision.datasets import MNIST
+
+        mnist = MNIST(args.data_root, train=True, download=True)
+        images = ((mnist.data[: args.samples].float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+        return TensorDataset(images, mnist.targets[: args.samples].clone())
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.samples, 1, 28, 28, generator=g)
+    return TensorDataset(images, torch.randint(0, 10, (args.samples,), generator=g))
+
+
+def fit(dataset: TensorDataset, args: argparse.Namespace, private: bool) -> float:
+    data = FederatedDataModule.from_datasets(dataset, workers=2, batch_size=args.batch_size, seed=0)
+    privacy = DPConfig(level="sample", noise_multiplier=1.1, max_grad_norm=1.0, seed=0) if private else None
+    torch.manual_seed(0)
+    trainer = pl.Trainer(
+        strategy=FederatedStrategy(privacy=privacy, local_steps=args.batches, seed=0), accelerator="cpu", devices=1,
+        max_epochs=args.rounds, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(Classifier(architecture="dp_cnn", lr=0.25), datamodule=data)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw (default: synthetic data)")
+    parser.add_argument("--samples", type=int, default=60000)
+    parser.add_argument("--batch-size", type=int, default=120)
+    parser.add_argument("--batches", type=int, default=100, help="local batches per school per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.smoke:
+        args.samples, args.batch_size, args.batches, args.rounds, args.repeats, args.data_root = 200, 20, 2, 1, 1, None
+    info = machine_info()
+    print_machine(info)
+    dataset = load_data(args)
+    times = interleaved({"non-private": lambda: fit(dataset, args, False),
+                         "DP-SGD": lambda: fit(dataset, args, True)}, args.repeats)  # fmt: skip
+    steps = 2 * args.batches * args.rounds
+    print(f"\n2 schools, Opacus' MNIST CNN, batch {args.batch_size}, {args.batches} batches per school per round, "
+          f"{args.rounds} rounds ({steps} steps); {args.repeats} interleaved repeats")  # fmt: skip
+    rows = [[name, summary(v)["median"], 1000 * summary(v)["median"] / steps] for name, v in times.items()]
+    print(format_table(["run", "fit s (median)", "ms/step"], rows))
+    ratio = ratios(times["DP-SGD"], times["non-private"])
+    print(f"DP-SGD / non-private: {ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f}); goal 1.6x")
+    print_json_line({"benchmark": "privacy", "machine": info, "config": vars(args),
+                     "times": {k: summary(v) for k, v in times.items()}, "ratio": ratio})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
