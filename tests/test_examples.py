@@ -41,3 +41,24 @@ def test_two_schools_example_trains_and_reports(tmp_path, capsys):
     assert "Test accuracy after 2 rounds (fedavg, iid):" in out
     assert "westside" in out and "grapevine" in out
     assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_dp_example_trains_with_calibrated_noise_and_spends_the_target_epsilon(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_mnist_raw(root, num_train=200, num_test=50)
+    example = _load("mnist_dp")
+    result = example.main(["--data-root", str(root), "--preset", "eps3", "--epochs", "2", "--batch-size", "10",
+                           "--log-dir", str(tmp_path / "logs")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Per school epsilon at delta=1e-05" in out and "westside" in out and "grapevine" in out
+    # the noise was calibrated so that 2 rounds spend (about) Opacus' epsilon 3.01 and no more
+    assert 2.5 < result["epsilon"] <= 3.01 + 1e-6
+    assert result["noise_multiplier"] > 0
+
+
+def test_dp_example_without_dp_trains(tmp_path):
+    root = tmp_path / "data"
+    write_mnist_raw(root, num_train=100, num_test=20)
+    result = _load("mnist_dp").main(["--data-root", str(root), "--no-dp", "--epochs", "1", "--batch-size", "10",
+                                     "--log-dir", str(tmp_path / "logs")])  # fmt: skip
+    assert "epsilon" not in result and 0.0 <= result["test_acc"] <= 100.0
