@@ -299,3 +299,12 @@ def test_plan_cohorts_groups_workers_by_optimizer_state_signature():
     assert [c.steps for c in cohorts] == [(2, 4), (3,), (5,)]
     assert [c.length for c in cohorts] == [4, 3, 5]
     assert "batches=1/2" in repr(VectorStep(cohorts[0], 0, [object(), None]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_vectorized_equals_sequential_on_gpu():
+    kw = dict(optimizer="adam", partition="quantity_skew", trainer_kw=dict(accelerator="gpu", devices=1))
+    seq, _ = _fit(False, **kw)
+    vec, _ = _fit(True, **kw)
+    assert next(vec.parameters()).is_cuda
+    assert max_abs_diff(seq, vec) < 1e-5
