@@ -63,6 +63,10 @@ from lightning_fed.aggregation.wrapper import AggregatorWrapper
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker
 
+# Lightning's epoch reductions that one call can carry for all workers exactly (see VectorizedWorkers._log_merged)
+_REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean", "max": "max", torch.max: "max",
+                               "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
+
 _HOOKS_NOT_CALLED = (
     "backward",
     "on_before_backward",
@@ -455,8 +459,7 @@ class VectorizedWorkers:
             grads = torch.autograd.grad(total, self.stacked, allow_unused=True)
             for t, g in zip(self.stacked, grads):
                 t.grad = g
-        for call, value, batch in pending_logs:  # after backward: a bad log call cannot leave half a step behind
-            self._log(call, value, batch)
+        self._log_merged(pending_logs)  # after the gradient: a bad log call cannot leave half a step behind
         return losses
 
     def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
@@ -474,9 +477,39 @@ class VectorizedWorkers:
             losses.append((k, loss.detach()))
         return losses
 
-    def _log(self, call: _LogCall, value: Tensor, batch: Any) -> None:
+    def _log_merged(self, pending: list[tuple[_LogCall, Tensor, Any]]) -> None:
+        """Log the step's values: one ``self.log`` call per name carrying all workers' values where Lightning's epoch
+        reduction allows it exactly (a batch-size-weighted mean, max, min or sum), else one call per worker.
+
+        One call per name costs one Lightning ``log`` a step instead of K; the epoch value is the same as the
+        sequential path's (where every worker's step logs its own value under the same name).
+        """
+        by_name: dict[str, list[tuple[_LogCall, Tensor, Any]]] = {}
+        for entry in pending:
+            by_name.setdefault(entry[0].name, []).append(entry)
+        for entries in by_name.values():
+            call = entries[0][0]
+            reduce = call.kwargs.get("reduce_fx", "mean")
+            reduce = _REDUCTIONS.get(reduce, reduce) if isinstance(reduce, str) or callable(reduce) else reduce
+            explicit = [c.kwargs.get("batch_size") for c, _, _ in entries]
+            sizes = [b if b is not None else _batch_size(batch) for b, (_, _, batch) in zip(explicit, entries)]
+            values = torch.stack([v.float() if not v.is_floating_point() else v for _, v, _ in entries])
+            if len(entries) == 1 or reduce not in ("mean", "max", "min", "sum"):
+                for c, v, batch in entries:
+                    self._log(c, v, batch)
+                continue
+            if reduce == "mean":
+                weights = torch.tensor(sizes, dtype=values.dtype, device=values.device)
+                merged = (values * weights).sum() / weights.sum()
+            else:
+                merged = getattr(values, reduce)()
+            self._log(call, merged, None, batch_size=sum(sizes))
+
+    def _log(self, call: _LogCall, value: Tensor, batch: Any, batch_size: int | None = None) -> None:
         kwargs = dict(call.kwargs)
-        if kwargs.get("batch_size") is None:
+        if batch_size is not None:
+            kwargs["batch_size"] = batch_size
+        elif kwargs.get("batch_size") is None:
             kwargs["batch_size"] = _batch_size(batch)
         self.module.log(call.name, value, **kwargs)
 

@@ -142,12 +142,14 @@ def max_abs_diff_tensors(a, b) -> float:
 
 
 class _LogsPerWorker(BoringClassifier):
-    """Logs a value that tells the workers apart (the mean of its batch's first feature)."""
+    """Logs values that tell the workers apart (its batch's first feature), with Lightning's epoch reductions."""
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("x_mean", x[:, 0].mean(), on_step=False, on_epoch=True)
+        self.log("x_max", x[:, 0].max(), on_epoch=True, reduce_fx="max")
+        self.log("x_sum", x[:, 0].sum(), on_epoch=True, reduce_fx=torch.sum)
         self.log_dict({"loss_again": loss}, on_step=True, on_epoch=True)
         return {"loss": loss}
 
@@ -166,7 +168,8 @@ def test_self_log_gives_per_worker_values_like_sequential():
         trainer(max_epochs=1, strategy=FederatedStrategy(vectorize=vectorize)).fit(model, datamodule=fed)
         metrics.append({k: float(v) for k, v in model.trainer.callback_metrics.items()})
     assert metrics[0]["x_mean"] == pytest.approx(1.5)
-    for key in ("x_mean", "loss_again_epoch"):
+    assert metrics[0]["x_max"] == 3 and metrics[0]["x_sum"] == pytest.approx(60.0)
+    for key in ("x_mean", "x_max", "x_sum", "loss_again_epoch"):
         assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-6)
 
 
