@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="eps1.2", help="one of Opacus' three settings")
     parser.add_argument("--epochs", type=int, default=None, help="rounds (default: the preset's epochs)")
     parser.add_argument("--sigma", type=float, default=None,
-                        help="noise multiplier (default: calibrated so that the run spends the preset's epsilon)")  # fmt: skip
+                        help="noise multiplier (default: calibrated to spend the preset's epsilon)")  # fmt: skip
     parser.add_argument("--opacus-sigma", action="store_true",
                         help="use Opacus' noise multiplier of the preset instead of calibrating it")  # fmt: skip
     parser.add_argument("--clip", type=float, default=None, help="per-sample clip norm (default: the preset's)")

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
+
+from lightning_fed.exceptions import FederatedConfigError
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 
 class Aggregator(ABC):
@@ -83,6 +88,27 @@ class Aggregator(ABC):
     @property
     def num_contributions(self) -> int:
         return 0
+
+    # -- several processes (FederatedStrategy with devices * num_nodes > 1) ----------------------------------------
+    def check_processes(self) -> None:
+        """Raise :class:`~lightning_fed.exceptions.FederatedConfigError` if this aggregator cannot combine rounds
+        trained in several processes (the default: unless the class writes :meth:`sync_round`)."""
+        if type(self).sync_round is Aggregator.sync_round:
+            raise FederatedConfigError(
+                f"aggregation={self!r} cannot combine a round trained in several processes: {type(self).__name__} "
+                "does not write sync_round(collective). Run it in one process (devices=1, num_nodes=1), or give the "
+                "class a sync_round() that adds up (or gathers) what each process accumulated."
+            )
+
+    def setup_processes(self, collective: Collective) -> None:
+        """Several processes train the federation's workers, each its share, and ``collective`` reaches the others.
+        Told once before training; then :meth:`sync_round` runs on every process before each :meth:`finalize`."""
+
+    def sync_round(self, collective: Collective) -> None:
+        """Several processes: combine what each process accumulated this round (weighted sums, weights, counts)
+        so that :meth:`finalize`, which then runs on every process, returns the same new global model everywhere:
+        the one a single process would have computed from all the round's updates."""
+        raise NotImplementedError(f"{type(self).__name__} does not combine rounds over several processes.")
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state that must survive a checkpoint (momentum, optimizer moments...)."""

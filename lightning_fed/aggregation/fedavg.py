@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.functional import accumulate_, apply_update, mean_update, zeros_like_sums
 from lightning_fed.exceptions import LightningFedError
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 
 class FedAvg(Aggregator):
@@ -55,6 +60,16 @@ class FedAvg(Aggregator):
     @override
     def num_contributions(self) -> int:
         return self._count
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """Add up the weighted sums, total weight and count of every process (float64, one ``all_reduce``)."""
+        if self._sums is None:
+            raise LightningFedError(f"{type(self).__name__}.sync_round() before begin_round(): the strategy drives it.")
+        meta = torch.tensor([self._total, float(self._count)], dtype=torch.float64)
+        *sums, meta = collective.all_reduce_sum([*self._sums, meta])
+        self._sums = sums
+        self._total, self._count = float(meta[0]), round(float(meta[1]))
 
     @override
     def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:

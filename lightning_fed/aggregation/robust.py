@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.functional import accumulation_dtype, apply_update
 from lightning_fed.exceptions import LightningFedError
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 
 class RobustAggregator(Aggregator):
@@ -39,9 +44,16 @@ class RobustAggregator(Aggregator):
         self._updates: list[list[Tensor]] | None = None
         self._weights: list[float] = []
         self._worker_ids: list[Hashable] = []
+        self._positions: dict[Hashable, int] = {}
+        self._device: torch.device | None = None
+
+    @override
+    def setup(self, worker_ids: Sequence[Hashable]) -> None:
+        self._positions = {worker_id: i for i, worker_id in enumerate(worker_ids)}
 
     @override
     def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
+        self._device = global_tensors[0].device if len(global_tensors) else None
         self._updates = []
         self._weights = []
         self._worker_ids = []
@@ -60,6 +72,20 @@ class RobustAggregator(Aggregator):
     @override
     def num_contributions(self) -> int:
         return len(self._updates) if self._updates is not None else 0
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """Gather every process's updates (not a sum: the rule needs each one), in the federation's worker order."""
+        if self._updates is None:
+            raise LightningFedError(f"{type(self).__name__}.sync_round() before begin_round(): the strategy drives it.")
+        device = self._device
+        rows = zip(self._updates, self._weights, self._worker_ids)
+        mine = [([u.cpu() for u in update], weight, worker_id) for update, weight, worker_id in rows]
+        entries = [entry for part in collective.all_gather_object(mine) for entry in part]
+        entries.sort(key=lambda e: self._positions.get(e[2], len(self._positions)))  # stable: as one process adds them
+        self._updates = [[u.to(device) if device is not None else u for u in e[0]] for e in entries]
+        self._weights = [e[1] for e in entries]
+        self._worker_ids = [e[2] for e in entries]
 
     @override
     def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -12,6 +12,9 @@ from typing_extensions import override
 from lightning_fed.aggregation.fedavg import FedAvg
 from lightning_fed.aggregation.functional import accumulation_dtype
 from lightning_fed.exceptions import LightningFedError
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 
 def _copy(tensors: Sequence[Tensor] | None) -> list[Tensor] | None:
@@ -136,6 +139,19 @@ class SCAFFOLD(FedAvg):
             self._c = [cj + d / self._num_workers for cj, d in zip(c, self._dc_sum)]
             self._dc_sum = None
         return new
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """FedAvg's sums, and the sum of the control-variate deltas ``delta_c_i`` (zeros from a process with none).
+
+        Each worker's own ``c_i`` stays in the process that trains it, as it would stay at the worker."""
+        super().sync_round(collective)
+        assert self._sums is not None
+        n = next(k for k in (self.num_params, self._num_params, len(self._sums)) if k is not None)
+        mine = self._dc_sum if self._dc_sum is not None else [torch.zeros_like(s) for s in self._sums[:n]]
+        flag = torch.tensor([0.0 if self._dc_sum is None else 1.0], dtype=torch.float64)
+        *total, flag = collective.all_reduce_sum([*mine, flag])
+        self._dc_sum = total if float(flag[0]) > 0 else None
 
     @staticmethod
     def _zeros(like: Sequence[Tensor]) -> list[Tensor]:

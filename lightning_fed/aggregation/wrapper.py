@@ -13,11 +13,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 
 class AggregatorWrapper(Aggregator):
@@ -80,3 +84,17 @@ class AggregatorWrapper(Aggregator):
     @override
     def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:
         return self.inner.finalize(global_tensors)
+
+    @override
+    def check_processes(self) -> None:
+        self.inner.check_processes()
+
+    @override
+    def setup_processes(self, collective: Collective) -> None:
+        self.inner.setup_processes(collective)
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """A wrapper that only passes hooks on keeps no state of its own: the inner aggregator combines the round.
+        A wrapper that does keep some (in ``accumulate``) must combine it here too."""
+        self.inner.sync_round(collective)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,8 +47,12 @@ from lightning_fed.aggregation.functional import accumulation_dtype, mean_update
 from lightning_fed.aggregation.wrapper import AggregatorWrapper
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.secure_aggregation.config import SecureAggregationConfig
+from lightning_fed.secure_aggregation.distributed import DistributedSecureAggregationRound
 from lightning_fed.secure_aggregation.protocol import SecureAggregationRound
 from lightning_fed.secure_aggregation.quantization import check_overflow, count_clipped, dequantize, quantize
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
 
 Finalizer = Callable[[Sequence[Tensor], list[Tensor], float], list[Tensor]]
 
@@ -107,7 +111,8 @@ class SecureAggregator(AggregatorWrapper):
         self.config = config if config is not None else SecureAggregationConfig()
         self._worker_ids: list[Hashable] | None = None
         self._next: list[Hashable] | None = None
-        self._round: SecureAggregationRound | None = None
+        self._round: SecureAggregationRound | DistributedSecureAggregationRound | None = None
+        self._collective: Collective | None = None  # several processes: each holds its own workers' clients
         self._layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []
         self._weights: dict[Hashable, float] = {}
         self._round_index = 0
@@ -143,7 +148,12 @@ class SecureAggregator(AggregatorWrapper):
         numel = sum(
             t.numel() * (2 if dtype.is_complex else 1) for t, (_, dtype, _) in zip(global_tensors, self._layout)
         )
-        self._round = SecureAggregationRound(ids, numel, self.config, round_index=self._round_index)
+        if self._collective is not None and self._collective.world_size > 1:
+            self._round = DistributedSecureAggregationRound(
+                ids, numel, self.config, round_index=self._round_index, collective=self._collective
+            )
+        else:
+            self._round = SecureAggregationRound(ids, numel, self.config, round_index=self._round_index)
         self._round_index += 1
         self._next = None
         self._weights = {}
@@ -174,6 +184,26 @@ class SecureAggregator(AggregatorWrapper):
     @override
     def num_contributions(self) -> int:
         return 0 if self._round is None else len(self._round.server.survivors)
+
+    # -- several processes ----------------------------------------------------------------------------------------
+    @override
+    def setup_processes(self, collective: Collective) -> None:
+        """From now on each round's protocol runs over the processes: every process holds the secrets of its own
+        workers, and only masked partial sums, public keys and encrypted shares travel between processes."""
+        self.inner.setup_processes(collective)
+        self._collective = collective
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """Add up the processes' partial sums of masked vectors (pairwise masks across processes cancel in the
+        total), learn who sent, and share the public sample weights and the clipping count."""
+        protocol = self._require_round("sync_round")
+        combine = getattr(protocol, "combine", None)
+        if callable(combine):
+            combine()
+        parts = collective.all_gather_object((self._weights, self._clipped))
+        self._weights = {w: weight for weights, _ in parts for w, weight in weights.items()}
+        self._clipped = sum(clipped for _, clipped in parts)
 
     @override
     def finalize(self, global_tensors: Sequence[Tensor]) -> list[Tensor]:

@@ -32,11 +32,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import Strategy
+from lightning.fabric.plugins import ClusterEnvironment
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
@@ -50,6 +52,7 @@ from lightning_fed.pointers.pointer_tensor import refs_of
 from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator, PrivacyMonitor, find_dp
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies.lightning_glue import RoundLoader, sync_round_length
+from lightning_fed.strategies.parallel import FederatedParallelStrategy
 from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
 from lightning_fed.strategies.reporting import (
     WorkerLosses,
@@ -79,7 +82,7 @@ _RUN_PLAN = "lightning_fed.strategy.run"
 _CHECKPOINT_KEY = "federated"
 
 
-class FederatedStrategy(Strategy):
+class FederatedStrategy(FederatedParallelStrategy):
     """Routes each training step to the worker that owns the batch; aggregates rounds (see module docstring).
 
     Args:
@@ -108,6 +111,10 @@ class FederatedStrategy(Strategy):
         vectorize: train each round's workers together, as one ``torch.vmap`` computation over stacked copies of the
             model (see :mod:`~lightning_fed.strategies.vectorized`): the same result as training them one after
             another, much faster for many small clients. FedAvg mode only.
+        start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``
+            with ``N * M > 1``: each process trains its share of the workers (see
+            :mod:`~lightning_fed.strategies.distributed`); as in Lightning's ``DDPStrategy``
+            (:class:`~lightning_fed.strategies.parallel.FederatedParallelStrategy`).
     """
 
     strategy_name = "federated"
@@ -130,11 +137,23 @@ class FederatedStrategy(Strategy):
         secure_aggregation: bool | SecureAggregationConfig = False,
         privacy: DPConfig | None = None,
         vectorize: bool = False,
+        start_method: str = "popen",
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        cluster_environment: ClusterEnvironment | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         checkpoint_io: Any = None,
         precision_plugin: Any = None,
     ) -> None:
-        super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision_plugin=precision_plugin)
+        super().__init__(
+            accelerator=accelerator,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,  # type: ignore[arg-type]
+        )
         if mode not in _MODES:
             raise FederatedConfigError(f"`mode={mode!r}` is not valid: choose 'fedavg' or 'follow' (alias 'seed').")
         if isinstance(local_epochs, bool) or not isinstance(local_epochs, int) or local_epochs < 1:
@@ -176,12 +195,6 @@ class FederatedStrategy(Strategy):
         self.local_steps = local_steps
         self.clients_per_round = clients_per_round
         self.seed = seed
-        self.parallel_devices: list[torch.device] | None = None
-        self.num_nodes = 1
-        self.global_rank = 0
-        self.local_rank = 0
-        self.node_rank = 0
-        self.world_size = 1
         self._worker_states = WorkerOptimizerStates(reset_each_round=reset_optimizer_state)
         self._worker_schedules = WorkerSchedulerStates()
         self._step_schedulers: list[Any] = []
@@ -223,49 +236,7 @@ class FederatedStrategy(Strategy):
     def workers(self) -> list[BaseWorker]:
         return list(self._loader.workers) if self._loader is not None else []
 
-    # -- devices: one process, one device (scale-out is a separate capability) --------------------------------------
-    @property
-    @override
-    def root_device(self) -> torch.device:
-        return self.parallel_devices[0] if self.parallel_devices else torch.device("cpu")
-
-    @property
-    @override
-    def is_global_zero(self) -> bool:
-        return True
-
-    @override
-    def model_to_device(self) -> None:
-        assert self.model is not None
-        self.model.to(self.root_device)
-
-    @override
-    def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    @override
-    def barrier(self, name: str | None = None) -> None:
-        pass
-
-    @override
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return obj
-
-    @override
-    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor:
-        return tensor
-
-    @override
-    def setup_environment(self) -> None:
-        devices = self.parallel_devices or []
-        if len(devices) > 1 or self.num_nodes > 1:
-            raise FederatedConfigError(
-                f"FederatedStrategy runs in one process on one device for now, got devices={len(devices)} and "
-                f"num_nodes={self.num_nodes}: pass `devices=1, num_nodes=1` (workers spread over processes, GPUs and "
-                "nodes are a planned capability)."
-            )
-        super().setup_environment()
-
+    # -- devices and processes: see FederatedParallelStrategy (one process, or each process its share of workers) --
     @override
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)
@@ -299,7 +270,7 @@ class FederatedStrategy(Strategy):
         if self.mode == "follow":
             return dataloader
         seed = dataloader.seed if self.seed is None else self.seed
-        self._planner = RoundPlanner(
+        self._planner = self._round_planner(  # over several processes: this process's share of each round
             dataloader,
             clients_per_round=self.clients_per_round,
             local_epochs=self.local_epochs,
@@ -429,6 +400,7 @@ class FederatedStrategy(Strategy):
             self._finish_worker(self._active)
         if self._vector is not None and self._vector.cohort is not None:
             self._finish_cohort()
+        self._sync_round()  # over several processes: combine the round (the same in every process); else a no-op
         self._losses.flush(self.lightning_module.trainer)
         try:
             self._failures.end_round()  # raises when fewer than min_clients delivered an update
@@ -456,6 +428,8 @@ class FederatedStrategy(Strategy):
     # -- the training step, at the worker -------------------------------------------------------------------------
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._idle_step(batch):  # over several processes: this process waits for the busiest one
+            return
         if isinstance(batch, VectorStep):
             self._vector_batch_start(batch)
             return
@@ -504,8 +478,8 @@ class FederatedStrategy(Strategy):
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        if self._skip:  # Lightning skips backward and the step for a ``None`` output
-            return None
+        if self._skip:  # Lightning skips backward and the step for a ``None`` output (a no-op loss over processes)
+            return self._skipped_step_output()
         batch = args[0] if args else kwargs.pop("batch")
         if isinstance(batch, VectorStep):
             return self._vector_training_step(batch, args[1] if len(args) > 1 else kwargs.get("batch_idx", 0))
@@ -526,7 +500,7 @@ class FederatedStrategy(Strategy):
             self._failures.record_failure(self._active.id, err)  # this worker sits the rest of the round out
             self._skip = True
             self.lightning_module.zero_grad(set_to_none=True)  # the optimizer step that follows changes nothing
-            return None
+            return self._skipped_step_output()
         loss = output.get("loss") if isinstance(output, dict) else output
         if isinstance(loss, Tensor) and self._active is not None:
             self._losses.add(self._active.id, loss.detach(), batch_size_of(real_batch))
@@ -734,7 +708,7 @@ class FederatedStrategy(Strategy):
                 "Saving a checkpoint in the middle of a federated round: it holds the global model of the round's "
                 "start, and resuming from it replays the whole round."
             )
-        checkpoint[_CHECKPOINT_KEY] = self._federated_state()
+        checkpoint[_CHECKPOINT_KEY] = self._gather_state(self._federated_state())  # every process's part
         super().save_checkpoint(checkpoint, filepath, storage_options)
 
     @override
@@ -759,6 +733,7 @@ class FederatedStrategy(Strategy):
         }
 
     def _load_federated_state(self, state: dict[str, Any]) -> None:
+        state = self._select_state(state)  # over several processes: this process's RNG and aggregator state
         self._round_index = int(state.get("round_index", 0))
         self._worker_states.load_checkpoint(state.get("optimizer_states", {}), self.optimizers)
         self._worker_schedules.load_state_dict(state.get("scheduler_states", {}))

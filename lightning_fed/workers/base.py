@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_fed.exceptions import FederatedConfigError, WorkerError
+from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.messages import (
     CommandMessage,
@@ -141,10 +141,18 @@ class BaseWorker:
 
     def _recv(self, message: Any) -> Any:
         """Answer a message addressed to this worker, through the dispatch table."""
+        elsewhere = getattr(self, "_elsewhere", None)
+        if elsewhere is not None:
+            raise PointerError(elsewhere)
         handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
         return handler(self, message)
+
+    def place_elsewhere(self, reason: str | None) -> None:
+        """This worker lives in another process for now (a run over several processes): refuse every message with
+        :class:`~lightning_fed.exceptions.PointerError` ``reason``; ``None`` accepts messages again."""
+        self._elsewhere = reason
 
     # -- plans ----------------------------------------------------------------------------------------------------
     def install_plan(self, name: str, fn: Callable[..., Any]) -> None:

@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.functional import is_float
+from lightning_fed.aggregation.functional import accumulation_dtype, is_float
 from lightning_fed.aggregation.wrapper import AggregatorWrapper
+from lightning_fed.data.loader import mix_seed
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
 from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noise_multiplier, require_opacus
 from lightning_fed.privacy.dp.config import DPConfig
+
+if TYPE_CHECKING:
+    from lightning_fed.collective import Collective
+
+_RANK_STREAM = 0xD157  # several processes, distributed noise: each process's workers draw from their own stream
 
 
 class DPAggregator(AggregatorWrapper):
@@ -115,6 +121,9 @@ class DPAggregator(AggregatorWrapper):
         self._reports: dict[Hashable, float] = {}  # b_k - 1/2 (noised with distributed noise), by worker
         self._count_sum = 0.0
         self._count = 0
+        self._collective: Collective | None = None
+        self._layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []  # the round's update tensors
+        self._count_noised = False  # several processes: sync_round already added the clipped count's noise
 
     # -- set-up -----------------------------------------------------------------------------------------------------
     @override
@@ -176,6 +185,10 @@ class DPAggregator(AggregatorWrapper):
     def _rng(self) -> torch.Generator:
         if self._generator is None:
             seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
+            collective = self._collective
+            if collective is not None and collective.world_size > 1 and self.config.noise == "distributed":
+                # each process's workers add their own shares of the noise: independent streams, not the same draws
+                seed = mix_seed(int(seed) % (2**63), collective.rank, _RANK_STREAM)
             self._generator = torch.Generator().manual_seed(int(seed) % (2**63))
         return self._generator
 
@@ -188,6 +201,8 @@ class DPAggregator(AggregatorWrapper):
         self._reports = {}
         self._count_sum = 0.0
         self._count = 0
+        self._count_noised = False
+        self._layout = [(t.shape, accumulation_dtype(t.dtype), t.device) for t in global_tensors]
         self.last_weights = {}
         self.inner.begin_round(global_tensors)
 
@@ -269,13 +284,55 @@ class DPAggregator(AggregatorWrapper):
         self.rounds += 1
         if self.config.adaptive_clipping and self._count:
             noisy = self._count_sum
-            if self.config.noise == "server":
+            if self.config.noise == "server" and not self._count_noised:
                 noisy += float(torch.normal(0.0, self._count_stddev(self._count), (1,), generator=self._rng()))
             unclipped = noisy / self._count + 0.5
             self.clip_norm = dpf.adaptive_clip_norm(
                 self.clip_norm, unclipped, self.config.target_quantile, self.config.clip_learning_rate
             )
         return new
+
+    # -- several processes ----------------------------------------------------------------------------------------
+    @override
+    def setup_processes(self, collective: Collective) -> None:
+        self.inner.setup_processes(collective)
+        self._collective = collective
+
+    @override
+    def sync_round(self, collective: Collective) -> None:
+        """Combine the round over the processes, the noise added once.
+
+        ``noise="server"``: every process draws the noise (so that the generators stay in step) and the first
+        process holding an update adds it, before the inner aggregator adds up the processes' sums; the clipped
+        count's noise (adaptive clipping) likewise comes from that process. With the same seed in every process the
+        round equals the one-process round. ``noise="distributed"``: each worker already added its share in its own
+        process (from that process's stream); only the sums are added up.
+        """
+        pending, self._pending = self._pending, None
+        holder: int | None = None
+        if self.config.noise == "server":
+            holders = collective.all_gather_object(pending is not None)
+            holder = holders.index(True) if any(holders) else None
+            if holder is not None:
+                std = self._update_noise_multiplier() * self._round_clip
+                zeros = [torch.zeros(shape, dtype=d, device=v) for shape, d, v in self._layout]
+                base = pending[0] if pending is not None else zeros
+                noised = dpf.add_gaussian_noise(base, std, self._rng(), self._include or None)
+                if pending is not None and collective.rank == holder:
+                    pending = (noised, pending[1])
+        if pending is not None:
+            self.inner.accumulate(pending[0], weight=1.0, worker_id=pending[1])
+        counts = torch.tensor([self._count_sum, float(self._count)], dtype=torch.float64)
+        (counts,) = collective.all_reduce_sum([counts])
+        self._count_sum, self._count = float(counts[0]), round(float(counts[1]))
+        if self.config.adaptive_clipping and self.config.noise == "server" and self._count and holder is not None:
+            draw = float(torch.normal(0.0, self._count_stddev(self._count), (1,), generator=self._rng()))
+            (picked,) = collective.all_reduce_sum([torch.tensor([draw if collective.rank == holder else 0.0])])
+            self._count_sum += float(picked[0])
+            self._count_noised = True
+        weights = collective.all_gather_object(self.last_weights)
+        self.last_weights = {w: v for part in weights for w, v in part.items()}
+        self.inner.sync_round(collective)
 
     # -- privacy budget -----------------------------------------------------------------------------------------------
     def epsilon(self, delta: float | None = None) -> float:

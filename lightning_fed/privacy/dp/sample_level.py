@@ -157,6 +157,14 @@ class DPSGDAggregator(AggregatorWrapper):
         self.inner.setup(worker_ids)
 
     @override
+    def check_processes(self) -> None:
+        raise FederatedConfigError(
+            "DPConfig(level='sample') (DP-SGD with a privacy accountant per worker) runs in one process only for now: "
+            "each worker's accountant and budget stop would live in another process than the privacy monitor. Pass "
+            "devices=1, num_nodes=1, or use client-level DP (DPConfig(level='client')) with several processes."
+        )
+
+    @override
     def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:
         if self._module is not None:
             reset_grad_samples(self._module)

@@ -1,0 +1,290 @@
+"""Workers spread over several processes: which process trains which worker, and how a round comes together.
+
+With ``Trainer(strategy=FederatedStrategy(), devices=N, num_nodes=M)`` Lightning starts ``N * M`` processes (its
+launchers and cluster environments: the subprocess script launcher, spawn, ``torchrun``, SLURM) and a
+``torch.distributed`` process group (Gloo on CPU, NCCL on GPU). Every process builds the whole federation (the same
+datamodule) and the same round plans (client sampling is a pure function of the seed and the round), but trains
+only its own workers:
+
+* :func:`assign_workers` gives each worker to one process, deterministically, balanced by sample count (greedy,
+  largest first): the same answer in every process, without any communication;
+* :class:`RankRoundPlanner` keeps the global plan (every process knows who takes part) and iterates only this
+  process's batches, padded with :class:`IdleBatch` steps up to the busiest process's count, so that every process
+  runs the same number of Lightning steps per round (Lightning synchronizes at every step, and a process whose
+  workers were not sampled must not end its epoch early);
+* :func:`sync_round` runs at the end of each round in every process: the per-worker bookkeeping (who finished, who
+  failed, steps, losses) is exchanged, then the aggregator adds up the processes' weighted sums in float64
+  (:meth:`~lightning_fed.aggregation.Aggregator.sync_round`), so ``finalize`` returns the same global model in
+  every process: the one a single process would have computed. Secure aggregation's pairwise masks cancel across
+  processes, and DP noise is added once;
+* :func:`gather_state` / :func:`select_state`: checkpoints are written by process 0 with every worker's state and
+  each process's own (RNG, per-process aggregator state), and each process resumes from its own part.
+
+Example:
+    >>> assign_workers([100, 10, 60, 50], world_size=2)  # 100 -> rank 0, 60 -> 1, 50 -> 1, 10 -> 0
+    [0, 0, 1, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_fed.collective import Collective
+from lightning_fed.data.loader import FederatedDataLoader
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
+from lightning_fed.workers.base import BaseWorker
+
+if TYPE_CHECKING:
+    from lightning_fed.strategies.federated import FederatedStrategy
+
+
+def assign_workers(weights: Sequence[float], world_size: int) -> list[int]:
+    """The process (rank) of each worker, by position: greedy largest-first over ``weights`` (sample counts).
+
+    Workers are taken by decreasing weight (ties: the earlier one first) and each goes to the process with the least
+    weight so far (ties: the one with fewer workers, then the lower rank). A pure function: every process computes
+    the same assignment. With ``world_size <= len(weights)`` every process gets at least one worker.
+
+    Example:
+        >>> assign_workers([5, 5, 5], world_size=2)
+        [0, 1, 0]
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"assign_workers needs world_size >= 1, got {world_size!r}")
+    loads = [0.0] * world_size
+    counts = [0] * world_size
+    ranks = [0] * len(weights)
+    for i in sorted(range(len(weights)), key=lambda j: (-float(weights[j]), j)):
+        rank = min(range(world_size), key=lambda r: (loads[r], counts[r], r))
+        ranks[i] = rank
+        loads[rank] += float(weights[i])
+        counts[rank] += 1
+    return ranks
+
+
+def check_world(
+    worker_ids: Sequence[Hashable],
+    num_batches: Sequence[int],
+    *,
+    devices: int,
+    num_nodes: int,
+    batch_size: int | None = None,
+    drop_last: bool | None = None,
+) -> None:
+    """Refuse a run in which some process would train nothing: more processes than workers, or than workers with
+    data."""
+    world_size = devices * num_nodes
+    n = len(worker_ids)
+    processes = f"devices={devices} x num_nodes={num_nodes} = {world_size} processes"
+    if world_size > n:
+        raise FederatedConfigError(
+            f"FederatedStrategy trains each worker in one process and got {processes} for {n} workers "
+            f"{list(worker_ids)}: {world_size - n} process(es) would have no worker to train. Pass devices * "
+            f"num_nodes <= {n} (e.g. devices={max(1, n // num_nodes)}), or federate the data over at least "
+            f"{world_size} workers."
+        )
+    with_data = [w for w, b in zip(worker_ids, num_batches) if b > 0]
+    if world_size > len(with_data):
+        empty = [w for w, b in zip(worker_ids, num_batches) if b <= 0]
+        how = f" with batch_size={batch_size}, drop_last={drop_last}" if batch_size is not None else ""
+        raise FederatedConfigError(
+            f"the partition leaves a process without data: {processes}, but only {len(with_data)} of the {n} "
+            f"workers have a batch to train (no data{how}: {empty}). Pass devices * num_nodes <= {len(with_data)}, "
+            "or choose a partition (or batch_size, drop_last) that gives every worker data."
+        )
+
+
+class IdleBatch:
+    """A step a process takes while the busiest process still trains: no worker, no gradient, no update."""
+
+    __slots__ = ("position", "round_index")
+
+    def __init__(self, round_index: int, position: int) -> None:
+        self.round_index = round_index
+        self.position = position
+
+    def __repr__(self) -> str:
+        return f"IdleBatch(round={self.round_index}, step={self.position})"
+
+
+@dataclass(frozen=True)
+class RankRoundPlan(RoundPlan):
+    """A round seen from one process: ``workers`` and ``steps`` are the whole round's (every process knows who takes
+    part), ``local_workers``/``local_steps`` are the ones this process trains, and ``padding`` the idle steps that
+    bring it to the busiest process's count. ``total_steps`` is this process's Lightning steps in the round."""
+
+    rank: int = 0
+    local_workers: tuple[BaseWorker, ...] = ()
+    local_steps: tuple[int, ...] = ()
+    padding: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.local_steps) + self.padding
+
+
+class RankRoundPlanner(RoundPlanner):
+    """:class:`~lightning_fed.strategies.rounds.RoundPlanner` for one process of ``world_size``: the same plans,
+    this process's batches.
+
+    Args:
+        loader: the federated train loader (the same in every process).
+        rank, world_size: this process and how many there are.
+        devices, num_nodes: how the processes were asked for (named in the errors).
+        kwargs: as :class:`~lightning_fed.strategies.rounds.RoundPlanner`.
+    """
+
+    def __init__(
+        self,
+        loader: FederatedDataLoader,
+        *,
+        rank: int,
+        world_size: int,
+        devices: int,
+        num_nodes: int,
+        **kwargs: Any,
+    ) -> None:
+        workers = list(loader.workers)
+        check_world(
+            [w.id for w in workers],
+            [loader.num_batches(w) for w in workers],
+            devices=devices,
+            num_nodes=num_nodes,
+            batch_size=loader.batch_size,
+            drop_last=loader.drop_last,
+        )
+        super().__init__(loader, **kwargs)
+        self.rank = rank
+        self.world_size = world_size
+        # balanced by sample count: a round's work with local_epochs; with local_steps every worker does the same
+        weights = [len(loader.federated_dataset[w.id]) if self.local_steps is None else 1 for w in self.workers]
+        self.ranks = assign_workers(weights, world_size)
+        self.owners: dict[Hashable, int] = {w.id: r for w, r in zip(self.workers, self.ranks)}
+
+    @property
+    def local_workers(self) -> list[BaseWorker]:
+        """The workers this process trains."""
+        return [w for w in self.workers if self.owners[w.id] == self.rank]
+
+    def plan(self, round_index: int) -> RankRoundPlan:
+        whole = super().plan(round_index)
+        loads = [0] * self.world_size
+        for worker, steps in zip(whole.workers, whole.steps):
+            loads[self.owners[worker.id]] += steps
+        mine = [(w, s) for w, s in zip(whole.workers, whole.steps) if self.owners[w.id] == self.rank]
+        return RankRoundPlan(
+            whole.round_index,
+            whole.workers,
+            whole.steps,
+            rank=self.rank,
+            local_workers=tuple(w for w, _ in mine),
+            local_steps=tuple(s for _, s in mine),
+            padding=max(loads) - loads[self.rank],
+        )
+
+    def batches(self, plan: RoundPlan) -> Iterator[tuple[BaseWorker | None, Any]]:
+        """This process's batches of the round, worker after worker, then its idle steps."""
+        if not isinstance(plan, RankRoundPlan):
+            yield from super().batches(plan)
+            return
+        yield from super().batches(RoundPlan(plan.round_index, plan.local_workers, plan.local_steps))
+        for position in range(plan.padding):
+            yield None, IdleBatch(plan.round_index, position)
+
+
+# -- the end of a round ---------------------------------------------------------------------------------------------
+class WorkerFailedElsewhere(LightningFedError, RuntimeError):
+    """Stands for the exception of a worker that failed in another process (only its text travels)."""
+
+
+def sync_round(strategy: FederatedStrategy, collective: Collective) -> None:
+    """In every process, once a round's local workers have sent their updates: share the per-worker bookkeeping
+    (who finished and survived, failures, steps, last losses, the losses to log) and combine the aggregator's sums,
+    so that every process finalizes the same round."""
+    planner = strategy._planner
+    assert planner is not None
+    rank = collective.rank
+    mine = {w for w, r in collective.owners.items() if r == rank}
+    failures = strategy._failures
+    report = {
+        "finished": list(failures._finished),
+        "survivors": list(failures._survivors),
+        "failed": {w: f"{type(e).__name__}: {e} (in process {rank})" for w, e in failures._failed.items()},
+        "late": [w for w in failures._late if w in mine],
+        "counts": {w: dict(c) for w, c in failures._counts.items() if w in mine},
+        "stats": {
+            w: (s["steps"], None if s.get("last_loss") is None else float(s["last_loss"]))
+            for w, s in strategy._stats.items()
+            if w in mine
+        },
+        "losses": {w: (float(total), count) for w, (total, count) in strategy._losses._sums.items()},
+    }
+    reports = collective.all_gather_object(report)
+    position = {w.id: i for i, w in enumerate(planner.workers)}
+
+    def in_order(ids: Sequence[Hashable]) -> list[Hashable]:
+        return sorted(ids, key=lambda w: position.get(w, len(position)))
+
+    failures._finished = in_order([w for r in reports for w in r["finished"]])
+    failures._survivors = in_order([w for r in reports for w in r["survivors"]])
+    for r in reports:
+        for w, text in r["failed"].items():
+            if w not in failures._failed:
+                failures._failed[w] = WorkerFailedElsewhere(text)
+        failures._late.update(r["late"])
+        failures._counts.update(r["counts"])
+        for w, (steps, last_loss) in r["stats"].items():
+            if w in strategy._stats:
+                strategy._stats[w]["steps"] = steps
+                strategy._stats[w]["last_loss"] = last_loss
+        for w, (total, count) in r["losses"].items():
+            if w not in strategy._losses._sums:
+                strategy._losses._sums[w] = [torch.tensor(total), count]
+    strategy._aggregator.sync_round(collective)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------------
+_PER_PROCESS = ("rng", "aggregator")  # what each process keeps of its own and resumes from
+
+
+def gather_state(state: dict[str, Any], collective: Collective) -> dict[str, Any]:
+    """The federated checkpoint state of every process as one (called in every process; process 0 writes it).
+
+    Per-worker entries (optimizer and scheduler states) come from the process that trains the worker; the per-process
+    ones (RNG states, the aggregator's state: e.g. SCAFFOLD's control variates of that process's workers, the DP
+    noise stream) are kept for each process under ``"processes"``.
+    """
+    if collective.world_size == 1:
+        return state
+    parts = collective.all_gather_object(state)
+    merged = dict(parts[0])
+    merged["optimizer_states"] = {w: s for part in parts for w, s in part.get("optimizer_states", {}).items()}
+    schedules = [part.get("scheduler_states", {}) for part in parts]
+    merged["scheduler_states"] = {
+        **schedules[0],
+        "states": {w: s for sched in schedules for w, s in sched.get("states", {}).items()},
+    }
+    merged["processes"] = [{key: part.get(key) for key in _PER_PROCESS} for part in parts]
+    return merged
+
+
+def select_state(state: dict[str, Any], collective: Collective) -> dict[str, Any]:
+    """This process's view of a checkpoint written by :func:`gather_state` (or by one process)."""
+    processes = state.get("processes")
+    if not processes:
+        return state
+    if len(processes) == collective.world_size:
+        return {**state, **processes[collective.rank]}
+    rank_zero_warn(
+        f"This checkpoint was written by a run over {len(processes)} processes and resumes over "
+        f"{collective.world_size}: every process takes the RNG state and the aggregator's per-process state (such as "
+        "SCAFFOLD's control variates of the workers trained elsewhere) of process 0. Resume with the same "
+        "devices * num_nodes to continue exactly."
+    )
+    return {**state, **processes[0]}
