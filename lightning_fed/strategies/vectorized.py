@@ -310,6 +310,7 @@ class VectorizedWorkers:
         self.stacked_optimizer: Optimizer | None = None
         self.counts: list[int] = []
         self._start_step: float | None = None
+        self._layout_matched = False
         self._active: list[bool] = []
 
     # -- cohort lifecycle --------------------------------------------------------------------------------------------
@@ -338,6 +339,7 @@ class VectorizedWorkers:
         self._load_states(cohort)
         self.cohort = cohort
         self.counts = [0] * k
+        self._layout_matched = False
 
     def _load_states(self, cohort: Cohort) -> None:
         saved = [self.states.get(w.id) for w in cohort.workers]
@@ -421,7 +423,26 @@ class VectorizedWorkers:
         for t in self.stacked:  # a parameter the loss does not reach gets a zero gradient, as in the sequential path
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
+        if not self._layout_matched:
+            self._match_grad_layout()
         return losses
+
+    def _match_grad_layout(self) -> None:
+        """Once a cohort: store each stacked parameter (and its optimizer state) in the memory layout of the gradient
+        autograd gives it (vmapped ``linear`` yields transposed weight gradients): the optimizer's elementwise updates
+        then run over contiguous memory instead of strided. Values are unchanged; the layout is all that moves."""
+        assert self.stacked_optimizer is not None
+        self._layout_matched = True
+        k = len(self.counts)
+        with torch.no_grad():
+            for t in self.stacked:
+                g = t.grad
+                if g is None or g.stride() == t.stride() or not _dense(g):
+                    continue
+                t.data = _like_layout(t, g)
+                for key, value in list(self.stacked_optimizer.state.get(t, {}).items()):
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape == t.shape and value.shape[0] == k:
+                        self.stacked_optimizer.state[t][key] = _like_layout(value, g)
 
     def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
         """One vmapped forward per group of equal batch shapes; one gradient of the sum of the workers' losses (the
@@ -566,6 +587,22 @@ def _patched_log(module: Any, recorder: _LogRecorder) -> Iterator[None]:
         yield
     finally:
         del module.log
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlaps)."""
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
+    expected = 1
+    for d in order:
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.size(d)
+    return True
+
+
+def _like_layout(value: Tensor, layout: Tensor) -> Tensor:
+    out = torch.empty_strided(layout.shape, layout.stride(), dtype=value.dtype, device=value.device)
+    return out.copy_(value)
 
 
 def _leaves(batch: Any) -> list[Tensor]:
