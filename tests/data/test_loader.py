@@ -223,3 +223,26 @@ def test_repr_and_dataset(fed):
     loader = FederatedDataLoader(fed, batch_size=4, shuffle=True)
     assert loader.dataset is fed and loader.workers == fed.workers
     assert repr(loader) == "FederatedDataLoader(2 workers, 6 batches of 4, shuffle=True, order='sequential')"
+
+
+def test_tensor_dataset_fast_path_equals_default_collate_per_sample():
+    from torch.utils.data import Subset, TensorDataset, default_collate
+
+    from lightning_fed.data.loader import _make_batch
+
+    data = TensorDataset(torch.randn(30, 3), torch.arange(30), torch.randint(0, 5, (30, 2), dtype=torch.uint8))
+    shard = Subset(Subset(data, list(range(10, 30))), [7, 3, 11, 0, 19, 5])
+    positions = torch.tensor([5, 0, 2, 2])
+    fast = _make_batch(shard, positions, collate_fn=default_collate)
+    slow = default_collate([shard[i] for i in positions.tolist()])
+    assert type(fast) is type(slow) and len(fast) == len(slow) == 3
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+    class Doubled(TensorDataset):  # a subclass may change __getitem__: no fast path
+        def __getitem__(self, i):
+            x, y = super().__getitem__(i)
+            return 2 * x, y
+
+    doubled = Doubled(torch.ones(4, 2), torch.arange(4))
+    assert torch.equal(_make_batch(doubled, torch.tensor([1, 2]), collate_fn=default_collate)[0], 2 * torch.ones(2, 2))
