@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scaling = []
     for per_round in args.scaling:
-        seq, seq_model = fit_strategy(dataset, args, False, per_round, per_round, args.scaling_rounds)
-        vec, vec_model = fit_strategy(dataset, args, True, per_round, per_round, args.scaling_rounds)
+        part = TensorDataset(*(t[: per_round * args.samples_per_client] for t in dataset.tensors))
+        seq, seq_model = fit_strategy(part, args, False, per_round, per_round, args.scaling_rounds)
+        vec, vec_model = fit_strategy(part, args, True, per_round, per_round, args.scaling_rounds)
         scaling.append({"workers_per_round": per_round, "sequential_s_per_round": seq / args.scaling_rounds,
                         "vectorized_s_per_round": vec / args.scaling_rounds, "speedup": seq / vec,
                         "max_abs_diff": f"{max_abs_diff(seq_model, vec_model):.2e}"})  # fmt: skip
