@@ -348,7 +348,7 @@ def run_flower(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, A
 
 
 # -- lightning_fed -----------------------------------------------------------------------------------------------------
-def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool = False) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from lightning_fed import FederatedDataModule, FederatedStrategy
@@ -366,7 +366,8 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace) -> dict
         TensorDataset(data.x, data.y), workers=w.clients, partition=given_partition, batch_size=w.batch_size,
         seed=args.seed,
     )  # fmt: skip
-    strategy = FederatedStrategy(clients_per_round=w.clients_per_round, local_epochs=w.local_epochs, seed=args.seed)
+    strategy = FederatedStrategy(clients_per_round=w.clients_per_round, local_epochs=w.local_epochs, seed=args.seed,
+                                 vectorize=vectorize)  # fmt: skip
     trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, max_epochs=w.rounds, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
@@ -399,9 +400,11 @@ def run_plain(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, An
 CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, Any]]] = {
     "flower": run_flower,
     "lightning_fed": run_lightning_fed,
+    "lightning_fed_vectorized": lambda w, data, args: run_lightning_fed(w, data, args, vectorize=True),
     "plain": run_plain,
 }
-RATIOS = [("flower", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain")]
+RATIOS = [("flower", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
+          ("flower", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain")]  # fmt: skip
 
 
 @torch.no_grad()
@@ -431,6 +434,8 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
 
     walls = interleaved({name: timed(name) for name in names}, args.repeats)
     states = {name: [run.pop("state") for run in extras[name]][-1] for name in names}
+    if args.profile:
+        profile(w, data, [name for name in names if name != "flower"], args)
     results = {}
     for name in names:
         runs = extras[name]
@@ -454,6 +459,25 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
     return out
 
 
+def profile(w: Workload, data: Data, names: list[str], args: argparse.Namespace) -> None:
+    """One more, untimed run of each contender under cProfile; print its top ``args.profile`` rows (cumulative).
+
+    Flower is left out: its clients train in Ray's actor processes, which this process's profiler does not see.
+    """
+    import cProfile
+    import io
+    import pstats
+
+    for name in names:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        CONTENDERS[name](w, data, args)
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.profile)
+        print(f"\n# workload {w.name}: cProfile of {name} (one extra run, not timed)\n{out.getvalue()}")
+
+
 def print_workload(record: dict[str, Any]) -> None:
     w, res = record["workload"], record["results"]
     spc = f"{w['samples_per_client']} images" if w["samples_per_client"] else "an even share"
@@ -468,7 +492,7 @@ def print_workload(record: dict[str, Any]) -> None:
                       f"function {r['client_busy_s']:.1f} s, {r['client_cpu_s']:.1f} s of it on the CPU), shut-down "
                       f"{r['shutdown_s']:.1f} s")  # fmt: skip
         rows.append([name, r["wall_s"], f"{100 * r['test_acc']:.2f}%", detail])
-    print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes"], rows))
+    print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes (last repeat)"], rows))
     for key, r in record["ratios"].items():
         print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f})")
     if "flower" in res and "plain" in res:
@@ -523,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b-lr", type=float, default=0.05)
     parser.add_argument("--b-local-epochs", type=int, default=1)
     parser.add_argument("--b-rounds", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the top N cProfile rows of an extra run of each non-Flower contender")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes, a few seconds (plus Ray's start)")
     args = parser.parse_args(argv)
     if args.smoke:

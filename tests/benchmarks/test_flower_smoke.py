@@ -13,7 +13,7 @@ def test_flower_benchmark_smoke():
     assert record["benchmark"] == "flower"
     assert {"machine", "config", "contenders", "workloads"} <= record.keys()
     assert record["config"]["smoke"] is True
-    assert {"lightning_fed", "plain"} <= set(record["contenders"])
+    assert {"lightning_fed", "lightning_fed_vectorized", "plain"} <= set(record["contenders"])
     assert ("flower" in record["contenders"]) == (record["flwr"] is not None)
     assert set(record["workloads"]) == {"A", "B"}
     for workload in record["workloads"].values():
