@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=100, help="local batches per school per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, help="also print the top N cProfile rows of one DP fit")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -88,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["run", "fit s (median)", "ms/step"], rows))
     ratio = ratios(times["DP-SGD"], times["non-private"])
     print(f"DP-SGD / non-private: {ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f}); goal 1.6x")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(fit, dataset, args, True)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     print_json_line({"benchmark": "privacy", "machine": info, "config": vars(args),
                      "times": {k: summary(v) for k, v in times.items()}, "ratio": ratio})  # fmt: skip
     return 0
