@@ -8,11 +8,13 @@ Example:
     >>> wrapped.setup_model(3)
     >>> wrapped.num_params, wrapped.inner.num_params, wrapped.is_sum
     (3, 3, True)
+    >>> [type(a).__name__ for a in aggregator_chain(wrapped)]
+    ['AggregatorWrapper', 'FedAvg']
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -22,6 +24,18 @@ from lightning_fed.aggregation.base import Aggregator
 
 if TYPE_CHECKING:
     from lightning_fed.collective import Collective
+
+
+_MAX_CHAIN = 16  # wrappers deeper than this are taken for a cycle
+
+
+def aggregator_chain(aggregator: Aggregator | None) -> Iterator[Aggregator]:
+    """``aggregator`` and the aggregators it wraps (each wrapper's ``.inner``), outermost first."""
+    for _ in range(_MAX_CHAIN):
+        if aggregator is None:
+            return
+        yield aggregator
+        aggregator = getattr(aggregator, "inner", None)
 
 
 class AggregatorWrapper(Aggregator):

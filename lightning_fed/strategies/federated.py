@@ -321,7 +321,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             for _worker, batch in self._planner.batches(plan):
                 yield batch
         else:
-            yield from cohort_steps(self._cohorts, self._planner.batch_source, self._planner, plan.round_index)
+            yield from cohort_steps(self._cohorts, self._planner, plan.round_index)
 
     # -- the round lifecycle (FedAvg) -----------------------------------------------------------------------------
     def _begin_round(self, plan: RoundPlan) -> None:

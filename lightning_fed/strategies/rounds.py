@@ -113,13 +113,17 @@ class RoundPlanner:
     def batches(self, plan: RoundPlan) -> Iterator[tuple[BaseWorker, Any]]:
         """The round's batches, worker after worker, each worker cycling its shard (reshuffled) as needed."""
         for worker, steps in zip(plan.workers, plan.steps):
-            per_pass = self.loader.num_batches(worker)
-            passes = math.ceil(steps / per_pass)
-            produced = 0
-            for local_pass in range(passes):
-                epoch = plan.round_index * passes + local_pass
-                for batch in self.batch_source(worker, epoch):
-                    if produced == steps:
-                        break
-                    produced += 1
-                    yield worker, batch
+            for batch in self.worker_batches(worker, steps, plan.round_index):
+                yield worker, batch
+
+    def worker_batches(self, worker: BaseWorker, steps: int, round_index: int) -> Iterator[Any]:
+        """``worker``'s ``steps`` batches of round ``round_index``, cycling its shard (reshuffled each pass)."""
+        per_pass = self.loader.num_batches(worker)
+        passes = math.ceil(steps / per_pass)
+        produced = 0
+        for local_pass in range(passes):
+            for batch in self.batch_source(worker, round_index * passes + local_pass):
+                if produced == steps:
+                    return
+                produced += 1
+                yield batch

@@ -59,8 +59,9 @@ from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
 from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.wrapper import AggregatorWrapper
+from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.strategies.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
 
 # Lightning's epoch reductions that one call can carry for all workers exactly (see VectorizedWorkers._log_merged)
@@ -109,25 +110,22 @@ class VectorStep:
         return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
 
 
-def cohort_steps(cohorts: Sequence[Cohort], batch_source: Any, planner: Any, round_index: int) -> Iterator[VectorStep]:
-    """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch."""
+def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int) -> Iterator[VectorStep]:
+    """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch (the batches
+    ``planner.worker_batches`` gives the sequential path, in the same order)."""
     for cohort in cohorts:
-        streams = [
-            _worker_stream(planner, batch_source, w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)
-        ]
+        streams = [planner.worker_batches(w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)]
         for step in range(cohort.length):
             yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
 
 
-def _worker_stream(planner: Any, batch_source: Any, worker: BaseWorker, steps: int, round_index: int) -> Iterator[Any]:
-    # the same batches, in the same order, as RoundPlanner.batches gives the sequential path
-    per_pass = planner.loader.num_batches(worker)
-    passes = -(-steps // per_pass)
-    for local_pass in range(passes):
-        yield from batch_source(worker, round_index * passes + local_pass)
-
-
 # -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
+def _elementwise(value: Any, shape: torch.Size) -> bool:
+    """Whether an optimizer-state entry is a tensor shaped like its parameter (``shape``): one value per element,
+    stacked along the worker dimension (momentum, Adam's moments), unlike a shared scalar such as ``step``."""
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape == shape
+
+
 def _signature(state: dict[Tensor, dict[str, Any]] | None, params: Sequence[Tensor]) -> tuple:
     if not state:
         return ()
@@ -139,7 +137,7 @@ def _signature(state: dict[Tensor, dict[str, Any]] | None, params: Sequence[Tens
         items = []
         for key in sorted(entries):
             value = entries[key]
-            if isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 0:
+            if _elementwise(value, param.shape):
                 items.append((key, "tensor"))  # stacked along the worker dimension
             elif isinstance(value, Tensor) and value.numel() == 1:
                 items.append((key, float(value)))  # one shared number: must be equal
@@ -153,7 +151,7 @@ def plan_cohorts(
     workers: Sequence[BaseWorker], steps: Sequence[int], states: Any, optimizer: Optimizer | None
 ) -> list[Cohort]:
     """Split a round's workers into cohorts of equal optimizer-state signature, in order of first appearance."""
-    params = [p for g in optimizer.param_groups for p in g["params"]] if optimizer is not None else []
+    params = optimizer_params(optimizer) if optimizer is not None else []
     groups: dict[tuple, list[int]] = {}
     for i, worker in enumerate(workers):
         saved = states.get(worker.id)
@@ -165,14 +163,6 @@ def plan_cohorts(
 
 
 # -- what vectorized training supports -------------------------------------------------------------------------------
-def _aggregator_chain(aggregator: Aggregator) -> Iterator[Aggregator]:
-    seen = 0
-    while aggregator is not None and seen < 16:
-        yield aggregator
-        aggregator = getattr(aggregator, "inner", None)
-        seen += 1
-
-
 def check_vectorizable(module: Any, trainer: Any, aggregator: Aggregator) -> None:
     """Raise :class:`FederatedConfigError` naming what ``vectorize=True`` cannot train exactly."""
     fix = "pass vectorize=False (the sequential path supports it)"
@@ -211,7 +201,7 @@ def check_vectorizable(module: Any, trainer: Any, aggregator: Aggregator) -> Non
             f"`vectorize=True` keeps no per-worker LR schedule: step-interval schedulers {step_schedulers} are not "
             f"supported; use interval='epoch' (one step a round) or {fix}."
         )
-    for agg in _aggregator_chain(aggregator):
+    for agg in aggregator_chain(aggregator):
         hook = type(agg).adjust_gradients
         if hook not in (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients):
             raise FederatedConfigError(
@@ -293,18 +283,16 @@ class VectorizedWorkers:
         self.clip_algorithm = clip_algorithm or "norm"
         self.use_vmap = True
         self._call = _TrainingStepCall(module)
-        named = dict(module.named_parameters())
-        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        self.user_params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.names = {id(p): f"module.{n}" for n, p in named.items()}
-        missing = [p for p in self.user_params if id(p) not in self.names]
-        if missing:
+        named = {id(p): f"module.{n}" for n, p in module.named_parameters()}  # names under _TrainingStepCall
+        self.user_params = optimizer_params(optimizer)
+        if any(id(p) not in named for p in self.user_params):
             raise FederatedConfigError(
                 "`vectorize=True`: the optimizer holds tensors that are not parameters of the LightningModule; "
                 "pass vectorize=False."
             )
+        self._names = [named[id(p)] for p in self.user_params]  # of the stacked tensors, in their order
         self._position = {id(p): i for i, p in enumerate(self.user_params)}
-        self.frozen = {f"module.{n}": p for n, p in named.items() if id(p) not in in_optimizer}
+        self.frozen = {named[id(p)]: p for p in module.parameters() if id(p) not in self._position}
         self.cohort: Cohort | None = None
         self.stacked: list[Tensor] = []
         self.stacked_optimizer: Optimizer | None = None
@@ -354,7 +342,7 @@ class VectorizedWorkers:
                 continue
             stacked_entries: dict[str, Any] = {}
             for key, value in entries.items():
-                if isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 0:
+                if _elementwise(value, param.shape):
                     stacked_entries[key] = torch.stack([s[0][param][key] for s in saved])
                 else:
                     stacked_entries[key] = value.clone() if isinstance(value, Tensor) else value
@@ -381,7 +369,6 @@ class VectorizedWorkers:
 
     def _save_state(self, worker_id: Hashable, k: int) -> None:
         assert self.stacked_optimizer is not None
-        k_workers = len(self.counts)
         state: defaultdict = defaultdict(dict)
         for param, stacked in zip(self.user_params, self.stacked):
             entries = self.stacked_optimizer.state.get(stacked)
@@ -389,8 +376,7 @@ class VectorizedWorkers:
                 continue
             mine: dict[str, Any] = {}
             for key, value in entries.items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == k_workers and \
-                        value.shape[1:] == param.shape:  # fmt: skip
+                if _elementwise(value, stacked.shape):
                     mine[key] = value[k].clone()
                 elif key == "step":
                     steps = (self._start_step or 0.0) + self.counts[k]
@@ -433,7 +419,6 @@ class VectorizedWorkers:
         then run over contiguous memory instead of strided. Values are unchanged; the layout is all that moves."""
         assert self.stacked_optimizer is not None
         self._layout_matched = True
-        k = len(self.counts)
         with torch.no_grad():
             for t in self.stacked:
                 g = t.grad
@@ -441,7 +426,7 @@ class VectorizedWorkers:
                     continue
                 t.data = _like_layout(t, g)
                 for key, value in list(self.stacked_optimizer.state.get(t, {}).items()):
-                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape == t.shape and value.shape[0] == k:
+                    if _elementwise(value, t.shape):
                         self.stacked_optimizer.state[t][key] = _like_layout(value, g)
 
     def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
@@ -450,7 +435,6 @@ class VectorizedWorkers:
         by_shape: dict[tuple, list[int]] = {}
         for k in positions:
             by_shape.setdefault(_shapes(batches[k]), []).append(k)
-        names = [self.names[id(p)] for p in self.user_params]
         k_workers = len(self.counts)
         losses: list[tuple[int, Tensor]] = []
         total: Tensor | None = None
@@ -466,7 +450,7 @@ class VectorizedWorkers:
             def forward(worker_params: list[Tensor], worker_batch: Any, recorder: _LogRecorder = recorder) -> Any:
                 recorder.calls.clear()
                 recorder.values.clear()
-                swapped = {**self.frozen, **dict(zip(names, worker_params))}
+                swapped = {**self.frozen, **dict(zip(self._names, worker_params))}
                 loss = _loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
                 return loss, tuple(recorder.values)
 
@@ -484,13 +468,13 @@ class VectorizedWorkers:
         return losses
 
     def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
-        names = [self.names[id(p)] for p in self.user_params]
         for t in self.stacked:
             t.grad = torch.zeros_like(t)
         losses = []
         for k in positions:
             leaves = [t[k].detach().requires_grad_(True) for t in self.stacked]
-            output = functional_call(self._call, {**self.frozen, **dict(zip(names, leaves))}, (batches[k], batch_idx))
+            swapped = {**self.frozen, **dict(zip(self._names, leaves))}
+            output = functional_call(self._call, swapped, (batches[k], batch_idx))
             loss = _loss_of(output)
             for stacked, grad in zip(self.stacked, torch.autograd.grad(loss, leaves, allow_unused=True)):
                 if grad is not None:
@@ -558,12 +542,9 @@ class VectorizedWorkers:
 
     def _per_worker_tensors(self) -> list[Tensor]:
         assert self.stacked_optimizer is not None
-        k = len(self.counts)
         out = list(self.stacked)
         for stacked in self.stacked:
-            for value in self.stacked_optimizer.state.get(stacked, {}).values():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == k:
-                    out.append(value)
+            out += [v for v in self.stacked_optimizer.state.get(stacked, {}).values() if _elementwise(v, stacked.shape)]
         return out
 
     def _save_slices(self, inactive: list[int]) -> list[Tensor]:

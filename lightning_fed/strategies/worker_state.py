@@ -27,7 +27,8 @@ import torch
 from torch.optim import Optimizer
 
 
-def _params(optimizer: Optimizer) -> list[torch.Tensor]:
+def optimizer_params(optimizer: Optimizer) -> list[torch.Tensor]:
+    """The optimizer's parameters in its order (group after group): the positions checkpoints use."""
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
@@ -73,7 +74,7 @@ class WorkerOptimizerStates:
         for worker_id, states in self._states.items():
             per_optimizer = []
             for optimizer, state in zip(optimizers, states):
-                positions = {id(p): i for i, p in enumerate(_params(optimizer))}
+                positions = {id(p): i for i, p in enumerate(optimizer_params(optimizer))}
                 per_optimizer.append({positions[id(p)]: dict(entries) for p, entries in state.items() if entries})
             out[worker_id] = per_optimizer
         return out
@@ -85,7 +86,7 @@ class WorkerOptimizerStates:
         for worker_id, per_optimizer in saved.items():
             states = []
             for optimizer, entries in zip(optimizers, per_optimizer):
-                params = _params(optimizer)
+                params = optimizer_params(optimizer)
                 state: defaultdict = defaultdict(dict)
                 for position, values in entries.items():
                     param = params[int(position)]

@@ -22,19 +22,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
+from lightning_fed.aggregation.wrapper import aggregator_chain
 from lightning_fed.privacy.dp.client_level import DPAggregator
 from lightning_fed.privacy.dp.sample_level import DPSGDAggregator
 
 
 def find_dp(aggregator: Aggregator | None) -> DPAggregator | DPSGDAggregator | None:
     """The first DP wrapper in a chain of wrappers (each holding the next as ``.inner``), or ``None``."""
-    seen = 0
-    while aggregator is not None and seen < 16:
-        if isinstance(aggregator, (DPAggregator, DPSGDAggregator)):
-            return aggregator
-        aggregator = getattr(aggregator, "inner", None)
-        seen += 1
-    return None
+    return next((a for a in aggregator_chain(aggregator) if isinstance(a, (DPAggregator, DPSGDAggregator))), None)
 
 
 class PrivacyMonitor(pl.Callback):

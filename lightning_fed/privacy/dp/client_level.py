@@ -32,7 +32,7 @@ from typing_extensions import override
 
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.functional import accumulation_dtype, is_float
-from lightning_fed.aggregation.wrapper import AggregatorWrapper
+from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
 from lightning_fed.data.loader import mix_seed
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
@@ -395,10 +395,4 @@ class DPAggregator(AggregatorWrapper):
 
 def _takes_the_sum_at_workers(aggregator: Aggregator) -> bool:
     """Whether ``aggregator`` (or one it wraps) is secure aggregation: the server only ever sees the masked sum."""
-    for _ in range(16):
-        if aggregator is None:
-            return False
-        if getattr(aggregator, "name", None) == "secure":
-            return True
-        aggregator = getattr(aggregator, "inner", None)
-    return False
+    return any(getattr(a, "name", None) == "secure" for a in aggregator_chain(aggregator))
