@@ -111,7 +111,7 @@ class SecureAggregator(AggregatorWrapper):
         self.config = config if config is not None else SecureAggregationConfig()
         self._worker_ids: list[Hashable] | None = None
         self._next: list[Hashable] | None = None
-        self._round: SecureAggregationRound | DistributedSecureAggregationRound | None = None
+        self._round: SecureAggregationRound | None = None  # or its DistributedSecureAggregationRound subclass
         self._collective: Collective | None = None  # several processes: each holds its own workers' clients
         self._layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []
         self._weights: dict[Hashable, float] = {}
@@ -198,9 +198,8 @@ class SecureAggregator(AggregatorWrapper):
         """Add up the processes' partial sums of masked vectors (pairwise masks across processes cancel in the
         total), learn who sent, and share the public sample weights and the clipping count."""
         protocol = self._require_round("sync_round")
-        combine = getattr(protocol, "combine", None)
-        if callable(combine):
-            combine()
+        if isinstance(protocol, DistributedSecureAggregationRound):
+            protocol.combine()
         parts = collective.all_gather_object((self._weights, self._clipped))
         self._weights = {w: weight for weights, _ in parts for w, weight in weights.items()}
         self._clipped = sum(clipped for _, clipped in parts)

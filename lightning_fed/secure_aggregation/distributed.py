@@ -33,7 +33,8 @@ from torch import Tensor
 from lightning_fed.collective import Collective
 from lightning_fed.secure_aggregation.client import SecAggClient
 from lightning_fed.secure_aggregation.config import SecureAggregationConfig, SecureAggregationError
-from lightning_fed.secure_aggregation.quantization import check_overflow, ring_reduce_
+from lightning_fed.secure_aggregation.protocol import SecureAggregationRound, round_parameters
+from lightning_fed.secure_aggregation.quantization import ring_reduce_
 from lightning_fed.secure_aggregation.server import SecAggServer
 
 _LOW32 = 0xFFFFFFFF
@@ -61,20 +62,15 @@ def _merged(parts: list[dict], order: Sequence[Hashable]) -> dict:
     return {w: merged[w] for w in order if w in merged}
 
 
-class DistributedSecureAggregationRound:
+class DistributedSecureAggregationRound(SecureAggregationRound):
     """:class:`~.protocol.SecureAggregationRound` over several processes: rounds 0 and 1 at construction (two
-    ``all_gather_object``), :meth:`submit` and :meth:`drop` for this process's workers, :meth:`combine` once every
-    local worker has sent (the partial sums and who sent), then :meth:`finish` (the unmasking shares)."""
+    ``all_gather_object``), :meth:`submit` and :meth:`drop` (inherited) for this process's workers, :meth:`combine`
+    once every local worker has sent (the partial sums and who sent), then :meth:`finish` (the unmasking shares)."""
 
     def __init__(self, participants: Sequence[Hashable], numel: int, config: SecureAggregationConfig,
                  round_index: int = 0, *, collective: Collective) -> None:  # fmt: skip
         participants = list(participants)
-        n = len(participants)
-        if len(set(participants)) != n:
-            raise SecureAggregationError(f"participants must be distinct, got {participants}")
-        threshold = config.threshold_for(n)
-        check_overflow(n, config.clip, config.fractional_bits, config.bits)
-        context = b"lightning_fed/secagg/v1|round=%d|n=%d|t=%d|k=%d" % (round_index, n, threshold, config.bits)
+        threshold, context = round_parameters(participants, config, round_index)
         self.config, self.threshold, self.collective = config, threshold, collective
         self.participants = participants
         self.server = SecAggServer(participants, threshold, config.bits, numel)  # a replica in every process
@@ -102,14 +98,6 @@ class DistributedSecureAggregationRound:
                 f"{self.collective.rank}): "
                 + (f"it trains in process {where}." if where is not None else f"participants: {self.participants}.")
             ) from None
-
-    def submit(self, worker_id: Hashable, x: Tensor) -> None:
-        """Round 2 for one of this process's workers: masked here, added into this process's partial sum."""
-        self.server.receive_masked(worker_id, self.client(worker_id).mask(x))
-
-    def drop(self, worker_id: Hashable) -> None:
-        self.client(worker_id)
-        self.server.drop(worker_id)
 
     def combine(self) -> None:
         """End of round 2 in every process: add up the partial sums of masked vectors, learn who sent and who

@@ -43,6 +43,19 @@ from lightning_fed.secure_aggregation.server import SecAggServer
 __all__ = ["AdvertisedKeys", "SecAggClient", "SecAggServer", "SecureAggregationRound", "UnmaskingShares", "secure_sum"]
 
 
+def round_parameters(
+    participants: Sequence[Hashable], config: SecureAggregationConfig, round_index: int
+) -> tuple[int, bytes]:
+    """The round's Shamir threshold and the context its keys are bound to; refuses repeated participants and rings
+    too small for the sum."""
+    n = len(participants)
+    if len(set(participants)) != n:
+        raise SecureAggregationError(f"participants must be distinct, got {list(participants)}")
+    threshold = config.threshold_for(n)
+    check_overflow(n, config.clip, config.fractional_bits, config.bits)
+    return threshold, b"lightning_fed/secagg/v1|round=%d|n=%d|t=%d|k=%d" % (round_index, n, threshold, config.bits)
+
+
 class SecureAggregationRound:
     """Rounds 0 and 1 at construction; then :meth:`submit` (round 2, per worker), :meth:`drop`, :meth:`finish`.
 
@@ -59,12 +72,7 @@ class SecureAggregationRound:
 
     def __init__(self, participants: Sequence[Hashable], numel: int, config: SecureAggregationConfig,
                  round_index: int = 0) -> None:  # fmt: skip
-        n = len(participants)
-        if len(set(participants)) != n:
-            raise SecureAggregationError(f"participants must be distinct, got {list(participants)}")
-        threshold = config.threshold_for(n)
-        check_overflow(n, config.clip, config.fractional_bits, config.bits)
-        context = b"lightning_fed/secagg/v1|round=%d|n=%d|t=%d|k=%d" % (round_index, n, threshold, config.bits)
+        threshold, context = round_parameters(participants, config, round_index)
         self.config, self.threshold = config, threshold
         self.server = SecAggServer(participants, threshold, config.bits, numel)
         self._clients = {w: SecAggClient(w, i + 1, config, threshold, context) for i, w in enumerate(participants)}
