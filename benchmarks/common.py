@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.utils.data
 
 
 # -- the machine ---------------------------------------------------------------------------------------------------
@@ -165,3 +166,21 @@ def print_json_line(record: dict[str, Any]) -> None:
     """Print ``record`` as the single last line of output (floats rounded), and flush."""
     sys.stdout.flush()
     print(json.dumps(_rounded(record), sort_keys=False), flush=True)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def mnist_like(root: str | None, n: int, seed: int = 0) -> torch.utils.data.TensorDataset:
+    """The first ``n`` real MNIST training images, normalised as the seed does, read offline from
+    ``root/MNIST/raw``; with ``root=None``, ``n`` synthetic MNIST-shaped images and labels (``seed``): speed does not
+    depend on the pixels."""
+    if root:
+        from torchvision.datasets import MNIST
+
+        from lightning_fed.datasets import MNIST_MEAN, MNIST_STD
+
+        mnist = MNIST(root, train=True, download=True)
+        images = ((mnist.data[:n].float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+        return torch.utils.data.TensorDataset(images, mnist.targets[:n].clone())
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 1, 28, 28, generator=g)
+    return torch.utils.data.TensorDataset(images, torch.randint(0, 10, (n,), generator=g))

@@ -26,7 +26,16 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import format_table, interleaved, machine_info, print_json_line, print_machine, ratios, summary
+from benchmarks.common import (
+    format_table,
+    interleaved,
+    machine_info,
+    mnist_like,
+    print_json_line,
+    print_machine,
+    ratios,
+    summary,
+)
 from lightning_fed import FederatedDataModule, FederatedStrategy
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.privacy.dp import DPConfig
@@ -38,15 +47,7 @@ class Classifier(MNISTClassifier):
 
 
 def load_data(args: argparse.Namespace) -> TensorDataset:
-    if args.data_root:
-        from torchvision.datasets import MNIST
-
-        mnist = MNIST(args.data_root, train=True, download=True)
-        images = ((mnist.data[: args.samples].float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
-        return TensorDataset(images, mnist.targets[: args.samples].clone())
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(args.samples, 1, 28, 28, generator=g)
-    return TensorDataset(images, torch.randint(0, 10, (args.samples,), generator=g))
+    return mnist_like(args.data_root, args.samples)
 
 
 def fit(dataset: TensorDataset, args: argparse.Namespace, private: bool) -> float:

@@ -33,7 +33,16 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import format_table, interleaved, machine_info, print_json_line, print_machine, ratios, summary
+from benchmarks.common import (
+    format_table,
+    interleaved,
+    machine_info,
+    mnist_like,
+    print_json_line,
+    print_machine,
+    ratios,
+    summary,
+)
 from lightning_fed import FederatedDataModule, FederatedStrategy
 from lightning_fed.data.partition import iid
 from lightning_fed.models import MNISTClassifier
@@ -48,15 +57,7 @@ class Classifier(MNISTClassifier):
 
 
 def load_data(args: argparse.Namespace, num_clients: int) -> TensorDataset:
-    n = num_clients * args.samples_per_client
-    if args.data_root:
-        from torchvision.datasets import MNIST
-
-        mnist = MNIST(args.data_root, train=True, download=True)
-        images = ((mnist.data[:n].float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
-        return TensorDataset(images, mnist.targets[:n].clone())
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return mnist_like(args.data_root, num_clients * args.samples_per_client)
 
 
 def fit_strategy(dataset: TensorDataset, args: argparse.Namespace, vectorize: bool, clients: int, per_round: int,
