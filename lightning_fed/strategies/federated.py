@@ -368,14 +368,19 @@ class FederatedStrategy(FederatedParallelStrategy):
         self._aggregator.worker_start(worker.id, self._global)
 
     def _finish_worker(self, worker: BaseWorker) -> None:
-        if self._failures.finish(worker.id):  # not failed, dropped out, or late under straggler_policy="drop"
-            self._in_worker(worker, lambda _: self._send_update(worker))
+        self._deliver(worker)
+        self._worker_states.deactivate(self.optimizers)
+        self._active = None
+
+    def _deliver(self, worker: BaseWorker, tensors: list[Tensor] | None = None, steps: int | None = None) -> None:
+        """The worker's update goes into the round (at the worker), unless it failed, dropped out, or was late under
+        ``straggler_policy="drop"``: then the aggregator is told it dropped."""
+        if self._failures.finish(worker.id):
+            self._in_worker(worker, lambda _: self._send_update(worker, tensors, steps))
         else:
             drop = getattr(self._aggregator, "drop", None)
             if callable(drop):
                 drop(worker.id)
-        self._worker_states.deactivate(self.optimizers)
-        self._active = None
 
     def _send_update(self, worker: BaseWorker, tensors: list[Tensor] | None = None, steps: int | None = None) -> None:
         """Runs at the worker: its update, through the aggregator's worker-side hooks, into the round's sum.
@@ -602,7 +607,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         step = self._batch
         assert isinstance(step, VectorStep) and self._vector is not None
         try:
-            out = closure()  # runs training_step: the vectorized forward and gradients (it returns None)
+            out = closure()  # runs training_step: the vectorized forward and gradients (backward is skipped)
             if not self._skip:
                 self._vector.step()
         finally:
@@ -615,14 +620,9 @@ class FederatedStrategy(FederatedParallelStrategy):
 
     def _finish_cohort(self) -> None:
         assert self._vector is not None
-        for worker, tensors, steps in self._vector.finish():
-            if self._failures.finish(worker.id):
-                buffers = [t.detach() for t in self._tensors[self._num_params :]]
-                self._in_worker(worker, lambda _, w=worker, t=tensors + buffers, n=steps: self._send_update(w, t, n))
-            else:
-                drop = getattr(self._aggregator, "drop", None)
-                if callable(drop):
-                    drop(worker.id)
+        buffers = [t.detach() for t in self._tensors[self._num_params :]]  # not trained here: the global values
+        for worker, params, steps in self._vector.finish():
+            self._deliver(worker, params + buffers, steps)
 
     # -- evaluation on the global model ---------------------------------------------------------------------------
     @override
