@@ -20,7 +20,7 @@ Contenders (``CONTENDERS``, name -> function; adding one is a function and a dic
 
 All contenders start from the same initial weights, train on the same client partitions (lightning_fed's seeded
 ``iid`` split, handed to every contender), and follow the same client sampling schedule: lightning_fed's own
-(``lightning_fed.strategies.rounds.sample_clients``). Flower's server sends each round's messages to as many
+(``lightning_fed.rounds.planning.sample_clients``). Flower's server sends each round's messages to as many
 simulated SuperNodes, and each message names the partition its client trains on (a ``partition-id`` in the
 message's config instead of the node's ``node_config``), so Flower trains the very same clients each round. Flower
 and plain also shuffle each client's batches with the same seeds, so they end with (nearly) the same weights;
@@ -165,7 +165,7 @@ def synthetic(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 def prepare(w: Workload, mnist: tuple[torch.Tensor, ...] | None, args: argparse.Namespace, tmp: str) -> Data:
     from lightning_fed.data.partition import iid
-    from lightning_fed.strategies.rounds import sample_clients
+    from lightning_fed.rounds.planning import sample_clients
 
     if mnist is None:  # --smoke: synthetic MNIST-shaped tensors
         n = w.clients * (w.samples_per_client or 32)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     model = MNISTClassifier(architecture="mcmahan_cnn", lr=args.lr)
     log = RoundLog(args.target)
-    strategy = FederatedStrategy(local_epochs=args.local_epochs, clients_per_round=args.fraction, seed=args.seed,
+    strategy = FederatedStrategy(local_epochs=args.local_epochs, client_fraction=args.fraction, seed=args.seed,
                                  vectorize=args.vectorize)  # fmt: skip
     trainer = pl.Trainer(
         strategy=strategy, accelerator="cpu", devices=1, max_epochs=args.max_rounds, num_sanity_val_steps=0,

@@ -46,7 +46,7 @@ from benchmarks.common import (
 from lightning_fed import FederatedDataModule, FederatedStrategy
 from lightning_fed.data.partition import iid
 from lightning_fed.models import MNISTClassifier
-from lightning_fed.strategies.rounds import sample_clients
+from lightning_fed.rounds.planning import sample_clients
 
 
 class Classifier(MNISTClassifier):

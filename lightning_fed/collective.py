@@ -1,7 +1,7 @@
 """``Collective``: how the parts of a round reach the other processes when workers train in several processes.
 
 With ``Trainer(strategy=FederatedStrategy(), devices=N, num_nodes=M)`` every process trains its share of the
-workers (see :mod:`lightning_fed.strategies.distributed`); at the end of a round each aggregator combines what its
+workers (see :mod:`lightning_fed.backends.distributed`); at the end of a round each aggregator combines what its
 process accumulated with what the others did (:meth:`~lightning_fed.aggregation.Aggregator.sync_round`) through this
 object: sums of tensors (``all_reduce``), lists of small Python objects (``all_gather_object``), all over the default
 ``torch.distributed`` process group that Lightning set up. Nothing here opens a connection of its own.

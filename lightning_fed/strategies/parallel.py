@@ -6,7 +6,7 @@ the processes the way ``DDPStrategy`` does (Lightning's subprocess script launch
 and Lightning's cluster environments find them), sets up the default ``torch.distributed`` process group (Gloo on
 CPU, NCCL on GPU) and provides ``reduce``/``barrier``/``broadcast``/``all_gather`` over it, so that torchmetrics'
 sync, ``ModelCheckpoint`` and ``EarlyStopping`` work as with DDP. There is no model wrapper and no gradient
-all-reduce: each process trains its own workers (:mod:`~lightning_fed.strategies.distributed`) and the processes meet
+all-reduce: each process trains its own workers (:mod:`~lightning_fed.backends.distributed`) and the processes meet
 once a round, in the aggregation. With one device in one process nothing of this runs.
 """
 
@@ -14,56 +14,52 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed
 from lightning.fabric.plugins import ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.fabric.utilities.distributed import (
-    _distributed_is_initialized,
-    _get_default_process_group_backend_for_device,
-    _init_dist_connection,
-    _sync_ddp_if_available,
-)
-from lightning.fabric.utilities.distributed import group as _group
+from lightning.fabric.utilities.distributed import group
 from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.strategies import ParallelStrategy
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_fed import logs
+from lightning_fed._compat.lightning import (
+    MultiProcessingLauncher,
+    SubprocessScriptLauncher,
+    default_process_group_backend,
+    distributed_is_initialized,
+    init_dist_connection,
+    sync_ddp_if_available,
+    sync_module_states,
+)
+from lightning_fed.backends.distributed import Processes, gather_state, select_state
 from lightning_fed.collective import Collective
-from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.strategies import distributed
-from lightning_fed.strategies.distributed import IdleBatch, RankRoundPlanner
-from lightning_fed.strategies.rounds import RoundPlanner
-
-if TYPE_CHECKING:
-    from lightning_fed.strategies.federated import FederatedStrategy
 
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
 
 
-class _FederatedMultiProcessingLauncher(_MultiProcessingLauncher):
+class _FederatedMultiProcessingLauncher(MultiProcessingLauncher):
     """Lightning's spawn/fork launcher, also bringing the strategy's round count and per-worker summary back to the
     main process (Lightning brings the weights and ``callback_metrics``)."""
 
     @override
     def get_extra_results(self, trainer: pl.Trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
-        strategy = trainer.strategy
+        rounds = trainer.strategy.rounds
         buffer = io.BytesIO()
         torch.save(
             {
-                "round_index": getattr(strategy, "_round_index", 0),
-                "summary": strategy.worker_summary() if hasattr(strategy, "worker_summary") else {},
-                "failures": strategy._failures.state_dict() if hasattr(strategy, "_failures") else {},
+                "round_index": rounds.index,
+                "summary": rounds.stats.summary(rounds.failures),
+                "failures": rounds.failures.state_dict(),
             },
             buffer,
         )
@@ -75,13 +71,12 @@ class _FederatedMultiProcessingLauncher(_MultiProcessingLauncher):
         super().update_main_process_results(trainer, extra)
         if "lightning_fed_bytes" not in extra:
             return
-        state = torch.load(io.BytesIO(extra["lightning_fed_bytes"]), weights_only=False)
-        strategy = trainer.strategy
-        strategy._round_index = int(state["round_index"])
+        state = torch.load(io.BytesIO(extra["lightning_fed_bytes"]), weights_only=True)
+        rounds = trainer.strategy.rounds
+        rounds.index = int(state["round_index"])
         for worker_id, row in state["summary"].items():
-            keep = ("samples", "steps", "last_loss")
-            strategy._stats[worker_id] = {key: row[key] for key in keep}
-        strategy._failures.load_state_dict(state["failures"])
+            rounds.stats.rows[worker_id] = {key: row[key] for key in ("samples", "steps", "last_loss")}
+        rounds.failures.load_state_dict(state["failures"])
 
 
 class FederatedParallelStrategy(ParallelStrategy):
@@ -173,27 +168,17 @@ class FederatedParallelStrategy(ParallelStrategy):
         self._check_processes()
         assert self.cluster_environment is not None
         if self._start_method == "popen":
-            self._launcher = _SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+            self._launcher = SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
         else:
             self._launcher = _FederatedMultiProcessingLauncher(self, start_method=self._start_method)
 
     def _check_processes(self) -> None:
         """Refuse, before any process starts, what cannot run over several processes."""
-        where = f"devices={self.num_processes}, num_nodes={self.num_nodes}"
-        if getattr(self, "mode", "fedavg") != "fedavg":
-            raise FederatedConfigError(
-                f"FederatedStrategy(mode={self.mode!r}) moves one model from worker to worker, one after another: it "
-                f"runs in one process, and got {where}. Pass devices=1, num_nodes=1, or mode='fedavg' (rounds, "
-                "whose workers can train in parallel processes)."
-            )
-        if getattr(self, "vectorize", False):
-            raise FederatedConfigError(
-                f"FederatedStrategy(vectorize=True) trains a round's workers together in one process, and got {where}: "
-                "pass vectorize=False to spread the workers over processes, or devices=1, num_nodes=1."
-            )
-        aggregator = getattr(self, "_aggregator", None)
-        if aggregator is not None:
-            aggregator.check_processes()
+        self.check_processes(f"devices={self.num_processes}, num_nodes={self.num_nodes}")
+
+    def check_processes(self, where: str) -> None:
+        """Raise :class:`FederatedConfigError` if this configuration cannot run over processes (``where`` says how
+        many were asked for); subclasses refuse what they cannot spread."""
 
     @override
     def set_world_ranks(self) -> None:
@@ -201,6 +186,7 @@ class FederatedParallelStrategy(ParallelStrategy):
             self.cluster_environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
             self.cluster_environment.set_world_size(self.num_nodes * self.num_processes)
         rank_zero_only.rank = utils_rank_zero_only.rank = self.global_rank
+        logs.set_rank(self.global_rank)
 
     @override
     def setup_environment(self) -> None:
@@ -212,14 +198,12 @@ class FederatedParallelStrategy(ParallelStrategy):
         """The default process group, as Lightning's DDP sets it up (rendezvous from the cluster environment)."""
         reset_seed()
         self.set_world_ranks()
-        self._process_group_backend = self._process_group_backend or _get_default_process_group_backend_for_device(
-            self.root_device
-        )
+        self._process_group_backend = self._process_group_backend or default_process_group_backend(self.root_device)
         assert self.cluster_environment is not None
         kwargs: dict[str, Any] = {"timeout": self._timeout}
         if self.root_device.type != "cpu":
             kwargs["device_id"] = self.root_device
-        _init_dist_connection(self.cluster_environment, self._process_group_backend, **kwargs)
+        init_dist_connection(self.cluster_environment, self._process_group_backend, **kwargs)
         self._collective = Collective(self.root_device if self._process_group_backend == "nccl" else "cpu")
 
     @override
@@ -227,7 +211,7 @@ class FederatedParallelStrategy(ParallelStrategy):
         super().setup(trainer)
         if self.is_distributed:
             assert self.model is not None
-            _sync_module_states(self.model)  # every process starts from process 0's model, as DDP does
+            sync_module_states(self.model)  # every process starts from process 0's model, as DDP does
 
     @override
     def model_to_device(self) -> None:
@@ -238,12 +222,12 @@ class FederatedParallelStrategy(ParallelStrategy):
     @override
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
         if isinstance(tensor, Tensor) and self.is_distributed:
-            return _sync_ddp_if_available(tensor, group, reduce_op=reduce_op)
+            return sync_ddp_if_available(tensor, group, reduce_op=reduce_op)
         return tensor
 
     @override
     def barrier(self, name: str | None = None) -> None:
-        if not self.is_distributed or not _distributed_is_initialized():
+        if not self.is_distributed or not distributed_is_initialized():
             return
         if torch.distributed.get_backend() == "nccl":
             torch.distributed.barrier(device_ids=[self.root_device.index])
@@ -252,10 +236,10 @@ class FederatedParallelStrategy(ParallelStrategy):
 
     @override
     def broadcast(self, obj: Any, src: int = 0) -> Any:
-        if not self.is_distributed or not _distributed_is_initialized():
+        if not self.is_distributed or not distributed_is_initialized():
             return obj
         holder = [obj]
-        torch.distributed.broadcast_object_list(holder, src, group=_group.WORLD)
+        torch.distributed.broadcast_object_list(holder, src, group=group.WORLD)
         return holder[0]
 
     @override
@@ -266,80 +250,30 @@ class FederatedParallelStrategy(ParallelStrategy):
 
     @override
     def teardown(self) -> None:
-        self._place_workers(None)
         if self.cluster_environment is not None:
             self.cluster_environment.teardown()
         super(ParallelStrategy, self).teardown()
 
-    # -- what FederatedStrategy calls ------------------------------------------------------------------------------
-    def _round_planner(self: FederatedStrategy, loader: FederatedDataLoader, **kwargs: Any) -> RoundPlanner:
-        """The round planner: the whole federation's in one process, this process's share over several."""
-        if not self.is_distributed:
-            return RoundPlanner(loader, **kwargs)
-        planner = RankRoundPlanner(
-            loader,
-            rank=self.global_rank,
-            world_size=self.num_processes * self.num_nodes,
-            devices=self.num_processes,
-            num_nodes=self.num_nodes,
-            **kwargs,
-        )
-        shares = []
-        for rank in range(planner.world_size):
-            mine = [w for w in planner.workers if planner.owners[w.id] == rank]
-            samples = sum(len(loader.federated_dataset[w.id]) for w in mine)
-            shares.append(f"process {rank}: {[w.id for w in mine]} ({samples} samples)")
-        rank_zero_info(f"FederatedStrategy over {planner.world_size} processes; " + "; ".join(shares) + ".")
-        collective = self._collective
-        if collective is not None:  # None only when the processes were not started (a test of the checks)
-            collective.owners = dict(planner.owners)
-            self._aggregator.setup_processes(collective)
-            self._place_workers(planner)
-        return planner
+    # -- what FederatedStrategy asks -------------------------------------------------------------------------------
+    def processes(self) -> Processes:
+        """This process's rank among the processes and their collectives."""
+        return Processes(
+            rank=self.global_rank, world_size=self.num_processes * self.num_nodes, devices=self.num_processes,
+            num_nodes=self.num_nodes, collective=self._collective,
+        )  # fmt: skip
 
-    def _place_workers(self, planner: RankRoundPlanner | None) -> None:
-        """Pointers do not cross processes: a worker that trains in another process refuses messages here."""
-        loader = getattr(self, "_loader", None)
-        if loader is None:
-            return
-        for worker in loader.workers:
-            owner = planner.owners.get(worker.id) if planner is not None else None
-            if owner is None or planner is None or owner == planner.rank:
-                worker.place_elsewhere(None)
-                continue
-            mine = [w.id for w in planner.local_workers]
-            worker.place_elsewhere(
-                f"worker {worker.id!r} trains in process {owner} and this is process {planner.rank} (devices * "
-                f"num_nodes = {planner.world_size}): pointers do not cross processes. During fit, this process reaches "
-                f"only its own workers {mine}; use one of those, or run in one process (devices=1, num_nodes=1)."
-            )
-
-    def _idle_step(self: FederatedStrategy, batch: Any) -> bool:
-        """An :class:`~lightning_fed.strategies.distributed.IdleBatch`: count the step, train nothing."""
-        if not isinstance(batch, IdleBatch):
-            return False
-        self._batch = batch
-        self._steps_in_round += 1
-        self._skip = True
-        return True
-
-    def _skipped_step_output(self) -> Tensor | None:
+    def skipped_step_output(self) -> Tensor | None:
         """What ``training_step`` returns for a skipped step: ``None`` in one process (Lightning skips backward and
         the step); over several processes, where Lightning refuses ``None``, a zero loss that touches no parameter."""
         if not self.is_distributed:
             return None
         return torch.zeros((), device=self.root_device, requires_grad=True)
 
-    def _sync_round(self: FederatedStrategy) -> None:
-        """At the end of each round, in every process: combine the round (no-op in one process)."""
+    def gather_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Every process's federated checkpoint state as one (process 0 writes it)."""
         collective = self._collective
-        if collective is not None and collective.world_size > 1:
-            distributed.sync_round(self, collective)
+        return state if collective is None else gather_state(state, collective)
 
-    def _gather_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        collective = self._collective
-        return state if collective is None else distributed.gather_state(state, collective)
-
-    def _select_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        collective = self._collective if self._collective is not None else Collective()
-        return distributed.select_state(state, collective)
+    def select_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's part of a checkpoint's federated state."""
+        return select_state(state, self._collective if self._collective is not None else Collective())

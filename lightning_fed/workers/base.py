@@ -35,6 +35,7 @@ from lightning_fed.workers.messages import (
     PlanMessage,
     TensorDescriptor,
 )
+from lightning_fed.workers.session import WorkerSession
 from lightning_fed.workers.store import ObjectStore
 
 if TYPE_CHECKING:  # the privacy layer sits below the workers: imported for type hints only
@@ -153,6 +154,29 @@ class BaseWorker:
         """This worker lives in another process for now (a run over several processes): refuse every message with
         :class:`~lightning_fed.exceptions.PointerError` ``reason``; ``None`` accepts messages again."""
         self._elsewhere = reason
+
+    # -- sessions: the one way code runs at a worker (workers/session.py) ---------------------------------------
+    def session(self, refs: Any = None, label: str = "plan 'session'") -> WorkerSession:
+        """``with worker.session(refs) as real:`` runs the block at this worker on its own objects ``refs``; an
+        exception in the block leaves as a :class:`WorkerError` naming the worker and ``label``."""
+        return WorkerSession(self, refs, label)
+
+    def check_reachable(self) -> None:
+        """Raise :class:`~lightning_fed.exceptions.PointerError` when this worker lives in another process."""
+        elsewhere = getattr(self, "_elsewhere", None)
+        if elsewhere is not None:
+            raise PointerError(elsewhere)
+
+    def resolve(self, refs: Any, inputs: dict[int, int] | None = None) -> Any:
+        """The worker's own objects for ``refs`` (:class:`ObjectRef` in tuples, lists, dicts)."""
+        return _resolve(refs, self._store.objects, self.id, {} if inputs is None else inputs)
+
+    def enter(self) -> Any:
+        """Make this worker the current one; returns the token :meth:`leave` takes."""
+        return _current_worker.set(self)
+
+    def leave(self, token: Any) -> None:
+        _current_worker.reset(token)
 
     # -- plans ----------------------------------------------------------------------------------------------------
     def install_plan(self, name: str, fn: Callable[..., Any]) -> None:

@@ -116,7 +116,9 @@ def fit(
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    planner = strategy._planner  # None in the main process of a spawn launch: the processes planned
+    planner = getattr(
+        strategy.backend, "planner", None
+    )  # None in the main process of a spawn launch: the processes planned
     plans = []
     for r in range(rounds if planner is not None else 0):
         plan = planner.plan(r)

@@ -23,12 +23,12 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 from lightning_fed import FederatedConfigError, FederatedStrategy
 from lightning_fed.aggregation import SCAFFOLD, Aggregator, FedAvg, FedMedian, Krum
+from lightning_fed.backends.distributed import IdleBatch, RankRoundPlan, assign_workers, check_world
 from lightning_fed.collective import Collective
 from lightning_fed.privacy.dp import DPAggregator, DPConfig
+from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregationError, SecureAggregator
 from lightning_fed.secure_aggregation.distributed import DistributedSecureAggregationRound
-from lightning_fed.strategies.distributed import IdleBatch, RankRoundPlan, assign_workers, check_world
-from lightning_fed.strategies.rounds import RoundPlan
 from lightning_fed.testing import BoringClassifier
 from tests.strategies.helpers import FedDM, tiny_dataset, trainer
 
@@ -145,12 +145,12 @@ def test_one_device_is_unchanged():
     assert t.world_size == 1 and strategy.launcher is None and strategy.collective is None
     assert not strategy.is_distributed and strategy.is_global_zero
     assert type(strategy.round_plan(0)) is RoundPlan and strategy.round_index == 2
-    assert strategy._skipped_step_output() is None  # Lightning's own skip, as before
+    assert strategy.skipped_step_output() is None  # Lightning's own skip, as before
     assert all(getattr(w, "_elsewhere", None) is None for w in strategy.workers)
 
 
 def test_rank_plan_pads_to_the_busiest_process():
-    from lightning_fed.strategies.distributed import RankRoundPlanner
+    from lightning_fed.backends.distributed import RankRoundPlanner
 
     data = FedDM(tiny_dataset(40), num_workers=4, batch_size=4, partition="quantity_skew")
     loader = data.train_dataloader()

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from lightning_fed import FederatedConfigError, FederatedStrategy
 from lightning_fed.aggregation import FedMedian, FedTrimmedAvg, Krum
-from lightning_fed.strategies.robustness import ByzantineWorkers, ClientFailures, RoundFailedError, dropped_workers
+from lightning_fed.rounds.byzantine import ByzantineWorkers
+from lightning_fed.rounds.failures import ClientFailures, RoundFailedError, dropped_workers
 from lightning_fed.testing import BoringClassifier
 from lightning_fed.workers import current_worker
 from tests.strategies.helpers import FedDM, tiny_dataset, trainer

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fed import FederatedStrategy
 from lightning_fed.aggregation import FedAvg, FedAvgM, FedProx
+from lightning_fed.backends.vectorized import VectorStep, plan_cohorts
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.strategies.vectorized import VectorStep, plan_cohorts
-from lightning_fed.strategies.worker_state import WorkerOptimizerStates
+from lightning_fed.rounds.worker_state import WorkerOptimizerStates
 from lightning_fed.testing import BoringClassifier
 from tests.strategies.helpers import FedDM, max_abs_diff, tiny_dataset, trainer
 
@@ -57,9 +57,9 @@ def test_unequal_shards_with_adam_state_kept_across_rounds_train_in_cohorts():
     seq, _ = _fit(False, optimizer="adam", partition="quantity_skew", rounds=3)
     vec, vec_trainer = _fit(True, optimizer="adam", partition="quantity_skew", rounds=3)
     strategy = vec_trainer.strategy
-    assert len(strategy._plan_cohorts(strategy.round_plan(3))) > 1
+    assert len(strategy.backend.cohorts(strategy.round_plan(3))) > 1
     assert max_abs_diff(seq, vec) < 1e-5
-    states = strategy._worker_states
+    states = strategy.rounds.optimizer_states
     for worker_id, summary in strategy.worker_summary().items():
         (state,) = states.get(worker_id)
         assert all(float(entries["step"]) == summary["steps"] for entries in state.values())
@@ -189,7 +189,7 @@ def test_unbatchable_training_step_falls_back_to_loop_mode_with_one_warning():
     with pytest.warns(UserWarning, match=r"cannot run under torch\.vmap .*item.*loop mode") as record:
         vec, vec_trainer = _fit(True, model=_UsesItem(4, 3, hidden=8, lr=0.05))
     assert sum("cannot run under torch.vmap" in str(w.message) for w in record) == 1
-    assert vec_trainer.strategy._vector.use_vmap is False
+    assert vec_trainer.strategy.backend.vector.use_vmap is False
     assert max_abs_diff(seq, vec) < 1e-5
 
 

@@ -12,8 +12,9 @@ only its own workers:
   process's batches, padded with :class:`IdleBatch` steps up to the busiest process's count, so that every process
   runs the same number of Lightning steps per round (Lightning synchronizes at every step, and a process whose
   workers were not sampled must not end its epoch early);
-* :func:`sync_round` runs at the end of each round in every process: the per-worker bookkeeping (who finished, who
-  failed, steps, losses) is exchanged, then the aggregator adds up the processes' weighted sums in float64
+* :meth:`DistributedBackend.sync_round` runs at the end of each round in every process: the per-worker bookkeeping
+  (who finished, who failed, steps, losses: each part's ``report``/``merge``) is exchanged, then the aggregator adds
+  up the processes' weighted sums in float64
   (:meth:`~lightning_fed.aggregation.Aggregator.sync_round`), so ``finalize`` returns the same global model in
   every process: the one a single process would have computed. Secure aggregation's pairwise masks cancel across
   processes, and DP noise is added once;
@@ -29,19 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from lightning.pytorch.utilities import rank_zero_warn
-
+from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.collective import Collective
 from lightning_fed.data.loader import FederatedDataLoader
-from lightning_fed.exceptions import FederatedConfigError, LightningFedError
-from lightning_fed.strategies.rounds import RoundPlan, RoundPlanner
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.logs import info, warn
+from lightning_fed.rounds.lifecycle import Rounds
+from lightning_fed.rounds.planning import RoundPlan, RoundPlanner
 from lightning_fed.workers.base import BaseWorker
-
-if TYPE_CHECKING:
-    from lightning_fed.strategies.federated import FederatedStrategy
 
 
 def assign_workers(weights: Sequence[float], world_size: int) -> list[int]:
@@ -130,14 +128,14 @@ class RankRoundPlan(RoundPlan):
 
 
 class RankRoundPlanner(RoundPlanner):
-    """:class:`~lightning_fed.strategies.rounds.RoundPlanner` for one process of ``world_size``: the same plans,
+    """:class:`~lightning_fed.rounds.RoundPlanner` for one process of ``world_size``: the same plans,
     this process's batches.
 
     Args:
         loader: the federated train loader (the same in every process).
         rank, world_size: this process and how many there are.
         devices, num_nodes: how the processes were asked for (named in the errors).
-        kwargs: as :class:`~lightning_fed.strategies.rounds.RoundPlanner`.
+        kwargs: as :class:`~lightning_fed.rounds.RoundPlanner`.
     """
 
     def __init__(
@@ -198,57 +196,6 @@ class RankRoundPlanner(RoundPlanner):
             yield None, IdleBatch(plan.round_index, position)
 
 
-# -- the end of a round ---------------------------------------------------------------------------------------------
-class WorkerFailedElsewhere(LightningFedError, RuntimeError):
-    """Stands for the exception of a worker that failed in another process (only its text travels)."""
-
-
-def sync_round(strategy: FederatedStrategy, collective: Collective) -> None:
-    """In every process, once a round's local workers have sent their updates: share the per-worker bookkeeping
-    (who finished and survived, failures, steps, last losses, the losses to log) and combine the aggregator's sums,
-    so that every process finalizes the same round."""
-    planner = strategy._planner
-    assert planner is not None
-    rank = collective.rank
-    mine = {w for w, r in collective.owners.items() if r == rank}
-    failures = strategy._failures
-    report = {
-        "finished": list(failures._finished),
-        "survivors": list(failures._survivors),
-        "failed": {w: f"{type(e).__name__}: {e} (in process {rank})" for w, e in failures._failed.items()},
-        "late": [w for w in failures._late if w in mine],
-        "counts": {w: dict(c) for w, c in failures._counts.items() if w in mine},
-        "stats": {
-            w: (s["steps"], None if s.get("last_loss") is None else float(s["last_loss"]))
-            for w, s in strategy._stats.items()
-            if w in mine
-        },
-        "losses": {w: (float(total), count) for w, (total, count) in strategy._losses._sums.items()},
-    }
-    reports = collective.all_gather_object(report)
-    position = {w.id: i for i, w in enumerate(planner.workers)}
-
-    def in_order(ids: Sequence[Hashable]) -> list[Hashable]:
-        return sorted(ids, key=lambda w: position.get(w, len(position)))
-
-    failures._finished = in_order([w for r in reports for w in r["finished"]])
-    failures._survivors = in_order([w for r in reports for w in r["survivors"]])
-    for r in reports:
-        for w, text in r["failed"].items():
-            if w not in failures._failed:
-                failures._failed[w] = WorkerFailedElsewhere(text)
-        failures._late.update(r["late"])
-        failures._counts.update(r["counts"])
-        for w, (steps, last_loss) in r["stats"].items():
-            if w in strategy._stats:
-                strategy._stats[w]["steps"] = steps
-                strategy._stats[w]["last_loss"] = last_loss
-        for w, (total, count) in r["losses"].items():
-            if w not in strategy._losses._sums:
-                strategy._losses._sums[w] = [torch.tensor(total), count]
-    strategy._aggregator.sync_round(collective)
-
-
 # -- checkpoints ----------------------------------------------------------------------------------------------------
 _PER_PROCESS = ("rng", "aggregator")  # what each process keeps of its own and resumes from
 
@@ -281,10 +228,95 @@ def select_state(state: dict[str, Any], collective: Collective) -> dict[str, Any
         return state
     if len(processes) == collective.world_size:
         return {**state, **processes[collective.rank]}
-    rank_zero_warn(
+    warn(
         f"This checkpoint was written by a run over {len(processes)} processes and resumes over "
         f"{collective.world_size}: every process takes the RNG state and the aggregator's per-process state (such as "
         "SCAFFOLD's control variates of the workers trained elsewhere) of process 0. Resume with the same "
         "devices * num_nodes to continue exactly."
     )
     return {**state, **processes[0]}
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands: its rank among ``world_size`` processes (``devices`` per node, ``num_nodes``)
+    and the collectives they share."""
+
+    rank: int
+    world_size: int
+    devices: int
+    num_nodes: int
+    collective: Collective | None
+
+
+class DistributedBackend(SequentialBackend):
+    """FedAvg rounds over several processes: each trains its own workers, one after another, and the processes meet
+    once a round (see the module docstring)."""
+
+    name = "distributed"
+
+    def __init__(self, *args: Any, processes: Processes, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.processes = processes
+        self.rounds.sync = self.sync_round
+
+    def make_planner(self, loader: FederatedDataLoader) -> RoundPlanner:
+        where = self.processes
+        planner = RankRoundPlanner(
+            loader, rank=where.rank, world_size=where.world_size, devices=where.devices, num_nodes=where.num_nodes,
+            **self.planner_args(loader),
+        )  # fmt: skip
+        if self.planner is None:
+            shares = []
+            for rank in range(planner.world_size):
+                mine = [w for w in planner.workers if planner.owners[w.id] == rank]
+                samples = sum(len(loader.federated_dataset[w.id]) for w in mine)
+                shares.append(f"process {rank}: {[w.id for w in mine]} ({samples} samples)")
+            info(f"FederatedStrategy over {planner.world_size} processes; " + "; ".join(shares) + ".")
+            collective = where.collective
+            if collective is not None:  # None only when the processes were not started (a test of the checks)
+                collective.owners = dict(planner.owners)
+                self.rounds.aggregator.setup_processes(collective)
+        place_workers(loader, planner)
+        return planner
+
+    def batch_start(self, batch: Any) -> Any:
+        if not isinstance(batch, IdleBatch):
+            return super().batch_start(batch)
+        if not self.rounds.is_open:  # this process waits for the busiest one: count the step, train nothing
+            self.begin_round(self.upcoming_plan())
+        self.batch = batch
+        self.rounds.steps_done += 1
+        self.skip = True
+        return batch
+
+    def sync_round(self, rounds: Rounds) -> None:
+        """At the end of each round, in every process: combine the bookkeeping, then the aggregator's sums."""
+        collective = self.processes.collective
+        if collective is None or collective.world_size == 1:
+            return
+        assert self.planner is not None
+        mine = [w for w, r in collective.owners.items() if r == collective.rank]
+        reports = collective.all_gather_object(rounds.report(mine))
+        rounds.merge(reports, [w.id for w in self.planner.workers])
+        rounds.aggregator.sync_round(collective)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self.loader is not None:
+            place_workers(self.loader, None)
+
+
+def place_workers(loader: FederatedDataLoader, planner: RankRoundPlanner | None) -> None:
+    """Pointers do not cross processes: a worker that trains in another process refuses messages here."""
+    for worker in loader.workers:
+        owner = planner.owners.get(worker.id) if planner is not None else None
+        if owner is None or planner is None or owner == planner.rank:
+            worker.place_elsewhere(None)
+            continue
+        mine = [w.id for w in planner.local_workers]
+        worker.place_elsewhere(
+            f"worker {worker.id!r} trains in process {owner} and this is process {planner.rank} (devices * "
+            f"num_nodes = {planner.world_size}): pointers do not cross processes. During fit, this process reaches "
+            f"only its own workers {mine}; use one of those, or run in one process (devices=1, num_nodes=1)."
+        )

@@ -4,9 +4,11 @@ Everything here is a pure function of (seed, round), so a run is reproducible an
 no random state needs saving.
 
 Example:
+    >>> limit_steps([10, 4], 0.5)
+    [5, 2]
     >>> sample_clients(num_workers=10, clients_per_round=3, seed=0, round_index=0)
     [1, 3, 5]
-    >>> resolve_clients_per_round(0.25, num_workers=10)
+    >>> resolve_clients_per_round(None, num_workers=10, fraction=0.25)
     3
 """
 
@@ -26,25 +28,40 @@ from lightning_fed.workers.base import BaseWorker
 _SAMPLING_STREAM = 0x5A3  # keeps client sampling independent of the loader's shuffling streams
 
 
-def resolve_clients_per_round(value: int | float | None, num_workers: int) -> int:
-    """How many workers a round samples: ``None`` -> all, an int ``k`` -> k, a float in (0, 1] -> that fraction."""
+def resolve_clients_per_round(value: int | None, num_workers: int, fraction: float | None = None) -> int:
+    """How many workers a round samples: a count ``value``, or a ``fraction`` of them (rounded half up), or all.
+
+    The two are separate arguments so that a command line or YAML file cannot turn one into the other (``1`` is a
+    count of one worker, never a fraction of 1.0).
+    """
+    if value is not None and fraction is not None:
+        raise FederatedConfigError(
+            f"`clients_per_round={value!r}` and `client_fraction={fraction!r}` both choose how many workers a round "
+            "samples: pass one of them."
+        )
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise FederatedConfigError(
+                f"`client_fraction={fraction!r}` is not valid: pass the fraction of workers a round samples, in "
+                "(0, 1] (or clients_per_round=<count>)."
+            )
+        return max(1, math.floor(fraction * num_workers + 0.5))  # round half up: 0.25 of 10 -> 3
     if value is None:
         return num_workers
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, float) and not isinstance(value, bool):
         raise FederatedConfigError(
-            f"`clients_per_round={value!r}` is not valid: pass an int in [1, {num_workers}], a fraction in (0, 1], "
-            "or None for all workers."
+            f"`clients_per_round={value!r}` is not valid: it is a count of workers, an int in [1, {num_workers}]; "
+            f"for a fraction of the workers pass client_fraction={value!r}."
         )
-    if isinstance(value, float):
-        if not 0.0 < value <= 1.0:
-            raise FederatedConfigError(
-                f"`clients_per_round={value!r}` is not valid: a fraction must be in (0, 1] (or pass an int count)."
-            )
-        return max(1, math.floor(value * num_workers + 0.5))  # round half up: 0.25 of 10 -> 3
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FederatedConfigError(
+            f"`clients_per_round={value!r}` is not valid: pass an int in [1, {num_workers}], or None for all workers "
+            "(client_fraction=<fraction> samples a fraction)."
+        )
     if not 1 <= value <= num_workers:
         raise FederatedConfigError(
             f"`clients_per_round={value!r}` is out of range: there are {num_workers} workers, so pass an int in "
-            f"[1, {num_workers}], a fraction in (0, 1], or None for all."
+            f"[1, {num_workers}], client_fraction=<fraction in (0, 1]>, or None for all."
         )
     return value
 
@@ -55,6 +72,23 @@ def sample_clients(num_workers: int, clients_per_round: int, seed: int, round_in
         return list(range(num_workers))
     rng = np.random.default_rng(mix_seed(seed, round_index, _SAMPLING_STREAM))
     return sorted(int(i) for i in rng.choice(num_workers, size=clients_per_round, replace=False))
+
+
+def limit_steps(steps: list[int], limit: int | float | None) -> list[int]:
+    """Each worker's local batches under Lightning's ``limit_train_batches`` (or ``fast_dev_run``).
+
+    A fraction ``f`` trains ``f`` of every worker's local work (at least one batch each); an int ``k`` caps the
+    round at about ``k`` batches, shared among the workers in proportion to their work (at least one each). Never
+    silently one worker: every sampled worker trains.
+    """
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        return list(steps)
+    if isinstance(limit, float):
+        return [max(1, int(s * limit)) for s in steps]
+    total = sum(steps)
+    if limit >= total:
+        return list(steps)
+    return [max(1, s * int(limit) // total) for s in steps]
 
 
 @dataclass(frozen=True)
@@ -77,17 +111,20 @@ class RoundPlanner:
         self,
         loader: FederatedDataLoader,
         *,
-        clients_per_round: int | float | None,
+        clients_per_round: int | None,
         local_epochs: int,
         local_steps: int | None,
         seed: int,
+        limit: int | float | None = None,
+        client_fraction: float | None = None,
     ) -> None:
         self.loader = loader
         self.workers = list(loader.workers)
-        self.clients_per_round = resolve_clients_per_round(clients_per_round, len(self.workers))
+        self.clients_per_round = resolve_clients_per_round(clients_per_round, len(self.workers), client_fraction)
         self.local_epochs = local_epochs
         self.local_steps = local_steps
         self.seed = seed
+        self.limit = limit  # Lightning's limit_train_batches, applied to every worker's local work
         # where a worker's batches for an epoch come from (differential privacy swaps in Poisson-sampled batches)
         self.batch_source: Callable[[BaseWorker, int], Iterator[Any]] = loader.worker_batches
         for worker in self.workers:
@@ -102,7 +139,13 @@ class RoundPlanner:
     def plan(self, round_index: int) -> RoundPlan:
         chosen = sample_clients(len(self.workers), self.clients_per_round, self.seed, round_index)
         workers = tuple(self.workers[i] for i in chosen)
-        return RoundPlan(round_index, workers, tuple(self.steps_for(w) for w in workers))
+        steps = limit_steps([self.steps_for(w) for w in workers], self.limit)
+        return RoundPlan(round_index, workers, tuple(steps))
+
+    @property
+    def lengths_vary(self) -> bool:
+        """Whether rounds can differ in length (client sampling over workers with different amounts of work)."""
+        return self.clients_per_round < len(self.workers) and len({self.steps_for(w) for w in self.workers}) > 1
 
     def steps_for(self, worker: BaseWorker) -> int:
         """The batches ``worker`` trains in a round it takes part in."""

@@ -45,215 +45,40 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
-from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
+from lightning_fed.backends.vectorized.cohorts import Cohort, _elementwise
+from lightning_fed.backends.vectorized.functional import (
+    LogCall,
+    LogRecorder,
+    TrainingStepCall,
+    clip_per_worker,
+    guarded_metrics,
+    is_dense,
+    is_vmap_error,
+    leading_size,
+    like_layout,
+    loss_of,
+    patched_log,
+    shapes,
+    sized_log,
+    stack_batches,
+)
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.strategies.worker_state import optimizer_params
+from lightning_fed.logs import warn
+from lightning_fed.rounds.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
 
 # Lightning's epoch reductions that one call can carry for all workers exactly (see VectorizedWorkers._log_merged)
 _REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean", "max": "max", torch.max: "max",
                                "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
-
-_HOOKS_NOT_CALLED = (
-    "backward",
-    "on_before_backward",
-    "on_after_backward",
-    "on_before_optimizer_step",
-    "optimizer_step",
-    "configure_gradient_clipping",
-)
-
-
-# -- what the round loader yields ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Cohort:
-    """Workers that train together: their optimizer states have one signature, so one stacked optimizer fits."""
-
-    index: int
-    workers: tuple[BaseWorker, ...]
-    steps: tuple[int, ...]
-
-    @property
-    def length(self) -> int:
-        return max(self.steps)
-
-
-class VectorStep:
-    """One vectorized step: the next pointer batch of each of the cohort's workers (``None``: it has none left).
-
-    A plain object (not a collection), so Lightning's batch transfer leaves it alone.
-    """
-
-    __slots__ = ("batches", "cohort", "step")
-
-    def __init__(self, cohort: Cohort, step: int, batches: list[Any]) -> None:
-        self.cohort = cohort
-        self.step = step
-        self.batches = batches
-
-    def __repr__(self) -> str:
-        present = sum(b is not None for b in self.batches)
-        return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
-
-
-def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int) -> Iterator[VectorStep]:
-    """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch (the batches
-    ``planner.worker_batches`` gives the sequential path, in the same order)."""
-    for cohort in cohorts:
-        streams = [planner.worker_batches(w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)]
-        for step in range(cohort.length):
-            yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
-
-
-# -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
-def _elementwise(value: Any, shape: torch.Size) -> bool:
-    """Whether an optimizer-state entry is a tensor shaped like its parameter (``shape``): one value per element,
-    stacked along the worker dimension (momentum, Adam's moments), unlike a shared scalar such as ``step``."""
-    return isinstance(value, Tensor) and value.dim() > 0 and value.shape == shape
-
-
-def _signature(state: dict[Tensor, dict[str, Any]] | None, params: Sequence[Tensor]) -> tuple:
-    if not state:
-        return ()
-    out = []
-    for position, param in enumerate(params):
-        entries = state.get(param)
-        if not entries:
-            continue
-        items = []
-        for key in sorted(entries):
-            value = entries[key]
-            if _elementwise(value, param.shape):
-                items.append((key, "tensor"))  # stacked along the worker dimension
-            elif isinstance(value, Tensor) and value.numel() == 1:
-                items.append((key, float(value)))  # one shared number: must be equal
-            else:
-                items.append((key, repr(value)))
-        out.append((position, tuple(items)))
-    return tuple(out)
-
-
-def plan_cohorts(
-    workers: Sequence[BaseWorker], steps: Sequence[int], states: Any, optimizer: Optimizer | None
-) -> list[Cohort]:
-    """Split a round's workers into cohorts of equal optimizer-state signature, in order of first appearance."""
-    params = optimizer_params(optimizer) if optimizer is not None else []
-    groups: dict[tuple, list[int]] = {}
-    for i, worker in enumerate(workers):
-        saved = states.get(worker.id)
-        key = _signature(saved[0] if saved else None, params)
-        groups.setdefault(key, []).append(i)
-    return [
-        Cohort(n, tuple(workers[i] for i in idx), tuple(steps[i] for i in idx)) for n, idx in enumerate(groups.values())
-    ]
-
-
-# -- what vectorized training supports -------------------------------------------------------------------------------
-def check_vectorizable(module: Any, trainer: Any, aggregator: Aggregator) -> None:
-    """Raise :class:`FederatedConfigError` naming what ``vectorize=True`` cannot train exactly."""
-    fix = "pass vectorize=False (the sequential path supports it)"
-    if not module.automatic_optimization:
-        raise FederatedConfigError(f"`vectorize=True` needs automatic optimization (your module uses manual): {fix}.")
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._NormBase) and getattr(sub, "track_running_stats", False):
-            raise FederatedConfigError(
-                f"`vectorize=True` cannot keep per-worker running statistics of {type(sub).__name__} module "
-                f"{name or '<root>'!r}: {fix}, or use a norm without running statistics (GroupNorm, LayerNorm, "
-                "track_running_stats=False)."
-            )
-    overridden = [hook for hook in _HOOKS_NOT_CALLED if is_overridden(hook, module)]
-    if overridden:
-        raise FederatedConfigError(
-            f"`vectorize=True` computes gradients and steps the optimizer itself, so your module's {overridden} "
-            f"would not be called: {fix}."
-        )
-    if len(trainer.optimizers) != 1:
-        raise FederatedConfigError(
-            f"`vectorize=True` needs exactly one optimizer, got {len(trainer.optimizers)}: {fix}."
-        )
-    if trainer.accumulate_grad_batches != 1:
-        raise FederatedConfigError(
-            f"`vectorize=True` does not support `accumulate_grad_batches={trainer.accumulate_grad_batches}`: use 1 "
-            f"and a larger batch size, or {fix}."
-        )
-    precision = str(trainer.precision)
-    if precision not in ("32-true", "32", "64-true", "64"):
-        raise FederatedConfigError(
-            f"`vectorize=True` supports 32/64-bit precision, got precision={precision!r}: {fix}."
-        )
-    step_schedulers = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.interval == "step"]
-    if step_schedulers:
-        raise FederatedConfigError(
-            f"`vectorize=True` keeps no per-worker LR schedule: step-interval schedulers {step_schedulers} are not "
-            f"supported; use interval='epoch' (one step a round) or {fix}."
-        )
-    for agg in aggregator_chain(aggregator):
-        hook = type(agg).adjust_gradients
-        if hook not in (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients):
-            raise FederatedConfigError(
-                f"`vectorize=True` does not support {type(agg).__name__}, which edits gradients at the workers: "
-                f"use FedAvg, FedAvgM, FedOpt, robust aggregators, secure aggregation or client-level DP, or {fix}."
-            )
-
-
-class _TrainingStepCall(nn.Module):
-    """``forward`` calls the LightningModule's ``training_step`` (so ``functional_call`` can swap its parameters)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, batch: Any, batch_idx: int) -> Any:
-        return self.module.training_step(batch, batch_idx)
-
-
-def _loss_of(output: Any) -> Tensor:
-    loss = output.get("loss") if isinstance(output, dict) else output
-    if not isinstance(loss, Tensor):
-        raise FederatedConfigError(
-            f"`vectorize=True` needs training_step to return a loss tensor (or a dict with 'loss'), got {output!r}: "
-            "skipping batches by returning None is not supported; pass vectorize=False."
-        )
-    return loss
-
-
-def _is_vmap_error(err: BaseException) -> bool:
-    text = str(err).lower()
-    return "vmap" in text or "batchedtensor" in text or "functorch" in text or "batching rule" in text
-
-
-@dataclass
-class _LogCall:
-    name: str
-    kwargs: dict[str, Any]
-
-
-class _LogRecorder:
-    """Stands in for ``LightningModule.log`` under vmap: records names and values, logs them per worker after."""
-
-    def __init__(self) -> None:
-        self.calls: list[_LogCall] = []
-        self.values: list[Tensor] = []
-
-    def __call__(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        if args:
-            raise FederatedConfigError("`vectorize=True`: pass self.log options by keyword.")
-        self.calls.append(_LogCall(name, kwargs))
-        self.values.append(torch.as_tensor(value).detach() if not isinstance(value, Tensor) else value.detach())
 
 
 # -- the stacked workers of one cohort --------------------------------------------------------------------------------
@@ -263,7 +88,7 @@ class VectorizedWorkers:
     Args:
         module: the LightningModule (its parameters hold the global model; they are never changed here).
         optimizer: the user's optimizer (its class and hyper-parameters are copied, its state is not used).
-        states: the strategy's :class:`~lightning_fed.strategies.worker_state.WorkerOptimizerStates`.
+        states: the strategy's :class:`~lightning_fed.rounds.worker_state.WorkerOptimizerStates`.
         clip_val / clip_algorithm: Lightning's ``gradient_clip_val`` / ``gradient_clip_algorithm``, applied to
             each worker's gradients separately.
     """
@@ -282,8 +107,8 @@ class VectorizedWorkers:
         self.clip_val = clip_val
         self.clip_algorithm = clip_algorithm or "norm"
         self.use_vmap = True
-        self._call = _TrainingStepCall(module)
-        named = {id(p): f"module.{n}" for n, p in module.named_parameters()}  # names under _TrainingStepCall
+        self._call = TrainingStepCall(module)
+        named = {id(p): f"module.{n}" for n, p in module.named_parameters()}  # names under TrainingStepCall
         self.user_params = optimizer_params(optimizer)
         if any(id(p) not in named for p in self.user_params):
             raise FederatedConfigError(
@@ -397,9 +222,9 @@ class VectorizedWorkers:
             try:
                 losses = self._compute_vmap(batches, positions, batch_idx)
             except Exception as err:
-                if not _is_vmap_error(err):
+                if not is_vmap_error(err):
                     raise
-                rank_zero_warn(
+                warn(
                     f"FederatedStrategy(vectorize=True): your training_step cannot run under torch.vmap ({err}). "
                     "Going on in loop mode: each worker's forward and backward run one after another (exact, slower)."
                 )
@@ -422,19 +247,19 @@ class VectorizedWorkers:
         with torch.no_grad():
             for t in self.stacked:
                 g = t.grad
-                if g is None or g.stride() == t.stride() or not _dense(g):
+                if g is None or g.stride() == t.stride() or not is_dense(g):
                     continue
-                t.data = _like_layout(t, g)
+                t.data = like_layout(t, g)
                 for key, value in list(self.stacked_optimizer.state.get(t, {}).items()):
                     if _elementwise(value, t.shape):
-                        self.stacked_optimizer.state[t][key] = _like_layout(value, g)
+                        self.stacked_optimizer.state[t][key] = like_layout(value, g)
 
     def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
         """One vmapped forward per group of equal batch shapes; one gradient of the sum of the workers' losses (the
         workers share no parameter, so each slice of the stacked gradient is that worker's own gradient)."""
         by_shape: dict[tuple, list[int]] = {}
         for k in positions:
-            by_shape.setdefault(_shapes(batches[k]), []).append(k)
+            by_shape.setdefault(shapes(batches[k]), []).append(k)
         k_workers = len(self.counts)
         losses: list[tuple[int, Tensor]] = []
         total: Tensor | None = None
@@ -445,17 +270,17 @@ class VectorizedWorkers:
             else:
                 index = torch.tensor(group, device=self.stacked[0].device)
                 params = [t.index_select(0, index) for t in self.stacked]
-            recorder = _LogRecorder()
+            recorder = LogRecorder()
 
-            def forward(worker_params: list[Tensor], worker_batch: Any, recorder: _LogRecorder = recorder) -> Any:
+            def forward(worker_params: list[Tensor], worker_batch: Any, recorder: LogRecorder = recorder) -> Any:
                 recorder.calls.clear()
                 recorder.values.clear()
                 swapped = {**self.frozen, **dict(zip(self._names, worker_params))}
-                loss = _loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
+                loss = loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
                 return loss, tuple(recorder.values)
 
-            with _patched_log(self.module, recorder):
-                loss, logged = vmap(forward, randomness="different")(params, _stack([batches[k] for k in group]))
+            with patched_log(self.module, recorder), guarded_metrics(self.module):
+                loss, logged = vmap(forward, randomness="different")(params, stack_batches([batches[k] for k in group]))
             total = loss.sum() if total is None else total + loss.sum()
             for j, k in enumerate(group):
                 losses.append((k, loss[j].detach()))
@@ -474,22 +299,23 @@ class VectorizedWorkers:
         for k in positions:
             leaves = [t[k].detach().requires_grad_(True) for t in self.stacked]
             swapped = {**self.frozen, **dict(zip(self._names, leaves))}
-            output = functional_call(self._call, swapped, (batches[k], batch_idx))
-            loss = _loss_of(output)
+            with sized_log(self.module, leading_size(batches[k])):
+                output = functional_call(self._call, swapped, (batches[k], batch_idx))
+            loss = loss_of(output)
             for stacked, grad in zip(self.stacked, torch.autograd.grad(loss, leaves, allow_unused=True)):
                 if grad is not None:
                     stacked.grad[k].copy_(grad)
             losses.append((k, loss.detach()))
         return losses
 
-    def _log_merged(self, pending: list[tuple[_LogCall, Tensor, Any]]) -> None:
+    def _log_merged(self, pending: list[tuple[LogCall, Tensor, Any]]) -> None:
         """Log the step's values: one ``self.log`` call per name carrying all workers' values where Lightning's epoch
         reduction allows it exactly (a batch-size-weighted mean, max, min or sum), else one call per worker.
 
         One call per name costs one Lightning ``log`` a step instead of K; the epoch value is the same as the
         sequential path's (where every worker's step logs its own value under the same name).
         """
-        by_name: dict[str, list[tuple[_LogCall, Tensor, Any]]] = {}
+        by_name: dict[str, list[tuple[LogCall, Tensor, Any]]] = {}
         for entry in pending:
             by_name.setdefault(entry[0].name, []).append(entry)
         for entries in by_name.values():
@@ -497,7 +323,7 @@ class VectorizedWorkers:
             reduce = call.kwargs.get("reduce_fx", "mean")
             reduce = _REDUCTIONS.get(reduce, reduce) if isinstance(reduce, str) or callable(reduce) else reduce
             explicit = [c.kwargs.get("batch_size") for c, _, _ in entries]
-            sizes = [b if b is not None else _batch_size(batch) for b, (_, _, batch) in zip(explicit, entries)]
+            sizes = [b if b is not None else leading_size(batch) for b, (_, _, batch) in zip(explicit, entries)]
             values = torch.stack([v.float() if not v.is_floating_point() else v for _, v, _ in entries])
             if len(entries) == 1 or reduce not in ("mean", "max", "min", "sum"):
                 for c, v, batch in entries:
@@ -510,12 +336,12 @@ class VectorizedWorkers:
                 merged = getattr(values, reduce)()
             self._log(call, merged, None, batch_size=sum(sizes))
 
-    def _log(self, call: _LogCall, value: Tensor, batch: Any, batch_size: int | None = None) -> None:
+    def _log(self, call: LogCall, value: Tensor, batch: Any, batch_size: int | None = None) -> None:
         kwargs = dict(call.kwargs)
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         elif kwargs.get("batch_size") is None:
-            kwargs["batch_size"] = _batch_size(batch)
+            kwargs["batch_size"] = leading_size(batch)
         self.module.log(call.name, value, **kwargs)
 
     def step(self) -> None:
@@ -525,7 +351,7 @@ class VectorizedWorkers:
         if any(g is None for g in grads):
             raise RuntimeError("VectorizedWorkers.step() before compute(): no gradients")
         if self.clip_val is not None and self.clip_val > 0:
-            _clip_per_worker(grads, float(self.clip_val), self.clip_algorithm)
+            clip_per_worker(grads, float(self.clip_val), self.clip_algorithm)
         for user_group, group in zip(self.optimizer.param_groups, self.stacked_optimizer.param_groups):
             for key, value in user_group.items():  # LR schedulers change the user's optimizer: follow them
                 if key != "params":
@@ -559,77 +385,3 @@ class VectorizedWorkers:
         with torch.no_grad():
             for t, v in zip(self._per_worker_tensors(), saved):
                 t.index_copy_(0, index, v)
-
-
-@contextlib.contextmanager
-def _patched_log(module: Any, recorder: _LogRecorder) -> Iterator[None]:
-    module.log = recorder  # an instance attribute shadows LightningModule.log (and log_dict, which calls it)
-    try:
-        yield
-    finally:
-        del module.log
-
-
-def _dense(t: Tensor) -> bool:
-    """Whether ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlaps)."""
-    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
-    expected = 1
-    for d in order:
-        if t.size(d) != 1 and t.stride(d) != expected:
-            return False
-        expected *= t.size(d)
-    return True
-
-
-def _like_layout(value: Tensor, layout: Tensor) -> Tensor:
-    out = torch.empty_strided(layout.shape, layout.stride(), dtype=value.dtype, device=value.device)
-    return out.copy_(value)
-
-
-def _leaves(batch: Any) -> list[Tensor]:
-    if isinstance(batch, Tensor):
-        return [batch]
-    if isinstance(batch, (list, tuple)):
-        return [leaf for item in batch for leaf in _leaves(item)]
-    if isinstance(batch, dict):
-        return [leaf for key in sorted(batch, key=str) for leaf in _leaves(batch[key])]
-    return []
-
-
-def _shapes(batch: Any) -> tuple:
-    return tuple((tuple(t.shape), t.dtype) for t in _leaves(batch))
-
-
-def _stack(batches: list[Any]) -> Any:
-    first = batches[0]
-    if isinstance(first, Tensor):
-        return torch.stack(batches)
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(_stack(list(items)) for items in zip(*batches)))
-    if isinstance(first, (list, tuple)):
-        return type(first)(_stack(list(items)) for items in zip(*batches))
-    if isinstance(first, dict):
-        return {key: _stack([b[key] for b in batches]) for key in first}
-    raise FederatedConfigError(
-        f"`vectorize=True` stacks batches of tensors (in tuples, lists or dicts), got {type(first).__name__}: pass "
-        "vectorize=False."
-    )
-
-
-def _batch_size(batch: Any) -> int:
-    leaves = _leaves(batch)
-    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
-
-
-def _clip_per_worker(grads: list[Tensor], clip_val: float, algorithm: str) -> None:
-    """Lightning's gradient clipping, for each worker's slice on its own (norm: total L2 norm over its tensors)."""
-    with torch.no_grad():
-        if algorithm == "value":
-            torch._foreach_clamp_min_(grads, -clip_val)
-            torch._foreach_clamp_max_(grads, clip_val)
-            return
-        k = grads[0].shape[0]
-        norms = torch.stack([g.reshape(k, -1).double().pow(2).sum(1) for g in grads]).sum(0).sqrt()
-        coef = (clip_val / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(coef.to(g.dtype).view(k, *([1] * (g.dim() - 1))))

@@ -1,4 +1,4 @@
-"""Client failures and Byzantine workers, for :class:`~lightning_fed.strategies.FederatedStrategy` (FedAvg mode).
+"""Client failures in FedAvg rounds: errors, dropouts and stragglers.
 
 Three ways a sampled worker can fail to deliver its update in a round, all handled by :class:`ClientFailures`:
 
@@ -16,8 +16,8 @@ The round aggregates the survivors (the weighted mean's division at the end reno
 least ``min_clients`` of them finished; otherwise the run stops with :class:`RoundFailedError`, naming the round, the
 survivors and ``min_clients``. Failures are logged and counted in the strategy's ``worker_summary()``.
 
-:class:`ByzantineWorkers` is a simulation for tests and studies: it transforms the named workers' updates (scaled,
-sign-flipped, or any function) where the strategy applies ``worker_update``, before aggregation.
+Over several processes each process sees its own workers' failures; :meth:`ClientFailures.report` and
+:meth:`ClientFailures.merge` combine them at the end of a round (as torchmetrics' states declare how they reduce).
 
 Example:
     >>> dropped_workers(["w0", "w1", "w2", "w3"], rate=0.5, seed=0, round_index=0) == dropped_workers(
@@ -27,23 +27,17 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
-import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
 
-from lightning_fed.aggregation.functional import is_float
 from lightning_fed.data.loader import mix_seed
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.logs import info, warn
 
 _DROPOUT_STREAM = 0xD0C  # keeps dropout draws independent of client sampling and the loaders' shuffling
 _POLICIES = ("drop", "partial")
-
-Attack = Union[str, tuple[str, float], Callable[[list[Tensor]], list[Tensor]]]  # noqa: UP007 (a runtime alias, py3.10)
 
 
 class RoundFailedError(LightningFedError, RuntimeError):
@@ -59,8 +53,12 @@ class RoundFailedError(LightningFedError, RuntimeError):
         >>> failures.end_round()
         Traceback (most recent call last):
         ...
-        lightning_fed.strategies.robustness.RoundFailedError: Round 3 cannot be aggregated: 1 worker(s) delivered ...
+        lightning_fed.rounds.failures.RoundFailedError: Round 3 cannot be aggregated: 1 worker(s) delivered ...
     """
+
+
+class WorkerFailedElsewhere(LightningFedError, RuntimeError):
+    """Stands for the exception of a worker that failed in another process (only its text travels)."""
 
 
 def dropped_workers(worker_ids: Sequence[Hashable], rate: float, seed: int, round_index: int) -> set[Hashable]:
@@ -168,7 +166,7 @@ class ClientFailures:
                 self._count(worker_id, "dropped")
         if self._dropped:
             names = [w for w in worker_ids if w in self._dropped]
-            rank_zero_info(f"Round {round_index}: workers {names} drop out (dropout_rate={self.dropout_rate}).")
+            info(f"Round {round_index}: workers {names} drop out (dropout_rate={self.dropout_rate}).")
 
     def skip_batch(self, worker_id: Hashable) -> bool:
         """Called for each of the worker's batches: whether to skip it (dropped, failed, or past the deadline)."""
@@ -189,7 +187,7 @@ class ClientFailures:
         self._failed[worker_id] = error
         self._count(worker_id, "failed")
         step = self._batches.get(worker_id, 0)
-        rank_zero_warn(
+        warn(
             f"Round {self._round}: worker {worker_id!r} failed at its local batch {step} ({type(error).__name__}: "
             f"{error}); its remaining batches are skipped and its update is left out of the round."
         )
@@ -201,7 +199,7 @@ class ClientFailures:
             return False
         if worker_id in self._late:
             counted = self.straggler_policy == "partial"
-            rank_zero_info(
+            info(
                 f"Round {self._round}: worker {worker_id!r} stopped at the deadline of {self.deadline_steps} local "
                 f"steps; its partial update is {'counted' if counted else 'left out'} "
                 f"(straggler_policy={self.straggler_policy!r})."
@@ -251,6 +249,32 @@ class ClientFailures:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._counts = {worker_id: dict(c) for worker_id, c in state.get("counts", {}).items()}
 
+    def report(self, mine: Iterable[Hashable]) -> dict[str, Any]:
+        """What this process knows of the round, for :meth:`merge` in every process (``mine``: its workers)."""
+        mine = set(mine)
+        return {
+            "finished": list(self._finished),
+            "survivors": list(self._survivors),
+            "failed": {w: f"{type(e).__name__}: {e}" for w, e in self._failed.items()},
+            "late": [w for w in self._late if w in mine],
+            "counts": {w: dict(c) for w, c in self._counts.items() if w in mine},
+        }
+
+    def merge(self, reports: Sequence[dict[str, Any]], order: Sequence[Hashable]) -> None:
+        """Combine every process's :meth:`report` (in process order); workers listed in federation ``order``."""
+        position = {w: i for i, w in enumerate(order)}
+
+        def in_order(ids: Iterable[Hashable]) -> list[Hashable]:
+            return sorted(ids, key=lambda w: position.get(w, len(position)))
+
+        self._finished = in_order(w for r in reports for w in r["finished"])
+        self._survivors = in_order(w for r in reports for w in r["survivors"])
+        for rank, r in enumerate(reports):
+            for w, text in r["failed"].items():
+                self._failed.setdefault(w, WorkerFailedElsewhere(f"{text} (in process {rank})"))
+            self._late.update(r["late"])
+            self._counts.update(r["counts"])
+
     def describe(self) -> str:
         parts = [f"min_clients={self.min_clients}"]
         if self.dropout_rate:
@@ -258,96 +282,3 @@ class ClientFailures:
         if self.deadline_steps is not None:
             parts.append(f"deadline_steps={self.deadline_steps} ({self.straggler_policy!r})")
         return ", ".join(parts)
-
-
-def _parse_attack(worker_id: Hashable, attack: Attack) -> Callable[[Any], Any]:
-    """An attack as a function: of one tensor for 'scale' and 'sign_flip', of the whole update for a callable."""
-    if callable(attack):
-        return attack
-    kind, factor = attack, None
-    if isinstance(attack, str) and ":" in attack:
-        kind, _, text = attack.partition(":")
-        try:
-            factor = float(text)
-        except ValueError:
-            factor = math.nan
-    elif isinstance(attack, tuple) and len(attack) == 2 and isinstance(attack[0], str):
-        kind, factor = attack
-    if kind not in ("scale", "sign_flip") or (factor is not None and not isinstance(factor, (int, float))):
-        raise FederatedConfigError(
-            f"Byzantine attack {attack!r} for worker {worker_id!r} is not valid: pass 'scale:<factor>', "
-            "'sign_flip' (or 'sign_flip:<factor>'), a tuple such as ('scale', 100.0), or a function of the update."
-        )
-    if factor is None:
-        if kind == "scale":
-            raise FederatedConfigError(
-                f"Byzantine attack {attack!r} for worker {worker_id!r} needs a factor: 'scale:100' or ('scale', 100.0)."
-            )
-        factor = 1.0
-    if not math.isfinite(float(factor)):
-        raise FederatedConfigError(
-            f"Byzantine attack {attack!r} for worker {worker_id!r} needs a finite number as its factor."
-        )
-    scale = float(factor) if kind == "scale" else -float(factor)
-    return lambda t: t * scale
-
-
-class ByzantineWorkers:
-    """Transforms the named workers' updates before aggregation: a simulation of Byzantine clients.
-
-    Each entry maps a worker id to an attack: ``"scale:100"`` or ``("scale", 100.0)`` multiplies its update
-    (``local - global``) by 100, ``"sign_flip"`` / ``("sign_flip", s)`` by ``-s``, and a function
-    ``f(update: list[Tensor]) -> list[Tensor]`` does anything. The strategy applies it right after the aggregator's
-    ``worker_update``; scale and sign flip leave integer buffers (``num_batches_tracked``) alone.
-
-    Example:
-        >>> import torch
-        >>> byz = ByzantineWorkers({"w3": "scale:100", "w4": ("sign_flip", 1.0)})
-        >>> byz("w3", [torch.tensor([0.5]), torch.tensor([1.0])], reference=[torch.zeros(1), torch.zeros(1).long()])
-        [tensor([50.]), tensor([1.])]
-        >>> byz("w4", [torch.tensor([0.5])]), byz("w0", [torch.tensor([0.5])])
-        ([tensor([-0.5000])], [tensor([0.5000])])
-    """
-
-    def __init__(self, attacks: Mapping[Hashable, Attack]) -> None:
-        if not isinstance(attacks, Mapping):
-            raise FederatedConfigError(
-                f"`byzantine={attacks!r}` is not valid: pass a dict such as {{'w3': 'scale:100'}} or ByzantineWorkers."
-            )
-        self.attacks = dict(attacks)
-        self._transforms = {worker_id: _parse_attack(worker_id, a) for worker_id, a in self.attacks.items()}
-        self._elementwise = {worker_id: not callable(a) for worker_id, a in self.attacks.items()}
-
-    @classmethod
-    def coerce(cls, value: ByzantineWorkers | Mapping[Hashable, Attack] | None) -> ByzantineWorkers | None:
-        """``None`` or an empty dict -> ``None``; a dict -> ``ByzantineWorkers(dict)``; an instance as is."""
-        if value is None or isinstance(value, ByzantineWorkers):
-            return value
-        return cls(value) if value else None
-
-    def check_workers(self, worker_ids: Iterable[Hashable]) -> None:
-        """Refuse attacks on workers the federation does not have (a typo would silently attack nobody)."""
-        known = set(worker_ids)
-        unknown = [worker_id for worker_id in self.attacks if worker_id not in known]
-        if unknown:
-            raise FederatedConfigError(
-                f"`byzantine` names workers the federation does not have: {unknown}; its workers are "
-                f"{sorted(map(str, known))}."
-            )
-
-    def __call__(
-        self, worker_id: Hashable, update: list[Tensor], reference: Sequence[Tensor] | None = None
-    ) -> list[Tensor]:
-        transform = self._transforms.get(worker_id)
-        if transform is None:
-            return update
-        with torch.no_grad():
-            if not self._elementwise[worker_id]:
-                return list(transform(list(update)))  # type: ignore[arg-type]
-            return [
-                transform(u) if reference is None or is_float(ref) else u  # type: ignore[arg-type]
-                for u, ref in zip(update, reference if reference is not None else update)
-            ]
-
-    def __repr__(self) -> str:
-        return f"ByzantineWorkers({self.attacks!r})"

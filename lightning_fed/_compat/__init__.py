@@ -1,0 +1,1 @@
+"""Compatibility shims: the only package that names private (underscore) APIs of other libraries."""

@@ -1,0 +1,105 @@
+"""Every private (underscore) Lightning API lightning_fed uses, in one module.
+
+Lightning keeps its launchers, process-group helpers and some loop internals private, so they may change in any
+release. lightning_fed names them here and nowhere else, checks the installed Lightning version at import, and a
+test asserts that each name in :data:`PRIVATE_NAMES` still exists, so a Lightning upgrade fails loudly in one place
+instead of misbehaving silently.
+
+Example:
+    >>> SUPPORTED
+    ('2.4', '2.7')
+    >>> check_version("2.6.6")
+    >>> check_version("2.7.0")
+    Traceback (most recent call last):
+    ...
+    ImportError: lightning_fed supports lightning >= 2.4, < 2.7; the installed lightning is 2.7.0. ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import lightning
+
+SUPPORTED = ("2.4", "2.7")  # [lower, upper): keep in step with pyproject.toml
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = [*version.split("."), "0"][:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def check_version(version: str) -> None:
+    """Refuse a Lightning release outside :data:`SUPPORTED`, naming the installed and the supported versions."""
+    low, high = SUPPORTED
+    if not _release(low) <= _release(version) < _release(high):
+        raise ImportError(
+            f"lightning_fed supports lightning >= {low}, < {high}; the installed lightning is {version}. Install a "
+            f'supported release (pip install "lightning>={low},<{high}") or a lightning_fed release that supports '
+            f"{version}."
+        )
+
+
+check_version(lightning.__version__)
+
+# (module, attribute) of every private Lightning name used below; tests/_compat asserts that each exists.
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("lightning.fabric.utilities.distributed", "_distributed_is_initialized"),
+    ("lightning.fabric.utilities.distributed", "_get_default_process_group_backend_for_device"),
+    ("lightning.fabric.utilities.distributed", "_init_dist_connection"),
+    ("lightning.fabric.utilities.distributed", "_sync_ddp_if_available"),
+    ("lightning.pytorch.overrides.distributed", "_sync_module_states"),
+    ("lightning.pytorch.strategies.launchers", "_MultiProcessingLauncher"),
+    ("lightning.pytorch.strategies.launchers", "_SubprocessScriptLauncher"),
+    ("lightning.pytorch.tuner.lr_finder", "_LRCallback"),
+)
+# private attributes read on Lightning objects: (class path, attribute)
+PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (("lightning.pytorch.core.module.LightningModule", "_trainer"),)
+
+
+def _private(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+from lightning.fabric.utilities.distributed import (  # noqa: E402
+    _distributed_is_initialized as distributed_is_initialized,
+)
+from lightning.fabric.utilities.distributed import (  # noqa: E402
+    _get_default_process_group_backend_for_device as default_process_group_backend,
+)
+from lightning.fabric.utilities.distributed import _init_dist_connection as init_dist_connection  # noqa: E402
+from lightning.fabric.utilities.distributed import _sync_ddp_if_available as sync_ddp_if_available  # noqa: E402
+from lightning.pytorch.overrides.distributed import _sync_module_states as sync_module_states  # noqa: E402
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher as MultiProcessingLauncher  # noqa: E402
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher as SubprocessScriptLauncher  # noqa: E402
+
+
+def trainer_of(module: Any) -> Any:
+    """The Trainer a LightningModule is attached to, or ``None`` (``module.trainer`` raises when there is none)."""
+    return getattr(module, "_trainer", None) if module is not None else None
+
+
+def tuner_running(trainer: Any) -> str | None:
+    """``"lr_find"`` while Lightning's learning-rate finder runs its range test in ``trainer``, else ``None``."""
+    lr_callback = _private("lightning.pytorch.tuner.lr_finder", "_LRCallback")
+    if any(isinstance(c, lr_callback) for c in getattr(trainer, "callbacks", ())):
+        return "lr_find"
+    return None
+
+
+__all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "PRIVATE_NAMES",
+    "SUPPORTED",
+    "MultiProcessingLauncher",
+    "SubprocessScriptLauncher",
+    "check_version",
+    "default_process_group_backend",
+    "distributed_is_initialized",
+    "init_dist_connection",
+    "sync_ddp_if_available",
+    "sync_module_states",
+    "trainer_of",
+    "tuner_running",
+]

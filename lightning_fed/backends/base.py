@@ -1,0 +1,140 @@
+"""What an execution backend is: how a federation's workers run their steps inside Lightning's fit loop.
+
+The strategy (:class:`~lightning_fed.strategies.FederatedStrategy`) is a thin shell: each of its Lightning hooks hands
+off to its backend. A backend gets the train loader (:meth:`Backend.process_dataloader`), sees each training batch
+first (:meth:`Backend.batch_start`, from the strategy's ``batch_to_device``, before any callback), and runs the
+training step, backward and optimizer step of the worker that owns it. What it calls back in Lightning (the
+LightningModule's ``training_step`` under the precision plugin, Lightning's optimizer step, the loggers) comes in
+as :class:`LightningCalls`: backends never reach into the Trainer's internals.
+
+Backends: :class:`~lightning_fed.backends.follow.FollowBackend` (the seed's way: one model follows the batches),
+:class:`~lightning_fed.backends.sequential.SequentialBackend` (FedAvg rounds, one worker after another, the default),
+:class:`~lightning_fed.backends.vectorized.VectorizedBackend` (a round's workers under ``torch.vmap``) and
+:class:`~lightning_fed.backends.distributed.DistributedBackend` (workers spread over processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_fed.data.loader import FederatedDataLoader
+from lightning_fed.exceptions import FederatedConfigError, PointerError
+from lightning_fed.pointers.pointer_tensor import refs_of
+from lightning_fed.rounds.lifecycle import Rounds
+from lightning_fed.rounds.stats import batch_size_of
+from lightning_fed.workers.base import BaseWorker
+from lightning_fed.workers.session import WorkerSession
+
+
+@dataclass
+class LightningCalls:
+    """What a backend calls in Lightning, through the strategy (see the module docstring)."""
+
+    training_step: Callable[..., Any]  # Strategy.training_step: the module's training_step, precision context
+    optimizer_step: Callable[..., Any]  # Strategy.optimizer_step: the precision plugin runs the closure and steps
+    backward: Callable[..., Tensor]  # Strategy.backward
+    trainer: Callable[[], Any]  # the Trainer (or None)
+    module: Callable[[], Any]  # the LightningModule
+    optimizers: Callable[[], list[Optimizer]]
+    skipped_output: Callable[[], Any]  # what training_step returns for a step that trains nothing
+    log: Callable[[dict[str, float]], None]  # metrics to the loggers and callback_metrics
+    precision: Callable[[], Any]  # the precision plugin
+    restore: Callable[[], None]  # apply a checkpoint's federated state now, if one waits
+    progress: Callable[[str, BaseWorker], None]  # the progress bar's text: unit and worker
+
+
+def worker_of(batch: Any) -> tuple[Any, BaseWorker]:
+    """``(refs, worker)`` of a pointer batch; a clear error for anything else."""
+    try:
+        return refs_of(batch)
+    except PointerError as err:
+        raise FederatedConfigError(
+            f"FederatedStrategy got a training batch that is not a pointer batch at one worker ({err}). The train "
+            "dataloader must yield pointers: wrap your datamodule in lightning_fed.FederatedDataModule(...)."
+        ) from err
+
+
+class Backend:
+    """The interface every backend implements (see the module docstring)."""
+
+    name = "backend"
+
+    def __init__(self, calls: LightningCalls, rounds: Rounds) -> None:
+        self.calls = calls
+        self.rounds = rounds
+        self.session: WorkerSession | None = None  # open while a worker runs its step
+        self.loader: FederatedDataLoader | None = None  # the federated train loader
+
+    @contextmanager
+    def at_worker(self, batch: Any) -> Iterator[WorkerSession]:
+        """Open the session of the worker that owns ``batch`` (the one way the step runs there)."""
+        refs, worker = worker_of(batch)
+        session = worker.session(refs, "plan 'training_step'")
+        with session:
+            self.session = session
+            try:
+                yield session
+            finally:
+                self.session = None
+
+    def record(self, worker: BaseWorker, output: Any, real_batch: Any) -> None:
+        """The step's loss, into the per-worker statistics (logged once a round)."""
+        loss = output.get("loss") if isinstance(output, dict) else output
+        if isinstance(loss, Tensor):
+            loss = loss.detach()
+            self.rounds.losses.add(worker.id, loss, batch_size_of(real_batch))
+            self.rounds.stats.loss(worker.id, loss)
+
+    def setup(self, trainer: Any) -> None:
+        """Called from the strategy's ``setup`` (the module, optimizers and trainer exist)."""
+
+    def process_dataloader(self, loader: FederatedDataLoader) -> Any:
+        """What Lightning iterates for training."""
+        return loader
+
+    def batch_start(self, batch: Any) -> Any:
+        """A training batch reaches the strategy (before callbacks see it); returns the batch Lightning passes on."""
+        return batch
+
+    def training_step(self, args: tuple, kwargs: dict) -> Any:
+        raise NotImplementedError
+
+    def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
+        return self.calls.backward(loss, optimizer, *args, **kwargs)
+
+    def post_backward(self) -> None:
+        """After backward, before the optimizer step."""
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
+        raise NotImplementedError
+
+    def before_evaluation(self) -> None:
+        """Validation is about to run (within fit)."""
+
+    def after_evaluation(self) -> None:
+        """Validation has run."""
+
+    def before_checkpoint(self) -> None:
+        """A checkpoint is about to be taken of the module."""
+
+    def end_fit(self) -> None:
+        """Fit ends (also early: ``max_steps``, an exception, a stop requested by a callback)."""
+
+    def teardown(self) -> None:
+        """The strategy is torn down."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+def with_batch(real: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Lightning's ``training_step`` arguments with the pointer batch replaced by the worker's real batch."""
+    if args:
+        return (real, *args[1:]), kwargs
+    return args, {**kwargs, "batch": real}

@@ -1,0 +1,169 @@
+"""The vectorized backend: a round's workers train together under ``torch.vmap`` (``vectorize=True``).
+
+The round loader yields :class:`~lightning_fed.backends.vectorized.cohorts.VectorStep` s (the next batch of every
+worker of a cohort); each is one Lightning step whose ``training_step`` computes every worker's gradients at once
+and whose optimizer step moves every worker's slice (see :mod:`~lightning_fed.backends.vectorized.workers`). At the
+end of a cohort each worker delivers its update, as in the sequential backend.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed import FederatedDataModule, FederatedStrategy
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> data = FederatedDataModule.from_datasets(TensorDataset(torch.randn(32, 4), torch.arange(32) % 2), workers=4,
+    ...                                          batch_size=4)
+    >>> trainer = pl.Trainer(strategy=FederatedStrategy(vectorize=True), max_epochs=1, logger=False,
+    ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(BoringClassifier(), datamodule=data)
+    >>> type(trainer.strategy.backend).__name__, trainer.global_step   # 4 workers x 2 batches: 2 vectorized steps
+    ('VectorizedBackend', 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_fed.backends.sequential import SequentialBackend
+from lightning_fed.backends.vectorized.checks import check_vectorizable
+from lightning_fed.backends.vectorized.cohorts import Cohort, VectorStep, cohort_steps, plan_cohorts
+from lightning_fed.backends.vectorized.workers import VectorizedWorkers
+from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.rounds.stats import batch_size_of
+
+
+class VectorizedBackend(SequentialBackend):
+    """FedAvg rounds whose workers train together (see the module docstring); pointer batches that are not vectorized
+    steps (none in a vectorized run) would train as in the sequential backend."""
+
+    name = "vectorized"
+    vector: VectorizedWorkers | None = None
+    active: list[bool] = []  # which workers of the current vectorized step train
+
+    def setup(self, trainer: Any) -> None:
+        module = self.calls.module()
+        check_vectorizable(module, trainer, self.rounds.aggregator)
+        self.vector = VectorizedWorkers(
+            module, self.calls.optimizers()[0], self.rounds.optimizer_states, trainer.gradient_clip_val,
+            trainer.gradient_clip_algorithm,
+        )  # fmt: skip
+        self._cohorts: tuple[int, list[Cohort]] | None = None
+
+    # -- the round's steps ----------------------------------------------------------------------------------------
+    def cohorts(self, plan: RoundPlan) -> list[Cohort]:
+        planned = getattr(self, "_cohorts", None)
+        if planned is not None and planned[0] == plan.round_index:
+            return planned[1]
+        optimizers = self.calls.optimizers()
+        cohorts = plan_cohorts(
+            plan.workers, plan.steps, self.rounds.optimizer_states, optimizers[0] if optimizers else None
+        )
+        self._cohorts = (plan.round_index, cohorts)
+        return cohorts
+
+    def lengths_vary(self) -> bool:
+        """Cohorts split by the workers' optimizer states, which change from round to round."""
+        return True
+
+    def round_length(self, plan: RoundPlan) -> int:
+        self.calls.restore()  # cohorts depend on the workers' optimizer states: a resume must load them first
+        return sum(c.length for c in self.cohorts(plan))
+
+    def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
+        assert self.planner is not None
+        yield from cohort_steps(self.cohorts(plan), self.planner, plan.round_index)
+
+    def begin_round(self, plan: RoundPlan) -> None:
+        self._cohorts = None  # the cohorts of the round being begun, from the workers' states now
+        super().begin_round(plan)
+
+    # -- one vectorized step --------------------------------------------------------------------------------------
+    def batch_start(self, batch: Any) -> Any:
+        if not isinstance(batch, VectorStep):
+            return super().batch_start(batch)
+        rounds, vector = self.rounds, self.vector
+        assert vector is not None
+        if not rounds.is_open:
+            self.begin_round(self.upcoming_plan())
+        if vector.cohort is not batch.cohort:
+            if vector.cohort is not None:
+                self.finish_cohort()
+            vector.start(batch.cohort)
+            for worker in batch.cohort.workers:
+                rounds.aggregator.worker_start(worker.id, rounds.global_)
+        self.batch = batch
+        rounds.steps_done += 1
+        self.active = [
+            b is not None and not rounds.failures.skip_batch(worker.id)
+            for worker, b in zip(batch.cohort.workers, batch.batches)
+        ]
+        self.skip = not any(self.active)
+        for worker, active in zip(batch.cohort.workers, self.active):
+            if active:
+                rounds.stats.step(worker.id)
+        self.calls.progress("Round", batch.cohort.workers[0])
+        return batch
+
+    def training_step(self, args: tuple, kwargs: dict) -> Any:
+        step = args[0] if args else kwargs.get("batch")
+        if not isinstance(step, VectorStep):
+            return super().training_step(args, kwargs)
+        if self.skip:
+            return self.calls.skipped_output()
+        assert self.vector is not None
+        batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
+        real = []
+        for pointers, active in zip(step.batches, self.active):
+            if not active:
+                real.append(None)
+                continue
+            with pointers[0].location.session(pointers) as batch:  # each worker's batch, from its own store
+                real.append(batch)
+        losses = self.vector.compute(real, self.active, batch_idx)
+        workers = step.cohort.workers
+        total, count = 0.0, 0
+        for k, loss in losses:
+            size = batch_size_of(real[k])
+            self.rounds.losses.add(workers[k].id, loss, size)
+            self.rounds.stats.loss(workers[k].id, loss)
+            total, count = total + loss * (size or 1), count + (size or 1)
+        return total / count  # for Lightning's progress bar; `backward` skips it (the gradients are computed)
+
+    def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
+        if isinstance(self.batch, VectorStep):
+            return loss
+        return super().backward(loss, optimizer, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
+        step = self.batch
+        if not isinstance(step, VectorStep):
+            return super().optimizer_step(optimizer, closure, model, kwargs)
+        assert self.vector is not None
+        try:
+            out = closure()  # runs training_step: the vectorized forward and gradients (backward is skipped)
+            if not self.skip:
+                self.vector.step()
+        finally:
+            self.batch = None
+        if step.step == step.cohort.length - 1:
+            self.finish_cohort()
+        self.end_step()
+        return out
+
+    def finish_cohort(self) -> None:
+        """Every worker of the cohort delivers its update (at the worker, as in the sequential backend)."""
+        assert self.vector is not None
+        rounds = self.rounds
+        buffers = [t.detach() for t in rounds.tensors[rounds.num_params :]]  # not trained here: the global values
+        optimizers = self.calls.optimizers()
+        lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0
+        for worker, params, steps in self.vector.finish():
+            rounds.deliver(worker, params + buffers, steps, lr)
+
+    def finalize_round(self) -> None:
+        if self.vector is not None and self.vector.cohort is not None and self.rounds.is_open:
+            self.finish_cohort()
+        super().finalize_round()

@@ -1,0 +1,108 @@
+"""Cohorts of vectorized workers and the steps the round loader yields for them.
+
+Workers whose optimizer states differ in kind or in their scalar ``step`` cannot share one stacked optimizer, so a
+round's workers are split into cohorts of equal state signature, trained one cohort after another.
+
+Example:
+    >>> from lightning_fed import VirtualWorker
+    >>> a, b = VirtualWorker(id="co-a"), VirtualWorker(id="co-b")
+    >>> [c.length for c in plan_cohorts([a, b], [2, 3], states={}, optimizer=None)]
+    [3]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_fed.rounds.worker_state import optimizer_params
+from lightning_fed.workers.base import BaseWorker
+
+
+# -- what the round loader yields ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cohort:
+    """Workers that train together: their optimizer states have one signature, so one stacked optimizer fits."""
+
+    index: int
+    workers: tuple[BaseWorker, ...]
+    steps: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        return max(self.steps)
+
+
+class VectorStep:
+    """One vectorized step: the next pointer batch of each of the cohort's workers (``None``: it has none left).
+
+    A plain object (not a collection), so Lightning's batch transfer leaves it alone.
+    """
+
+    __slots__ = ("batches", "cohort", "step")
+
+    def __init__(self, cohort: Cohort, step: int, batches: list[Any]) -> None:
+        self.cohort = cohort
+        self.step = step
+        self.batches = batches
+
+    def __repr__(self) -> str:
+        present = sum(b is not None for b in self.batches)
+        return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
+
+
+def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int) -> Iterator[VectorStep]:
+    """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch (the batches
+    ``planner.worker_batches`` gives the sequential path, in the same order)."""
+    for cohort in cohorts:
+        streams = [planner.worker_batches(w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)]
+        for step in range(cohort.length):
+            yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
+
+
+# -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
+def _elementwise(value: Any, shape: torch.Size) -> bool:
+    """Whether an optimizer-state entry is a tensor shaped like its parameter (``shape``): one value per element,
+    stacked along the worker dimension (momentum, Adam's moments), unlike a shared scalar such as ``step``."""
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape == shape
+
+
+def _signature(state: dict[Tensor, dict[str, Any]] | None, params: Sequence[Tensor]) -> tuple:
+    if not state:
+        return ()
+    out = []
+    for position, param in enumerate(params):
+        entries = state.get(param)
+        if not entries:
+            continue
+        items = []
+        for key in sorted(entries):
+            value = entries[key]
+            if _elementwise(value, param.shape):
+                items.append((key, "tensor"))  # stacked along the worker dimension
+            elif isinstance(value, Tensor) and value.numel() == 1:
+                items.append((key, float(value)))  # one shared number: must be equal
+            else:
+                items.append((key, repr(value)))
+        out.append((position, tuple(items)))
+    return tuple(out)
+
+
+def plan_cohorts(
+    workers: Sequence[BaseWorker], steps: Sequence[int], states: Any, optimizer: Optimizer | None
+) -> list[Cohort]:
+    """Split a round's workers into cohorts of equal optimizer-state signature, in order of first appearance."""
+    params = optimizer_params(optimizer) if optimizer is not None else []
+    groups: dict[tuple, list[int]] = {}
+    for i, worker in enumerate(workers):
+        saved = states.get(worker.id)
+        key = _signature(saved[0] if saved else None, params)
+        groups.setdefault(key, []).append(i)
+    return [
+        Cohort(n, tuple(workers[i] for i in idx), tuple(steps[i] for i in idx)) for n, idx in enumerate(groups.values())
+    ]

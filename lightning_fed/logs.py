@@ -1,0 +1,32 @@
+"""Info lines and warnings of the Lightning-free layers, printed once per federation (by process 0).
+
+Lightning's ``rank_zero_info``/``rank_zero_warn`` need Lightning; ``rounds/`` and ``backends/`` do not import it, so
+they report through here. The strategy tells this module its process rank when the processes start.
+
+Example:
+    >>> set_rank(1); info("not printed by process 1"); set_rank(0)
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+log = logging.getLogger("lightning_fed")
+_rank = 0
+
+
+def set_rank(rank: int) -> None:
+    """The process rank: only process 0 reports."""
+    global _rank
+    _rank = int(rank)
+
+
+def info(message: str) -> None:
+    if _rank == 0:
+        log.info(message)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    if _rank == 0:
+        warnings.warn(message, category, stacklevel=2)

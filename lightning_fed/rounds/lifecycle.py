@@ -1,0 +1,306 @@
+"""The round lifecycle of FedAvg-style training, without Lightning: begin, start a worker, deliver, finalize.
+
+:class:`Rounds` holds what lives across a federation's rounds (the global model, the aggregator, each worker's
+optimizer and scheduler state, failures, statistics) and walks one round at a time, as pfl-research's simulation
+loop does: for each sampled worker, start it from the global model, let it train (the execution backend does that),
+deliver its update at the worker (masked there under secure aggregation); then combine across processes and
+finalize. Its state is a plain dict (:meth:`Rounds.state_dict`) and what crosses processes declares how it merges
+(``report``/``merge`` of its parts).
+
+Example:
+    >>> import torch
+    >>> from lightning_fed import VirtualWorker
+    >>> from lightning_fed.aggregation import FedAvg
+    >>> from lightning_fed.rounds import RoundPlan, Rounds
+    >>> weight = torch.nn.Parameter(torch.zeros(2))
+    >>> rounds = Rounds(FedAvg())
+    >>> a, b = VirtualWorker(id="lc-a"), VirtualWorker(id="lc-b")
+    >>> rounds.attach([weight], num_params=1)
+    >>> rounds.add_workers({"lc-a": 1, "lc-b": 3})
+    >>> rounds.begin(RoundPlan(0, (a, b), (1, 1)), total_steps=2)
+    >>> for worker, value in ((a, 1.0), (b, 2.0)):
+    ...     rounds.start_worker(worker, optimizers=[])
+    ...     with torch.no_grad(): _ = weight.fill_(value)
+    ...     rounds.finish_worker(optimizers=[])
+    >>> rounds.finalize(), weight.tolist(), rounds.index   # (1 * 1 + 3 * 2) / 4
+    (True, [1.75, 1.75], 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_fed.aggregation import Aggregator
+from lightning_fed.aggregation.functional import model_delta
+from lightning_fed.rounds.byzantine import ByzantineWorkers
+from lightning_fed.rounds.failures import ClientFailures
+from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.rounds.stats import WorkerLosses, WorkerStats
+from lightning_fed.rounds.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
+from lightning_fed.workers.base import BaseWorker
+
+STATE_VERSION = 2
+
+
+class Rounds:
+    """A federation's rounds (see the module docstring).
+
+    Args:
+        aggregator: the aggregator chain (secure aggregation and DP wrap the sum).
+        failures: simulated and real client failures (default: none simulated, ``min_clients=1``).
+        byzantine: Byzantine workers' update transforms, or ``None``.
+        reset_optimizer_state: start every worker's optimizer state afresh each round.
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        failures: ClientFailures | None = None,
+        byzantine: ByzantineWorkers | None = None,
+        reset_optimizer_state: bool = False,
+    ) -> None:
+        self.aggregator = aggregator
+        self.failures = failures if failures is not None else ClientFailures()
+        self.byzantine = byzantine
+        self.optimizer_states = WorkerOptimizerStates(reset_each_round=reset_optimizer_state)
+        self.scheduler_states = WorkerSchedulerStates()
+        self.stats = WorkerStats()
+        self.losses = WorkerLosses()
+        self.tensors: list[Tensor] = []  # the module's parameters, then its buffers
+        self.num_params = 0
+        self.global_: list[Tensor] = []  # the global model of the open round
+        self.plan: RoundPlan | None = None
+        self.is_open = False
+        self.index = 0  # rounds aggregated so far
+        self.steps_done = 0  # steps taken in the open round
+        self.total_steps = 0  # steps the open round has
+        self.active: BaseWorker | None = None
+        self.local_steps = 0  # the active worker's steps so far
+        self.module_is_global = True
+        self._module: nn.Module | None = None
+        self._attributes: dict[tuple[int, str], Any] = {}
+        self.sync: Callable[[Rounds], None] | None = None  # combines the round across processes
+        self.seed = 0  # the federation's seed: drives dropouts
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def attach(self, tensors: Sequence[Tensor], num_params: int, module: nn.Module | None = None) -> None:
+        """The model tensors the rounds average (parameters first); ``module`` keeps plain tensor attributes."""
+        self.tensors = list(tensors)
+        self.num_params = num_params
+        self._module = module
+
+    def add_workers(self, workers: dict[Hashable, int]) -> None:
+        """The federation's workers, with their sample counts."""
+        for worker_id, samples in workers.items():
+            self.stats.register(worker_id, samples)
+
+    # -- one round ------------------------------------------------------------------------------------------------
+    def begin(self, plan: RoundPlan, total_steps: int) -> None:
+        """Open round ``plan.round_index``: snapshot the global model, start the aggregator and failures."""
+        self.finalize()
+        if not self.global_:
+            self.global_ = [t.detach().clone() for t in self.tensors]
+        else:
+            torch._foreach_copy_(self.global_, [t.detach() for t in self.tensors])
+        self._attributes = plain_tensor_attributes(self._module) if self._module is not None else {}
+        set_participants = getattr(self.aggregator, "set_participants", None)
+        if callable(set_participants):  # secure aggregation exchanges keys with the round's workers up front
+            set_participants([w.id for w in plan.workers])
+        self.aggregator.begin_round(self.global_)
+        self.failures.begin_round(plan.round_index, [w.id for w in plan.workers], list(self.stats.rows), self.seed)
+        self.plan = plan
+        self.total_steps = total_steps
+        self.is_open = True
+        self.steps_done = 0
+        self.module_is_global = True
+
+    def start_worker(self, worker: BaseWorker, optimizers: Sequence[Optimizer], schedulers: Sequence[Any] = ()) -> None:
+        """``worker`` starts its local work from the global model, with its own optimizer and scheduler state."""
+        if self.active is not None:
+            self.finish_worker(optimizers)
+        if not self.module_is_global:
+            self.reset_module()
+        self.optimizer_states.activate(worker.id, optimizers)
+        self.scheduler_states.activate(worker.id, schedulers)
+        self.active = worker
+        self.module_is_global = False
+        self.local_steps = 0
+        self.aggregator.worker_start(worker.id, self.global_)
+
+    def finish_worker(self, optimizers: Sequence[Optimizer]) -> None:
+        """The active worker's local work is over: its update goes into the round; its state goes back to it."""
+        worker = self.active
+        if worker is None:
+            return
+        self.deliver(worker, lr=float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0)
+        self.optimizer_states.deactivate(optimizers)
+        self.active = None
+
+    def deliver(
+        self, worker: BaseWorker, tensors: list[Tensor] | None = None, steps: int | None = None, lr: float = 0.0
+    ) -> None:
+        """``worker``'s update, computed at the worker through the aggregator's worker-side hooks (masked there under
+        secure aggregation), into the round's sum; or the aggregator is told it dropped (failed, dropped out, or
+        late under ``straggler_policy="drop"``)."""
+        if not self.failures.finish(worker.id):
+            drop = getattr(self.aggregator, "drop", None)
+            if callable(drop):
+                drop(worker.id)
+            return
+        with worker.session():
+            with torch.no_grad():
+                local = [t.detach() for t in self.tensors] if tensors is None else tensors
+                update = model_delta(local, self.global_)
+                num_steps = self.local_steps if steps is None else steps
+                update = self.aggregator.worker_update(worker.id, update, num_steps, lr)
+                if self.byzantine is not None:
+                    update = self.byzantine(worker.id, update, self.global_)
+            self.aggregator.accumulate(update, weight=self.stats.samples(worker.id), worker_id=worker.id)
+
+    def is_complete(self, limit: int | float) -> bool:
+        """Whether the open round has taken all its steps (or the ``limit`` Lightning allows an epoch)."""
+        return self.plan is not None and self.steps_done >= min(self.total_steps, limit)
+
+    def finalize(self, optimizers: Sequence[Optimizer] = (), before_close: Callable[[], None] | None = None) -> bool:
+        """Close the open round: the last worker delivers, the processes combine (:attr:`sync`), ``before_close``
+        runs (logging), the aggregator finalizes and the module becomes the new global model (on a failed round it
+        keeps the last one). Whether a round was open."""
+        if not self.is_open:
+            return False
+        if self.active is not None:
+            self.finish_worker(optimizers)
+        if self.sync is not None:
+            self.sync(self)
+        if before_close is not None:
+            before_close()
+        try:
+            self.failures.end_round()  # raises when fewer than min_clients delivered an update
+            if self.aggregator.num_contributions > 0:
+                new = self.aggregator.finalize(self.global_)
+                with torch.no_grad():
+                    torch._foreach_copy_(self.global_, new)
+                self.index += 1
+        finally:
+            self.reset_module()
+            self.is_open = False
+            self.optimizer_states.end_round()
+            if self.optimizer_states.reset_each_round:
+                self.scheduler_states.reset()
+        return True
+
+    def reset_module(self) -> None:
+        """The module back to the global model: its tensors, and the tensors it keeps in plain attributes."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.global_)
+        if self._module is not None:
+            restore_plain_tensor_attributes(self._module, self._attributes)
+        self.module_is_global = True
+
+    def show_global(self) -> list[Tensor] | None:
+        """Put the global model in the module (validation in the middle of a round); returns what to put back."""
+        if not self.is_open or self.module_is_global:
+            return None
+        stash = [t.detach().clone() for t in self.tensors]
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.global_)
+        return stash
+
+    def put_back(self, stash: list[Tensor] | None) -> None:
+        """Undo :meth:`show_global`."""
+        if stash is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self.tensors, stash)
+
+    def global_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A module ``state_dict(keep_vars=True)`` with the global model in place of a worker's local one."""
+        if not self.is_open or self.module_is_global:
+            return state
+        index = {id(t): i for i, t in enumerate(self.tensors)}
+        return {k: self.global_[index[id(v)]] if id(v) in index else v for k, v in state.items()}
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self, optimizers: Sequence[Optimizer]) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "round_index": self.index,
+            "optimizer_states": self.optimizer_states.to_checkpoint(optimizers),
+            "scheduler_states": self.scheduler_states.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "failures": self.failures.state_dict(),
+            "stats": self.stats.summary(self.failures),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], optimizers: Sequence[Optimizer]) -> None:
+        self.index = int(state.get("round_index", 0))
+        self.optimizer_states.load_checkpoint(state.get("optimizer_states", {}), optimizers)
+        self.scheduler_states.load_state_dict(state.get("scheduler_states", {}))
+        self.aggregator.load_state_dict(state.get("aggregator", {}))
+        self.failures.load_state_dict(state.get("failures", {}))
+        self.stats.load_summary(state.get("stats", {}))
+
+    # -- several processes ----------------------------------------------------------------------------------------
+    def report(self, mine: Sequence[Hashable]) -> dict[str, Any]:
+        """What this process knows of the round, for :meth:`merge` in every process."""
+        return {
+            "failures": self.failures.report(mine),
+            "stats": self.stats.report(mine),
+            "losses": self.losses.report(),
+        }
+
+    def merge(self, reports: Sequence[dict[str, Any]], order: Sequence[Hashable]) -> None:
+        self.failures.merge([r["failures"] for r in reports], order)
+        self.stats.merge([r["stats"] for r in reports])
+        self.losses.merge([r["losses"] for r in reports])
+
+
+def _tensor_like(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(v, Tensor) for v in value)
+
+
+def _is_metric(module: nn.Module) -> bool:
+    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(module).__mro__)
+
+
+def plain_tensor_attributes(module: nn.Module) -> dict[tuple[int, str], Any]:
+    """The tensors (and tuples of tensors, and ``None``) a module and its submodules keep in plain attributes (an
+    LSTM's ``self.hidden``), cloned; torchmetrics metrics are left out (they aggregate across workers on purpose)."""
+    out: dict[tuple[int, str], Any] = {}
+    for sub in module.modules():
+        if _is_metric(sub):
+            continue
+        for name, value in vars(sub).items():
+            if name.startswith("_") or not (value is None or _tensor_like(value)):
+                continue
+            if isinstance(value, Tensor):
+                value = value.detach().clone()
+            elif value is not None:
+                value = type(value)(v.detach().clone() for v in value)
+            out[(id(sub), name)] = value
+    return out
+
+
+def restore_plain_tensor_attributes(module: nn.Module, saved: dict[tuple[int, str], Any]) -> None:
+    """Undo what a worker did to the plain tensor attributes since :func:`plain_tensor_attributes`."""
+    for sub in module.modules():
+        if _is_metric(sub):
+            continue
+        for name, value in list(vars(sub).items()):
+            if name.startswith("_") or not _tensor_like(value):
+                continue
+            key = (id(sub), name)
+            if key in saved:
+                value = saved[key]
+                if isinstance(value, Tensor):
+                    value = value.clone()
+                elif value is not None:
+                    value = type(value)(v.clone() for v in value)
+                setattr(sub, name, value)
+            else:
+                delattr(sub, name)

@@ -1,0 +1,130 @@
+"""Where FederatedStrategy meets Lightning's public surface: the calls its backends make, the loggers and progress
+bar, Trainer limits, the privacy monitor, and the federated entry of a checkpoint.
+
+Example:
+    >>> CHECKPOINT_KEY
+    'federated'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_fed._compat.lightning import trainer_of
+from lightning_fed.aggregation import Aggregator
+from lightning_fed.backends.base import Backend, LightningCalls
+from lightning_fed.backends.sequential import SequentialBackend, warn_limits
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.privacy.dp import PrivacyMonitor, find_dp
+from lightning_fed.rounds.stats import capture_rng, restore_rng
+from lightning_fed.workers.base import BaseWorker
+
+if TYPE_CHECKING:
+    from lightning_fed.strategies.federated import FederatedStrategy
+
+CHECKPOINT_KEY = "federated"
+
+
+def lightning_calls(strategy: FederatedStrategy) -> LightningCalls:
+    """What a backend calls in Lightning: the base Strategy's step methods, bound to ``strategy``."""
+
+    def log(metrics: dict[str, float]) -> None:
+        trainer = trainer_of(strategy.lightning_module)
+        if not metrics or trainer is None:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+    def progress(unit: str, worker: BaseWorker) -> None:
+        trainer = trainer_of(strategy.lightning_module)
+        bar = getattr(getattr(trainer, "progress_bar_callback", None), "train_progress_bar", None)
+        set_description = getattr(bar, "set_description", None)
+        if callable(set_description):
+            set_description(f"{unit} {trainer.current_epoch} · {worker.id}", refresh=False)
+
+    return LightningCalls(
+        training_step=lambda *a, **k: Strategy.training_step(strategy, *a, **k),
+        optimizer_step=lambda optimizer, closure, model, **k: Strategy.optimizer_step(
+            strategy, optimizer, closure, model, **k
+        ),
+        backward=lambda loss, optimizer, *a, **k: Strategy.backward(strategy, loss, optimizer, *a, **k),
+        trainer=lambda: trainer_of(strategy.lightning_module),
+        module=lambda: strategy.lightning_module,
+        optimizers=lambda: strategy.optimizers,
+        skipped_output=strategy.skipped_step_output,
+        log=log,
+        precision=lambda: strategy.precision_plugin,
+        restore=strategy.apply_restored_state,
+        progress=progress,
+    )
+
+
+def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:
+    """``limit_train_batches`` (and ``fast_dev_run``) as a share of every worker's local work, with one warning."""
+    if not isinstance(backend, SequentialBackend):
+        return
+    limit = trainer.limit_train_batches
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        return
+    backend.planning["limit"] = limit
+    trainer.limit_train_batches = 1.0  # the round loader's length already is the limited round
+    warn_limits(limit)
+
+
+def add_privacy_monitor(trainer: pl.Trainer, aggregator: Aggregator, saved_callbacks: dict[str, Any]) -> None:
+    """With differential privacy, a :class:`PrivacyMonitor` (logs ``dp/epsilon``, stops at the target), its history
+    restored from the checkpoint being resumed (Lightning restored the callbacks before it was added)."""
+    if find_dp(aggregator) is None or any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
+        return
+    monitor = PrivacyMonitor()
+    saved = saved_callbacks.get(monitor.state_key)
+    if saved is not None:
+        monitor.load_state_dict(saved)
+    trainer.callbacks.append(monitor)
+
+
+def federated_state(strategy: FederatedStrategy) -> dict[str, Any]:
+    """The strategy's entry in a checkpoint: the rounds' state, the mode and the RNG (tensors and numbers only).
+
+    A checkpoint saved in the middle of a round holds the global model of the round's start and marks the round it
+    interrupts (``partial_round``): training cannot resume from it exactly yet, so resuming is refused (testing and
+    predicting with it are fine).
+    """
+    rounds = strategy.rounds
+    state = {**rounds.state_dict(strategy.optimizers), "mode": strategy.mode, "rng": capture_rng()}
+    trainer = trainer_of(strategy.lightning_module)
+    if rounds.is_open and rounds.plan is not None and not rounds.is_complete(trainer.num_training_batches):
+        state["partial_round"] = {"round": rounds.plan.round_index, "steps": rounds.steps_done,
+                                  "total": rounds.total_steps}  # fmt: skip
+        rank_zero_warn(
+            f"Saving a checkpoint in the middle of federated round {rounds.plan.round_index} (step "
+            f"{rounds.steps_done} of {rounds.total_steps}): it holds the global model of the round's start, for "
+            "testing or predicting; training cannot resume from it (only from checkpoints at round ends, e.g. "
+            "ModelCheckpoint(every_n_epochs=1) or save_last at an epoch's end)."
+        )
+    return state
+
+
+def check_resumable(state: dict[str, Any] | None) -> None:
+    """Refuse to resume training from a checkpoint saved in the middle of a round (see :func:`federated_state`)."""
+    partial = (state or {}).get("partial_round")
+    if partial:
+        raise FederatedConfigError(
+            f"This checkpoint was saved in the middle of federated round {partial['round']} (step {partial['steps']} "
+            f"of {partial['total']}); resuming training from it would not continue that round exactly, so it is "
+            "refused. Resume from a checkpoint saved at a round's end (ModelCheckpoint(every_n_epochs=1), or "
+            "save_last at an epoch's end), or load it only to test or predict: trainer.test(ckpt_path=...)."
+        )
+
+
+def load_federated_state(strategy: FederatedStrategy, state: dict[str, Any]) -> None:
+    state = strategy.select_state(state)  # over several processes: this process's RNG and aggregator state
+    strategy.rounds.load_state_dict(state, strategy.optimizers)
+    if state.get("rng"):
+        restore_rng(state["rng"])

@@ -1,0 +1,83 @@
+"""The checks of ``FederatedStrategy``'s arguments: each bad value gets an error naming it and the fix.
+
+Example:
+    >>> check_flag("vectorize", True)
+    >>> check_flag("vectorize", "no")
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.FederatedConfigError: `vectorize='no'` is not valid: pass True or False.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lightning_fed.exceptions import FederatedConfigError
+
+MODES = {"fedavg": "fedavg", "follow": "follow", "seed": "follow"}
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Booleans accept booleans only (a string ``"false"`` is not False)."""
+    if not isinstance(value, bool):
+        raise FederatedConfigError(f"`{name}={value!r}` is not valid: pass True or False.")
+
+
+def check_count(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FederatedConfigError(
+            f"`{name}={value!r}` is not valid: pass an integer >= 1" + (" or None." if allow_none else ".")
+        )
+
+
+def check_options(
+    *,
+    mode: str,
+    local_epochs: int | None,
+    local_steps: int | None,
+    seed: int | None,
+    tolerate_failures: bool,
+    reset_optimizer_state: bool,
+    vectorize: bool,
+    simulates_failures: bool,
+) -> str:
+    """Check the strategy's own arguments together; returns the canonical mode (``"fedavg"`` or ``"follow"``)."""
+    if mode not in MODES:
+        raise FederatedConfigError(f"`mode={mode!r}` is not valid: choose 'fedavg' or 'follow' (alias 'seed').")
+    check_count("local_epochs", local_epochs, allow_none=True)
+    check_count("local_steps", local_steps, allow_none=True)
+    if local_epochs is not None and local_steps is not None:
+        raise FederatedConfigError(
+            f"`local_epochs={local_epochs}` and `local_steps={local_steps}` both set a worker's work per round: pass "
+            "one (local_steps counts batches, local_epochs passes over the worker's shard)."
+        )
+    bad_seed = isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63
+    if seed is not None and bad_seed:
+        raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer in [0, 2**63) or None.")
+    for name, value in (
+        ("tolerate_failures", tolerate_failures),
+        ("reset_optimizer_state", reset_optimizer_state),
+        ("vectorize", vectorize),
+    ):
+        check_flag(name, value)
+    follow = MODES[mode] == "follow"
+    if follow and simulates_failures:
+        raise FederatedConfigError(
+            "`dropout_rate`, `deadline_steps` and `byzantine` simulate failures in federated rounds: use them with "
+            "mode='fedavg', not mode='follow'."
+        )
+    if vectorize and follow:
+        raise FederatedConfigError(
+            "`vectorize=True` trains a round's workers together: it needs mode='fedavg', got mode='follow' (where "
+            "one model follows the batches one after another)."
+        )
+    if vectorize and tolerate_failures:
+        raise FederatedConfigError(
+            "`vectorize=True` cannot tell which worker's training_step raised, so it cannot be combined with "
+            "`tolerate_failures=True`: pass one of them."
+        )
+    return MODES[mode]

@@ -1,0 +1,225 @@
+"""Lightning features that the federated core must not break: each test is one behaviour of the core redesign
+(callbacks see the worker that trains, limits cut every worker's work, lr_find runs one stream, metrics under
+vectorized workers, plain module attributes stay with their worker, the privacy monitor resumes)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.demos.lstm import LightningLSTM
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.tuner import Tuner
+from torch.utils.data import TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_fed import FederatedStrategy
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.privacy.dp import DPConfig, PrivacyMonitor
+from lightning_fed.testing import BoringClassifier
+from lightning_fed.workers.base import current_worker
+from tests.strategies.helpers import FedDM, max_abs_diff, tiny_dataset, trainer
+
+
+class _MemoryLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _StepLRModel(BoringClassifier):
+    """Halves its lr every step (a step-interval scheduler, kept per worker); records the lr each step used."""
+
+    def __init__(self) -> None:
+        super().__init__(in_features=4, num_classes=3, lr=1.0)
+        self.used: list[tuple[str, float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.used.append((current_worker().id, self.trainer.optimizers[0].param_groups[0]["lr"]))
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_callbacks_see_the_worker_that_trains_the_batch_the_logged_lr_is_the_lr_used():
+    logger = _MemoryLogger()
+    model = _StepLRModel()
+    fed = FedDM(tiny_dataset(24), num_workers=2, batch_size=4)  # 3 batches a worker
+    monitor = LearningRateMonitor(logging_interval="step")
+    trainer(max_epochs=2, strategy=FederatedStrategy(), logger=logger, callbacks=[monitor], log_every_n_steps=1).fit(
+        model, datamodule=fed
+    )
+    logged = [m["lr-SGD"] for _, m in logger.rows if "lr-SGD" in m]
+    used = [lr for _, lr in model.used]
+    assert len(used) == 12
+    assert logged == used
+    # each worker's schedule is its own: a worker starts from its own previous lr, not the other worker's
+    assert [lr for w, lr in model.used if w == "w1"][:3] == [1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("limit", [0.5, 4])
+def test_limit_train_batches_trains_a_share_of_every_worker_with_a_warning_naming_local_steps(limit):
+    fed = FedDM(tiny_dataset(48), num_workers=3, batch_size=4)  # 4 batches a worker, 12 a round
+    strategy = FederatedStrategy()
+    with pytest.warns(UserWarning, match=r"limit_train_batches=.*every sampled worker.*local_steps"):
+        trainer(max_epochs=2, strategy=strategy, limit_train_batches=limit).fit(
+            BoringClassifier(num_classes=3), datamodule=fed
+        )
+    steps = {w: row["steps"] for w, row in strategy.worker_summary().items()}
+    assert steps == {"w0": 4, "w1": 4, "w2": 4} if limit == 0.5 else {"w0": 2, "w1": 2, "w2": 2}
+    assert strategy.round_index == 2
+
+
+class _NoisyStream(BoringClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _lr_find(mode: str) -> Any:
+    torch.manual_seed(0)
+    fed = FedDM(tiny_dataset(96), num_workers=2, batch_size=4)
+    model = _NoisyStream(num_classes=3, lr=0.01)
+    tr = trainer(max_epochs=1, strategy=FederatedStrategy(mode=mode))
+    finder = Tuner(tr).lr_find(model, datamodule=fed, num_training=20, early_stop_threshold=None)
+    return finder, model
+
+
+def test_lr_find_runs_its_range_test_on_one_continuous_stream():
+    fedavg, fedavg_model = _lr_find("fedavg")
+    follow, _ = _lr_find("follow")
+    # the range test is one model trained on one stream of batches, whichever way the rounds later run
+    assert fedavg.results["loss"] == pytest.approx(follow.results["loss"], rel=1e-6)
+    assert fedavg.suggestion() == follow.suggestion()
+    assert fedavg_model.hparams.lr == fedavg.suggestion()  # the Tuner applied it; training then runs rounds
+
+
+class _TrainMetric(BoringClassifier):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.train_acc = MulticlassAccuracy(num_classes=3, average="micro")
+        self.epoch_acc: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log("train_acc", self.train_acc(logits, y), batch_size=len(y))
+        return F.cross_entropy(logits, y)
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_acc.append(float(self.train_acc.compute()))
+        self.train_acc.reset()
+
+
+def test_vectorized_workers_with_a_torchmetrics_metric_take_the_loop_mode_with_one_warning():
+    runs = {}
+    for vectorize in (False, True):
+        torch.manual_seed(0)
+        model = _TrainMetric(num_classes=3, hidden=8)
+        fed = FedDM(tiny_dataset(48), num_workers=4, batch_size=4)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer(max_epochs=2, strategy=FederatedStrategy(vectorize=vectorize)).fit(model, datamodule=fed)
+            runs[vectorize] = model
+        notes = [w for w in record if "torchmetrics metric 'train_acc'" in str(w.message)]
+        assert len(notes) == (1 if vectorize else 0)
+    assert max_abs_diff(runs[False], runs[True]) < 1e-5
+    assert runs[True].epoch_acc == pytest.approx(runs[False].epoch_acc)  # the metric's state is not corrupted
+    assert runs[True].trainer.strategy.backend.vector.use_vmap is False
+
+
+class _KeepsHidden(LightningLSTM):
+    """Lightning's LSTM demo (it keeps ``self.hidden`` across batches), recording what each worker starts from."""
+
+    def __init__(self) -> None:
+        super().__init__(vocab_size=11)
+        self.starts: list[tuple[str, bool]] = []
+        self._last: str | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        worker = current_worker().id
+        if worker != self._last:
+            self.starts.append((worker, self.hidden is None))
+            self._last = worker
+        return super().training_step(batch, batch_idx)
+
+    def prepare_data(self) -> None:  # the demo downloads WikiText-2 here; this test brings its own tokens
+        pass
+
+    def on_train_epoch_end(self) -> None:
+        self._last = None  # the demo resets self.hidden here on purpose; keep it to test the round's reset
+        assert self.trainer.strategy.rounds.module_is_global
+
+
+def test_tensors_in_plain_module_attributes_do_not_cross_from_one_worker_to_the_next():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 11, (16, 6))
+    data = TensorDataset(tokens, torch.roll(tokens, -1, dims=1))
+    fed = FedDM(data, num_workers=2, batch_size=4, drop_last=True)
+    model = _KeepsHidden()
+    trainer(max_epochs=2, strategy=FederatedStrategy()).fit(model, datamodule=fed)
+    # every worker's first batch starts from the module's state at the round's start (no hidden state), never
+    # from the previous worker's
+    assert model.starts == [("w0", True), ("w1", True), ("w0", True), ("w1", True)]
+
+
+def test_the_privacy_monitor_history_survives_resume(tmp_path):
+    def fit(max_epochs: int, ckpt_path: Any = None) -> pl.Trainer:
+        torch.manual_seed(0)
+        fed = FedDM(tiny_dataset(32), num_workers=4, batch_size=8)
+        privacy = DPConfig(noise_multiplier=1.0, clip_norm=1.0, target_epsilon=None)
+        tr = trainer(
+            max_epochs=max_epochs, strategy=FederatedStrategy(privacy=privacy), enable_checkpointing=True,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+        )  # fmt: skip
+        tr.fit(BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=ckpt_path)
+        return tr
+
+    first = fit(2)
+    resumed = fit(3, ckpt_path=tmp_path / "last.ckpt")
+    (monitor,) = [c for c in resumed.callbacks if isinstance(c, PrivacyMonitor)]
+    (before,) = [c for c in first.callbacks if isinstance(c, PrivacyMonitor)]
+    assert len(monitor.history) == 3
+    assert monitor.history[:2] == before.history
+
+
+def test_a_checkpoint_from_the_middle_of_a_round_is_refused_for_resuming_and_fine_for_evaluating(tmp_path):
+    fed = FedDM(tiny_dataset(32), num_workers=2, batch_size=4)  # 8 steps a round
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    with pytest.warns(UserWarning, match=r"middle of federated round 0 \(step 3 of 8\).*training cannot resume"):
+        trainer(max_epochs=1, strategy=FederatedStrategy(), enable_checkpointing=True, callbacks=[every_step]).fit(
+            BoringClassifier(num_classes=3), datamodule=fed
+        )
+    with pytest.raises(FederatedConfigError, match=r"middle of federated round 0 \(step 3 of 8\).*Resume from a che"):
+        trainer(max_epochs=2, strategy=FederatedStrategy()).fit(
+            BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=3.ckpt"
+        )
+    validated = trainer(strategy=FederatedStrategy()).validate(
+        BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=3.ckpt"
+    )
+    assert 0.0 <= validated[0]["val_acc"] <= 1.0
+    # the round's last step is a round end: resuming from it continues with the next round
+    resumed = trainer(max_epochs=2, strategy=FederatedStrategy())
+    resumed.fit(BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=8.ckpt")
+    assert resumed.strategy.round_index == 2
