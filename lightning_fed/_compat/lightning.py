@@ -25,7 +25,7 @@ import lightning
 SUPPORTED = ("2.4", "2.7")  # [lower, upper): keep in step with pyproject.toml
 
 
-def _release(version: str) -> tuple[int, int]:
+def release_of(version: str) -> tuple[int, int]:
     major, minor = [*version.split("."), "0"][:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
@@ -33,7 +33,7 @@ def _release(version: str) -> tuple[int, int]:
 def check_version(version: str) -> None:
     """Refuse a Lightning release outside :data:`SUPPORTED`, naming the installed and the supported versions."""
     low, high = SUPPORTED
-    if not _release(low) <= _release(version) < _release(high):
+    if not release_of(low) <= release_of(version) < release_of(high):
         raise ImportError(
             f"lightning_fed supports lightning >= {low}, < {high}; the installed lightning is {version}. Install a "
             f'supported release (pip install "lightning>={low},<{high}") or a lightning_fed release that supports '
@@ -75,6 +75,16 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher as M
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher as SubprocessScriptLauncher  # noqa: E402
 
 
+def replays_batch_on_resume(trainer: Any) -> bool:
+    """Whether resuming from a checkpoint saved now re-runs the current training batch: Lightning < 2.5 does so for a
+    checkpoint saved in ``on_train_batch_end`` (``ModelCheckpoint(every_n_train_steps=...)``), even at an epoch's
+    last batch; Lightning 2.5 and later count that batch as done."""
+    if release_of(lightning.__version__) >= (2, 5):
+        return False
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return progress.completed < progress.processed
+
+
 def trainer_of(module: Any) -> Any:
     """The Trainer a LightningModule is attached to, or ``None`` (``module.trainer`` raises when there is none)."""
     return getattr(module, "_trainer", None) if module is not None else None
@@ -98,6 +108,7 @@ __all__ = [
     "default_process_group_backend",
     "distributed_is_initialized",
     "init_dist_connection",
+    "replays_batch_on_resume",
     "sync_ddp_if_available",
     "sync_module_states",
     "trainer_of",

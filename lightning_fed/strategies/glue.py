@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_fed._compat.lightning import trainer_of
+from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
@@ -99,7 +99,8 @@ def federated_state(strategy: FederatedStrategy) -> dict[str, Any]:
     rounds = strategy.rounds
     state = {**rounds.state_dict(strategy.optimizers), "mode": strategy.mode, "rng": capture_rng()}
     trainer = trainer_of(strategy.lightning_module)
-    if rounds.is_open and rounds.plan is not None and not rounds.is_complete(trainer.num_training_batches):
+    mid_round = rounds.is_open and not rounds.is_complete(trainer.num_training_batches)
+    if rounds.plan is not None and (mid_round or replays_batch_on_resume(trainer)):
         state["partial_round"] = {"round": rounds.plan.round_index, "steps": rounds.steps_done,
                                   "total": rounds.total_steps}  # fmt: skip
         rank_zero_warn(

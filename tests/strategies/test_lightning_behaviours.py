@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import lightning
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -19,6 +20,7 @@ from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_fed import FederatedStrategy
+from lightning_fed._compat import lightning as compat
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.privacy.dp import DPConfig, PrivacyMonitor
 from lightning_fed.testing import BoringClassifier
@@ -219,7 +221,32 @@ def test_a_checkpoint_from_the_middle_of_a_round_is_refused_for_resuming_and_fin
         BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=3.ckpt"
     )
     assert 0.0 <= validated[0]["val_acc"] <= 1.0
-    # the round's last step is a round end: resuming from it continues with the next round
+    # the round's last step is a round end: resuming from it continues with the next round, where Lightning counts
+    # that step as done (>= 2.5); older Lightning re-runs the step on resume, so the checkpoint is refused there too
     resumed = trainer(max_epochs=2, strategy=FederatedStrategy())
+    if compat.release_of(lightning.__version__) < (2, 5):
+        with pytest.raises(FederatedConfigError, match=r"middle of federated round 0 \(step 8 of 8\)"):
+            resumed.fit(BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=8.ckpt")
+        return
     resumed.fit(BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "step=8.ckpt")
     assert resumed.strategy.round_index == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"aggregation": "scaffold"},
+        {"secure_aggregation": True, "dropout_rate": 0.2, "seed": 1},
+        {"privacy": DPConfig(noise_multiplier=1.0, clip_norm=1.0, target_epsilon=None)},
+        {"mode": "follow"},
+    ],
+    ids=["fedavg", "scaffold", "secure-dropout", "client-dp", "follow"],
+)
+def test_checkpoints_load_with_weights_only(tmp_path, kwargs):
+    fed = FedDM(tiny_dataset(32), num_workers=4, batch_size=8)
+    tr = trainer(max_epochs=1, strategy=FederatedStrategy(**kwargs))
+    tr.fit(BoringClassifier(num_classes=3, optimizer="momentum"), datamodule=fed)
+    tr.save_checkpoint(tmp_path / "run.ckpt")
+    checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=True)  # tensors, numbers and strings only
+    assert checkpoint["federated"]["round_index"] == (0 if kwargs.get("mode") == "follow" else 1)
