@@ -9,6 +9,7 @@ Updates are ``local - global`` deltas, one tensor per model tensor (parameters a
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -41,6 +42,11 @@ class Aggregator(ABC):
     """
 
     is_sum: ClassVar[bool] = True
+    # the attributes that hold an open round's accumulation (see round_state_dict); like torchmetrics' add_state,
+    # a class declares its state and the base class saves and restores it
+    round_state: ClassVar[tuple[str, ...]] = ()
+    # whether an open round can be saved and continued (False: its state is a live protocol, not values)
+    resumable_mid_round: ClassVar[bool] = True
     name: ClassVar[str] = "aggregator"
     num_params: int | None = None  # the model's first ``num_params`` tensors are parameters (see ``setup_model``)
 
@@ -109,6 +115,27 @@ class Aggregator(ABC):
         so that :meth:`finalize`, which then runs on every process, returns the same new global model everywhere:
         the one a single process would have computed from all the round's updates."""
         raise NotImplementedError(f"{type(self).__name__} does not combine rounds over several processes.")
+
+    def round_state_dict(self) -> dict[str, Any]:
+        """The open round's accumulation (the attributes in :attr:`round_state`, copied), for a checkpoint taken in
+        the middle of a round; :meth:`load_round_state_dict` continues the round from it.
+
+        Example:
+            >>> import torch
+            >>> from lightning_fed.aggregation import FedAvg
+            >>> agg = FedAvg(); agg.begin_round([torch.zeros(1)])
+            >>> agg.accumulate([torch.ones(1)], weight=2, worker_id="a")
+            >>> other = FedAvg(); other.begin_round([torch.zeros(1)])
+            >>> other.load_round_state_dict(agg.round_state_dict())
+            >>> other.finalize([torch.zeros(1)])
+            [tensor([1.])]
+        """
+        return {name: copy.deepcopy(getattr(self, name, None)) for name in self.round_state}
+
+    def load_round_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue an open round from :meth:`round_state_dict` (after :meth:`begin_round`)."""
+        for name in self.round_state:
+            setattr(self, name, copy.deepcopy(state.get(name)))
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state that must survive a checkpoint (momentum, optimizer moments...)."""

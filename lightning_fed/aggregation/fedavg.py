@@ -34,6 +34,7 @@ class FedAvg(Aggregator):
     """
 
     name = "fedavg"
+    round_state = ("_sums", "_total", "_count")
 
     def __init__(self) -> None:
         self._sums: list[Tensor] | None = None

@@ -39,6 +39,7 @@ class RobustAggregator(Aggregator):
 
     is_sum = False
     name = "robust"
+    round_state = ("_updates", "_weights", "_worker_ids", "_device")
 
     def __init__(self) -> None:
         self._updates: list[list[Tensor]] | None = None

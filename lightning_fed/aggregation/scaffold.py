@@ -52,6 +52,7 @@ class SCAFFOLD(FedAvg):
     """
 
     name = "scaffold"
+    round_state = (*FedAvg.round_state, "_dc_sum")
 
     def __init__(self) -> None:
         super().__init__()

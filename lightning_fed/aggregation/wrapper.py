@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 from typing_extensions import override
@@ -73,6 +73,19 @@ class AggregatorWrapper(Aggregator):
     @override
     def begin_round(self, global_tensors: Sequence[Tensor]) -> None:
         self.inner.begin_round(global_tensors)
+
+    @property
+    def resumable_mid_round(self) -> bool:  # type: ignore[override]
+        return self.inner.resumable_mid_round
+
+    @override
+    def round_state_dict(self) -> dict[str, Any]:
+        return {**super().round_state_dict(), "inner": self.inner.round_state_dict()}
+
+    @override
+    def load_round_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_round_state_dict(state)
+        self.inner.load_round_state_dict(state.get("inner", {}))
 
     @override
     def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:

@@ -120,6 +120,10 @@ class Backend:
     def after_evaluation(self) -> None:
         """Validation has run."""
 
+    def open_round_state(self) -> dict[str, Any] | None:
+        """The open round's state for a checkpoint that continues it exactly, or ``None``."""
+        return None
+
     def before_checkpoint(self) -> None:
         """A checkpoint is about to be taken of the module."""
 

@@ -74,6 +74,7 @@ class SequentialBackend(Backend):
         self.skip = False  # the current batch's worker dropped out, failed, is past its deadline or its budget
         self.stepping = False  # inside the worker's optimizer step (the backward that precedes a step)
         self._stash: list[torch.Tensor] | None = None
+        self.resume_state: dict[str, Any] | None = None  # a checkpoint's open round, continued at its next batch
 
     # -- the federation's data ------------------------------------------------------------------------------------
     def planner_args(self, loader: FederatedDataLoader) -> dict[str, Any]:
@@ -135,11 +136,15 @@ class SequentialBackend(Backend):
 
     def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
         assert self.planner is not None
-        for _worker, batch in self.planner.batches(plan):
-            yield batch
+        resume = self.resume_state
+        skip = int(resume["steps"]) if resume is not None and resume["round"] == plan.round_index else 0
+        for position, (_worker, batch) in enumerate(self.planner.batches(plan)):
+            if position >= skip:  # a resumed round goes on where its checkpoint was taken
+                yield batch
 
     # -- the round ------------------------------------------------------------------------------------------------
     def begin_round(self, plan: RoundPlan) -> None:
+        resume, self.resume_state = self.resume_state, None
         accumulate = self.calls.trainer().accumulate_grad_batches
         failures = self.rounds.failures
         steps = plan.steps + tuple(failures.effective_steps(plan.steps))  # a deadline cuts a worker's steps
@@ -150,7 +155,10 @@ class SequentialBackend(Backend):
                 "gradients would mix workers. Choose local_steps, deadline_steps or a batch size that makes them "
                 "divisible."
             )
-        self.rounds.begin(plan, self.round_length(plan))
+        if resume is not None and resume["round"] == plan.round_index:
+            self.rounds.resume(plan, resume, self.calls.optimizers(), self.step_schedulers)
+        else:
+            self.rounds.begin(plan, self.round_length(plan))
 
     def batch_start(self, batch: Any) -> Any:
         rounds = self.rounds
@@ -231,10 +239,17 @@ class SequentialBackend(Backend):
         return out
 
     def end_step(self) -> None:
+        self.rounds.steps_completed += 1
         if self.rounds.is_complete(self.calls.trainer().num_training_batches):
             self.finalize_round()
 
     # -- evaluation and the end of fit ----------------------------------------------------------------------------
+    def open_round_state(self) -> dict[str, Any] | None:
+        """The open round's state for a checkpoint that continues it exactly (``None`` where this backend cannot)."""
+        if type(self) is not SequentialBackend or not self.rounds.aggregator.resumable_mid_round:
+            return None
+        return self.rounds.open_round_state(local=self._stash)  # mid-validation the module shows the global model
+
     def before_checkpoint(self) -> None:
         rounds = self.rounds
         if rounds.is_open and rounds.is_complete(self.calls.trainer().num_training_batches):

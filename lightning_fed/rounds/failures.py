@@ -58,7 +58,8 @@ class RoundFailedError(LightningFedError, RuntimeError):
 
 
 class WorkerFailedElsewhere(LightningFedError, RuntimeError):
-    """Stands for the exception of a worker that failed in another process (only its text travels)."""
+    """Stands for the exception of a worker that failed in another process, or before a resume (only its text
+    travels)."""
 
 
 def dropped_workers(worker_ids: Sequence[Hashable], rate: float, seed: int, round_index: int) -> set[Hashable]:
@@ -248,6 +249,31 @@ class ClientFailures:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._counts = {worker_id: dict(c) for worker_id, c in state.get("counts", {}).items()}
+
+    def round_state(self) -> dict[str, Any]:
+        """The open round's decisions (dropped, failed, late, finished, batch counters) and the counters, for a
+        checkpoint in the middle of a round; :meth:`load_round_state` continues from it."""
+        return {
+            "round": self._round,
+            "batches": dict(self._batches),
+            "dropped": list(self._dropped),
+            "failed": {w: f"{type(e).__name__}: {e}" for w, e in self._failed.items()},
+            "late": list(self._late),
+            "finished": list(self._finished),
+            "survivors": list(self._survivors),
+            "counts": {w: dict(c) for w, c in self._counts.items()},
+        }
+
+    def load_round_state(self, state: dict[str, Any]) -> None:
+        """Continue an open round from :meth:`round_state` (after :meth:`begin_round`)."""
+        self._round = int(state["round"])
+        self._batches = dict(state["batches"])
+        self._dropped = set(state["dropped"])
+        self._failed = {w: WorkerFailedElsewhere(text) for w, text in state["failed"].items()}
+        self._late = set(state["late"])
+        self._finished = list(state["finished"])
+        self._survivors = list(state["survivors"])
+        self._counts = {w: dict(c) for w, c in state["counts"].items()}
 
     def report(self, mine: Iterable[Hashable]) -> dict[str, Any]:
         """What this process knows of the round, for :meth:`merge` in every process (``mine``: its workers)."""

@@ -77,7 +77,8 @@ class Rounds:
         self.plan: RoundPlan | None = None
         self.is_open = False
         self.index = 0  # rounds aggregated so far
-        self.steps_done = 0  # steps taken in the open round
+        self.steps_done = 0  # steps begun in the open round
+        self.steps_completed = 0  # steps finished (optimizer step taken or skipped) in the open round
         self.total_steps = 0  # steps the open round has
         self.active: BaseWorker | None = None
         self.local_steps = 0  # the active worker's steps so far
@@ -116,7 +117,7 @@ class Rounds:
         self.plan = plan
         self.total_steps = total_steps
         self.is_open = True
-        self.steps_done = 0
+        self.steps_done = self.steps_completed = 0
         self.module_is_global = True
 
     def start_worker(self, worker: BaseWorker, optimizers: Sequence[Optimizer], schedulers: Sequence[Any] = ()) -> None:
@@ -222,6 +223,48 @@ class Rounds:
             return state
         index = {id(t): i for i, t in enumerate(self.tensors)}
         return {k: self.global_[index[id(v)]] if id(v) in index else v for k, v in state.items()}
+
+    # -- the middle of a round ------------------------------------------------------------------------------------
+    def open_round_state(self, local: Sequence[Tensor] | None = None) -> dict[str, Any]:
+        """What continues the open round exactly after a resume: the steps done, the global model of its start, the
+        aggregator's and the failures' round state, the active worker with its local model (``local``, default the
+        module's tensors) and steps. Every worker's optimizer state is in :meth:`state_dict`."""
+        assert self.plan is not None
+        tensors = self.tensors if local is None else local
+        return {
+            "round": self.plan.round_index,
+            "steps": self.steps_completed,
+            "total": self.total_steps,
+            "global": [t.detach().clone() for t in self.global_],
+            "active": None if self.active is None else self.active.id,
+            "local": None if self.active is None else [t.detach().clone() for t in tensors],
+            "local_steps": self.local_steps,
+            "aggregator": self.aggregator.round_state_dict(),
+            "failures": self.failures.round_state(),
+            "losses": self.losses.report(),
+        }
+
+    def resume(
+        self,
+        plan: RoundPlan,
+        state: dict[str, Any],
+        optimizers: Sequence[Optimizer],
+        schedulers: Sequence[Any] = (),
+    ) -> None:
+        """Continue round ``plan`` from :meth:`open_round_state`, as if it had never stopped."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, state["global"])
+        self.begin(plan, int(state["total"]))
+        self.aggregator.load_round_state_dict(state["aggregator"])
+        self.failures.load_round_state(state["failures"])
+        self.losses.merge([state["losses"]])
+        self.steps_done = self.steps_completed = int(state["steps"])
+        if state["active"] is not None:
+            (worker,) = [w for w in plan.workers if w.id == state["active"]]
+            self.start_worker(worker, optimizers, schedulers)
+            with torch.no_grad():
+                torch._foreach_copy_(self.tensors, state["local"])
+            self.local_steps = int(state["local_steps"])
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self, optimizers: Sequence[Optimizer]) -> dict[str, Any]:

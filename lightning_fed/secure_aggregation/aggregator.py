@@ -95,6 +95,7 @@ class SecureAggregator(AggregatorWrapper):
 
     is_sum = True
     name = "secure"
+    resumable_mid_round = False  # the open round is a live key-agreement protocol: its secrets are not saved
 
     def __init__(self, inner: Aggregator, config: SecureAggregationConfig | None = None) -> None:
         if not isinstance(inner, Aggregator) or isinstance(inner, SecureAggregator):

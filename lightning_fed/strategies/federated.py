@@ -188,6 +188,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         self._backend = self._make_backend(trainer)
         if trainer.training:
             self._backend.setup(trainer)
+            glue.resume_open_round(self._backend, self._restored)
             glue.apply_limits(trainer, self._backend)
         glue.add_privacy_monitor(trainer, self.aggregator, self._restored_callbacks)
 

@@ -92,30 +92,45 @@ def add_privacy_monitor(trainer: pl.Trainer, aggregator: Aggregator, saved_callb
 def federated_state(strategy: FederatedStrategy) -> dict[str, Any]:
     """The strategy's entry in a checkpoint: the rounds' state, the mode and the RNG (tensors and numbers only).
 
-    A checkpoint saved in the middle of a round holds the global model of the round's start and marks the round it
-    interrupts (``partial_round``): training cannot resume from it exactly yet, so resuming is refused (testing and
-    predicting with it are fine).
+    A checkpoint saved in the middle of a round holds the global model of the round's start as the module's
+    ``state_dict`` and the open round under ``partial_round``: the steps done, the aggregator's partial sums, the
+    failures so far, the training worker's local model. Resuming continues that round exactly. Where that state is
+    not values (secure aggregation's key agreement), or the backend keeps more (vectorized cohorts, processes), or
+    Lightning re-runs the batch (< 2.5), the round is only marked, and resuming from it is refused.
     """
-    rounds = strategy.rounds
+    rounds, backend = strategy.rounds, strategy.backend
     state = {**rounds.state_dict(strategy.optimizers), "mode": strategy.mode, "rng": capture_rng()}
     trainer = trainer_of(strategy.lightning_module)
     mid_round = rounds.is_open and not rounds.is_complete(trainer.num_training_batches)
-    if rounds.plan is not None and (mid_round or replays_batch_on_resume(trainer)):
-        state["partial_round"] = {"round": rounds.plan.round_index, "steps": rounds.steps_done,
-                                  "total": rounds.total_steps}  # fmt: skip
-        rank_zero_warn(
-            f"Saving a checkpoint in the middle of federated round {rounds.plan.round_index} (step "
-            f"{rounds.steps_done} of {rounds.total_steps}): it holds the global model of the round's start, for "
-            "testing or predicting; training cannot resume from it (only from checkpoints at round ends, e.g. "
-            "ModelCheckpoint(every_n_epochs=1) or save_last at an epoch's end)."
-        )
+    if rounds.plan is None or not (mid_round or replays_batch_on_resume(trainer)):
+        return state
+    open_round = backend.open_round_state() if mid_round and isinstance(backend, SequentialBackend) else None
+    if open_round is not None and not replays_batch_on_resume(trainer):
+        state["partial_round"] = {**open_round, "resumable": True}
+        return state
+    state["partial_round"] = {"round": rounds.plan.round_index, "steps": rounds.steps_done,
+                              "total": rounds.total_steps, "resumable": False}  # fmt: skip
+    rank_zero_warn(
+        f"Saving a checkpoint in the middle of federated round {rounds.plan.round_index} (step {rounds.steps_done} "
+        f"of {rounds.total_steps}) with {type(backend).__name__} and {rounds.aggregator!r}: it holds the global model "
+        "of the round's start, for testing or predicting; training cannot resume from it exactly (resume from a "
+        "round's end, e.g. ModelCheckpoint(every_n_epochs=1) or save_last at an epoch's end)."
+    )
     return state
 
 
-def check_resumable(state: dict[str, Any] | None) -> None:
-    """Refuse to resume training from a checkpoint saved in the middle of a round (see :func:`federated_state`)."""
+def resume_open_round(backend: Backend, state: dict[str, Any] | None) -> None:
+    """Hand a checkpoint's open round to the backend, which continues it at its next batch."""
     partial = (state or {}).get("partial_round")
-    if partial:
+    if partial and partial.get("resumable") and isinstance(backend, SequentialBackend):
+        backend.resume_state = partial
+
+
+def check_resumable(state: dict[str, Any] | None) -> None:
+    """Refuse to resume training from a checkpoint whose open round cannot be continued (see
+    :func:`federated_state`)."""
+    partial = (state or {}).get("partial_round")
+    if partial and not partial.get("resumable"):
         raise FederatedConfigError(
             f"This checkpoint was saved in the middle of federated round {partial['round']} (step {partial['steps']} "
             f"of {partial['total']}); resuming training from it would not continue that round exactly, so it is "

@@ -70,6 +70,9 @@ class DPAggregator(AggregatorWrapper):
     """
 
     name = "dp"
+    round_state = (
+        "_round_clip", "_pending", "_reports", "_count_sum", "_count", "_count_noised", "_include", "_layout",
+    )  # fmt: skip
 
     def __init__(
         self,
