@@ -5,6 +5,11 @@ Any LightningModule and LightningDataModule can be named in the config (``class_
 (or a ``strategy:`` block in YAML) sets its arguments. A user's own ``LightningCLI`` works the same way once
 ``lightning_fed`` is imported.
 
+:func:`main` is the console script: it returns the process exit status: 0 on success; 1 with a one-line
+``lightning-fed: error: ...`` for a configuration error, 1 with a traceback for any other failure; argument errors
+exit with 2, as argparse does.
+:func:`run` returns the :class:`FederatedCLI` object instead, for programs and tests.
+
 Example:
     >>> from lightning_fed.cli import main
     >>> main(["fit", "--help"])  # doctest: +SKIP
@@ -12,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -29,8 +36,8 @@ class FederatedCLI(LightningCLI):
         super().__init__(*args, trainer_defaults=trainer_defaults, **kwargs)
 
 
-def main(args: list[str] | None = None) -> FederatedCLI:
-    """The console script ``lightning-fed``."""
+def run(args: list[str] | None = None) -> FederatedCLI:
+    """Parse ``args`` (default: ``sys.argv[1:]``), run the subcommand, and return the CLI object."""
     return FederatedCLI(
         LightningModule,
         LightningDataModule,
@@ -40,5 +47,20 @@ def main(args: list[str] | None = None) -> FederatedCLI:
     )
 
 
+def main(args: list[str] | None = None) -> int:
+    """The console script ``lightning-fed``: run the CLI and return the exit status (0 on success).
+
+    A configuration error (Lightning's ``MisconfigurationException``, which every
+    :class:`~lightning_fed.exceptions.FederatedConfigError` is) prints ``lightning-fed: error: <message>`` on stderr
+    and returns 1; any other exception propagates with its traceback (Python then exits with 1).
+    """
+    try:
+        run(args)
+    except MisconfigurationException as err:
+        print(f"lightning-fed: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

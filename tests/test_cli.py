@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lightning_fed import FederatedStrategy
-from lightning_fed.cli import main
+from lightning_fed.cli import main, run
 from lightning_fed.datasets import FederatedMNISTDataModule
 from tests.helpers.mnist_files import write_mnist_raw
 
@@ -26,7 +26,7 @@ def mnist_root(tmp_path: Path) -> str:
 
 
 def test_fit_with_the_two_schools_config(mnist_root, tmp_path):
-    cli = main(["fit", "--config", str(CONFIG), "--data.root", mnist_root, *FAST,
+    cli = run(["fit", "--config", str(CONFIG), "--data.root", mnist_root, *FAST,
                 f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     assert isinstance(cli.trainer.strategy, FederatedStrategy)
     assert [w.id for w in cli.datamodule.workers] == ["westside", "grapevine"]
@@ -35,7 +35,7 @@ def test_fit_with_the_two_schools_config(mnist_root, tmp_path):
 
 
 def test_flags_override_the_config(mnist_root, tmp_path):
-    cli = main(["fit", "--config", str(CONFIG), "--data.root", mnist_root, "--data.partition=dirichlet",
+    cli = run(["fit", "--config", str(CONFIG), "--data.root", mnist_root, "--data.partition=dirichlet",
                 "--data.alpha=0.3", "--trainer.strategy=federated_follow", *FAST,
                 f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     assert cli.datamodule.partition_args == {"alpha": 0.3}
@@ -53,13 +53,13 @@ def test_print_config_can_be_fed_back(mnist_root, tmp_path, capsys):
     assert config["trainer"]["strategy"]["class_path"] == "lightning_fed.FederatedStrategy"
     saved = tmp_path / "printed.yaml"
     saved.write_text(printed)
-    cli = main(["fit", "--config", str(saved), *FAST, f"--trainer.default_root_dir={tmp_path}"])
+    cli = run(["fit", "--config", str(saved), *FAST, f"--trainer.default_root_dir={tmp_path}"])
     assert cli.datamodule.partition_args == {"alpha": 0.5}
 
 
 def test_validate_and_test_subcommands(mnist_root, tmp_path):
     for command in ("validate", "test"):
-        cli = main([command, "--config", str(CONFIG), "--data.root", mnist_root, *FAST,
+        cli = run([command, "--config", str(CONFIG), "--data.root", mnist_root, *FAST,
                     f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
         assert cli.trainer.state.fn == command.replace("validate", "validate")
 

@@ -145,24 +145,39 @@ def make_workers(workers: Any) -> list[BaseWorker]:
 
 
 def _check_partition_args(partition: Any, partition_args: dict[str, Any]) -> None:
-    """Name the arguments the partitioner does not take, before it fails with a bare TypeError."""
-    if not partition_args:
-        return
+    """Name the arguments the partitioner does not take, and the required ones missing, before it fails with a bare
+    TypeError.
+
+    Example:
+        >>> _check_partition_args("dirichlet", {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: Partitioner 'dirichlet' needs `alpha`, which was not given: ...
+    """
     fn = get_partitioner(partition)
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to check against
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params[2:] if p.name != "seed" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = [name for name in partition_args if name not in accepted]
-    if unknown:
-        name = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+    name = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+    named = [p for p in params[2:] if p.name != "seed" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    accepted = [p.name for p in named]
+    unknown = [key for key in partition_args if key not in accepted]
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         given = ", ".join(f"{k}={partition_args[k]!r}" for k in unknown)
         raise FederatedConfigError(
             f"Partitioner {name!r} does not take {given}: remove it, or pass one of its arguments {accepted}."
         )
+    missing = [p.name for p in named if p.default is p.empty and p.name not in partition_args]
+    if missing:
+        example = ", ".join(f"{m}={_EXAMPLES.get(m, '...')}" for m in missing)
+        raise FederatedConfigError(
+            f"Partitioner {name!r} needs {', '.join(f'`{m}`' for m in missing)}, which was not given: pass it, e.g. "
+            f"{example}."
+        )
+
+
+_EXAMPLES = {"alpha": "0.5 (lower is more skewed)", "shards_per_worker": "2"}
 
 
 class FederatedDataset:
