@@ -30,6 +30,7 @@ from torch import Tensor
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.pointers.pointer_tensor import PointerTensor, pointers_from
 from lightning_fed.smpc import ring
+from lightning_fed.smpc.encoding import FixedPoint
 from lightning_fed.workers.base import BaseWorker, me
 from lightning_fed.workers.messages import ObjectMessage, ObjectRef, PlanMessage
 from lightning_fed.workers.store import new_object_id
@@ -89,6 +90,11 @@ def _scatter_add(g: Tensor, index: Tensor, dim: int, size: int) -> Tensor:
     return torch.zeros(shape, dtype=g.dtype).index_add_(dim, index, g)
 
 
+def _encode_split(x: Tensor, base: int, precision_fractional: int, n: int) -> tuple[Tensor, ...]:
+    """At the worker holding a plain value: encode it and split it into ``n`` shares (PySyft's remote share)."""
+    return tuple(ring.split(FixedPoint(base, precision_fractional).encode(x), n))
+
+
 def _msb(x: Tensor) -> Tensor:
     return (x >> 63) & 1
 
@@ -102,6 +108,7 @@ LOCAL_OPS: dict[str, Callable[..., Any]] = {
     "and": torch.bitwise_and,
     "lshift": torch.bitwise_left_shift,
     "msb": _msb,
+    "encode_split": _encode_split,
     "first": _first,
     "own": _own,
     "clone": torch.clone,
@@ -136,7 +143,8 @@ def _plan(op: str, *args: Any, **kwargs: Any) -> Any:
 _READY: weakref.WeakSet[BaseWorker] = weakref.WeakSet()
 
 
-def _install(worker: BaseWorker) -> None:
+def install(worker: BaseWorker) -> None:
+    """Install the smpc plan at ``worker`` (once)."""
     if worker not in _READY:
         worker.install_plan(PLAN, _plan)
         _READY.add(worker)
@@ -198,7 +206,7 @@ class Parties:
         self.workers = check_workers(workers, provider)
         self.provider = provider
         for worker in self.workers:
-            _install(worker)
+            install(worker)
 
     @property
     def n(self) -> int:
