@@ -31,9 +31,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine_info, print_json_line, print_machine  # noqa: E402
-import lightning_fed as sy  # noqa: E402
-from lightning_fed.smpc.nn import fix_precision_module, share_module  # noqa: E402
+import lightning_fed as sy
+from benchmarks.common import machine_info, print_json_line, print_machine
+from lightning_fed.smpc.nn import fix_precision_module, share_module
 
 RAW = Path(os.environ.get("MNIST_RAW", "/work/shared/data/MNIST/raw"))
 MEAN, STD = 0.1307, 0.3081
@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {"benchmark": "smpc", "machine": info, "config": vars(args)}
     if args.part in ("all", "infer"):
         record["inference"] = res = inference(args, data)
-        print(f"inference: {res['images']} images, plain acc {res['plain_acc']:.4f}, shared acc "
-              f"{res['shared_acc']:.4f} ({res['disagreements']} disagreements), {res['s_per_image'] * 1e3:.1f} ms/image")  # fmt: skip
+        print(
+            f"inference: {res['images']} images, plain acc {res['plain_acc']:.4f}, shared acc {res['shared_acc']:.4f} "
+            f"({res['disagreements']} disagreements), {res['s_per_image'] * 1e3:.1f} ms/image"
+        )
         for name, sec in res["s_per_image_by_layer"].items():
             print(f"  {name:8s} {sec * 1e3:8.2f} ms/image")
     if args.part in ("all", "train"):

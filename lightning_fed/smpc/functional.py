@@ -229,7 +229,10 @@ def mean(x: AST, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> A
     return div(total, int(count))
 
 
-def mse_loss(x: Any, target: Any, size_average: Any = None, reduce: Any = None, reduction: str = "mean") -> AST:
+def mse_loss(x: Any, target: Any, size_average: Any = None, reduce: Any = None, reduction: str = "mean",
+             weight: Any = None) -> AST:  # fmt: skip
+    if weight is not None:
+        raise UnsupportedOperationError("mse_loss(weight=...) on shared tensors: multiply the error by the weight.")
     err = pow_(sub(x, target), 2)
     if reduction == "mean":
         return mean(err)

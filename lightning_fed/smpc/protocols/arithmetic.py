@@ -8,7 +8,9 @@ the dealer shares a triple ``a, b, c = op(a, b)`` with ``a, b`` uniform in ``Z_(
 **Truncation** divides a shared value by a public ``d`` (the fixed-point scale after a product, or a batch size):
 
 - two parties: SecureML's local truncation (Mohassel & Zhang, IEEE S&P 2017, Section 4.1): no communication; the
-  result is ``x / d`` up to one unit, except with probability about ``|x| / 2^63`` per element;
+  result is ``x / d`` up to one unit, except with probability about ``|x| / 2^63`` per element. The truncated
+  shares are each confined to ``[-2^63 / d, 2^63 / d)``, so a fresh sharing of zero is added (as CrypTen's
+  pseudo-random zero sharing does) to make them uniform on the ring again;
 - more parties: ABY3's truncation pair (Mohassel & Rindal, CCS 2018, Section 5.1.2, "Pi_trunc2"): the dealer shares
   ``r`` and ``floor(r / d)``, the parties open ``z = x - r`` (uniform) and set ``floor(z / d) + floor(r / d)``; the same
   error bounds.
@@ -61,8 +63,8 @@ def truncate(p: Parties, x: Shares, divisor: int) -> Shares:
     """``x / divisor`` (floor, up to one unit; see the module docstring for the error probability)."""
     if divisor == 1:
         return x
-    if p.n == 2:
-        return p.map("trunc", x, divisor, PARTY)
+    if p.n == 2:  # the truncated shares are no longer uniform on the ring: re-randomise with a sharing of zero
+        return p.map("add", p.map("trunc", x, divisor, PARTY), p.share(torch.zeros(x.shape, dtype=torch.int64)))
     r = ring.random_ring(x.shape)
     sr, sr_div = p.deal("truncation", (r, torch.div(r, divisor, rounding_mode="floor")))
     z = p.open(p.map("sub", x, sr))
