@@ -5,7 +5,7 @@ The PySyft 0.2 pointer API on torch 2.x (``import lightning_fed as sy``: ``sy.To
 Lightning ``FederatedStrategy``. Importing the package patches nothing.
 """
 
-from lightning_fed.data import FederatedDataLoader, FederatedDataModule, FederatedDataset, federate
+from lightning_fed.data import BaseDataset, FederatedDataLoader, FederatedDataModule, FederatedDataset, federate
 from lightning_fed.exceptions import (
     FederatedConfigError,
     LightningFedError,
@@ -16,12 +16,13 @@ from lightning_fed.exceptions import (
 )
 from lightning_fed.pointers import PointerTensor, TorchHook, get, send
 from lightning_fed.strategies import FederatedStrategy
-from lightning_fed.workers import BaseWorker, VirtualWorker, me
+from lightning_fed.workers import BaseWorker, PrivateGridNetwork, VirtualWorker, me
 
 __version__ = "0.1.0.dev0"
 local_worker = me
 
 __all__ = [
+    "BaseDataset",
     "BaseWorker",
     "FederatedConfigError",
     "FederatedDataLoader",
@@ -33,6 +34,7 @@ __all__ = [
     "PermissionDeniedError",
     "PointerError",
     "PointerTensor",
+    "PrivateGridNetwork",
     "TorchHook",
     "VirtualWorker",
     "WorkerError",

@@ -22,11 +22,13 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.messages import (
     CommandMessage,
+    DatasetMessage,
     DeleteMessage,
     GetMessage,
     MoveMessage,
@@ -235,6 +237,16 @@ class BaseWorker:
         if self._guard is not None:
             self._guard.forget(message.obj_id)
 
+    def _handle_dataset(self, message: DatasetMessage) -> int:
+        tensors = []
+        for obj_id in message.tensor_ids:
+            if obj_id not in self._store:
+                raise WorkerError(f"worker {self.id!r} holds no object {obj_id}: it was fetched or deleted.")
+            tensors.append(self._store.get(obj_id))
+        dataset = TensorDataset(*tensors)  # checks that the tensors have the same number of rows
+        self._store.set(message.obj_id, dataset)
+        return len(dataset)
+
     def _handle_search(self, message: SearchMessage) -> tuple[SearchResult, ...]:
         found = []
         for obj_id, obj in self._store.objects.items():
@@ -315,6 +327,7 @@ BaseWorker._routes = {
     CommandMessage: BaseWorker._handle_command,
     PlanMessage: BaseWorker._handle_plan,
     SearchMessage: BaseWorker._handle_search,
+    DatasetMessage: BaseWorker._handle_dataset,
 }
 
 

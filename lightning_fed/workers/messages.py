@@ -100,3 +100,12 @@ class SearchResult:
     descriptor: TensorDescriptor
     tags: frozenset[str]
     description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetMessage:
+    """Store, under ``obj_id``, a ``TensorDataset`` of the worker's tensors ``tensor_ids`` (PySyft's ``BaseDataset``
+    of pointers, made into a shard that a ``FederatedDataLoader`` can batch); nothing leaves the worker."""
+
+    obj_id: int
+    tensor_ids: tuple[int, ...]
