@@ -34,26 +34,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_fed.smpc import ring
+from lightning_fed.smpc import provider
 from lightning_fed.smpc.parties import PARTY, Parties, Shares
-
-_WHAT = {
-    "mul": "multiplication",
-    "matmul": "matmul",
-    "conv2d": "conv2d",
-    "conv2d_input_grad": "conv2d backward",
-    "conv2d_weight_grad": "conv2d backward",
-}
 
 
 def beaver(p: Parties, kind: str, x: Shares, y: Shares, **kwargs: Any) -> Shares:
     """``op(x, y)`` for a bilinear ``kind`` of :data:`~lightning_fed.smpc.ring.BILINEAR` (``kwargs``: its options,
     e.g. conv2d's stride and padding)."""
-    p.require_provider(_WHAT[kind])
-    a = ring.random_ring(x.shape)
-    b = ring.random_ring(y.shape)
-    c = ring.BILINEAR[kind](a, b, **kwargs)
-    sa, sb, sc = p.deal(_WHAT[kind], (a, b, c))
+    sa, sb, sc = provider.beaver_triple(p, kind, x.shape, y.shape, **kwargs)
     masked_x, masked_y = p.map("mask_pair", x, sa, y, sb)
     e, f = p.open(masked_x), p.open(masked_y)
     return p.map("beaver", kind, sc, e, sb, x, f, **kwargs)
@@ -65,8 +53,7 @@ def truncate(p: Parties, x: Shares, divisor: int) -> Shares:
         return x
     if p.n == 2:  # the truncated shares are no longer uniform on the ring: re-randomise with a sharing of zero
         return p.map("add", p.map("trunc", x, divisor, PARTY), p.share(torch.zeros(x.shape, dtype=torch.int64)))
-    r = ring.random_ring(x.shape)
-    sr, sr_div = p.deal("truncation", (r, torch.div(r, divisor, rounding_mode="floor")))
+    sr, sr_div = provider.truncation_pair(p, x.shape, divisor)
     z = p.open(p.map("sub", x, sr))
     return p.map("first", PARTY, sr_div, torch.div(z, divisor, rounding_mode="floor"))
 

@@ -22,17 +22,14 @@ Example:
 
 from __future__ import annotations
 
-from lightning_fed.smpc import ring
+from lightning_fed.smpc import provider
 from lightning_fed.smpc.parties import PARTY, Parties, Shares
 from lightning_fed.smpc.protocols.arithmetic import beaver
-
-_WHAT = "comparison (relu, max, argmax, max_pool2d)"
 
 
 def and_(p: Parties, x: Shares, y: Shares) -> Shares:
     """Bitwise AND of XOR-shared int64 words ``x`` and ``y`` (same shape)."""
-    a, b = ring.random_ring(x.shape), ring.random_ring(y.shape)
-    sa, sb, sc = p.deal(_WHAT, (a, b, a & b), xor=(True, True, True))
+    sa, sb, sc = provider.binary_triple(p, x.shape)
     masked_x, masked_y = p.map("xor_mask_pair", x, sa, y, sb)
     e, f = p.open_xor(masked_x), p.open_xor(masked_y)
     return p.map("and_combine", PARTY, sc, e, sb, sa, f)
@@ -55,15 +52,14 @@ def add(p: Parties, x: Shares, y: Shares) -> Shares:
 
 def b2a_bit(p: Parties, bit: Shares) -> Shares:
     """An XOR-shared bit (each share 0 or 1) as an arithmetic sharing of the same bit."""
-    r = ring.random_ring(bit.shape) & 1
-    r_xor, r_arith = p.deal(_WHAT, (r, r.clone()), xor=(True, False))
+    r_xor, r_arith = provider.bit_pair(p, bit.shape)
     c = p.open_xor(p.map("xor", bit, r_xor)) & 1
     return p.map("first", PARTY, p.map("mul", r_arith, 1 - 2 * c), c)
 
 
 def msb(p: Parties, x: Shares) -> Shares:
     """The sign bit of the shared ``x`` (1 where ``x < 0``), arithmetically shared as 0/1."""
-    p.require_provider(_WHAT)
+    p.require_provider(provider.COMPARISON)
     words = [p.map("own", PARTY, k, x) for k in range(p.n)]
     while len(words) > 1:  # a tree of adders: ceil(log2 n) levels
         nxt = [add(p, words[k], words[k + 1]) for k in range(0, len(words) - 1, 2)]
