@@ -38,7 +38,9 @@ AST = AdditiveSharingTensor
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def _pair(x: AST, y: AST) -> None:
+def _pair(x: AST, y: AST) -> AST:
+    """Check that ``x`` and ``y`` can be combined; return the one whose parties the result keeps (a crypto provider,
+    if either has one)."""
     if not x.parties.same(y.parties):
         raise FederatedConfigError(
             f"mixing tensors shared among different workers: {[w.id for w in x.workers]} and "
@@ -49,10 +51,13 @@ def _pair(x: AST, y: AST) -> None:
             f"mixing shared tensors with different encodings: {x.encoding} and {y.encoding}; call fix_precision() "
             "with the same base and precision_fractional on both."
         )
-    if (x.parties.provider is None) != (y.parties.provider is None) or (
-        x.parties.provider is not None and x.parties.provider is not y.parties.provider
-    ):
-        x.parties.provider = x.parties.provider or y.parties.provider
+    px, py = x.parties.provider, y.parties.provider
+    if px is not None and py is not None and px is not py:
+        raise FederatedConfigError(
+            f"mixing tensors with different crypto providers ({px.id!r} and {py.id!r}): share both with the same "
+            "crypto_provider."
+        )
+    return y if px is None and py is not None else x
 
 
 def _public(like: AST, value: Any) -> Tensor:
@@ -109,9 +114,9 @@ def add(x: Any, y: Any) -> AST:
     if not isinstance(x, AST):
         return add(y, x)
     if isinstance(y, AST):
-        _pair(x, y)
+        like = _pair(x, y)
         out = x.parties.map("add", x.shares, y.shares)
-        return _new(x, out, (x, y), lambda g: (_unbroadcast(g, x.shape), _unbroadcast(g, y.shape)))
+        return _new(like, out, (x, y), lambda g: (_unbroadcast(g, x.shape), _unbroadcast(g, y.shape)))
     shares = add_public(x.parties, x.shares, _public(x, y))
     return _new(x, shares, (x,), lambda g: (_unbroadcast(g, x.shape),))
 
@@ -135,9 +140,10 @@ def mul(x: Any, y: Any) -> AST:
         return mul(y, x)
     p = x.parties
     if isinstance(y, AST):
-        _pair(x, y)
+        like = _pair(x, y)
+        p = like.parties
         out = truncate(p, beaver(p, "mul", x.shares, y.shares), x.encoding.scale)
-        return _new(x, out, (x, y), lambda g: (_unbroadcast(mul(g, y), x.shape), _unbroadcast(mul(g, x), y.shape)))
+        return _new(like, out, (x, y), lambda g: (_unbroadcast(mul(g, y), x.shape), _unbroadcast(mul(g, x), y.shape)))
     if _is_int(y):  # exact, no truncation
         out = p.map("mul", x.shares, torch.as_tensor(y, dtype=torch.int64))
     else:
@@ -171,7 +177,8 @@ def matmul(x: Any, y: Any) -> AST:
     like = x if isinstance(x, AST) else y
     p = like.parties
     if isinstance(x, AST) and isinstance(y, AST):
-        _pair(x, y)
+        like = _pair(x, y)
+        p = like.parties
         out = truncate(p, beaver(p, "matmul", x.shares, y.shares), like.encoding.scale)
         return _new(like, out, (x, y), lambda g: (matmul(g, transpose(y, -1, -2)), _matmul_weight_grad(x, g, y)))
     if isinstance(x, AST):
@@ -180,11 +187,11 @@ def matmul(x: Any, y: Any) -> AST:
         return _new(like, out, (x,), lambda g: (matmul(g, pub_t(like, pub)),))
     pub = _public(y, x)
     out = truncate(p, p.map("bilinear", "matmul", pub, y.shares), like.encoding.scale)
-    return _new(like, out, (y,), lambda g: (matmul(pub_t(like, pub, transpose_only=True), g),))
+    return _new(like, out, (y,), lambda g: (matmul(pub_t(like, pub), g),))
 
 
-def pub_t(like: AST, pub: Tensor, transpose_only: bool = False) -> Tensor:
-    """A public encoded matrix transposed, decoded back to a float for the next :func:`matmul`."""
+def pub_t(like: AST, pub: Tensor) -> Tensor:
+    """A public encoded matrix transposed, decoded back (exactly) for the next :func:`matmul` to encode."""
     t = pub.transpose(-1, -2)
     return like.encoding.decode(t, torch.float64) if like.encoding is not INTEGER else t
 
@@ -533,7 +540,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     p = like.parties
     scale = like.encoding.scale
     if isinstance(x, AST) and isinstance(weight, AST):
-        _pair(x, weight)
+        like = _pair(x, weight)
+        p = like.parties
         out = truncate(p, beaver(p, "conv2d", x.shares, weight.shares, groups=groups, **kw), scale)
     elif isinstance(x, AST):
         out = truncate(p, p.map("bilinear", "conv2d", x.shares, _public(x, weight), groups=groups, **kw), scale)

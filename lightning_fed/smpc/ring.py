@@ -32,7 +32,7 @@ from lightning_fed.secure_aggregation.prg import SEED_BYTES, prg_ring
 
 LIMB_BITS = 22
 MAX_TERMS = 1024  # 1024 * (2^21)^2 = 2^52 < 2^53: every float64 partial sum of limb products is an exact integer
-_HALF = 1 << (LIMB_BITS - 1)
+WIDE_MAX_TERMS = 1 << 22  # with 16-bit limbs: 2^22 * (2^15)^2 = 2^52
 
 
 def random_ring(shape: Sequence[int] | torch.Size, seed: bytes | None = None) -> Tensor:
@@ -60,30 +60,33 @@ def reconstruct(shares: Sequence[Tensor]) -> Tensor:
     return total
 
 
-def limbs(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Three balanced limbs of int64 ``a`` as float64: ``a == l0 + l1 * 2^22 + l2 * 2^44`` (mod ``2**64``)."""
-    mask = (1 << LIMB_BITS) - 1
+def limbs(a: Tensor, bits: int = LIMB_BITS, count: int = 3) -> tuple[Tensor, ...]:
+    """``count`` balanced ``bits``-bit limbs of int64 ``a`` as float64: ``a == sum(l_i * 2^(bits * i))`` (mod
+    ``2**64``), ``|l_i| <= 2^(bits - 1)`` (the top one holds the rest: ``<= 2^19 + 1`` for 22-bit limbs)."""
+    mask = (1 << bits) - 1
+    half = 1 << (bits - 1)
     out = []
     rest = a
-    for _ in range(2):
-        low = ((rest + _HALF) & mask) - _HALF  # in [-2^21, 2^21)
-        out.append(low.double())
-        rest = (rest >> LIMB_BITS) + ((rest >> (LIMB_BITS - 1)) & 1)  # round(rest / 2^22), no overflow
-    out.append(rest.double())  # |l2| <= 2^19 + 1
-    return out[0], out[1], out[2]
+    for _ in range(count - 1):
+        out.append((((rest + half) & mask) - half).double())
+        rest = (rest >> bits) + ((rest >> (bits - 1)) & 1)  # round(rest / 2^bits), no overflow
+    out.append(rest.double())
+    return tuple(out)
 
 
-def bilinear(op: Callable[[Tensor, Tensor], Tensor], a: Tensor, b: Tensor) -> Tensor:
+def bilinear(op: Callable[[Tensor, Tensor], Tensor], a: Tensor, b: Tensor, wide: bool = False) -> Tensor:
     """``op(a, b)`` in ``Z_(2^64)`` for a bilinear ``op`` (matmul, conv2d...) summing at most :data:`MAX_TERMS`
-    products per output element."""
-    la, lb = limbs(a), limbs(b)
+    products per output element (three 22-bit limbs, six products), or :data:`WIDE_MAX_TERMS` with ``wide`` (four
+    16-bit limbs, ten products)."""
+    bits, count = (16, 4) if wide else (LIMB_BITS, 3)
+    la, lb = limbs(a, bits, count), limbs(b, bits, count)
     out = None
-    for shift in range(3):
+    for shift in range(count):
         part = None
         for i in range(shift + 1):
             term = op(la[i], lb[shift - i]).to(torch.int64)  # exact: |term| <= 2^52
             part = term if part is None else part.add_(term)
-        part = part << (LIMB_BITS * shift) if shift else part
+        part = part << (bits * shift) if shift else part
         out = part if out is None else out.add_(part)
     return out
 
@@ -146,18 +149,20 @@ def conv2d_input_grad(g: Tensor, w: Tensor, input_shape: Sequence[int], stride: 
 
 def conv2d_weight_grad(x: Tensor, g: Tensor, weight_shape: Sequence[int], stride: int | tuple = 1,
                        padding: int | tuple = 0, dilation: int | tuple = 1) -> Tensor:  # fmt: skip
-    """The gradient of ``conv2d(x, w)`` with respect to ``w``, in the ring (batch and positions cut into chunks)."""
+    """The gradient of ``conv2d(x, w)`` with respect to ``w``, in the ring: a sum over images and output positions,
+    cut into chunks of images (16-bit limbs beyond :data:`MAX_TERMS` positions per image)."""
     positions = g.shape[2] * g.shape[3]
-    step = max(1, MAX_TERMS // positions)
-    if positions > MAX_TERMS:
-        raise ValueError(f"ring conv2d weight gradient over {positions} output positions is not supported")
+    wide = positions > MAX_TERMS
+    if positions > WIDE_MAX_TERMS:
+        raise ValueError(f"ring conv2d weight gradient over {positions} output positions per image is not supported")
+    step = max(1, (WIDE_MAX_TERMS if wide else MAX_TERMS) // positions)
     out = None
     for start in range(0, x.shape[0], step):
 
         def op(a: Tensor, b: Tensor) -> Tensor:
             return torch.nn.grad.conv2d_weight(a, weight_shape, b, stride, padding, dilation)
 
-        part = bilinear(op, x[start : start + step], g[start : start + step])
+        part = bilinear(op, x[start : start + step], g[start : start + step], wide=wide)
         out = part if out is None else out.add_(part)
     return out
 

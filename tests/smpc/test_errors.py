@@ -89,3 +89,15 @@ def test_backward_errors(workers):
     y = share(torch.tensor([1.0, 2.0]), bob, alice, crypto_provider=james, requires_grad=True)
     with pytest.raises(FederatedConfigError, match=r"needs a scalar.*\.sum\(\)"):
         (y * 2).backward()
+
+
+def test_crypto_providers_combine_or_conflict(workers):
+    bob, alice, james = workers
+    without = share(torch.tensor([2.0]), bob, alice)
+    with_provider = share(torch.tensor([3.0]), bob, alice, crypto_provider=james)
+    product = without * with_provider  # the provider of either operand serves
+    assert product.crypto_provider is james
+    assert torch.allclose(product.get().float_precision(), torch.tensor([6.0]), atol=1e-2)
+    other = share(torch.tensor([3.0]), bob, alice, crypto_provider=sy.VirtualWorker(id="other"))
+    with pytest.raises(FederatedConfigError, match="different crypto providers"):
+        share(torch.tensor([1.0]), bob, alice, crypto_provider=james) * other

@@ -22,6 +22,17 @@ def test_limbs_recombine(values):
     assert l0.abs().max() <= 2**21 and l1.abs().max() <= 2**21 and l2.abs().max() <= 2**19 + 1
     back = l0.long() + (l1.long() << 22) + (l2.long() << 44)
     assert torch.equal(back, a)
+    wide = ring.limbs(a, 16, 4)
+    assert all(limb.abs().max() <= 2**15 for limb in wide)
+    assert torch.equal(sum(limb.long() << (16 * i) for i, limb in enumerate(wide)), a)
+
+
+def test_conv2d_weight_gradient_over_many_positions_is_exact():
+    gen = torch.Generator().manual_seed(5)
+    x, g = _rand((2, 1, 36, 36), gen), _rand((2, 2, 34, 34), gen)  # 1156 > 1024 positions per image
+    w = _rand((2, 1, 3, 3), gen)
+    gw = ring.conv2d_weight_grad(x, g, w.shape)
+    assert (w * gw).sum() == (ring.conv2d(x, w) * g).sum()
 
 
 @settings(max_examples=25, deadline=None)
