@@ -68,7 +68,7 @@ def _public(like: AST, value: Any) -> Tensor:
             "among the same workers."
         )
     t = torch.as_tensor(value).detach()
-    if like.encoding is INTEGER:
+    if like.encoding == INTEGER:
         if t.is_floating_point() and not bool((t == t.round()).all()):
             raise FederatedConfigError(
                 "a real public operand with a tensor shared as integers: share a fixed-point tensor "
@@ -110,7 +110,9 @@ def ones_like(x: AST) -> AST:
 
 
 # -- linear operations ----------------------------------------------------------------------------------------------
-def add(x: Any, y: Any) -> AST:
+def add(x: Any, y: Any, alpha: Any = 1) -> AST:
+    if alpha != 1:
+        y = mul(y, alpha) if isinstance(y, AST) else y * alpha
     if not isinstance(x, AST):
         return add(y, x)
     if isinstance(y, AST):
@@ -125,10 +127,10 @@ def neg(x: AST) -> AST:
     return _new(x, x.parties.map("neg", x.shares), (x,), lambda g: (neg(g),))
 
 
-def sub(x: Any, y: Any) -> AST:
+def sub(x: Any, y: Any, alpha: Any = 1) -> AST:
     if isinstance(y, AST):
-        return add(x, neg(y))
-    return add(x, -torch.as_tensor(y))
+        return add(x, neg(y), alpha)
+    return add(x, -torch.as_tensor(y), alpha)
 
 
 def rsub(x: AST, y: Any) -> AST:
@@ -193,7 +195,7 @@ def matmul(x: Any, y: Any) -> AST:
 def pub_t(like: AST, pub: Tensor) -> Tensor:
     """A public encoded matrix transposed, decoded back (exactly) for the next :func:`matmul` to encode."""
     t = pub.transpose(-1, -2)
-    return like.encoding.decode(t, torch.float64) if like.encoding is not INTEGER else t
+    return like.encoding.decode(t, torch.float64) if like.encoding != INTEGER else t
 
 
 def _matmul_weight_grad(x: AST, g: AST, y: AST) -> AST:

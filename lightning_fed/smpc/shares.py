@@ -110,7 +110,7 @@ class AdditiveSharingTensor(Tensor):
         ``.float_precision()``), an int tensor for integers shared without encoding.
         """
         value = self.parties.open(self.shares)
-        if self.encoding is INTEGER and not self.dtype.is_floating_point:
+        if self.encoding == INTEGER and not self.dtype.is_floating_point:
             return value.to(self.dtype)
         return FixedPrecisionTensor(value, self.encoding, self.dtype)
 
@@ -143,7 +143,7 @@ class AdditiveSharingTensor(Tensor):
     def __repr__(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
         enc = self.encoding
         head = "AdditiveSharingTensor" + (
-            "" if enc is INTEGER else f", base={enc.base}, precision_fractional={enc.precision_fractional}"
+            "" if enc == INTEGER else f", base={enc.base}, precision_fractional={enc.precision_fractional}"
         )
         lines = [f"(Wrapper)>[{head}]"]
         lines += [

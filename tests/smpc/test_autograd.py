@@ -73,15 +73,15 @@ class _Net(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_sgd_on_shared_parameters_matches_plain_sgd(workers, momentum):
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.01)])
+def test_sgd_on_shared_parameters_matches_plain_sgd(workers, momentum, weight_decay):
     bob, alice, james = workers
     plain = _Net()
     shared = _Net()
     shared.load_state_dict(plain.state_dict())
     share_module(fix_precision_module(shared, **ENC), bob, alice, crypto_provider=james, requires_grad=True)
-    opt_p = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=momentum)
-    opt_s = torch.optim.SGD(shared.parameters(), lr=0.1, momentum=momentum)
+    opt_p = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    opt_s = torch.optim.SGD(shared.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
     for _step in range(3):
         x, y = torch.randn(4, 8), torch.randn(4, 3)
         opt_p.zero_grad()
