@@ -33,6 +33,7 @@ class FederatedCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         trainer_defaults = {"strategy": "federated", "devices": 1, **kwargs.pop("trainer_defaults", {})}
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"prog": "lightning-fed"})  # also under `python -m lightning_fed`
         super().__init__(*args, trainer_defaults=trainer_defaults, **kwargs)
 
 
@@ -51,15 +52,31 @@ def main(args: list[str] | None = None) -> int:
     """The console script ``lightning-fed``: run the CLI and return the exit status (0 on success).
 
     A configuration error (Lightning's ``MisconfigurationException``, which every
-    :class:`~lightning_fed.exceptions.FederatedConfigError` is) prints ``lightning-fed: error: <message>`` on stderr
-    and returns 1; any other exception propagates with its traceback (Python then exits with 1).
+    :class:`~lightning_fed.exceptions.FederatedConfigError` is, also when the argument parser wrapped it while building
+    a class) prints ``lightning-fed: error: <message>`` on stderr and returns 1; any other exception propagates with
+    its traceback (Python then exits with 1).
     """
     try:
         run(args)
-    except MisconfigurationException as err:
-        print(f"lightning-fed: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _configuration_error(err)
+        if cause is None:
+            raise
+        print(f"lightning-fed: error: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _configuration_error(err: BaseException) -> MisconfigurationException | None:
+    """The configuration error behind ``err``: itself, or the one jsonargparse wrapped while it built a class."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MisconfigurationException):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":
