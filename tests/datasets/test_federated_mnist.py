@@ -32,7 +32,10 @@ def test_dirichlet_and_shards_arguments(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"partition": "dirichlet"}, r"Partitioner 'dirichlet' needs `alpha`, which was not given: pass it, e.g. alpha="),
+        (
+            {"partition": "dirichlet"},
+            r"Partitioner 'dirichlet' needs `alpha`, which was not given: pass it, e.g. alpha=",
+        ),
         ({"partition": "iid", "alpha": 0.3}, r"Partitioner 'iid' does not take alpha=0.3: remove it"),
         ({"partition": "shards", "alpha": 0.3}, r"'shards' does not take alpha=0.3.*\['shards_per_worker'\]"),
         ({"partition": "iid", "shards_per_worker": 2}, r"Partitioner 'iid' does not take shards_per_worker=2"),
