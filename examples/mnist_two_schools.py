@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mnist-from", default=None,
                         help="a folder holding the four MNIST .gz files (itself, or in its MNIST/raw or raw "
                              "subfolder): copied into the data root where missing (for machines without "
-                             "internet)")  # fmt: skip
+                             "internet); if it does not exist, the files are downloaded")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=10, help="rounds (FedAvg) or epochs (follow); the seed uses 10")
     parser.add_argument("--mode", choices=["fedavg", "follow"], default="fedavg",
                         help="fedavg: rounds of local training + averaging; follow: the seed's way, the model "
@@ -67,8 +68,16 @@ def find_mnist_files(source: str | Path) -> Path:
 
 
 def copy_mnist_files(source: str | None, root: str) -> None:
-    """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing."""
+    """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing.
+
+    A ``source`` that does not exist is reported and skipped (the data module then downloads what is missing); one
+    that exists without the files is an error naming where they must be.
+    """
     if source is None:
+        return
+    if not Path(source).exists():
+        print(f"--mnist-from {source!r} does not exist: the MNIST files will be downloaded into {root!r} instead.",
+              file=sys.stderr)  # fmt: skip
         return
     found = find_mnist_files(source)
     target = Path(root) / "MNIST" / "raw"

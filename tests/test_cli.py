@@ -303,7 +303,9 @@ def test_the_example_finds_the_mnist_files_at_any_level(tmp_path, where):
     )
 
 
-def test_the_example_says_where_the_mnist_files_must_be(tmp_path):
+def test_the_example_says_where_the_mnist_files_must_be(tmp_path, capsys):
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(SystemExit, match=r"--mnist-from .*elsewhere.*holds the four MNIST files train-images"):
         _example().copy_mnist_files(str(tmp_path / "elsewhere"), str(tmp_path / "data"))
+    _example().copy_mnist_files(str(tmp_path / "nowhere"), str(tmp_path / "data"))  # README's line, on a machine
+    assert "does not exist: the MNIST files will be downloaded" in capsys.readouterr().err  # without ../shared/data
