@@ -80,7 +80,7 @@ class PointerTensor(torch.Tensor):
     id: int
     _state: str
     _frees: bool
-    tags: frozenset[str] | None = None
+    tags: set[str] | None = None
     description: str | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PointerTensor:
