@@ -75,6 +75,8 @@ def classify(args: argparse.Namespace, hook: Any) -> float:
         F.cross_entropy(model(x_train[i : i + 64]), y_train[i : i + 64]).backward()
         opt.step()
     x, y = x_test[: args.test_images], y_test[: args.test_images]
+    with torch.no_grad():
+        plain_acc = float((model(x).argmax(1) == y).float().mean())  # for comparison only: the owner's own check
     enc = {"base": 2, "precision_fractional": 16}
     model.fix_precision(**enc).share(bob, alice, crypto_provider=james)
     print("bob holds shares only, e.g.", next(iter(bob._objects.values())).flatten()[:3])
@@ -85,7 +87,7 @@ def classify(args: argparse.Namespace, hook: Any) -> float:
             pred = model(images).argmax(dim=1).get().float_precision().long()  # the school reconstructs
             correct += int((pred == y[i : i + 100]).sum())
     acc = correct / len(x)
-    print(f"(a) encrypted classification: {acc:.2%} of {len(x)} test images, "
+    print(f"(a) encrypted classification: {acc:.2%} of {len(x)} test images (plain model: {plain_acc:.2%}), "
           f"{(time.perf_counter() - start) / len(x) * 1e3:.0f} ms per image")  # fmt: skip
     return acc
 

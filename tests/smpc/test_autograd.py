@@ -14,15 +14,17 @@ ENC = {"base": 2, "precision_fractional": 16}
 
 
 def _sh(x, workers, **kw):
-    bob, alice, james = workers
-    return share(x, bob, alice, crypto_provider=james, **ENC, **kw)
+    *holders, provider = workers
+    return share(x, *holders, crypto_provider=provider, **ENC, **kw)
 
 
 def _grad(t):
     return t.grad.get().float_precision()
 
 
-def test_mlp_gradients(workers):
+@pytest.mark.parametrize("n_parties", [2, 3])
+def test_mlp_gradients(workers, three, n_parties):
+    workers = workers if n_parties == 2 else three
     x, w1, b1, w2 = torch.randn(5, 6), torch.randn(4, 6), torch.randn(4), torch.randn(3, 4)
     target = torch.randn(5, 3)
     sx = _sh(x, workers, requires_grad=True)
