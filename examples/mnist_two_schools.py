@@ -12,14 +12,17 @@ Run (offline, with the four MNIST files in ``data/MNIST/raw``):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lightning_fed import FederatedStrategy
-from lightning_fed.datasets import FederatedMNISTDataModule
+from lightning_fed.datasets import MNIST_FILES, FederatedMNISTDataModule
 from lightning_fed.models import MNISTClassifier
 
 
@@ -27,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (default: data)")
     parser.add_argument("--mnist-from", default=None,
-                        help="a folder whose MNIST/raw holds the four .gz files: copied into the data root when "
-                             "missing there (for machines without internet); ignored if it does not exist")  # fmt: skip
+                        help="a folder holding the four MNIST .gz files (itself, or in its MNIST/raw or raw "
+                             "subfolder): copied into the data root where missing (for machines without "
+                             "internet); if it does not exist, the files are downloaded")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=10, help="rounds (FedAvg) or epochs (follow); the seed uses 10")
     parser.add_argument("--mode", choices=["fedavg", "follow"], default="fedavg",
                         help="fedavg: rounds of local training + averaging; follow: the seed's way, the model "
@@ -42,19 +46,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of each round (smoke runs)")
     parser.add_argument("--limit-test-batches", type=float, default=1.0)
-    parser.add_argument("--log-dir", default="lightning_logs")
+    parser.add_argument("--log-dir", default="lightning_logs",
+                        help="each run logs to <log-dir>/version_N, as `lightning-fed` does (default: "
+                             "lightning_logs)")  # fmt: skip
     return parser.parse_args(argv)
 
 
+def find_mnist_files(source: str | Path) -> Path:
+    """The folder under ``source`` holding the four MNIST .gz files: ``source`` itself, ``source/MNIST/raw`` or
+    ``source/raw``. Raises ``SystemExit`` naming the places looked at when none holds all four."""
+    source = Path(source)
+    places = [source / "MNIST" / "raw", source / "raw", source]
+    for place in places:
+        if all((place / name).is_file() for name in MNIST_FILES):
+            return place
+    looked = ", ".join(repr(str(place)) for place in places)
+    raise SystemExit(
+        f"--mnist-from {str(source)!r}: none of {looked} holds the four MNIST files {', '.join(MNIST_FILES)}. "
+        "Point --mnist-from at the folder that holds them (or its MNIST/raw parent), or leave it out to download."
+    )
+
+
 def copy_mnist_files(source: str | None, root: str) -> None:
-    """Copy the MNIST .gz files from ``source/MNIST/raw`` into ``root/MNIST/raw`` where they are missing."""
-    if source is None or not (Path(source) / "MNIST" / "raw").is_dir():
+    """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing.
+
+    A ``source`` that does not exist is reported and skipped (the data module then downloads what is missing); one
+    that exists without the files is an error naming where they must be.
+    """
+    if source is None:
         return
+    if not Path(source).exists():
+        print(f"--mnist-from {source!r} does not exist: the MNIST files will be downloaded into {root!r} instead.",
+              file=sys.stderr)  # fmt: skip
+        return
+    found = find_mnist_files(source)
     target = Path(root) / "MNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
-    for file in (Path(source) / "MNIST" / "raw").glob("*.gz"):
-        if not (target / file.name).exists():
-            shutil.copyfile(file, target / file.name)
+    for name in MNIST_FILES:
+        if not (target / name).exists():
+            shutil.copyfile(found / name, target / name)
+
+
+def make_logger(log_dir: str) -> Logger:
+    """Lightning's default logger kind (TensorBoard when installed, else CSV), writing to ``log_dir/version_N``."""
+    tensorboard = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    return (TensorBoardLogger if tensorboard else CSVLogger)(save_dir=log_dir, name="")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -78,15 +114,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         limit_train_batches=args.limit_train_batches,
         limit_test_batches=args.limit_test_batches,
         default_root_dir=args.log_dir,
+        logger=make_logger(args.log_dir),
         deterministic=True,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     fit_seconds = time.perf_counter() - start
     result = trainer.test(model, datamodule=data, verbose=False)[0]
+    schools = ", ".join(str(w.id) for w in data.workers)  # their table was logged once, at the end of fit
     print(f"\nTest accuracy after {args.epochs} {'rounds' if args.mode == 'fedavg' else 'epochs'} "
-          f"({args.mode}, {args.partition}): {100 * result['test_acc']:.2f}%  (fit: {fit_seconds:.0f} s)")  # fmt: skip
-    print("\nPer school:\n" + trainer.strategy.worker_table())
+          f"({args.mode}, {args.partition}): {100 * result['test_acc']:.2f}%  (fit: {fit_seconds:.0f} s; "
+          f"schools: {schools})")  # fmt: skip
     return {"test_acc": float(result["test_acc"]), "fit_seconds": fit_seconds}
 
 

@@ -1,6 +1,8 @@
-"""``python -m lightning_fed`` runs the ``lightning-fed`` command line."""
+"""``python -m lightning_fed`` runs the ``lightning-fed`` command line and exits with its status."""
+
+import sys
 
 from lightning_fed.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

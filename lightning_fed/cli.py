@@ -5,6 +5,11 @@ Any LightningModule and LightningDataModule can be named in the config (``class_
 (or a ``strategy:`` block in YAML) sets its arguments. A user's own ``LightningCLI`` works the same way once
 ``lightning_fed`` is imported.
 
+:func:`main` is the console script: it returns the process exit status: 0 on success; 1 with a one-line
+``lightning-fed: error: ...`` for a configuration error, 1 with a traceback for any other failure; argument errors
+exit with 2, as argparse does.
+:func:`run` returns the :class:`FederatedCLI` object instead, for programs and tests.
+
 Example:
     >>> from lightning_fed.cli import main
     >>> main(["fit", "--help"])  # doctest: +SKIP
@@ -12,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -26,11 +33,12 @@ class FederatedCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         trainer_defaults = {"strategy": "federated", "devices": 1, **kwargs.pop("trainer_defaults", {})}
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"prog": "lightning-fed"})  # also under `python -m lightning_fed`
         super().__init__(*args, trainer_defaults=trainer_defaults, **kwargs)
 
 
-def main(args: list[str] | None = None) -> FederatedCLI:
-    """The console script ``lightning-fed``."""
+def run(args: list[str] | None = None) -> FederatedCLI:
+    """Parse ``args`` (default: ``sys.argv[1:]``), run the subcommand, and return the CLI object."""
     return FederatedCLI(
         LightningModule,
         LightningDataModule,
@@ -40,5 +48,36 @@ def main(args: list[str] | None = None) -> FederatedCLI:
     )
 
 
+def main(args: list[str] | None = None) -> int:
+    """The console script ``lightning-fed``: run the CLI and return the exit status (0 on success).
+
+    A configuration error (Lightning's ``MisconfigurationException``, which every
+    :class:`~lightning_fed.exceptions.FederatedConfigError` is, also when the argument parser wrapped it while building
+    a class) prints ``lightning-fed: error: <message>`` on stderr and returns 1; any other exception propagates with
+    its traceback (Python then exits with 1).
+    """
+    try:
+        run(args)
+    except Exception as err:
+        cause = _configuration_error(err)
+        if cause is None:
+            raise
+        print(f"lightning-fed: error: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _configuration_error(err: BaseException) -> MisconfigurationException | None:
+    """The configuration error behind ``err``: itself, or the one jsonargparse wrapped while it built a class."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MisconfigurationException):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -38,7 +38,13 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from typing_extensions import override
 
-from lightning_fed.data.federated import FederatedDataset, dataset_labels, federate, make_workers
+from lightning_fed.data.federated import (
+    FederatedDataset,
+    _check_partition_args,
+    dataset_labels,
+    federate,
+    make_workers,
+)
 from lightning_fed.data.loader import _ORDERS, FederatedDataLoader
 from lightning_fed.data.partition import get_partitioner, is_label_based
 from lightning_fed.data.plot import PartitionStats
@@ -90,8 +96,21 @@ class FederatedDataModule(LightningDataModule):
         partition: a partitioner name (``"iid"``, ``"dirichlet"``, ``"shards"``, ``"quantity_skew"``) or callable.
         seed: drives the partition and the shuffling.
         batch_size: per-worker batch size; ``None`` takes the inner train loader's.
-        shuffle, drop_last, order: as in :class:`~lightning_fed.data.FederatedDataLoader`.
-        partition_args, more_partition_args: the partitioner's arguments (e.g. ``alpha=0.5``).
+        shuffle: reshuffle each worker's shard every epoch (seeded), as in
+            :class:`~lightning_fed.data.FederatedDataLoader`.
+        drop_last: drop each worker's last short batch, so that every batch has ``batch_size`` samples (a model
+            with a fixed batch size, such as a stateful LSTM, needs it).
+        order: ``"sequential"`` (one worker's batches, then the next's) or ``"round_robin"``.
+        alpha: the ``"dirichlet"`` partitioner's concentration (lower is more skewed, e.g. 0.3). The six partition
+            arguments (``alpha`` to ``power``) are typed parameters, so LightningCLI parses ``--data.alpha=0.3``;
+            ``None`` keeps the partitioner's default, and a partitioner refuses, by name, one it does not take.
+        shards_per_worker: the ``"shards"`` partitioner's shards per worker (McMahan 2017 uses 2).
+        min_size: the smallest shard ``"dirichlet"`` and ``"quantity_skew"`` may give a worker.
+        distribution: the ``"quantity_skew"`` size distribution, ``"lognormal"`` or ``"powerlaw"``.
+        sigma: the ``"quantity_skew"`` lognormal's sigma.
+        power: the ``"quantity_skew"`` power law's exponent.
+        partition_args: the arguments of any other (custom) partitioner, as a dict (``--data.partition_args='{beta:
+            2}'`` on the command line); from Python they may also be given as keywords (``more_partition_args``).
 
     Example:
         >>> import torch
@@ -112,6 +131,12 @@ class FederatedDataModule(LightningDataModule):
         *,
         workers: int | Sequence[Hashable | BaseWorker],
         partition: str | Callable[..., list[list[int]]] = "iid",
+        alpha: float | None = None,
+        shards_per_worker: int | None = None,
+        min_size: int | None = None,
+        distribution: str | None = None,
+        sigma: float | None = None,
+        power: float | None = None,
         seed: int = 0,
         batch_size: int | None = None,
         shuffle: bool = True,
@@ -135,14 +160,22 @@ class FederatedDataModule(LightningDataModule):
         _check("order", order, order in _ORDERS, f"choose one of {_ORDERS}")
         _check("partition_args", partition_args, partition_args is None or isinstance(partition_args, dict),
                "pass a dict or None")  # fmt: skip
-        both = sorted(set(partition_args or {}) & set(more_partition_args))
+        typed = {"alpha": alpha, "shards_per_worker": shards_per_worker, "min_size": min_size,
+                 "distribution": distribution, "sigma": sigma, "power": power}  # fmt: skip
+        typed = {key: value for key, value in typed.items() if value is not None}
+        given = [set(partition_args or {}), set(more_partition_args), set(typed)]
+        both = sorted((given[0] & given[1]) | (given[0] & given[2]) | (given[1] & given[2]))
         if both:
-            raise FederatedConfigError(f"{both} given both in `partition_args` and as keywords: give each once.")
+            raise FederatedConfigError(
+                f"{both} given twice (as a parameter, in `partition_args` or as a keyword): give each once."
+            )
         fn = get_partitioner(partition)  # an unknown name fails here, not at setup
+        all_partition_args = {**typed, **(partition_args or {}), **more_partition_args}
+        _check_partition_args(partition, all_partition_args)  # a missing or misplaced argument fails here too
         self.partition_name: str = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
         self.partition, self.seed, self.batch_size = partition, seed, batch_size
         self.shuffle, self.drop_last, self.order = shuffle, drop_last, order
-        self.partition_args: dict[str, Any] = {**(partition_args or {}), **more_partition_args}
+        self.partition_args: dict[str, Any] = all_partition_args
         self.workers = make_workers(workers)
         self.prepare_data_per_node = datamodule.prepare_data_per_node
         self.allow_zero_length_dataloader_with_multiple_devices = (
@@ -211,7 +244,10 @@ class FederatedDataModule(LightningDataModule):
         if batch_size is None:
             raise FederatedConfigError(
                 f"`batch_size=None` and `{name}.train_dataloader()` has no batch_size (it batches with a "
-                "batch_sampler or not at all): pass FederatedDataModule(..., batch_size=32)."
+                "batch_sampler or not at all), and FederatedDataModule does not use that sampler: each worker "
+                "batches its own shard. Pass FederatedDataModule(..., batch_size=32, drop_last=True): "
+                "`drop_last=True` keeps every batch at that size, which a model with a fixed batch size (a "
+                "stateful LSTM, a batch-sized hidden state) needs, since a worker's last batch is otherwise short."
             )
         collate_fn = loader.collate_fn if loader.batch_sampler is not None else default_collate  # not default_convert
         self._loader_args = {"batch_size": batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
@@ -225,7 +261,9 @@ class FederatedDataModule(LightningDataModule):
         if custom:
             rank_zero_warn(
                 f"FederatedDataModule ignores the {' and '.join(type(c).__name__ for c in custom)} of "
-                f"`{name}.train_dataloader()`: each worker samples its own shard (shuffled when `shuffle=True`)."
+                f"`{name}.train_dataloader()`: each worker samples its own shard (shuffled when `shuffle=True`) in "
+                f"batches of {batch_size}, its last batch short unless `drop_last=True` (pass "
+                "FederatedDataModule(..., drop_last=True) if the model needs equal batch sizes)."
             )
         labels = self._labels(dataset)
         self._federated = federate(

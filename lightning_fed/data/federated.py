@@ -32,7 +32,7 @@ from lightning_fed.data.partition import get_partitioner, label_histogram, parti
 from lightning_fed.data.partition.functional import _as_labels
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker, VirtualWorker, me
-from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
+from lightning_fed.workers.messages import DatasetMessage, DeleteMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
 
 
@@ -145,44 +145,83 @@ def make_workers(workers: Any) -> list[BaseWorker]:
 
 
 def _check_partition_args(partition: Any, partition_args: dict[str, Any]) -> None:
-    """Name the arguments the partitioner does not take, before it fails with a bare TypeError."""
-    if not partition_args:
-        return
+    """Name the arguments the partitioner does not take, and the required ones missing, before it fails with a bare
+    TypeError.
+
+    Example:
+        >>> _check_partition_args("dirichlet", {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: Partitioner 'dirichlet' needs `alpha`, which was not given: ...
+    """
     fn = get_partitioner(partition)
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to check against
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params[2:] if p.name != "seed" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = [name for name in partition_args if name not in accepted]
-    if unknown:
-        name = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+    name = partition if isinstance(partition, str) else getattr(fn, "__name__", repr(fn))
+    named = [p for p in params[2:] if p.name != "seed" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    accepted = [p.name for p in named]
+    unknown = [key for key in partition_args if key not in accepted]
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         given = ", ".join(f"{k}={partition_args[k]!r}" for k in unknown)
         raise FederatedConfigError(
             f"Partitioner {name!r} does not take {given}: remove it, or pass one of its arguments {accepted}."
         )
+    missing = [p.name for p in named if p.default is p.empty and p.name not in partition_args]
+    if missing:
+        example = ", ".join(f"{m}={_EXAMPLES.get(m, '...')}" for m in missing)
+        raise FederatedConfigError(
+            f"Partitioner {name!r} needs {', '.join(f'`{m}`' for m in missing)}, which was not given: pass it, e.g. "
+            f"{example}."
+        )
+
+
+_EXAMPLES = {"alpha": "0.5 (lower is more skewed)", "shards_per_worker": "2"}
 
 
 class FederatedDataset:
     """A dataset split among workers: one :class:`DatasetPointer` per worker, plus the partition's statistics.
 
+    Built by :func:`federate` (``dataset.federate(workers)``), or, as in PySyft, from datasets already at their
+    workers: ``FederatedDataset([bob_dataset, alice_dataset])``, each a :class:`~lightning_fed.BaseDataset` of
+    pointers (``BaseDataset(data_ptr, target_ptr)`` or ``BaseDataset(data, targets).send(worker)``), one per worker.
+    Its samples are then numbered in the order of the list, and its labels stay at the workers.
+
     Args:
-        dataset: the dataset to split (anything with ``__len__`` and ``__getitem__``).
+        dataset: the dataset to split (anything with ``__len__`` and ``__getitem__``), or the list of sent
+            ``BaseDataset`` s (then leave out the other arguments).
         workers: the workers, in order.
         partition: one list of dataset indices per worker.
         labels: the dataset's labels (for the label histogram), if known.
+
+    Example:
+        >>> import torch, lightning_fed as sy
+        >>> bob, alice = sy.VirtualWorker(id="bob"), sy.VirtualWorker(id="alice")
+        >>> parts = [sy.BaseDataset(torch.randn(n, 2), torch.zeros(n)).send(w) for n, w in ((3, bob), (2, alice))]
+        >>> fed = FederatedDataset(parts)
+        >>> fed.worker_ids, len(fed), fed.partition
+        (['bob', 'alice'], 5, [[0, 1, 2], [3, 4]])
     """
 
     def __init__(
         self,
-        dataset: Dataset,
-        workers: Sequence[BaseWorker],
-        partition: Sequence[Sequence[int]],
+        dataset: Dataset | Sequence[Any],
+        workers: Sequence[BaseWorker] | None = None,
+        partition: Sequence[Sequence[int]] | None = None,
         *,
         labels: torch.Tensor | None = None,
     ) -> None:
+        self.datasets: dict[Hashable, Any] = {}
+        if workers is None and partition is None and labels is None:
+            self._from_sent_datasets(dataset)
+            return
+        if workers is None or partition is None:
+            raise FederatedConfigError(
+                "FederatedDataset takes either a list of sent BaseDatasets (FederatedDataset(datasets)) or a "
+                f"dataset with its `workers` and `partition`; got workers={workers!r}, partition={partition!r}. "
+                "To split a dataset, use `dataset.federate(workers)` or lightning_fed.data.federate()."
+            )
         self.workers = check_workers(workers)
         if len(partition) != len(self.workers):
             raise FederatedConfigError(
@@ -194,11 +233,43 @@ class FederatedDataset:
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, Subset(dataset, indices)), worker)
             self.shards[worker.id] = DatasetPointer(worker, obj_id, len(indices))
+            self.datasets[worker.id] = self.shards[worker.id]
         self.num_classes: int | None = None
         self.label_histogram: np.ndarray | None = None
         if labels is not None:
             self.num_classes = int(labels.max().item()) + 1 if len(labels) else 0
             self.label_histogram = label_histogram(labels, self.partition, self.num_classes)
+
+    def _from_sent_datasets(self, datasets: Any) -> None:
+        from lightning_fed.data.base_dataset import BaseDataset  # PySyft's signature: FederatedDataset(datasets)
+
+        if isinstance(datasets, (Dataset, str)) or not isinstance(datasets, Sequence) or not datasets:
+            raise FederatedConfigError(
+                f"FederatedDataset({type(datasets).__name__}) needs a non-empty list of BaseDatasets sent to their "
+                "workers (one per worker), or a dataset with `workers` and `partition`: to split a local dataset, "
+                "use `dataset.federate(workers)`."
+            )
+        for i, part in enumerate(datasets):
+            if not isinstance(part, BaseDataset) or part.location is None:
+                what = "a local BaseDataset" if isinstance(part, BaseDataset) else type(part).__name__
+                raise FederatedConfigError(
+                    f"`datasets[{i}]` is {what}, not a BaseDataset at a worker: send it first "
+                    "(`BaseDataset(data, targets).send(worker)`), or build it from pointers."
+                )
+        self.workers = check_workers([part.location for part in datasets])  # one dataset per worker
+        self.shards = {}
+        self.partition = []
+        start = 0
+        for worker, part in zip(self.workers, datasets, strict=True):
+            obj_id = new_object_id()
+            tensor_ids = (part.data.id_at_location, part.targets.id_at_location)
+            length = me._send(DatasetMessage(obj_id, tensor_ids), worker)
+            self.shards[worker.id] = DatasetPointer(worker, obj_id, length)
+            self.datasets[worker.id] = part
+            self.partition.append(list(range(start, start + length)))
+            start += length
+        self.num_classes = None
+        self.label_histogram = None
 
     @property
     def worker_ids(self) -> list[Hashable]:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from lightning_fed.data.datamodule import FederatedDataModule
 from lightning_fed.datasets.mnist import MNISTDataModule
-from lightning_fed.exceptions import FederatedConfigError
 
 
 class FederatedMNISTDataModule(FederatedDataModule):
@@ -25,12 +24,15 @@ class FederatedMNISTDataModule(FederatedDataModule):
         partition: ``"iid"``, ``"dirichlet"`` (needs ``alpha``), ``"shards"`` or ``"quantity_skew"``.
         alpha: Dirichlet concentration (lower is more skewed).
         shards_per_worker: shards per worker for ``partition="shards"`` (McMahan 2017 uses 2).
+        min_size, distribution, sigma, power: the other partitioners' arguments, as in
+            :class:`~lightning_fed.data.FederatedDataModule`; a partitioner refuses those it does not take.
         batch_size: each worker's batch size (the seed uses 64).
         test_batch_size: validation and test batch size.
         val_size: training images held out for validation; 0 validates on the test set, as the seed does.
         seed: drives the partition, shuffling and client sampling.
         download: try torchvision's download when files are missing.
         order: ``"sequential"`` or ``"round_robin"`` batches (for the strategy's ``mode="follow"``).
+        drop_last: drop each worker's last short batch.
     """
 
     def __init__(
@@ -40,36 +42,32 @@ class FederatedMNISTDataModule(FederatedDataModule):
         partition: str = "iid",
         alpha: float | None = None,
         shards_per_worker: int | None = None,
+        min_size: int | None = None,
+        distribution: str | None = None,
+        sigma: float | None = None,
+        power: float | None = None,
         batch_size: int = 64,
         test_batch_size: int = 1000,
         val_size: int = 0,
         seed: int = 0,
         download: bool = True,
         order: str = "sequential",
+        drop_last: bool = False,
     ) -> None:
-        partition_args: dict[str, float | int] = {}
-        if partition == "dirichlet":
-            if alpha is None:
-                raise FederatedConfigError(
-                    "`partition='dirichlet'` needs `alpha` (e.g. alpha=0.3; lower is more skewed), got alpha=None."
-                )
-            partition_args["alpha"] = alpha
-        elif alpha is not None:
-            raise FederatedConfigError(f"`alpha={alpha!r}` only applies to partition='dirichlet', got {partition=!r}.")
-        if shards_per_worker is not None:
-            if partition != "shards":
-                raise FederatedConfigError(
-                    f"`shards_per_worker={shards_per_worker!r}` only applies to partition='shards', got {partition=!r}."
-                )
-            partition_args["shards_per_worker"] = shards_per_worker
         mnist = MNISTDataModule(root, batch_size=batch_size, test_batch_size=test_batch_size, val_size=val_size,
                                 download=download, seed=seed)  # fmt: skip
         super().__init__(
             mnist,
             workers=workers if isinstance(workers, int) else list(workers),
             partition=partition,
+            alpha=alpha,
+            shards_per_worker=shards_per_worker,
+            min_size=min_size,
+            distribution=distribution,
+            sigma=sigma,
+            power=power,
             seed=seed,
             batch_size=batch_size,
             order=order,
-            partition_args=partition_args,
+            drop_last=drop_last,
         )

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.pointers.module import get_module, send_module
-from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
+from lightning_fed.pointers.pointer_tensor import PointerTensor, _metadata, check_worker
 from lightning_fed.workers.base import BaseWorker, me
 from lightning_fed.workers.messages import ObjectMessage
 from lightning_fed.workers.store import new_object_id
@@ -37,16 +38,80 @@ def send_tensor(tensor: torch.Tensor, worker: BaseWorker) -> PointerTensor:
             copy.grad = tensor.grad.detach().clone()
     if tensor.requires_grad:
         copy.requires_grad_(True)
+    metadata = _metadata(tensor)  # tags and description travel with the tensor, for the worker's search()
+    copy.__dict__.update(metadata)
     obj_id = new_object_id()
     me._send(ObjectMessage(obj_id, copy), worker)
-    return PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
+    ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
+    ptr.__dict__.update(metadata)
+    return ptr
+
+
+def copy_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """PySyft's ``tensor.copy()``: an independent copy (``clone``, ``requires_grad`` and tags kept); a pointer's
+    copy is a pointer to a new copy at the same worker.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0])
+        >>> y = copy_tensor(x)
+        >>> y.add_(1), x
+        (tensor([2., 3.]), tensor([1., 2.]))
+    """
+    if isinstance(tensor, PointerTensor):
+        return tensor.copy()
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"copy_tensor() takes a tensor, got {type(tensor).__name__}.")
+    copy = tensor.detach().clone().requires_grad_(tensor.requires_grad)
+    copy.__dict__.update({key: set(value) if key == "tags" else value for key, value in _metadata(tensor).items()})
+    return copy
+
+
+def tag(tensor: torch.Tensor, *tags: str) -> torch.Tensor:
+    """Add ``tags`` (strings such as ``"#radio"``) to ``tensor``; returns it. They travel with ``send`` and let the
+    worker's ``search()`` find it (PySyft's ``tensor.tag(...)``).
+
+    Example:
+        >>> import torch, lightning_fed as sy
+        >>> bob = sy.VirtualWorker(id="bob")
+        >>> x = sy.send(tag(torch.tensor([1, 2]), "#radio", "#hospital1"), bob)
+        >>> [sorted(p.tags) for p in bob.search("#radio")]
+        [['#hospital1', '#radio']]
+    """
+    _check_tensor_metadata(tensor, "tag")
+    for item in tags:
+        if not isinstance(item, str):
+            raise FederatedConfigError(
+                f"tag {item!r} ({type(item).__name__}) is not valid: tags are strings, e.g. '#radio'."
+            )
+    tensor.tags = set(tensor.__dict__.get("tags") or ()) | set(tags)
+    return tensor
+
+
+def describe(tensor: torch.Tensor, description: str) -> torch.Tensor:
+    """Give ``tensor`` a description (searchable by any of its words); returns it (PySyft's ``.describe(...)``)."""
+    _check_tensor_metadata(tensor, "describe")
+    if not isinstance(description, str):
+        raise FederatedConfigError(
+            f"`description={description!r}` ({type(description).__name__}) is not valid: pass a string."
+        )
+    tensor.description = description
+    return tensor
+
+
+def _check_tensor_metadata(tensor: Any, what: str) -> None:
+    if isinstance(tensor, PointerTensor):
+        getattr(tensor, what)()  # raises, saying to tag before sending
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{what}() takes a tensor, got {type(tensor).__name__}.")
 
 
 def send(obj: Any, worker: BaseWorker) -> Any:
-    """Send a tensor (returns a pointer), a pointer (moves it) or a module (in place; returns the module)."""
+    """Send a tensor (returns a pointer), a pointer (returns a pointer to it at ``worker``: a chain, the data stays;
+    ``ptr.move(worker)`` moves the data) or a module (in place; returns the module)."""
     check_worker(worker)
     if isinstance(obj, PointerTensor):
-        return obj.move(worker)
+        return obj.send(worker)
     if isinstance(obj, torch.Tensor):
         if worker is me:
             return obj

@@ -22,6 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,6 +65,12 @@ def _like(template: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
 
 
 def _swap(name: str, local: torch.Tensor, other: torch.Tensor) -> None:
+    if weakref.getweakrefs(local):
+        raise PointerError(
+            f"cannot move module tensor {name!r}: something holds a weak reference to it (weakref.ref, a "
+            "WeakKeyDictionary...), and torch.utils.swap_tensors, which turns it into a pointer in place, refuses "
+            "tensors with weak references. Drop those references first (recurrent modules are handled)."
+        )
     try:
         torch.utils.swap_tensors(local, other)
     except RuntimeError as err:
@@ -71,12 +80,38 @@ def _swap(name: str, local: torch.Tensor, other: torch.Tensor) -> None:
         ) from err
 
 
+@contextlib.contextmanager
+def _recurrent_weights_released(module: nn.Module) -> Iterator[None]:
+    """Let ``swap_tensors`` turn the weights of ``nn.RNN``/``nn.LSTM``/``nn.GRU`` into pointers and back.
+
+    Recurrent modules keep weak references to their weights (``_flat_weight_refs``), which ``swap_tensors``
+    refuses; as their own ``_apply`` does for ``.to()``, drop them here and rebuild them after the swap (the weights
+    are flattened for cuDNN again only when they are local).
+    """
+    recurrent = [m for m in module.modules() if isinstance(m, nn.RNNBase)]
+    for rnn in recurrent:
+        rnn._flat_weight_refs = []
+    try:
+        yield
+    finally:
+        for rnn in recurrent:
+            rnn._flat_weights = [getattr(rnn, name, None) for name in rnn._flat_weights_names]
+            rnn._flat_weight_refs = [None if w is None else weakref.ref(w) for w in rnn._flat_weights]
+            if not any(isinstance(w, PointerTensor) for w in rnn._flat_weights):
+                rnn.flatten_parameters()
+
+
 def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
     """Send every parameter and buffer of ``module`` to ``worker``; returns ``module`` (now holding pointers)."""
     check_worker(worker)
     _ensure_optimizer_state_follows()
     if worker is me:
         return get_module(module)
+    with _recurrent_weights_released(module):
+        return _send_module(module, worker)
+
+
+def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
     done: list[tuple[str, torch.Tensor]] = []
     try:
         for name, tensor in _module_tensors(module):
@@ -112,9 +147,10 @@ def _fetch_into(name: str, ptr: PointerTensor) -> None:
 
 def get_module(module: nn.Module) -> nn.Module:
     """Bring every parameter and buffer of ``module`` back from its worker, in place; returns ``module``."""
-    for name, tensor in _module_tensors(module):
-        if isinstance(tensor, PointerTensor):
-            _fetch_into(name, tensor)
+    with _recurrent_weights_released(module):
+        for name, tensor in _module_tensors(module):
+            if isinstance(tensor, PointerTensor):
+                _fetch_into(name, tensor)
     return module
 
 

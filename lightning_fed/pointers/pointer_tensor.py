@@ -34,7 +34,9 @@ from lightning_fed.workers.messages import (
     DeleteMessage,
     GetMessage,
     MoveMessage,
+    ObjectMessage,
     ObjectRef,
+    SearchMessage,
     TensorDescriptor,
 )
 from lightning_fed.workers.store import new_object_id
@@ -42,6 +44,7 @@ from lightning_fed.workers.store import new_object_id
 _LIVE = "live"
 _FETCHED = "fetched"
 _DELETED = "deleted"
+_SENT = "sent"
 
 
 def check_worker(worker: Any, what: str = "send()") -> BaseWorker:
@@ -58,11 +61,17 @@ def check_worker(worker: Any, what: str = "send()") -> BaseWorker:
 class PointerTensor(torch.Tensor):
     """A pointer to a tensor held by a worker. Create pointers with ``send``, never directly.
 
+    A pointer can itself be sent: ``ptr.send(alice)`` on a pointer to bob's tensor gives alice that pointer and
+    returns a pointer to it (a chain: bob keeps the data, ``.get()`` unwinds one level, operations on the chain run
+    at bob); ``ptr.move(alice)`` moves the data itself.
+
     Attributes:
         location: the worker that holds the tensor.
         id_at_location: the tensor's id in that worker's store.
-        owner: the local worker ``me`` that holds this pointer.
+        owner: the worker that holds this pointer (``me``, or a worker in a chain); it sends the pointer's messages.
         id: this pointer's own id.
+        tags, description: what :meth:`BaseWorker.search <lightning_fed.workers.BaseWorker.search>` found, if the
+            pointer came from a search.
     """
 
     location: BaseWorker
@@ -70,6 +79,9 @@ class PointerTensor(torch.Tensor):
     owner: BaseWorker
     id: int
     _state: str
+    _frees: bool
+    tags: set[str] | None = None
+    description: str | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PointerTensor:
         raise PointerError("PointerTensor is not built directly: use `tensor.send(worker)` or lightning_fed.send().")
@@ -83,11 +95,18 @@ class PointerTensor(torch.Tensor):
         ptr.owner = owner
         ptr.id = new_object_id()
         ptr._state = _LIVE
+        ptr._frees = True
         return ptr
 
     # -- the pointer's own API ------------------------------------------------------------------------------------
     def _check_live(self) -> None:
         state = self._state
+        if state is _SENT:
+            raise PointerError(
+                f"the pointer to {self.location.id}:{self.id_at_location} was sent to worker {self._sent_to!r} with "
+                ".send(), which now holds it: use the pointer .send() returned (its .get() brings this pointer back), "
+                "or .move() the data instead of sending the pointer."
+            )
         if state is not _LIVE:
             how = "fetched with .get()" if state is _FETCHED else "deleted"
             raise PointerError(
@@ -96,16 +115,19 @@ class PointerTensor(torch.Tensor):
             )
 
     def get(self) -> torch.Tensor:
-        """Bring the tensor back from its worker, which forgets it. A pointer can be fetched once."""
+        """Bring the object back from its worker, which forgets it. A pointer can be fetched once.
+
+        At the end of a chain this is the tensor; in a chain (a pointer to a pointer) it is the next pointer.
+        """
         self._check_live()
         obj = self.owner._send(GetMessage(self.id_at_location), self.location)
         self._state = _FETCHED
-        return obj
+        return received(obj, self.owner)
 
     def to_here(self) -> torch.Tensor:
         """A local copy of the tensor; the worker keeps its own (like ``torch.distributed.rpc.RRef.to_here``)."""
         self._check_live()
-        return self.owner._send(GetMessage(self.id_at_location, keep=True), self.location)
+        return received(self.owner._send(GetMessage(self.id_at_location, keep=True), self.location), self.owner)
 
     def move(self, worker: BaseWorker) -> PointerTensor | torch.Tensor:
         """Move the tensor to ``worker`` directly, without passing through ``me``; this pointer follows it.
@@ -124,9 +146,32 @@ class PointerTensor(torch.Tensor):
         self.id_at_location = new_id
         return self
 
-    def send(self, worker: BaseWorker) -> PointerTensor | torch.Tensor:
-        """Sending a pointer moves its tensor: the same as :meth:`move`."""
-        return self.move(worker)
+    def send(self, worker: BaseWorker) -> PointerTensor:
+        """Give this pointer to ``worker`` and return a pointer to it there (PySyft's pointer to a pointer).
+
+        The data stays where it is: ``worker`` now holds the pointer (and frees the data when it drops it), this
+        pointer can no longer be used, and operations on the returned pointer run through ``worker`` at the
+        data's worker. Sending to the data's own worker, or to this pointer's owner, returns this pointer.
+        To move the data itself, use :meth:`move`.
+        """
+        check_worker(worker)
+        self._check_live()
+        if worker is self.location or worker is self.owner:
+            return self
+        shape, dtype, device = self.shape, self.dtype, self.device  # asked at the worker: exact after in-place ops
+        held = PointerTensor._make(self.location, self.id_at_location, shape, dtype, device, worker)
+        held.__dict__.update(_metadata(self))
+        new_id = new_object_id()
+        self.owner._send(ObjectMessage(new_id, held), worker)
+        self._state = _SENT  # `held` is the one pointer to the data now: dropping this one frees nothing
+        self._sent_to = worker.id
+        chained = PointerTensor._make(worker, new_id, shape, dtype, device, self.owner)
+        chained.__dict__.update(_metadata(self))
+        return chained
+
+    def _on_arrival(self, worker: BaseWorker) -> None:
+        """Called by the worker that stores this pointer: its messages now go out from there."""
+        self.owner = worker
 
     def copy(self) -> PointerTensor:
         """A pointer to a new, independent copy of the tensor at the same worker (``requires_grad`` kept)."""
@@ -142,6 +187,18 @@ class PointerTensor(torch.Tensor):
         self.owner._send(DeleteMessage(self.id_at_location), self.location)
         self._state = _DELETED
 
+    def tag(self, *tags: str) -> PointerTensor:
+        raise PointerError(
+            "tags are given to a tensor before it is sent (`x.tag('#radio').send(bob)`), and a worker's "
+            "`search()` returns pointers that carry them; tagging a pointer would not reach the worker's tensor."
+        )
+
+    def describe(self, description: str) -> PointerTensor:
+        raise PointerError(
+            "a description is given to a tensor before it is sent (`x.describe('...').send(bob)`); describing a "
+            "pointer would not reach the worker's tensor."
+        )
+
     @property
     def is_live(self) -> bool:
         """Whether the object is still at the worker (not fetched, not deleted)."""
@@ -149,7 +206,7 @@ class PointerTensor(torch.Tensor):
 
     def __del__(self) -> None:
         state = self.__dict__.get("_state")
-        if state is _LIVE:
+        if state is _LIVE and self._frees:
             self._state = _DELETED
             with contextlib.suppress(Exception):  # interpreter shutdown or a worker gone: nothing left to free
                 self.owner._send(DeleteMessage(self.id_at_location), self.location)
@@ -317,3 +374,28 @@ def refs_of(obj: Any) -> tuple[Any, BaseWorker]:
     converted = call.convert(obj)
     call.check()
     return converted, call.location
+
+
+def _metadata(tensor: torch.Tensor) -> dict[str, Any]:
+    """The ``tags`` and ``description`` a tensor carries (PySyft's data-discovery metadata), if any."""
+    found = tensor.__dict__
+    return {key: found[key] for key in ("tags", "description") if key in found}
+
+
+def received(obj: Any, worker: BaseWorker) -> Any:
+    """``obj`` as it reaches ``worker``: a pointer in it (one step of a chain) now sends its messages from there."""
+    if type(obj) is PointerTensor:
+        obj._on_arrival(worker)
+    return obj
+
+
+def search_pointers(worker: BaseWorker, query: tuple[str, ...], owner: BaseWorker = me) -> list[PointerTensor]:
+    """Ask ``worker`` for the tensors matching ``query`` (see ``BaseWorker.search``); pointers that free nothing."""
+    found = []
+    for result in owner._send(SearchMessage(query), worker):
+        desc = result.descriptor
+        ptr = PointerTensor._make(worker, desc.obj_id, desc.shape, desc.dtype, desc.device, owner)
+        ptr._frees = False  # the worker keeps the tensor for whoever sent it; this pointer only found it
+        ptr.tags, ptr.description = set(result.tags), result.description
+        found.append(ptr)
+    return found

@@ -22,17 +22,21 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.messages import (
     CommandMessage,
+    DatasetMessage,
     DeleteMessage,
     GetMessage,
     MoveMessage,
     ObjectMessage,
     ObjectRef,
     PlanMessage,
+    SearchMessage,
+    SearchResult,
     TensorDescriptor,
 )
 from lightning_fed.workers.session import WorkerSession
@@ -78,9 +82,20 @@ class BaseWorker:
         id: the worker's name (a string or an int), as in PySyft's ``VirtualWorker(hook, id="alice")``.
         policy: a :class:`~lightning_fed.privacy.DataAccessPolicy` guarding what leaves this worker, or ``None``
             (the default: no checks, no audit, nothing tracked).
+        verbose: print every message this worker receives (its kind and command, never its values); ``None``
+            takes the hook's ``verbose``.
     """
 
-    def __init__(self, hook: Any = None, id: Hashable | None = None, *, policy: DataAccessPolicy | None = None) -> None:
+    verbose: bool = False
+
+    def __init__(
+        self,
+        hook: Any = None,
+        id: Hashable | None = None,
+        *,
+        policy: DataAccessPolicy | None = None,
+        verbose: bool | None = None,
+    ) -> None:
         if id is None:
             raise FederatedConfigError(
                 f"{type(self).__name__} needs an `id`, got id=None: pass a name, e.g. "
@@ -95,8 +110,11 @@ class BaseWorker:
                 f"`hook` must be a lightning_fed.TorchHook or None, got hook={hook!r}: "
                 "create one with `hook = lightning_fed.TorchHook(torch)` or leave it out."
             )
+        if verbose is not None and not isinstance(verbose, bool):
+            raise FederatedConfigError(f"`verbose={verbose!r}` is not valid: pass True, False, or None (the hook's).")
         self.id = id
         self.hook = hook
+        self.verbose = bool(getattr(hook, "verbose", False)) if verbose is None else verbose
         self._store = ObjectStore()
         self._plans: dict[str, Callable[..., Any]] = {}
         self._guard: Any = None  # a privacy.policy.WorkerGuard when a policy is set; it holds no reference to self
@@ -145,6 +163,8 @@ class BaseWorker:
         elsewhere = getattr(self, "_elsewhere", None)
         if elsewhere is not None:
             raise PointerError(elsewhere)
+        if self.verbose:
+            print(f"worker {self.id!r} received {_summary(message)}")
         handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
@@ -186,8 +206,32 @@ class BaseWorker:
     def remove_plan(self, name: str) -> None:
         self._plans.pop(name, None)
 
+    # -- data discovery (PySyft's tags) ---------------------------------------------------------------------------
+    def search(self, *query: str | int | list[str | int]) -> list[Any]:
+        """Pointers to this worker's tensors that match every item of ``query`` (an id, a tag, or a word of the
+        description), in store order: ``bob.search("#radio")``, ``bob.search(["#boston", "#data"])``.
+
+        A search pointer does not free the tensor when dropped (the worker still holds it for whoever put it
+        there); its ``.get()`` takes the tensor as any pointer's does.
+        """
+        from lightning_fed.pointers.pointer_tensor import search_pointers  # the pointers sit above the workers
+
+        items: list[str | int] = []
+        for item in query:
+            items.extend(item if isinstance(item, (list, tuple)) else [item])
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise FederatedConfigError(
+                    f"search query item {item!r} ({type(item).__name__}) is not valid: pass tags, words of a "
+                    "description, or object ids, e.g. bob.search('#radio', '#hospital1')."
+                )
+        return search_pointers(self, tuple(str(item) for item in items))
+
     # -- handlers -------------------------------------------------------------------------------------------------
     def _handle_object(self, message: ObjectMessage) -> None:
+        arrival = getattr(message.obj, "_on_arrival", None)  # a pointer (a chain's link) now speaks for this worker
+        if arrival is not None:
+            arrival(self)
         self._store.set(message.obj_id, message.obj)
         if self._guard is not None:
             self._guard.on_store(message.obj_id, message.obj)
@@ -216,6 +260,28 @@ class BaseWorker:
         self._store.discard(message.obj_id)
         if self._guard is not None:
             self._guard.forget(message.obj_id)
+
+    def _handle_dataset(self, message: DatasetMessage) -> int:
+        tensors = []
+        for obj_id in message.tensor_ids:
+            if obj_id not in self._store:
+                raise WorkerError(f"worker {self.id!r} holds no object {obj_id}: it was fetched or deleted.")
+            tensors.append(self._store.get(obj_id))
+        dataset = TensorDataset(*tensors)  # checks that the tensors have the same number of rows
+        self._store.set(message.obj_id, dataset)
+        return len(dataset)
+
+    def _handle_search(self, message: SearchMessage) -> tuple[SearchResult, ...]:
+        found = []
+        for obj_id, obj in self._store.objects.items():
+            if not isinstance(obj, torch.Tensor):
+                continue
+            tags = frozenset(obj.__dict__.get("tags") or ())
+            description = obj.__dict__.get("description")
+            if all(_matches(item, obj_id, tags, description) for item in message.query):
+                descriptor = TensorDescriptor(obj_id, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+                found.append(SearchResult(descriptor, tags, description))
+        return tuple(found)
 
     def _handle_command(self, message: CommandMessage) -> Any:
         func = resolve_command(message.command)
@@ -284,7 +350,24 @@ BaseWorker._routes = {
     DeleteMessage: BaseWorker._handle_delete,
     CommandMessage: BaseWorker._handle_command,
     PlanMessage: BaseWorker._handle_plan,
+    SearchMessage: BaseWorker._handle_search,
+    DatasetMessage: BaseWorker._handle_dataset,
 }
+
+
+def _matches(item: str, obj_id: int, tags: frozenset[str], description: str | None) -> bool:
+    """A search item matches an object's id, one of its tags, or a part of its description."""
+    return item == str(obj_id) or item in tags or (description is not None and item in description)
+
+
+def _summary(message: Any) -> str:
+    """What a verbose worker prints about a message: its kind and what it names, never the values it carries."""
+    detail = getattr(message, "command", None) or getattr(message, "plan", None)
+    if detail is None and hasattr(message, "obj_id"):
+        detail = f"object {message.obj_id}"
+    if detail is None and hasattr(message, "query"):
+        detail = f"query {list(message.query)}"
+    return type(message).__name__ + (f" {detail}" if detail is not None else "")
 
 
 def _copy_out(obj: Any) -> Any:

@@ -84,3 +84,28 @@ class PlanMessage:
     plan: str
     args: tuple
     kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchMessage:
+    """Find the tensors of which every item of ``query`` is the id, one of the tags, or part of the description."""
+
+    query: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One tensor a search found: how to point to it, and its (public) tags and description; never its values."""
+
+    descriptor: TensorDescriptor
+    tags: frozenset[str]
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetMessage:
+    """Store, under ``obj_id``, a ``TensorDataset`` of the worker's tensors ``tensor_ids`` (PySyft's ``BaseDataset``
+    of pointers, made into a shard that a ``FederatedDataLoader`` can batch); nothing leaves the worker."""
+
+    obj_id: int
+    tensor_ids: tuple[int, ...]

@@ -271,7 +271,9 @@ class Stream(IterableDataset):
         (lambda: FederatedDataModule(Inner(), workers=2, partition="dirichlet", alpha=0), r"`alpha=0` is not valid"),
         (lambda: FederatedDataModule(Inner(), workers=3, partition="shards"), r"cannot be cut into .* = 6` equal"),
         (
-            lambda: FederatedDataModule(Inner(TensorDataset(torch.randn(8, 2))), workers=2, partition="dirichlet"),
+            lambda: FederatedDataModule(
+                Inner(TensorDataset(torch.randn(8, 2))), workers=2, partition="dirichlet", alpha=0.5
+            ),
             r"`partition='dirichlet'` needs the training labels, but Inner has no `train_labels`.*partition='iid'",
         ),
         (lambda: FederatedDataModule(NotALoader(), workers=2), r"returned list, not a torch DataLoader with a dataset"),
@@ -279,7 +281,7 @@ class Stream(IterableDataset):
         (lambda: FederatedDataModule(Inner(Stream(), {"batch_size": 2}), workers=2), r"is an IterableDataset"),
         (
             lambda: FederatedDataModule(Inner(loader_kwargs={"batch_size": None}), workers=2),
-            r"`batch_size=None` and `Inner.train_dataloader\(\)` has no batch_size.*batch_size=32",
+            r"`batch_size=None` and `Inner.train_dataloader\(\)` has no batch_size.*batch_size=32, drop_last=True\)",
         ),
     ],
 )
@@ -299,7 +301,16 @@ def test_bad_data_fails_at_setup_naming_the_fix(make, match):
         ({"shuffle": "yes"}, r"`shuffle='yes'` is not valid: pass True or False"),
         ({"order": "random"}, r"`order='random'` is not valid"),
         ({"partition_args": [1]}, r"`partition_args=\[1\]` is not valid: pass a dict"),
-        ({"partition_args": {"alpha": 1}, "alpha": 2}, r"\['alpha'\] given both in `partition_args` and as keywords"),
+        (
+            {"partition_args": {"alpha": 1}, "alpha": 2},
+            r"\['alpha'\] given twice \(as a parameter, in `partition_args`",
+        ),
+        ({"partition_args": {"beta": 1}, "beta": 2}, r"\['beta'\] given twice"),
+        ({"partition": "iid", "alpha": 0.3}, r"Partitioner 'iid' does not take alpha=0.3: remove it"),
+        (
+            {"partition": "dirichlet"},
+            r"Partitioner 'dirichlet' needs `alpha`, which was not given: pass it, e.g. alpha=",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):
@@ -316,9 +327,25 @@ def test_ignored_loader_settings_are_named(caplog):
     assert "pin_memory=True of `Inner.train_dataloader()` do not apply" in caplog.text
     pairs = Pairs()
     dm = FederatedDataModule(Inner(loader_kwargs={"batch_sampler": pairs, "batch_size": 1}), workers=2, batch_size=4)
-    with pytest.warns(UserWarning, match=r"ignores the Pairs of"):  # a user's own batch sampler
+    with pytest.warns(UserWarning, match=r"ignores the Pairs of.*in batches of 4.*drop_last=True"):  # a user's own
         dm.setup("fit")
     assert dm.train_dataloader().batch_size == 4
+
+
+def test_drop_last_gives_every_worker_batch_the_same_size():
+    # 40 samples over 3 workers (14, 13, 13) in batches of 4: without drop_last each worker ends on a short batch,
+    # which a model whose state has the batch size (Lightning's LSTM demo) cannot take
+    pairs = Pairs()
+    loose = FederatedDataModule(Inner(loader_kwargs={"batch_sampler": pairs, "batch_size": 1}), workers=3, batch_size=4)
+    strict = FederatedDataModule(
+        Inner(loader_kwargs={"batch_sampler": pairs, "batch_size": 1}), workers=3, batch_size=4, drop_last=True
+    )
+    with pytest.warns(UserWarning, match="drop_last=True"):
+        loose_sizes = {int(data.shape[0]) for data, _ in loose.train_dataloader()}
+    with pytest.warns(UserWarning, match="ignores the Pairs"):
+        strict_batches = [int(data.shape[0]) for data, _ in strict.train_dataloader()]
+    assert loose_sizes == {4, 2, 1}
+    assert set(strict_batches) == {4} and len(strict_batches) == 3 + 3 + 3
 
 
 class Pairs:

@@ -25,14 +25,21 @@ def test_dirichlet_and_shards_arguments(tmp_path):
     assert FederatedMNISTDataModule(tmp_path, partition="dirichlet", alpha=0.3).partition_args == {"alpha": 0.3}
     dm = FederatedMNISTDataModule(tmp_path, workers=4, partition="shards", shards_per_worker=2)
     assert dm.partition_args == {"shards_per_worker": 2} and len(dm.workers) == 4
+    dm = FederatedMNISTDataModule(tmp_path, partition="quantity_skew", distribution="powerlaw", power=1.2, min_size=3)
+    assert dm.partition_args == {"distribution": "powerlaw", "power": 1.2, "min_size": 3}
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"partition": "dirichlet"}, r"`partition='dirichlet'` needs `alpha`"),
-        ({"partition": "iid", "alpha": 0.3}, r"`alpha=0.3` only applies to partition='dirichlet'"),
-        ({"partition": "iid", "shards_per_worker": 2}, r"`shards_per_worker=2` only applies to partition='shards'"),
+        (
+            {"partition": "dirichlet"},
+            r"Partitioner 'dirichlet' needs `alpha`, which was not given: pass it, e.g. alpha=",
+        ),
+        ({"partition": "iid", "alpha": 0.3}, r"Partitioner 'iid' does not take alpha=0.3: remove it"),
+        ({"partition": "shards", "alpha": 0.3}, r"'shards' does not take alpha=0.3.*\['shards_per_worker'\]"),
+        ({"partition": "iid", "shards_per_worker": 2}, r"Partitioner 'iid' does not take shards_per_worker=2"),
+        ({"partition": "quantity_skew", "sigma": 2.0, "power": 1.2, "alpha": 1.0}, r"does not take alpha=1.0"),
     ],
 )
 def test_partition_arguments_that_do_not_fit(tmp_path, kwargs, match):

@@ -395,3 +395,42 @@ def test_seed_loop_on_cuda_equals_plain_pytorch(hook: sy.TorchHook, optimizer_na
     grapevine = sy.VirtualWorker(hook, id="grapevine")
     model, *_ = run_oracle(optimizer_name, (westside, grapevine), through_hook=True, device="cuda")
     assert model.fc.weight.device.type == "cuda"
+
+
+# -- recurrent modules: their weak references to their weights ------------------------------------------------------
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_modules_train_at_the_worker_like_plain_pytorch(alice: VirtualWorker, kind: type) -> None:
+    torch.manual_seed(0)
+    model = kind(3, 4, num_layers=2, batch_first=True)
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    x = torch.randn(2, 5, 3)
+    h0 = torch.randn(2, 2, 4)
+    state = (h0, torch.randn(2, 2, 4)) if kind is nn.LSTM else h0
+    for _ in range(2):  # two round trips: the weights go out and come back twice
+        send_module(model, alice)
+        assert all(type(w) is PointerTensor for w in model._flat_weights)
+        remote_state = tuple(sy.send(t, alice) for t in state) if kind is nn.LSTM else sy.send(state, alice)
+        out, _ = model(sy.send(x, alice), remote_state)  # at `me`, the hidden state must be sent too
+        optimizer.zero_grad()
+        out.pow(2).mean().backward()
+        optimizer.step()
+        get_module(model)
+        reference_optimizer.zero_grad()
+        reference(x, state)[0].pow(2).mean().backward()
+        reference_optimizer.step()
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert all(w is p for w, p in zip(model._flat_weights, model.parameters(), strict=True))
+    assert torch.equal(model(x, state)[0], reference(x, state)[0])  # usable locally again, weak refs rebuilt
+
+
+def test_a_weak_reference_is_named_as_the_cause(alice: VirtualWorker) -> None:
+    import weakref
+
+    model = nn.Linear(2, 1)
+    keep = weakref.ref(model.weight)  # noqa: F841
+    with pytest.raises(PointerError, match=r"cannot move module tensor 'weight': something holds a weak reference"):
+        send_module(model, alice)
+    assert type(model.weight) is nn.Parameter and alice.objects == {}

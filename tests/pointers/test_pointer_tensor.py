@@ -371,13 +371,14 @@ def test_move_to_the_same_worker_or_to_me(alice: VirtualWorker) -> None:
     assert alice.objects == {}
 
 
-def test_sending_a_pointer_moves_it(alice: VirtualWorker, bob: VirtualWorker) -> None:
+def test_sending_a_pointer_makes_a_chain_and_moving_moves_the_data(alice: VirtualWorker, bob: VirtualWorker) -> None:
     p = sy.send(torch.tensor([1.0]), alice)
-    assert sy.send(p, bob) is p
-    assert p.location is bob
-    assert p.send(alice) is p
-    assert p.location is alice
-    assert bob.objects == {}
+    chain = sy.send(p, bob)  # PySyft: a pointer to a pointer; the data did not move
+    assert chain is not p and chain.location is bob
+    assert len(alice.objects) == 1 and type(next(iter(bob.objects.values()))) is PointerTensor
+    assert chain.send(bob) is chain  # already there
+    assert chain.move(alice) is chain and chain.location is alice  # move hands bob's pointer to alice
+    assert bob.objects == {} and len(alice.objects) == 2
 
 
 def test_delete_frees_at_once(alice: VirtualWorker) -> None:

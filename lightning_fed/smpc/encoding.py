@@ -1,0 +1,154 @@
+"""Fixed-point encoding: a real ``x`` is the ring element ``round(x * base**precision_fractional)``.
+
+PySyft 0.2's default is kept (``base=10, precision_fractional=3``: three decimal digits); ``base=2,
+precision_fractional=16`` is CrypTen's choice and what training wants (finer steps, the same cost). A product of two
+encoded values carries the scale twice and is truncated back by the protocols (:mod:`.protocols.arithmetic`). The
+ring holds ``|x| * scale < 2^62`` at encoding time; a product needs ``|x * y| * scale^2 < 2^63``, the headroom the
+documentation's table states (docs/smpc.md).
+
+Example:
+    >>> import torch
+    >>> fp = FixedPoint()
+    >>> fp.scale, fp.encode(torch.tensor([0.1234, -2.0]))
+    (1000, tensor([  123, -2000]))
+    >>> x = FixedPrecisionTensor.from_float(torch.tensor([3.14159]), precision_fractional=2)
+    >>> x
+    FixedPrecisionTensor(tensor([314]), base=10, precision_fractional=2)
+    >>> x.float_precision()
+    tensor([3.1400])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_fed.exceptions import FederatedConfigError
+
+_LIMIT = 2.0**62  # an encoded value's bound: one bit of headroom under the signed ring's 2^63
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A fixed-point encoding: ``scale = base ** precision_fractional``; ``precision_fractional=0`` is plain ints.
+
+    Args:
+        base: the base of the fractional digits (10 as PySyft, or 2).
+        precision_fractional: how many fractional digits in ``base``.
+    """
+
+    base: int = 10
+    precision_fractional: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, int) or isinstance(self.base, bool) or self.base < 2:
+            raise FederatedConfigError(f"`base` must be an int >= 2, got base={self.base!r}: use 10 (PySyft) or 2.")
+        p = self.precision_fractional
+        if not isinstance(p, int) or isinstance(p, bool) or p < 0 or self.base**p >= 2**31:
+            raise FederatedConfigError(
+                f"`precision_fractional={p!r}` does not fit base {self.base}: the scale base**precision_fractional "
+                "must be below 2**31 so that a product of two encoded values fits the 64-bit ring; use e.g. "
+                "precision_fractional=3 (base 10) or 16 (base 2)."
+            )
+
+    @property
+    def scale(self) -> int:
+        return self.base**self.precision_fractional
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``round(x * scale)`` as int64; raises on values the ring cannot hold."""
+        if not torch.is_floating_point(x):
+            if x.dtype == torch.bool or not x.dtype.is_complex:
+                x = x.to(torch.float64)
+            else:
+                raise FederatedConfigError(f"fix_precision() takes a real tensor, got dtype {x.dtype}.")
+        scaled = x.detach().to(torch.float64) * self.scale
+        if scaled.numel():
+            if not bool(torch.isfinite(scaled).all()):
+                raise FederatedConfigError("fix_precision() got a NaN or an infinite value: it cannot be encoded.")
+            peak = float(scaled.abs().max())
+            if peak >= _LIMIT:
+                top = peak / self.scale
+                raise OverflowError(
+                    f"precision overflow: |x| = {top:.4g} with base={self.base}, precision_fractional="
+                    f"{self.precision_fractional} needs {peak:.3g} >= 2**62 in the 64-bit ring; lower "
+                    "precision_fractional or rescale the tensor."
+                )
+        return torch.round(scaled).to(torch.int64)
+
+    def decode(self, v: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The real values of encoded ``v`` (ring elements read as signed), as ``dtype``."""
+        return (v.to(torch.float64) / self.scale).to(dtype)
+
+
+INTEGER = FixedPoint(10, 0)
+"""The encoding of integer tensors shared without ``fix_precision()`` (scale 1)."""
+
+
+class FixedPrecisionTensor:
+    """A local tensor in fixed point: int64 ``child`` and its :class:`FixedPoint` encoding (PySyft's name).
+
+    ``.share(*workers, crypto_provider=...)`` secret-shares it; ``.float_precision()`` decodes it.
+    """
+
+    __slots__ = ("child", "dtype", "encoding")
+
+    def __init__(self, child: Tensor, encoding: FixedPoint, dtype: torch.dtype = torch.float32) -> None:
+        if child.dtype != torch.int64:
+            raise FederatedConfigError(f"a FixedPrecisionTensor holds int64 values, got {child.dtype}.")
+        self.child = child
+        self.encoding = encoding
+        self.dtype = dtype
+
+    @classmethod
+    def from_float(cls, x: Tensor, base: int = 10, precision_fractional: int = 3) -> FixedPrecisionTensor:
+        encoding = FixedPoint(base, precision_fractional)
+        dtype = x.dtype if torch.is_floating_point(x) else torch.float32
+        return cls(encoding.encode(x), encoding, dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.child.shape
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.child.size() if dim is None else self.child.size(dim)
+
+    def dim(self) -> int:
+        return self.child.dim()
+
+    def float_precision(self) -> Tensor:
+        """The decoded float tensor."""
+        return self.encoding.decode(self.child, self.dtype)
+
+    float_prec = float_precision
+
+    def share(self, *workers: Any, **kwargs: Any) -> Any:
+        """Secret-share among ``workers``; see :func:`lightning_fed.smpc.share`."""
+        from lightning_fed.smpc.shares import share_encoded  # shares sits below encoding
+
+        return share_encoded(self.child, self.encoding, self.dtype, workers, **kwargs)
+
+    def _check(self, other: FixedPrecisionTensor) -> None:
+        if other.encoding != self.encoding:
+            raise FederatedConfigError(
+                f"fixed-point tensors with different encodings: {self.encoding} and {other.encoding}; "
+                "encode both with the same base and precision_fractional."
+            )
+
+    def __add__(self, other: FixedPrecisionTensor) -> FixedPrecisionTensor:
+        self._check(other)
+        return FixedPrecisionTensor(self.child + other.child, self.encoding, self.dtype)
+
+    def __sub__(self, other: FixedPrecisionTensor) -> FixedPrecisionTensor:
+        self._check(other)
+        return FixedPrecisionTensor(self.child - other.child, self.encoding, self.dtype)
+
+    def __neg__(self) -> FixedPrecisionTensor:
+        return FixedPrecisionTensor(-self.child, self.encoding, self.dtype)
+
+    def __repr__(self) -> str:
+        enc = self.encoding
+        return f"FixedPrecisionTensor({self.child!r}, base={enc.base}, precision_fractional={enc.precision_fractional})"
