@@ -34,7 +34,7 @@ def test_mlp_gradients(workers, three, n_parties):
     p = [v.clone().requires_grad_() for v in (x, w1, b1, w2)]
     F.mse_loss(F.linear(F.relu(F.linear(p[0], p[1], p[2])), p[3]), target).backward()
     for shared, plain in zip([sx, *s], p):
-        assert torch.allclose(_grad(shared), plain.grad, atol=2e-3), (shared.shape, plain.grad)
+        assert torch.allclose(_grad(shared), plain.grad, rtol=1e-2, atol=2e-3), (shared.shape, plain.grad)
 
 
 def test_conv_pool_gradients(workers):

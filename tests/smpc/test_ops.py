@@ -90,7 +90,7 @@ def test_comparisons_and_relu(parties, seed, shape, enc):
     x, y = _values(seed, shape), _values(seed + 1, shape)
     y.view(-1)[0] = x.view(-1)[0]  # one tie
     sx, sy_ = _sh(x, parties, enc), _sh(y, parties, enc)
-    xe, ye = (torch.round(v * enc[0] ** enc[1]) for v in (x, y))  # compare what was encoded
+    xe, ye = (torch.round(v.double() * enc[0] ** enc[1]) for v in (x, y))  # compare what was encoded
     assert torch.equal(_get(sx > sy_), (xe > ye).float())
     assert torch.equal(_get(sx < sy_), (xe < ye).float())
     assert torch.equal(_get(sx >= sy_), (xe >= ye).float())
@@ -104,8 +104,9 @@ def test_comparisons_and_relu(parties, seed, shape, enc):
 def test_argmax_and_max(parties, seed, rows, cols, enc):
     x = _values(seed, (rows, cols))
     sx = _sh(x, parties, enc)
-    assert torch.equal(_get(sx.argmax(dim=1)).long(), x.argmax(dim=1))
-    assert torch.equal(_get(sx.copy().argmax(dim=0)).long(), x.argmax(dim=0))
+    xe = torch.round(x.double() * enc[0] ** enc[1]).long()  # ties after encoding: the first one wins, as in torch
+    assert torch.equal(_get(sx.argmax(dim=1)).long(), xe.argmax(dim=1))
+    assert torch.equal(_get(sx.copy().argmax(dim=0)).long(), xe.argmax(dim=0))
     assert torch.allclose(_get(sx.copy().max(dim=1)), x.max(dim=1).values, atol=_tol(*enc))
     assert torch.allclose(_get(sx.max()), x.max(), atol=_tol(*enc))
 
