@@ -30,8 +30,6 @@ CONFIG = ROOT / "examples" / "configs" / "mnist_two_schools.yaml"
 FAST = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 BIN = Path(sys.executable).parent
 CONSOLE = BIN / "lightning-fed"
-NUMPY_RNG_FIX = "needs the strategy fix for the checkpoint's numpy RNG state (Lightning loads with weights_only=True)"
-COUNT_FIX = "needs the strategy fix for clients_per_round typing (an int count, a separate client_fraction)"
 
 
 def _env() -> dict[str, str]:
@@ -132,7 +130,6 @@ def test_readme_resume_and_test_use_the_trained_checkpoint(readme_run) -> None:
     assert printed == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=NUMPY_RNG_FIX)
 def test_a_checkpoint_file_given_by_path_loads_in_the_cli(readme_run) -> None:
     # LightningCLI reads the hyper-parameters of a `--ckpt_path` file with torch.load(weights_only=True)
     snapshot = readme_run[0]["snapshot"]
@@ -254,7 +251,6 @@ def test_strategy_class_path_with_init_args_in_a_users_cli(mnist_root, tmp_path)
     assert cli.trainer.strategy.local_epochs == 2
 
 
-@pytest.mark.xfail(strict=True, reason=COUNT_FIX)
 @pytest.mark.parametrize("count", ["1", "5"])
 def test_clients_per_round_from_the_command_line_stays_an_int_count(mnist_root, tmp_path, count):
     from lightning.pytorch.cli import LightningCLI

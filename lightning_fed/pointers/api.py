@@ -22,29 +22,10 @@ from torch import nn
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.pointers.module import get_module, send_module
 from lightning_fed.pointers.pointer_tensor import PointerTensor, _metadata, check_worker
+from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
-from lightning_fed.workers.messages import ObjectMessage
-from lightning_fed.workers.store import new_object_id
 
 T = TypeVar("T")
-
-
-def send_tensor(tensor: torch.Tensor, worker: BaseWorker) -> PointerTensor:
-    """Give ``worker`` its own copy of ``tensor`` (values, ``requires_grad`` and ``.grad``); return a pointer."""
-    check_worker(worker)
-    with torch.no_grad():
-        copy = tensor.detach().clone()
-        if tensor.grad is not None:
-            copy.grad = tensor.grad.detach().clone()
-    if tensor.requires_grad:
-        copy.requires_grad_(True)
-    metadata = _metadata(tensor)  # tags and description travel with the tensor, for the worker's search()
-    copy.__dict__.update(metadata)
-    obj_id = new_object_id()
-    me._send(ObjectMessage(obj_id, copy), worker)
-    ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
-    ptr.__dict__.update(metadata)
-    return ptr
 
 
 def copy_tensor(tensor: torch.Tensor) -> torch.Tensor:

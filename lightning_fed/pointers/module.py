@@ -33,6 +33,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import PointerError
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
+from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
 from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
@@ -194,9 +195,7 @@ def _state_follows_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
                     if value.location is not target:
                         entries[key] = value.get() if target is None else value.move(target)
                 elif target is not None and isinstance(value, torch.Tensor) and _travels(key, value, param):
-                    from lightning_fed.pointers.api import send
-
-                    entries[key] = send(value, target)
+                    entries[key] = send_tensor(value, target)
 
 
 def get_optimizer_state(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

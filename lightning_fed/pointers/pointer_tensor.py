@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from lightning_fed.exceptions import NotAWorkerError, PointerError
-from lightning_fed.workers.base import BaseWorker, me
+from lightning_fed.workers.base import BaseWorker, me, register_search
 from lightning_fed.workers.commands import command_name, refusal_reason
 from lightning_fed.workers.messages import (
     CommandMessage,
@@ -399,3 +399,6 @@ def search_pointers(worker: BaseWorker, query: tuple[str, ...], owner: BaseWorke
         ptr.tags, ptr.description = set(result.tags), result.description
         found.append(ptr)
     return found
+
+
+register_search(search_pointers)  # BaseWorker.search answers with these pointers

@@ -74,6 +74,16 @@ def _resolve(obj: Any, objects: dict[int, Any], worker_id: Hashable, inputs: dic
     return obj
 
 
+# the pointer layer sits above the workers: it registers how search results become pointers (register_search)
+_search_pointers: Callable[..., list[Any]] | None = None
+
+
+def register_search(make_pointers: Callable[..., list[Any]]) -> None:
+    """``make_pointers(worker, query)`` makes what :meth:`BaseWorker.search` returns (set by the pointer layer)."""
+    global _search_pointers
+    _search_pointers = make_pointers
+
+
 class BaseWorker:
     """A party that holds objects and answers messages. Subclasses provide the transport (:meth:`_send`).
 
@@ -214,8 +224,8 @@ class BaseWorker:
         A search pointer does not free the tensor when dropped (the worker still holds it for whoever put it
         there); its ``.get()`` takes the tensor as any pointer's does.
         """
-        from lightning_fed.pointers.pointer_tensor import search_pointers  # the pointers sit above the workers
-
+        if _search_pointers is None:
+            raise WorkerError("search() returns pointers: import lightning_fed (its pointers register themselves).")
         items: list[str | int] = []
         for item in query:
             items.extend(item if isinstance(item, (list, tuple)) else [item])
@@ -225,7 +235,7 @@ class BaseWorker:
                     f"search query item {item!r} ({type(item).__name__}) is not valid: pass tags, words of a "
                     "description, or object ids, e.g. bob.search('#radio', '#hospital1')."
                 )
-        return search_pointers(self, tuple(str(item) for item in items))
+        return _search_pointers(self, tuple(str(item) for item in items))
 
     # -- handlers -------------------------------------------------------------------------------------------------
     def _handle_object(self, message: ObjectMessage) -> None:
