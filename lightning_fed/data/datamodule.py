@@ -250,6 +250,7 @@ class FederatedDataModule(LightningDataModule):
                 "stateful LSTM, a batch-sized hidden state) needs, since a worker's last batch is otherwise short."
             )
         collate_fn = loader.collate_fn if loader.batch_sampler is not None else default_collate  # not default_convert
+        self.batch_size = batch_size  # read again by train_dataloader(): Lightning's batch-size tuner changes it
         self._loader_args = {"batch_size": batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
                              "collate_fn": collate_fn, "seed": self.seed, "order": self.order}  # fmt: skip
         speed = [f"num_workers={loader.num_workers}"] if loader.num_workers else []
@@ -322,7 +323,7 @@ class FederatedDataModule(LightningDataModule):
         if self._federated is None:
             self.setup("fit")
         assert self._federated is not None
-        return FederatedDataLoader(self._federated, **self._loader_args)
+        return FederatedDataLoader(self._federated, **{**self._loader_args, "batch_size": self.batch_size})
 
     @classmethod
     @override

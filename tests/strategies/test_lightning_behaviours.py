@@ -19,7 +19,7 @@ from lightning.pytorch.tuner import Tuner
 from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_fed import FederatedStrategy
+from lightning_fed import FederatedDataModule, FederatedStrategy
 from lightning_fed._compat import lightning as compat
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.privacy.dp import DPConfig, PrivacyMonitor
@@ -252,3 +252,29 @@ def test_checkpoints_load_with_weights_only(tmp_path, kwargs):
     tr.save_checkpoint(tmp_path / "run.ckpt")
     checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=True)  # tensors, numbers and strings only
     assert checkpoint["federated"]["round_index"] == (0 if kwargs.get("mode") == "follow" else 1)
+
+
+class _SeesBatches(BoringClassifier):
+    def __init__(self) -> None:
+        super().__init__(num_classes=3)
+        self.sizes: set[int] = set()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.sizes.add(len(batch[1]))
+        return super().training_step(batch, batch_idx)
+
+
+def test_scale_batch_size_rereads_the_batch_size_when_the_loader_is_rebuilt():
+    data = FederatedDataModule.from_datasets(tiny_dataset(96), tiny_dataset(16), workers=2, batch_size=2, seed=0)
+    model = _SeesBatches()
+    new_size = Tuner(trainer(max_epochs=1, strategy=FederatedStrategy())).scale_batch_size(
+        model, datamodule=data, mode="power", steps_per_trial=1, max_trials=3
+    )
+    assert new_size > 2 and data.batch_size == new_size
+    assert new_size in model.sizes  # the trials trained in the sizes they tried
+    # a fit after the search trains every worker in batches of the size found
+    model.sizes.clear()
+    fit = trainer(max_epochs=1, strategy=FederatedStrategy())
+    fit.fit(model, datamodule=data)
+    assert model.sizes == {new_size} and fit.strategy.backend.loader.batch_size == new_size
+    assert all(row["steps"] > 0 for row in fit.strategy.worker_summary().values())
