@@ -54,8 +54,8 @@ def test_cross_entropy_value_and_gradient(workers, reduction, targets):
 
 def test_training_with_cross_entropy_follows_plain_sgd(workers):
     bob, alice, james = workers
-    plain = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
-    shared = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    # softmax regression: no ReLU, whose derivative may flip for a pre-activation within fixed-point error of 0
+    plain, shared = nn.Linear(8, 4), nn.Linear(8, 4)
     shared.load_state_dict(plain.state_dict())
     share_module(fix_precision_module(shared, **ENC), bob, alice, crypto_provider=james, requires_grad=True)
     opt_p, opt_s = torch.optim.SGD(plain.parameters(), lr=0.5), torch.optim.SGD(shared.parameters(), lr=0.5)
@@ -68,7 +68,7 @@ def test_training_with_cross_entropy_follows_plain_sgd(workers):
         F.cross_entropy(shared(_sh(x, workers)), _sh(F.one_hot(y, 4).float(), workers)).backward()
         opt_s.step()
     for a, b in zip(plain.parameters(), shared.parameters()):
-        assert torch.allclose(a, _get(b.copy()), atol=1e-2)
+        assert torch.allclose(a, _get(b.copy()), atol=2e-3)
 
 
 def test_approximation_errors(workers):
