@@ -14,7 +14,7 @@ Example:
     tensor([1., 0.])
 """
 
-from lightning_fed.smpc import functional  # registers the secure implementations
+from lightning_fed.smpc import approximations, functional  # register the secure implementations
 from lightning_fed.smpc.encoding import INTEGER, FixedPoint, FixedPrecisionTensor
 from lightning_fed.smpc.shares import AdditiveSharingTensor, UnsupportedOperationError, share
 
@@ -24,6 +24,7 @@ __all__ = [
     "FixedPoint",
     "FixedPrecisionTensor",
     "UnsupportedOperationError",
+    "approximations",
     "functional",
     "share",
 ]
