@@ -14,7 +14,7 @@ Example:
     tensor([1., 0.])
 """
 
-from lightning_fed.smpc import approximations, functional  # register the secure implementations
+from lightning_fed.smpc import approximations, comparisons, convolution, functional  # register the secure ops
 from lightning_fed.smpc.encoding import INTEGER, FixedPoint, FixedPrecisionTensor
 from lightning_fed.smpc.shares import AdditiveSharingTensor, UnsupportedOperationError, share
 
@@ -25,6 +25,8 @@ __all__ = [
     "FixedPrecisionTensor",
     "UnsupportedOperationError",
     "approximations",
+    "comparisons",
+    "convolution",
     "functional",
     "share",
 ]

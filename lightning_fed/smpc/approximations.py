@@ -36,6 +36,7 @@ from torch import Tensor
 
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.smpc import autograd
+from lightning_fed.smpc import comparisons as cmp
 from lightning_fed.smpc import functional as fn
 from lightning_fed.smpc.shares import HANDLERS, AdditiveSharingTensor, UnsupportedOperationError
 
@@ -48,7 +49,7 @@ def exp(x: AST) -> AST:
     _no_grad(x, "exp")
     with torch.no_grad():
         floor = -float(2**EXP_ITERATIONS)
-        x = fn.add(fn.relu(fn.sub(x, floor)), floor)  # max(x, -2^n)
+        x = fn.add(cmp.relu(fn.sub(x, floor)), floor)  # max(x, -2^n)
         y = fn.add(fn.div(x, 2**EXP_ITERATIONS), 1.0)
         for _ in range(EXP_ITERATIONS):
             y = fn.mul(y, y)
@@ -91,7 +92,7 @@ def _no_grad(x: AST, name: str) -> None:
 def _shifted(x: AST, dim: int) -> tuple[AST, AST]:
     """``x - max(x, dim)`` and ``sum(exp(x - max), dim)`` (keepdim)."""
     with torch.no_grad():
-        top = fn.unsqueeze(fn.max_(x.detach(), dim), dim)
+        top = fn.unsqueeze(cmp.max_(x.detach(), dim), dim)
         shifted = fn.sub(x.detach(), fn.expand(top, x.shape))
         return shifted, fn.sum_(exp(shifted), dim, keepdim=True)
 

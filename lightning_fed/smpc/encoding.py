@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,16 @@ INTEGER = FixedPoint(10, 0)
 """The encoding of integer tensors shared without ``fix_precision()`` (scale 1)."""
 
 
+# sharing sits above the encoding: it registers itself here (register_sharing) when lightning_fed.smpc is imported
+_share_encoded: Callable[..., Any] | None = None
+
+
+def register_sharing(share_encoded: Callable[..., Any]) -> None:
+    """``share_encoded(values, encoding, dtype, workers, **kwargs)``: what :meth:`FixedPrecisionTensor.share` does."""
+    global _share_encoded
+    _share_encoded = share_encoded
+
+
 class FixedPrecisionTensor:
     """A local tensor in fixed point: int64 ``child`` and its :class:`FixedPoint` encoding (PySyft's name).
 
@@ -127,9 +138,9 @@ class FixedPrecisionTensor:
 
     def share(self, *workers: Any, **kwargs: Any) -> Any:
         """Secret-share among ``workers``; see :func:`lightning_fed.smpc.share`."""
-        from lightning_fed.smpc.shares import share_encoded  # shares sits below encoding
-
-        return share_encoded(self.child, self.encoding, self.dtype, workers, **kwargs)
+        if _share_encoded is None:
+            raise FederatedConfigError("sharing needs lightning_fed.smpc imported (it registers the protocol).")
+        return _share_encoded(self.child, self.encoding, self.dtype, workers, **kwargs)
 
     def _check(self, other: FixedPrecisionTensor) -> None:
         if other.encoding != self.encoding:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.smpc import autograd
-from lightning_fed.smpc.encoding import INTEGER, FixedPoint, FixedPrecisionTensor
+from lightning_fed.smpc.encoding import INTEGER, FixedPoint, FixedPrecisionTensor, register_sharing
 from lightning_fed.smpc.parties import Parties, Shares
 from lightning_fed.workers.base import BaseWorker
 
@@ -41,6 +41,8 @@ runs CrypTen's arithmetic-to-binary conversion (:mod:`lightning_fed.smpc.protoco
 
 HANDLERS: dict[Any, Callable[..., Any]] = {}
 """torch function -> secure implementation; filled by :mod:`lightning_fed.smpc.functional`."""
+SECURE: dict[str, Callable[..., Any]] = {}
+"""The secure ``ones_like``, ``public_as_shared`` and ``add`` that ``backward`` needs; filled by the same module."""
 
 
 class UnsupportedOperationError(FederatedConfigError, NotImplementedError):
@@ -199,8 +201,7 @@ class AdditiveSharingTensor(Tensor):
 
     def backward(self, gradient: Any = None, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Compute the gradients of this (scalar, unless ``gradient`` is given) value with respect to the leaves."""
-        from lightning_fed.smpc import functional as fn  # functional sits below shares
-
+        fn = SECURE  # the secure functions sit above this class: they fill SECURE when imported
         if not self._smpc_requires_grad:
             raise FederatedConfigError(
                 "backward() on a shared tensor that does not require grad: share the model or data with "
@@ -212,10 +213,10 @@ class AdditiveSharingTensor(Tensor):
                     f"backward() without a gradient needs a scalar, got shape {tuple(self.shape)}: "
                     "reduce it with .sum() first or pass gradient=."
                 )
-            gradient = fn.ones_like(self)
+            gradient = fn["ones_like"](self)
         elif not isinstance(gradient, AdditiveSharingTensor):
-            gradient = fn.public_as_shared(self, gradient)
-        autograd.backward(self, gradient, fn.add)
+            gradient = fn["public_as_shared"](self, gradient)
+        autograd.backward(self, gradient, fn["add"])
 
     def detach(self) -> AdditiveSharingTensor:  # type: ignore[override]
         return self._like(self.shares)
@@ -333,3 +334,6 @@ def share(x: Tensor | FixedPrecisionTensor, *workers: BaseWorker, crypto_provide
     return share_encoded(x.detach().to(torch.int64), INTEGER, x.dtype if x.dtype != torch.bool else torch.int64,
                          workers, crypto_provider=crypto_provider, protocol=protocol,
                          requires_grad=requires_grad, **kwargs)  # fmt: skip
+
+
+register_sharing(share_encoded)  # FixedPrecisionTensor.share

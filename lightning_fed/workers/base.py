@@ -143,6 +143,10 @@ class BaseWorker:
     def _objects(self) -> dict[int, Any]:  # the seed tutorial prints `worker._objects`
         return self._store.objects
 
+    @property
+    def _tensors(self) -> dict[int, Any]:  # PySyft's Part 09 prints `bob._tensors` (its later name for the store)
+        return self._store.objects
+
     def clear_objects(self) -> None:
         """Forget every object this worker holds."""
         self._store.clear()

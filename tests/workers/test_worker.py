@@ -298,3 +298,13 @@ def test_worker_errors_inside_a_plan_pass_through_unwrapped(alice: VirtualWorker
     alice.install_plan("inner", inner)
     with pytest.raises(WorkerError, match=r"^worker 'alice' inner failure$"):
         me._send(PlanMessage("inner", ()), alice)
+
+
+def test_a_workers_store_is_shown_under_pysyfts_names():
+    import torch
+
+    import lightning_fed as sy
+
+    bob = sy.VirtualWorker(id="bob-tensors")
+    ptr = sy.send(torch.tensor([1.0, 2.0]), bob)
+    assert list(bob._tensors) == list(bob._objects) == [ptr.id_at_location]  # Part 09 prints bob._tensors
