@@ -3,14 +3,17 @@ PySyft's Part 12 bis network (784-128-64-10, MSE on one-hot labels, or ``--loss 
 secret-shared.
 
 Two share holders and a crypto provider (VirtualWorkers in this process), additive shares in Z_(2^64), fixed point
-``base**precision_fractional``. (a) trains the CNN in plain float first (conv 1->20 5x5, max-pool 2, conv 20->50 5x5,
-max-pool 2, FC 800->500, FC 500->10, ReLU), then classifies a random subset of the test images with both the plain and
-the shared model and reports both accuracies, the time per image and the time per layer. (b) trains from the same
+``base**precision_fractional``. (a) trains a CNN in plain float first (``--cnn seed``, the default: the seed
+tutorial's, conv 1->32 3x3, conv 32->64 3x3, max-pool 2, FC 9216->128, FC 128->10, ReLU; ``--cnn pysyft``: PySyft's
+conv 1->20 5x5, max-pool 2, conv 20->50 5x5, max-pool 2, FC 800->500, FC 500->10), then classifies a random subset of
+the test images with both the plain and the shared model and reports both accuracies, the time per image and the
+time per layer. (b) trains from the same
 initialisation in plain float and shared, reports the seconds per batch (forward, backward, SGD step on shares;
 sharing the batch is the data owner's preprocessing, timed apart) and the test accuracy of the shared model, computed
 on shares (argmax, eq, sum; only the count is reconstructed).
 
     python benchmarks/smpc.py                       # both parts, real MNIST from /work/shared/data/MNIST/raw
+    python benchmarks/smpc.py --part infer --cnn pysyft
     python benchmarks/smpc.py --part train --train-images 60000 --epochs 1
     python benchmarks/smpc.py --smoke               # tiny synthetic data, seconds
 """
@@ -95,6 +98,30 @@ class CNN(nn.Module):
         return x
 
 
+class SeedNet(nn.Module):
+    """The seed tutorial's CNN (:class:`lightning_fed.models.SeedCNN`): conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU,
+    max-pool 2, FC 9216->128, ReLU, FC 128->10 (its log-softmax keeps the argmax, so inference stops before it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.fc1 = nn.Linear(64 * 12 * 12, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def steps(self) -> list[tuple[str, Any]]:
+        return [
+            ("conv1", self.conv1), ("relu1", F.relu), ("conv2", self.conv2), ("relu2", F.relu),
+            ("pool", lambda x: F.max_pool2d(x, 2)), ("flatten", lambda x: x.reshape(-1, 64 * 12 * 12)),
+            ("fc1", self.fc1), ("relu3", F.relu), ("fc2", self.fc2),
+        ]  # fmt: skip
+
+    forward = CNN.forward
+
+
+CNNS = {"seed": SeedNet, "pysyft": CNN}
+
+
 class Net(nn.Module):
     """PySyft's Part 12 bis network: 784-128-64-10 with ReLU."""
 
@@ -155,7 +182,7 @@ def _workers() -> tuple[Any, Any, Any]:
 def inference(args: argparse.Namespace, data: tuple) -> dict[str, Any]:
     xtr, ytr, xte, yte = data
     torch.manual_seed(args.seed)
-    model = CNN()
+    model = CNNS[args.cnn]()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = time.perf_counter()
     for _ in range(args.cnn_epochs):
@@ -191,6 +218,7 @@ def inference(args: argparse.Namespace, data: tuple) -> dict[str, Any]:
     shared_pred = torch.cat(preds)
     n = len(x)
     return {
+        "cnn": args.cnn,
         "images": n,
         "plain_train_s": train_s,
         "plain_acc": float((plain_pred == y).float().mean()),
@@ -281,6 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precision", type=int, default=16, help="precision_fractional (digits in --base)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cnn",
+        choices=sorted(CNNS),
+        default="seed",
+        help="seed: the seed tutorial's CNN (32/64 3x3, FC 128); pysyft: PySyft's 20/50 5x5, FC 500",
+    )
     parser.add_argument("--cnn-epochs", type=int, default=1)
     parser.add_argument("--infer-images", type=int, default=1000)
     parser.add_argument("--infer-batch", type=int, default=100)
