@@ -9,5 +9,6 @@ def test_smpc_benchmark_smoke():
     record = run_smoke("smpc.py")
     assert record["benchmark"] == "smpc"
     inference, training = record["inference"], record["training"]
-    assert inference["images"] == 16 and set(inference["s_per_image_by_layer"]) >= {"conv1", "relu1", "pool1", "fc2"}
+    assert inference["cnn"] == "seed" and inference["images"] == 16
+    assert set(inference["s_per_image_by_layer"]) >= {"conv1", "relu1", "conv2", "relu2", "pool", "fc1", "fc2"}
     assert training["batches"] == 2 and 0.0 <= training["shared_test_acc"] <= 1.0
