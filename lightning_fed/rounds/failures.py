@@ -40,6 +40,10 @@ _DROPOUT_STREAM = 0xD0C  # keeps dropout draws independent of client sampling an
 _POLICIES = ("drop", "partial")
 
 
+class NonFiniteUpdateError(LightningFedError, RuntimeError):
+    """A worker's model is not finite (NaN or inf) at the end of its local training: its update never leaves it."""
+
+
 class RoundFailedError(LightningFedError, RuntimeError):
     """Too few workers delivered an update for the round to be aggregated (fewer than ``min_clients``).
 

@@ -38,7 +38,7 @@ from torch.optim import Optimizer
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.functional import model_delta
 from lightning_fed.rounds.byzantine import ByzantineWorkers
-from lightning_fed.rounds.failures import ClientFailures
+from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.stats import WorkerLosses, WorkerStats
 from lightning_fed.rounds.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
@@ -87,6 +87,7 @@ class Rounds:
         self._attributes: dict[tuple[int, str], Any] = {}
         self.sync: Callable[[Rounds], None] | None = None  # combines the round across processes
         self.seed = 0  # the federation's seed: drives dropouts
+        self.tolerate_failures = False  # a failing worker (an error, a non-finite model) sits the round out
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def attach(self, tensors: Sequence[Tensor], num_params: int, module: nn.Module | None = None) -> None:
@@ -147,7 +148,19 @@ class Rounds:
     ) -> None:
         """``worker``'s update, computed at the worker through the aggregator's worker-side hooks (masked there under
         secure aggregation), into the round's sum; or the aggregator is told it dropped (failed, dropped out, or
-        late under ``straggler_policy="drop"``)."""
+        late under ``straggler_policy="drop"``). A worker whose model is not finite (NaN or inf) sends nothing: with
+        ``tolerate_failures`` it is that round's failure, otherwise :class:`NonFiniteUpdateError` names it."""
+        local = [t.detach() for t in self.tensors] if tensors is None else tensors
+        if not all(bool(torch.isfinite(t).all()) for t in local if t.is_floating_point()):
+            error = NonFiniteUpdateError(
+                f"worker {worker.id!r}'s model is not finite (NaN or inf) at the end of its local training in round "
+                f"{self.plan.round_index if self.plan is not None else '?'}: its update is kept from the aggregation. "
+                "Lower the learning rate, clip gradients (Trainer(gradient_clip_val=...)) or check that worker's "
+                "data; FederatedStrategy(tolerate_failures=True) leaves such a worker out of the round instead."
+            )
+            if not self.tolerate_failures:
+                raise error
+            self.failures.record_failure(worker.id, error)
         if not self.failures.finish(worker.id):
             drop = getattr(self.aggregator, "drop", None)
             if callable(drop):
@@ -155,7 +168,6 @@ class Rounds:
             return
         with worker.session():
             with torch.no_grad():
-                local = [t.detach() for t in self.tensors] if tensors is None else tensors
                 update = model_delta(local, self.global_)
                 num_steps = self.local_steps if steps is None else steps
                 update = self.aggregator.worker_update(worker.id, update, num_steps, lr)

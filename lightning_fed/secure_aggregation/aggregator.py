@@ -169,6 +169,12 @@ class SecureAggregator(AggregatorWrapper):
         client = protocol.client(worker_id)
         # the worker's part: weight * update, clipped and quantized with its own rounding, masked with its secrets
         x = self._flatten(update) * float(weight)
+        if not bool(torch.isfinite(x).all()):  # NaN would quantize to the ring's most negative value, silently
+            raise LightningFedError(
+                f"worker {worker_id!r}'s update (times its weight {weight}) is not finite (NaN or inf): secure "
+                "aggregation cannot quantize it. Leave the worker out of the round (drop(worker_id)) or fix its "
+                "training."
+            )
         self._clipped += count_clipped(x, self.config.clip)
         cfg = self.config
         q = quantize(x, clip=cfg.clip, fractional_bits=cfg.fractional_bits, bits=cfg.bits, rounding=cfg.rounding,

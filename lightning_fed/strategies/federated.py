@@ -131,7 +131,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             build_aggregator(aggregation, secure_aggregation, privacy, self.mode), failures, byzantine,
             reset_optimizer_state,
         )  # fmt: skip
-        self.tolerate_failures = tolerate_failures
+        self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
         self.vectorize = vectorize
         self.local_epochs = local_epochs if local_epochs is not None else 1
         self.local_steps = local_steps

@@ -290,3 +290,11 @@ def test_complex_and_integer_tensors_round_trip() -> None:
     new = agg.finalize(glob)  # FedAvg: the mean update, complex kept, the integer buffer rounded
     assert new[0].dtype == torch.complex64 and torch.allclose(new[0], torch.tensor([2 + 1j, 0j], dtype=torch.complex64))
     assert new[1].dtype == torch.int64 and new[1].item() == 6
+
+
+def test_a_non_finite_update_is_refused_before_quantization():
+    agg = SecureAggregator(FedAvg())
+    agg.setup(["a", "b"])
+    agg.begin_round([torch.zeros(3)])
+    with pytest.raises(LightningFedError, match=r"worker 'a'.*not finite \(NaN or inf\).*cannot quantize"):
+        agg.accumulate([torch.tensor([1.0, float("nan"), 0.0])], weight=2, worker_id="a")

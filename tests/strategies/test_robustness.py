@@ -256,3 +256,36 @@ def test_by_default_a_worker_error_stops_the_run_naming_the_worker():
     fed = FedDM(tiny_dataset(48), num_workers=4, batch_size=4, seed=0, partition="quantity_skew")
     with pytest.raises(WorkerError, match=f"worker 'w2' failed to run plan.*RuntimeError: {BOOM}"):
         trainer(max_epochs=1, strategy=FederatedStrategy()).fit(_model(worker="w2", at=2), datamodule=fed)
+
+
+class _Diverges(BoringClassifier):
+    """Worker ``worker``'s loss turns NaN at its first batch of round ``at``: its model becomes NaN."""
+
+    def __init__(self, worker: str, at: int = 0) -> None:
+        super().__init__(num_classes=3)
+        self.worker, self.at = worker, at
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if current_worker().id == self.worker and self.current_epoch == self.at:
+            loss = loss * float("nan")
+        return loss
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_non_finite_update_is_left_out_under_tolerate_failures(secure):
+    fed = FedDM(tiny_dataset(48), num_workers=3, batch_size=8, seed=0)
+    strategy = FederatedStrategy(tolerate_failures=True, secure_aggregation=secure)
+    model = _Diverges("w1")
+    with pytest.warns(UserWarning, match=r"worker 'w1' failed .*NonFiniteUpdateError.*not finite"):
+        trainer(max_epochs=2, strategy=strategy).fit(model, datamodule=fed)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())  # the NaN never reached the global model
+    assert strategy.round_index == 2 and strategy.worker_summary()["w1"]["failed"] == 1
+
+
+def test_a_non_finite_update_stops_the_run_naming_the_worker_and_the_round():
+    from lightning_fed.rounds import NonFiniteUpdateError
+
+    fed = FedDM(tiny_dataset(48), num_workers=3, batch_size=8, seed=0)
+    with pytest.raises(NonFiniteUpdateError, match=r"worker 'w2'.*not finite \(NaN or inf\).*round 1.*tolerate_fail"):
+        trainer(max_epochs=2, strategy=FederatedStrategy()).fit(_Diverges("w2", at=1), datamodule=fed)
