@@ -44,6 +44,18 @@ class PrivacyMonitor(pl.Callback):
         self.history: list[dict[str, float]] = []
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Never start a round that would pass ``target_epsilon``: with such a budget, training does not begin."""
+        dp = find_dp(getattr(trainer.strategy, "aggregator", None))
+        if dp is not None and isinstance(dp, DPAggregator) and dp.should_stop:
+            rank_zero_info(
+                f"PrivacyMonitor: not starting a round: the next one would pass target_epsilon="
+                f"{dp.config.target_epsilon} (delta={dp.config.delta}); epsilon spent so far: {dp.epsilon():.4f}. "
+                "Raise target_epsilon or noise_multiplier, or sample fewer clients per round."
+            )
+            trainer.should_stop = True
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dp = find_dp(getattr(trainer.strategy, "aggregator", None))
         if dp is None:

@@ -54,6 +54,17 @@ def test_target_epsilon_stops_training():
     assert dp.epsilon() <= 4.0 < dp.accountant.epsilon_after(1e-5, noise_multiplier=1.0, sample_rate=0.5)
 
 
+def test_a_budget_the_first_round_would_pass_is_never_spent():
+    model, data, strategy = client_setup(noise_multiplier=0.05, clip_norm=1.0, target_epsilon=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    t = trainer(max_epochs=3, strategy=strategy, callbacks=[PrivacyMonitor(log=False)])
+    t.fit(model, datamodule=data)
+    dp = strategy.aggregator
+    assert dp.rounds == 0 and strategy.round_index == 0 and dp.epsilon() == 0.0  # the budget is intact
+    assert dp.accountant.epsilon_after(1e-5, noise_multiplier=0.05, sample_rate=0.5) > 0.01
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no worker trained
+
+
 def test_resume_from_checkpoint_continues_the_same_epsilon_and_model(tmp_path):
     cfg = {"adaptive_clipping": True, "clipped_count_stddev": 1.0, "noise_multiplier": 0.8}
     model, data, strategy = client_setup(**cfg)
