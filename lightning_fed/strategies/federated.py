@@ -331,7 +331,7 @@ class FederatedStrategy(FederatedParallelStrategy):
     @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         kwargs = {} if weights_only is None else {"weights_only": weights_only}  # Lightning < 2.6 has no such argument
-        checkpoint = super().load_checkpoint(checkpoint_path, **kwargs)
+        checkpoint = glue.read_checkpoint(super().load_checkpoint, checkpoint_path, kwargs)
         self._restored = checkpoint.get(glue.CHECKPOINT_KEY)
         if self.lightning_module is not None and self.lightning_module.trainer.state.fn == "fit":
             glue.check_resumable(self._restored)  # a checkpoint from the middle of a round: refused, with the fix

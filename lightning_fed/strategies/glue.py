@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -117,6 +119,20 @@ def federated_state(strategy: FederatedStrategy) -> dict[str, Any]:
         "round's end, e.g. ModelCheckpoint(every_n_epochs=1) or save_last at an epoch's end)."
     )
     return state
+
+
+def read_checkpoint(load: Callable[..., dict[str, Any]], path: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``load(path, **kwargs)``, with an error that names the file and the fix when it is not a readable checkpoint."""
+    try:
+        return load(path, **kwargs)
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise FederatedConfigError(
+            f"`ckpt_path={str(path)!r}` cannot be read as a checkpoint ({type(err).__name__}: {err}): the file is "
+            "truncated (a save that was interrupted) or not a checkpoint. Resume from another one, such as the "
+            "previous round's, or start without ckpt_path."
+        ) from err
 
 
 def resume_open_round(backend: Backend, state: dict[str, Any] | None) -> None:

@@ -64,3 +64,16 @@ def test_a_client_fraction_samples_that_share_of_the_workers_each_round():
     strategy = FederatedStrategy(client_fraction=0.5, seed=3)
     trainer(max_epochs=2, strategy=strategy).fit(BoringClassifier(num_classes=3), datamodule=FedDM(tiny_dataset(32), 4))
     assert [len(strategy.round_plan(r).workers) for r in range(2)] == [2, 2]
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file_and_the_fix(tmp_path):
+    fed = FedDM(tiny_dataset(32), 2)
+    first = trainer(max_epochs=1, strategy=FederatedStrategy())
+    first.fit(BoringClassifier(num_classes=3), datamodule=fed)
+    first.save_checkpoint(tmp_path / "full.ckpt")
+    data = (tmp_path / "full.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])  # a save that was interrupted
+    with pytest.raises(FederatedConfigError, match=r"`ckpt_path='.*cut\.ckpt'` cannot be read as a checkpoint .*trunc"):
+        trainer(max_epochs=2, strategy=FederatedStrategy()).fit(
+            BoringClassifier(num_classes=3), datamodule=fed, ckpt_path=tmp_path / "cut.ckpt"
+        )
