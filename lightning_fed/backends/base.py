@@ -72,9 +72,10 @@ class Backend:
         self.loader: FederatedDataLoader | None = None  # the federated train loader
 
     @contextmanager
-    def at_worker(self, batch: Any) -> Iterator[WorkerSession]:
-        """Open the session of the worker that owns ``batch`` (the one way the step runs there)."""
-        refs, worker = worker_of(batch)
+    def at_worker(self, batch: Any, target: tuple[Any, BaseWorker] | None = None) -> Iterator[WorkerSession]:
+        """Open the session of the worker that owns ``batch`` (the one way the step runs there); ``target``: its
+        ``worker_of(batch)``, when already known."""
+        refs, worker = target if target is not None else worker_of(batch)
         session = worker.session(refs, "plan 'training_step'")
         with session:
             self.session = session

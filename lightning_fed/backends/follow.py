@@ -33,6 +33,7 @@ class FollowBackend(Backend):
 
     name = "follow"
     batch: Any = None  # the pointer batch of the current step
+    target: tuple[Any, Any] | None = None  # its (refs, worker)
 
     def process_dataloader(self, loader: FederatedDataLoader) -> Any:
         self.loader = loader
@@ -41,9 +42,9 @@ class FollowBackend(Backend):
         return loader
 
     def batch_start(self, batch: Any) -> Any:
-        _, worker = worker_of(batch)
+        self.target = worker_of(batch)  # read once a step: the session opens from it
         self.batch = batch
-        self.rounds.stats.step(worker.id)
+        self.rounds.stats.step(self.target[1].id)
         return batch
 
     def training_step(self, args: tuple, kwargs: dict) -> Any:
@@ -60,7 +61,7 @@ class FollowBackend(Backend):
         if self.session is not None:  # manual optimization: the user steps inside training_step
             return self.calls.optimizer_step(optimizer, closure, model, **kwargs)
         try:
-            with self.at_worker(self.batch):  # the closure runs training_step and backward at the worker
+            with self.at_worker(self.batch, self.target):  # the closure runs training_step and backward at the worker
                 return self.calls.optimizer_step(optimizer, closure, model, **kwargs)
         finally:
             self.batch = None

@@ -71,6 +71,7 @@ class SequentialBackend(Backend):
         self.dp = find_dp(rounds.aggregator)
         self.planner: RoundPlanner | None = None
         self.batch: Any = None  # the batch of the current step
+        self.target: tuple[Any, Any] | None = None  # its (refs, worker)
         self.skip = False  # the current batch's worker dropped out, failed, is past its deadline or its budget
         self.stepping = False  # inside the worker's optimizer step (the backward that precedes a step)
         self._stash: list[torch.Tensor] | None = None
@@ -164,7 +165,8 @@ class SequentialBackend(Backend):
         rounds = self.rounds
         if not rounds.is_open:
             self.begin_round(self.upcoming_plan())
-        _, worker = worker_of(batch)
+        self.target = worker_of(batch)  # read once a step: the session opens from it
+        worker = self.target[1]
         self.batch = batch
         rounds.steps_done += 1
         if worker is not rounds.active:
@@ -225,7 +227,7 @@ class SequentialBackend(Backend):
             if self.skip:  # Lightning needs its closure run: training_step returns None, no backward, no step
                 out = closure()
             else:
-                with self.at_worker(self.batch):
+                with self.at_worker(self.batch, self.target):
                     self.stepping = True
                     try:
                         out = self.calls.optimizer_step(optimizer, closure, model, **kwargs)

@@ -151,7 +151,8 @@ class Rounds:
         late under ``straggler_policy="drop"``). A worker whose model is not finite (NaN or inf) sends nothing: with
         ``tolerate_failures`` it is that round's failure, otherwise :class:`NonFiniteUpdateError` names it."""
         local = [t.detach() for t in self.tensors] if tensors is None else tensors
-        if not all(bool(torch.isfinite(t).all()) for t in local if t.is_floating_point()):
+        floating = [torch.isfinite(t).all() for t in local if t.is_floating_point()]
+        if floating and not bool(torch.stack(floating).all()):  # one device sync per delivery
             error = NonFiniteUpdateError(
                 f"worker {worker.id!r}'s model is not finite (NaN or inf) at the end of its local training in round "
                 f"{self.plan.round_index if self.plan is not None else '?'}: its update is kept from the aggregation. "
@@ -319,8 +320,16 @@ def _tensor_like(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(v, Tensor) for v in value)
 
 
-def _is_metric(module: nn.Module) -> bool:
-    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(module).__mro__)
+def is_metric(value: Any) -> bool:
+    """Whether ``value`` is a torchmetrics ``Metric`` (without importing torchmetrics)."""
+    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(value).__mro__)
+
+
+def _cloned(value: Any) -> Any:
+    """A tensor, or a tuple/list of tensors, cloned (``None`` as is)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    return value if value is None else type(value)(v.detach().clone() for v in value)
 
 
 def plain_tensor_attributes(module: nn.Module) -> dict[tuple[int, str], Any]:
@@ -328,34 +337,25 @@ def plain_tensor_attributes(module: nn.Module) -> dict[tuple[int, str], Any]:
     LSTM's ``self.hidden``), cloned; torchmetrics metrics are left out (they aggregate across workers on purpose)."""
     out: dict[tuple[int, str], Any] = {}
     for sub in module.modules():
-        if _is_metric(sub):
+        if is_metric(sub):
             continue
         for name, value in vars(sub).items():
             if name.startswith("_") or not (value is None or _tensor_like(value)):
                 continue
-            if isinstance(value, Tensor):
-                value = value.detach().clone()
-            elif value is not None:
-                value = type(value)(v.detach().clone() for v in value)
-            out[(id(sub), name)] = value
+            out[(id(sub), name)] = _cloned(value)
     return out
 
 
 def restore_plain_tensor_attributes(module: nn.Module, saved: dict[tuple[int, str], Any]) -> None:
     """Undo what a worker did to the plain tensor attributes since :func:`plain_tensor_attributes`."""
     for sub in module.modules():
-        if _is_metric(sub):
+        if is_metric(sub):
             continue
         for name, value in list(vars(sub).items()):
             if name.startswith("_") or not _tensor_like(value):
                 continue
             key = (id(sub), name)
             if key in saved:
-                value = saved[key]
-                if isinstance(value, Tensor):
-                    value = value.clone()
-                elif value is not None:
-                    value = type(value)(v.clone() for v in value)
-                setattr(sub, name, value)
+                setattr(sub, name, _cloned(saved[key]))
             else:
                 delattr(sub, name)

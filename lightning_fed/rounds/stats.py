@@ -61,7 +61,7 @@ class WorkerStats:
 
     Example:
         >>> stats = WorkerStats()
-        >>> stats.register("a", samples=10); stats.trained("a", torch.tensor(0.5))
+        >>> stats.register("a", samples=10); stats.step("a"); stats.loss("a", torch.tensor(0.5))
         >>> stats.rows["a"]["steps"], float(stats.rows["a"]["last_loss"])
         (1, 0.5)
     """
@@ -74,12 +74,6 @@ class WorkerStats:
 
     def step(self, worker_id: Hashable) -> None:
         self.rows[worker_id]["steps"] += 1
-
-    def trained(self, worker_id: Hashable, loss: Tensor | float | None) -> None:
-        """One batch trained, with its loss."""
-        row = self.rows[worker_id]
-        row["steps"] += 1
-        row["last_loss"] = loss
 
     def loss(self, worker_id: Hashable, loss: Tensor | float | None) -> None:
         self.rows[worker_id]["last_loss"] = loss

@@ -41,7 +41,6 @@ class VectorizedBackend(SequentialBackend):
 
     name = "vectorized"
     vector: VectorizedWorkers | None = None
-    active: list[bool] = []  # which workers of the current vectorized step train
 
     def setup(self, trainer: Any) -> None:
         module = self.calls.module()
@@ -51,6 +50,7 @@ class VectorizedBackend(SequentialBackend):
             trainer.gradient_clip_algorithm,
         )  # fmt: skip
         self._cohorts: tuple[int, list[Cohort]] | None = None
+        self.active: list[bool] = []  # which workers of the current vectorized step train
 
     # -- the round's steps ----------------------------------------------------------------------------------------
     def cohorts(self, plan: RoundPlan) -> list[Cohort]:

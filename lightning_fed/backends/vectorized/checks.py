@@ -1,9 +1,11 @@
 """What ``vectorize=True`` can train exactly, checked before the first round.
 
 Example:
-    >>> import torch, torchmetrics
-    >>> metric_modules(torch.nn.ModuleDict({"acc": torchmetrics.classification.BinaryAccuracy()}))
-    ['acc']
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> check_vectorizable(BoringClassifier(hidden=4, batch_norm=True), trainer=None, aggregator=None)
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.FederatedConfigError: `vectorize=True` cannot keep per-worker running statistics of ...
 """
 
 from __future__ import annotations
@@ -25,17 +27,6 @@ _HOOKS_NOT_CALLED = (
     "optimizer_step",
     "configure_gradient_clipping",
 )
-
-
-def is_metric(value: Any) -> bool:
-    """Whether ``value`` is a torchmetrics ``Metric`` (without importing torchmetrics)."""
-    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(value).__mro__)
-
-
-def metric_modules(module: nn.Module) -> list[str]:
-    """The names of the torchmetrics metrics among ``module``'s submodules: their states update in place, which
-    ``torch.vmap`` cannot batch, so vectorized workers run their forward passes one after another (loop mode)."""
-    return [name or "<root>" for name, sub in module.named_modules() if is_metric(sub)]
 
 
 # -- what vectorized training supports -------------------------------------------------------------------------------

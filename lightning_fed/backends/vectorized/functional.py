@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_fed.backends.vectorized.checks import is_metric
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.rounds.lifecycle import is_metric
 
 
 class TrainingStepCall(nn.Module):
