@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,10 @@ class DataAccessPolicy:
         release_scalars: 0-dim values computed from private data (losses) may leave. Default ``True``.
         allow: ``allow(request: ReleaseRequest) -> bool``, asked about each request the rules refuse (e.g. the
             worker's operator approving one object); ``None`` refuses them all.
+        release_data: the worker's data and anything computed from it may leave (rule ``"release_data"``, still
+            audited). ``False`` by default; :meth:`open` sets it, an explicit opt-in that logs a warning once.
+        release_shapes: commands whose result *shape* depends on private values (``nonzero``, ``unique``, boolean
+            masks) may run on private data; their shape counts as released (audited under ``"release_shapes"``).
 
     Example:
         >>> import torch, lightning_fed as sy
@@ -88,9 +93,11 @@ class DataAccessPolicy:
     release_model: bool = True
     release_scalars: bool = True
     allow: Callable[[ReleaseRequest], bool] | None = None
+    release_data: bool = False
+    release_shapes: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("release_model", "release_scalars"):
+        for name in ("release_model", "release_scalars", "release_data", "release_shapes"):
             if not isinstance(getattr(self, name), bool):
                 raise FederatedConfigError(
                     f"DataAccessPolicy `{name}={getattr(self, name)!r}` is not valid: pass True or False."
@@ -100,12 +107,28 @@ class DataAccessPolicy:
                 f"DataAccessPolicy `allow={self.allow!r}` is not valid: pass a function ReleaseRequest -> bool or None."
             )
 
+    @classmethod
+    def strict(cls) -> DataAccessPolicy:
+        """The default: data stays; model updates and scalar metrics may leave (audited)."""
+        return cls()
+
+    @classmethod
+    def open(cls) -> DataAccessPolicy:
+        """Everything may leave (audited): for a worker whose data is not private, such as a public benchmark."""
+        return cls(release_data=True, release_shapes=True)
+
+    @property
+    def is_open(self) -> bool:
+        return self.release_data
+
     def decide(self, request: ReleaseRequest) -> tuple[str | None, str]:
         """``(rule, reason)``: the rule that lets ``request`` through, or ``None`` and why it is refused."""
         if request.private and request.kind == "scalar":
             rule, reason = ("release_scalars", "") if self.release_scalars else (None, "release_scalars=False")
         elif request.private:
-            rule, reason = None, "it is private to the worker (its data, or computed from it)"
+            rule, reason = ("release_data", "") if self.release_data else (
+                None, "it is private to the worker (its data, or computed from it)"
+            )  # fmt: skip
         elif request.kind in ("parameter", "update"):
             rule, reason = ("release_model", "") if self.release_model else (None, "release_model=False")
         else:
@@ -117,6 +140,48 @@ class DataAccessPolicy:
     def guard(self, worker_id: Hashable, objects: Mapping[int, Any]) -> WorkerGuard:
         """The per-worker state (labels, audit log) for a worker holding ``objects``; ``BaseWorker`` calls this."""
         return WorkerGuard(self, worker_id, objects)
+
+
+_POLICY_NAMES = ("strict", "open")
+_warned_open = False
+
+
+def resolve_policy(policy: DataAccessPolicy | str, argument: str = "policy") -> DataAccessPolicy:
+    """A :class:`DataAccessPolicy` from ``policy``: a policy, ``"strict"`` (the default) or ``"open"``; an open policy
+    logs a warning, once per process.
+
+    Example:
+        >>> resolve_policy("strict") == DataAccessPolicy()
+        True
+        >>> resolve_policy("none")
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: `policy='none'` is not valid: pass 'strict' (the default: ...
+    """
+    if isinstance(policy, str) and policy in _POLICY_NAMES:
+        policy = DataAccessPolicy.strict() if policy == "strict" else DataAccessPolicy.open()
+    if not isinstance(policy, DataAccessPolicy):
+        raise FederatedConfigError(
+            f"`{argument}={policy!r}` is not valid: pass 'strict' (the default: a worker's data never leaves it; "
+            "model updates and scalar metrics do, audited), 'open' (everything may leave, audited) or a "
+            "lightning_fed.privacy.DataAccessPolicy(...)."
+        )
+    if policy.is_open:
+        warn_open_once()
+    return policy
+
+
+def warn_open_once() -> None:
+    """Warn, once per process, that a worker's data may leave it (an open policy)."""
+    global _warned_open
+    if not _warned_open:
+        _warned_open = True
+        warnings.warn(
+            "a worker has an open data-access policy (release_data=True): its data, and anything computed from it, "
+            "can be taken out with .get(). Use policy='strict' (the default) unless the data is not private.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class WorkerGuard:

@@ -90,8 +90,9 @@ class BaseWorker:
     Args:
         hook: the :class:`~lightning_fed.TorchHook` this worker belongs to, or ``None``. Ids are unique per hook.
         id: the worker's name (a string or an int), as in PySyft's ``VirtualWorker(hook, id="alice")``.
-        policy: a :class:`~lightning_fed.privacy.DataAccessPolicy` guarding what leaves this worker, or ``None``
-            (the default: no checks, no audit, nothing tracked).
+        policy: what may leave this worker: ``"strict"`` (the default: its data never does; model updates and
+            scalar metrics do, audited), ``"open"`` (everything may, audited; warns once) or a
+            :class:`~lightning_fed.privacy.DataAccessPolicy`. Data you send to a worker stays yours (public).
         verbose: print every message this worker receives (its kind and command, never its values); ``None``
             takes the hook's ``verbose``.
     """
@@ -103,7 +104,7 @@ class BaseWorker:
         hook: Any = None,
         id: Hashable | None = None,
         *,
-        policy: DataAccessPolicy | None = None,
+        policy: DataAccessPolicy | str = "strict",
         verbose: bool | None = None,
     ) -> None:
         if id is None:
@@ -127,8 +128,8 @@ class BaseWorker:
         self.verbose = bool(getattr(hook, "verbose", False)) if verbose is None else verbose
         self._store = ObjectStore()
         self._plans: dict[str, Callable[..., Any]] = {}
-        self._guard: Any = None  # a privacy.policy.WorkerGuard when a policy is set; it holds no reference to self
-        if policy is not None:
+        self._guard: Any = None  # a privacy.policy.WorkerGuard; it holds no reference to self
+        if policy is not None or not isinstance(self, LocalWorker):
             self.set_policy(policy)
         if hook is not None:
             hook._register_worker(self)
@@ -154,9 +155,11 @@ class BaseWorker:
             self._guard.forget_all()
 
     # -- data-access policy (lightning_fed.privacy.policy) ---------------------------------------------------------
-    def set_policy(self, policy: DataAccessPolicy | None) -> None:
-        """Guard what leaves this worker with ``policy`` (``None`` removes it); objects held now count as private."""
-        self._guard = None if policy is None else policy.guard(self.id, self._store.objects)
+    def set_policy(self, policy: DataAccessPolicy | str) -> None:
+        """Guard what leaves this worker with ``policy`` (see the class); objects held now count as private."""
+        from lightning_fed.privacy.policy import resolve_policy  # the privacy layer registers nothing here
+
+        self._guard = resolve_policy(policy).guard(self.id, self._store.objects)
 
     @property
     def policy(self) -> DataAccessPolicy | None:
@@ -416,4 +419,4 @@ class LocalWorker(VirtualWorker):
     """The local worker ``me``: the owner of every pointer made in this process."""
 
 
-me = LocalWorker(id="me")
+me = LocalWorker(id="me", policy=None)  # type: ignore[arg-type]  # the local side: nothing to guard
