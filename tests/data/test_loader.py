@@ -44,9 +44,16 @@ def leaves(batch: Any) -> Iterator[Any]:
         yield batch
 
 
+def at_worker(x: PointerTensor, y: PointerTensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A batch as (worker id, data, target), read at its worker: the test owns the simulation, so it looks into the
+    worker's store; ``.get()`` is refused by the default (strict) policy (see test_private_by_default)."""
+    with x.location.session((x, y)) as (data, target):
+        return x.location.id, data.clone(), target.clone()
+
+
 def fetched(loader: FederatedDataLoader) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
-    """Every batch of one pass as (worker id, data, target), fetched with .get() (test-only)."""
-    return [(x.location.id, x.get(), y.get()) for x, y in loader]
+    """Every batch of one pass as (worker id, data, target), read at the worker that holds it (test-only)."""
+    return [at_worker(x, y) for x, y in loader]
 
 
 def sample_ids(batches: list[tuple[Any, torch.Tensor, torch.Tensor]]) -> list[list[int]]:
