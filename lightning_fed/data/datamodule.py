@@ -9,6 +9,11 @@ val/test/predict loaders, ``state_dict``, the batch-transfer hooks, unknown publ
 ``rank_zero_info``, :attr:`~FederatedDataModule.partition_stats`, and a label-by-worker heatmap saved in the
 trainer's log directory (with matplotlib, the ``plot`` extra).
 
+Private by default: the workers hold their shards under the strict data-access policy (their data, batches and
+anything computed from them never leave through ``.get()``; model updates and scalar metrics do, audited in
+``worker.audit_log``), unless ``policy=`` says otherwise (``"open"``: an explicit opt-in for data that is not
+private, which warns once per process).
+
 Example:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
@@ -21,6 +26,10 @@ Example:
     >>> data_ptr, target_ptr = next(iter(dm.train_dataloader()))
     >>> type(data_ptr).__name__, data_ptr.location.id, tuple(data_ptr.shape)
     ('PointerTensor', 'alice', (8, 3))
+    >>> data_ptr.get()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.PermissionDeniedError: worker 'alice' refuses to release object ... (data, shape (8, 3))...
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils.data as tud
@@ -38,18 +47,16 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from typing_extensions import override
 
-from lightning_fed.data.federated import (
-    FederatedDataset,
-    _check_partition_args,
-    dataset_labels,
-    federate,
-    make_workers,
-)
+from lightning_fed.data.checks import check_not_empty, check_policy, float_labels_hint
+from lightning_fed.data.federated import FederatedDataset, _check_partition_args, dataset_labels, federate, make_workers
 from lightning_fed.data.loader import _ORDERS, FederatedDataLoader
 from lightning_fed.data.partition import get_partitioner, is_label_based
 from lightning_fed.data.plot import PartitionStats
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker
+
+if TYPE_CHECKING:
+    from lightning_fed.privacy.policy import DataAccessPolicy
 
 HEATMAP_FILENAME = "partition_heatmap.png"
 # Forwarded only when the inner datamodule defines them, so that Lightning still sees which hooks exist (a missing
@@ -71,7 +78,15 @@ def _inner_train_data(datamodule: LightningDataModule) -> tuple[DataLoader, Data
     name = type(datamodule).__name__
     if not is_overridden("train_dataloader", datamodule):
         raise FederatedConfigError(f"`{name}` has no `train_dataloader()`: FederatedDataModule federates its data.")
-    loader = datamodule.train_dataloader()
+    try:
+        loader = datamodule.train_dataloader()
+    except ValueError as err:  # torch's RandomSampler on an empty dataset: "num_samples should be a positive ..."
+        if "num_samples=0" not in str(err):
+            raise
+        raise FederatedConfigError(
+            f"`{name}.train_dataloader()` failed because its training dataset is empty ({err}): FederatedDataModule "
+            "needs at least one training sample per worker; check where the datamodule loads its data from."
+        ) from err
     dataset = getattr(loader, "dataset", None)
     if not isinstance(loader, DataLoader) or dataset is None:
         raise FederatedConfigError(
@@ -85,6 +100,14 @@ def _inner_train_data(datamodule: LightningDataModule) -> tuple[DataLoader, Data
             "split by index: use a map-style dataset (with __len__ and __getitem__)."
         )
     return loader, dataset
+
+
+def _policy_name(policy: DataAccessPolicy | None) -> str | None:
+    """How the hyper-parameters record ``policy``: ``None`` (the workers' own), ``"strict"``, ``"open"`` or its repr."""
+    if policy is None:
+        return None
+    named = {type(policy).strict(): "strict", type(policy).open(): "open"}
+    return named.get(policy, repr(policy))
 
 
 class FederatedDataModule(LightningDataModule):
@@ -111,6 +134,12 @@ class FederatedDataModule(LightningDataModule):
         power: the ``"quantity_skew"`` power law's exponent.
         partition_args: the arguments of any other (custom) partitioner, as a dict (``--data.partition_args='{beta:
             2}'`` on the command line); from Python they may also be given as keywords (``more_partition_args``).
+        policy: the workers' data-access policy, set on each before its shard arrives: ``"strict"`` (their data
+            never leaves them; model updates and scalar metrics do, audited), ``"open"`` (everything may leave,
+            audited; for data that is not private; warns once per process) or a
+            :class:`~lightning_fed.privacy.DataAccessPolicy`. ``None`` (the default) keeps each worker's own: the
+            strict policy for workers made from a count or ids, whatever you gave a ``VirtualWorker`` you made.
+            Checked here, so a bad value fails before any data moves.
 
     Example:
         >>> import torch
@@ -143,6 +172,7 @@ class FederatedDataModule(LightningDataModule):
         drop_last: bool = False,
         order: str = "sequential",
         partition_args: dict[str, Any] | None = None,
+        policy: DataAccessPolicy | str | None = None,
         **more_partition_args: Any,
     ) -> None:
         if not isinstance(datamodule, LightningDataModule):
@@ -176,6 +206,7 @@ class FederatedDataModule(LightningDataModule):
         self.partition, self.seed, self.batch_size = partition, seed, batch_size
         self.shuffle, self.drop_last, self.order = shuffle, drop_last, order
         self.partition_args: dict[str, Any] = all_partition_args
+        self.policy = check_policy(policy)  # a bad value fails before any worker is made or any data moves
         self.workers = make_workers(workers)
         self.prepare_data_per_node = datamodule.prepare_data_per_node
         self.allow_zero_length_dataloader_with_multiple_devices = (
@@ -186,6 +217,7 @@ class FederatedDataModule(LightningDataModule):
                 setattr(self, hook, getattr(datamodule, hook))
         federated = {"workers": [w.id for w in self.workers], "partition": self.partition_name, "seed": seed}
         federated.update(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, order=order)
+        federated.update(policy=_policy_name(self.policy))
         hparams = {**datamodule.hparams_initial, "federated": {**federated, **self.partition_args}}
         # logged unless the inner datamodule saved its own and asked not to log them
         self.save_hyperparameters(hparams, logger=datamodule._log_hyperparams or not datamodule.hparams_initial)
@@ -266,10 +298,12 @@ class FederatedDataModule(LightningDataModule):
                 f"batches of {batch_size}, its last batch short unless `drop_last=True` (pass "
                 "FederatedDataModule(..., drop_last=True) if the model needs equal batch sizes)."
             )
+        check_not_empty(len(dataset), f"{name}.train_dataloader().dataset")
         labels = self._labels(dataset)
-        self._federated = federate(
-            dataset, self.workers, self.partition, seed=self.seed, labels=labels, **self.partition_args
-        )
+        self._federated = federate(  # sets the policy on each worker before its shard arrives
+            dataset, self.workers, self.partition, seed=self.seed, labels=labels, policy=self.policy,
+            **self.partition_args,
+        )  # fmt: skip
         self._stats = PartitionStats.of(self._federated, self.partition_name, self.seed)
         rank_zero_info(
             f"FederatedDataModule: {len(self._federated)} training samples of {name}, partition "
@@ -297,7 +331,7 @@ class FederatedDataModule(LightningDataModule):
                 f"`partition={self.partition_name!r}` needs the training labels, but {type(self.datamodule).__name__} "
                 f"has no `train_labels` and its train dataset ({type(dataset).__name__}) has no `targets`, `labels` "
                 "or TensorDataset label tensor. Add a `train_labels` property (one int class per sample) to the "
-                "datamodule, or use `partition='iid'`."
+                "datamodule, or use `partition='iid'`." + float_labels_hint(dataset)
             )
         return labels
 
@@ -342,9 +376,12 @@ class FederatedDataModule(LightningDataModule):
         **kwargs: Any,
     ) -> FederatedDataModule:
         """Federate ``train_dataset``; the other datasets are served locally in batches of ``val_batch_size``
-        (default ``batch_size``). ``kwargs`` are the other arguments of :class:`FederatedDataModule`."""
+        (default ``batch_size``). ``kwargs`` are the other arguments of :class:`FederatedDataModule`, ``policy``
+        among them (the workers' data-access policy; ``None``, the default, keeps the strict one)."""
         ok = val_batch_size is None or (_is_int(val_batch_size) and val_batch_size >= 1)
         _check("val_batch_size", val_batch_size, ok, "pass an integer >= 1, or None to use `batch_size`")
+        if hasattr(train_dataset, "__len__"):
+            check_not_empty(len(train_dataset), "train_dataset")
         datasets = (train_dataset, val_dataset, test_dataset, predict_dataset)
         inner = _DatasetsDataModule(*datasets, batch_size=batch_size, eval_batch_size=val_batch_size or batch_size)
         return cls(inner, workers=workers, partition=partition, seed=seed, batch_size=batch_size, **kwargs)

@@ -4,6 +4,13 @@ Each worker is handed a :class:`torch.utils.data.Subset` of the dataset (indices
 transforms run at the worker, when it builds a batch); ``me`` keeps a :class:`DatasetPointer` per worker and the
 partition's statistics, never the data.
 
+Privacy by default: every worker has the strict data-access policy unless its creator chose another
+(``VirtualWorker(id=..., policy=...)``), so its shard, the batches built from it and anything computed from them
+never leave it through ``.get()``; model updates and scalar metrics do (audited in ``worker.audit_log``). ``policy=``
+sets the workers' policy before their shards arrive: ``"strict"``, ``"open"`` (everything may leave, audited; an
+explicit opt-in for data that is not private, which warns once per process) or a
+:class:`~lightning_fed.privacy.DataAccessPolicy`; ``None`` (the default) keeps each worker's own.
+
 Example:
     >>> import torch, lightning_fed as sy
     >>> from torch.utils.data import TensorDataset
@@ -15,6 +22,13 @@ Example:
     (10, {'a': 5, 'b': 5})
     >>> fed["a"].location is a
     True
+    >>> x, y = next(iter(sy.FederatedDataLoader(fed, batch_size=5)))
+    >>> x.get()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.PermissionDeniedError: worker 'a' refuses to release object ... (data, shape (5, 3))...
+    >>> float(((x - x) ** 2).sum().get())  # a scalar computed at the worker may leave (audited)
+    0.0
 """
 
 from __future__ import annotations
@@ -22,18 +36,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from lightning_fed.data.partition import get_partitioner, label_histogram, partition_dataset_indices
+from lightning_fed.data.checks import apply_policy, check_not_empty, check_policy, float_labels_hint
+from lightning_fed.data.partition import get_partitioner, is_label_based, label_histogram, partition_dataset_indices
 from lightning_fed.data.partition.functional import _as_labels
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker, VirtualWorker, me
 from lightning_fed.workers.messages import DatasetMessage, DeleteMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
+
+if TYPE_CHECKING:
+    from lightning_fed.privacy.policy import DataAccessPolicy
 
 
 class DatasetPointer:
@@ -194,6 +212,10 @@ class FederatedDataset:
         workers: the workers, in order.
         partition: one list of dataset indices per worker.
         labels: the dataset's labels (for the label histogram), if known.
+        policy: the workers' data-access policy, set on each before its shard arrives: ``"strict"``, ``"open"`` or
+            a :class:`~lightning_fed.privacy.DataAccessPolicy`; ``None`` (the default) keeps each worker's own
+            (strict unless you chose otherwise). With sent ``BaseDataset`` s the data is already there and counts
+            as private from then on.
 
     Example:
         >>> import torch, lightning_fed as sy
@@ -211,10 +233,12 @@ class FederatedDataset:
         partition: Sequence[Sequence[int]] | None = None,
         *,
         labels: torch.Tensor | None = None,
+        policy: DataAccessPolicy | str | None = None,
     ) -> None:
         self.datasets: dict[Hashable, Any] = {}
+        checked_policy = check_policy(policy)  # before anything is sent
         if workers is None and partition is None and labels is None:
-            self._from_sent_datasets(dataset)
+            self._from_sent_datasets(dataset, checked_policy)
             return
         if workers is None or partition is None:
             raise FederatedConfigError(
@@ -228,6 +252,7 @@ class FederatedDataset:
                 f"`partition` has {len(partition)} index lists for {len(self.workers)} workers: give one per worker."
             )
         self.partition = [list(map(int, part)) for part in partition]
+        apply_policy(self.workers, checked_policy)
         self.shards: dict[Hashable, DatasetPointer] = {}
         for worker, indices in zip(self.workers, self.partition, strict=True):
             obj_id = new_object_id()
@@ -240,7 +265,7 @@ class FederatedDataset:
             self.num_classes = int(labels.max().item()) + 1 if len(labels) else 0
             self.label_histogram = label_histogram(labels, self.partition, self.num_classes)
 
-    def _from_sent_datasets(self, datasets: Any) -> None:
+    def _from_sent_datasets(self, datasets: Any, policy: DataAccessPolicy | None) -> None:
         from lightning_fed.data.base_dataset import BaseDataset  # PySyft's signature: FederatedDataset(datasets)
 
         if isinstance(datasets, (Dataset, str)) or not isinstance(datasets, Sequence) or not datasets:
@@ -257,6 +282,7 @@ class FederatedDataset:
                     "(`BaseDataset(data, targets).send(worker)`), or build it from pointers."
                 )
         self.workers = check_workers([part.location for part in datasets])  # one dataset per worker
+        apply_policy(self.workers, policy)
         self.shards = {}
         self.partition = []
         start = 0
@@ -313,6 +339,7 @@ def federate(
     *,
     seed: int = 0,
     labels: Any = None,
+    policy: DataAccessPolicy | str | None = None,
     **partition_args: Any,
 ) -> FederatedDataset:
     """Split ``dataset`` among ``workers`` with a partitioner (a registry name or a callable); seeded.
@@ -320,8 +347,23 @@ def federate(
     ``dataset.federate(workers)`` calls this through :class:`~lightning_fed.TorchHook`. Label-based partitioners
     (``"dirichlet"``, ``"shards"``) read the labels from ``labels`` when given (one int class per sample), else from
     ``dataset.targets`` (or ``labels``, or a TensorDataset's last tensor); they also fill the label histogram.
+
+    ``policy`` is set on every worker before its shard arrives: ``"strict"``, ``"open"`` (the shards may leave
+    through ``.get()``, audited; warns once per process) or a :class:`~lightning_fed.privacy.DataAccessPolicy`;
+    ``None`` (the default) keeps each worker's own policy, which is the strict one unless you chose otherwise.
+
+    Example:
+        >>> import torch, lightning_fed as sy
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.arange(4.0).reshape(4, 1), torch.tensor([0, 1, 0, 1]))
+        >>> w = sy.VirtualWorker(id="public-benchmark")
+        >>> fed = federate(ds, [w], policy=sy.privacy.DataAccessPolicy.open())  # opt out: the data is public
+        >>> x, y = next(iter(sy.FederatedDataLoader(fed, batch_size=4)))
+        >>> y.get(), [(r.command, r.rule) for r in w.audit_log]
+        (tensor([0, 1, 0, 1]), [('get', 'release_data')])
     """
     checked = check_workers(workers)
+    checked_policy = check_policy(policy)
     try:
         num_samples = len(dataset)  # type: ignore[arg-type]
     except TypeError:
@@ -329,9 +371,13 @@ def federate(
             f"`dataset` of type {type(dataset).__name__} has no __len__: federate() needs a map-style dataset "
             "with a known length (an IterableDataset cannot be partitioned by index)."
         ) from None
+    check_not_empty(num_samples, "dataset")
     _check_partition_args(partition, partition_args)
     labels = dataset_labels(dataset) if labels is None else torch.from_numpy(_as_labels(labels))
+    if labels is None and is_label_based(get_partitioner(partition)) and float_labels_hint(dataset):
+        name = partition if isinstance(partition, str) else getattr(partition, "__name__", repr(partition))
+        raise FederatedConfigError(f"Partitioner {name!r} needs integer labels.{float_labels_hint(dataset)}")
     parts = partition_dataset_indices(
         partition, num_samples=num_samples, num_workers=len(checked), labels=labels, seed=seed, **partition_args
     )
-    return FederatedDataset(dataset, checked, parts, labels=labels)
+    return FederatedDataset(dataset, checked, parts, labels=labels, policy=checked_policy)

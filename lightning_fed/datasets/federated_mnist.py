@@ -1,18 +1,25 @@
 """MNIST split among workers, as one LightningDataModule with flat arguments (handy for LightningCLI).
 
+Private by default: the two schools hold their images under the strict data-access policy (no ``.get()`` of their
+data or batches; model updates and scalar metrics leave, audited); ``policy="open"`` opts out, with a warning.
+
 Example:
     >>> dm = FederatedMNISTDataModule(root="data", partition="dirichlet", alpha=0.3)
-    >>> [w.id for w in dm.workers], dm.partition_args
-    (['westside', 'grapevine'], {'alpha': 0.3})
+    >>> [w.id for w in dm.workers], dm.partition_args, dm.policy, dm.workers[0].policy.release_data
+    (['westside', 'grapevine'], {'alpha': 0.3}, None, False)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lightning_fed.data.datamodule import FederatedDataModule
 from lightning_fed.datasets.mnist import MNISTDataModule
+
+if TYPE_CHECKING:
+    from lightning_fed.privacy.policy import DataAccessPolicy
 
 
 class FederatedMNISTDataModule(FederatedDataModule):
@@ -33,6 +40,9 @@ class FederatedMNISTDataModule(FederatedDataModule):
         download: try torchvision's download when files are missing.
         order: ``"sequential"`` or ``"round_robin"`` batches (for the strategy's ``mode="follow"``).
         drop_last: drop each worker's last short batch.
+        policy: the workers' data-access policy: ``None`` (the default) keeps theirs, the strict one (their images
+            never leave them); ``"open"`` lets them leave (audited; warns once per process); or a
+            :class:`~lightning_fed.privacy.DataAccessPolicy`. On the command line: ``--data.policy open``.
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class FederatedMNISTDataModule(FederatedDataModule):
         download: bool = True,
         order: str = "sequential",
         drop_last: bool = False,
+        policy: DataAccessPolicy | str | None = None,
     ) -> None:
         mnist = MNISTDataModule(root, batch_size=batch_size, test_batch_size=test_batch_size, val_size=val_size,
                                 download=download, seed=seed)  # fmt: skip
@@ -70,4 +81,5 @@ class FederatedMNISTDataModule(FederatedDataModule):
             batch_size=batch_size,
             order=order,
             drop_last=drop_last,
+            policy=policy,
         )

@@ -151,6 +151,7 @@ def test_from_datasets_federates_train_and_serves_the_rest_locally():
         "shuffle": True,
         "drop_last": False,
         "order": "sequential",
+        "policy": None,
     }
 
 

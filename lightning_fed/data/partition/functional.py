@@ -34,8 +34,15 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _check_workers(num_samples: int, num_workers: int, min_size: int = 1) -> None:
+def _check_workers(num_samples: int, num_workers: int, min_size: int = 1, *, what: str = "num_samples") -> None:
+    """``what`` names the argument that gave ``num_samples`` (``"labels"`` for a label partitioner)."""
     _check_int("num_workers", num_workers, 1)
+    if num_samples == 0:
+        given = "`labels` is empty (0 labels)" if what == "labels" else f"`{what}=0`"
+        raise FederatedConfigError(
+            f"{given}: the dataset to split is empty, so none of the {num_workers} worker(s) would get a sample. "
+            "Pass a dataset with at least one sample per worker (check where it loads its data from)."
+        )
     if num_workers > num_samples:
         raise FederatedConfigError(
             f"`num_workers={num_workers!r}` is more than the number of samples ({num_samples!r}): every worker needs "
@@ -68,7 +75,9 @@ def _as_labels(labels: Any) -> np.ndarray:
         if bad.size:
             i = int(bad[0])
             raise FederatedConfigError(
-                f"`labels` must be integer class ids; got labels[{i}]={arr[i].item()!r}. Map them to 0..C-1 first."
+                f"`labels` must be integer class ids; got dtype {str(arr.dtype)!r} with labels[{i}]={arr[i].item()!r}, "
+                "which is not a whole number. A label partitioner splits by class: map each class to 0..C-1 first "
+                "(e.g. `numpy.unique(labels, return_inverse=True)[1]`), or use a partitioner without labels ('iid')."
             )
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
@@ -119,7 +128,7 @@ def dirichlet(
     """
     y = _as_labels(labels)
     min_size = _check_int("min_size", min_size, 0)
-    _check_workers(len(y), num_workers, min_size)
+    _check_workers(len(y), num_workers, min_size, what="labels")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0 < alpha < math.inf:
         raise FederatedConfigError(
             f"`alpha={alpha!r}` is not valid: the Dirichlet concentration must be a finite number > 0 "
@@ -160,7 +169,7 @@ def shards(labels: Any, num_workers: int, shards_per_worker: int = 2, *, seed: i
     """
     y = _as_labels(labels)
     n = len(y)
-    _check_workers(n, num_workers)
+    _check_workers(n, num_workers, what="labels")
     shards_per_worker = _check_int("shards_per_worker", shards_per_worker, 1)
     num_shards = num_workers * shards_per_worker
     if n % num_shards:
