@@ -40,3 +40,13 @@ class PermissionDeniedError(LightningFedError, PermissionError):
 
 class NotAWorkerError(LightningFedError, TypeError):
     """Something that is not a worker was passed where a worker is needed."""
+
+
+class SealedStateError(LightningFedError, RuntimeError):
+    """A worker's sealed state (in a checkpoint) cannot be opened: another worker, federation or key, or a changed
+    file."""
+
+
+class CheckpointMismatchError(FederatedConfigError):
+    """A checkpoint from another federation (workers, aggregator, mode, secure aggregation, DP) or a plain Lightning
+    checkpoint given to resume a federated run."""

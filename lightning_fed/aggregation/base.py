@@ -144,5 +144,13 @@ class Aggregator(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def worker_state_dict(self, worker_id: Hashable) -> dict[str, Any]:
+        """State this aggregator keeps *for a worker* at the worker (SCAFFOLD's control variate ``c_i``): it is the
+        worker's, so checkpoints carry it sealed for that worker, never in the server's part. Default: none."""
+        return {}
+
+    def load_worker_state_dict(self, worker_id: Hashable, state: dict[str, Any]) -> None:
+        """Undo :meth:`worker_state_dict`."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

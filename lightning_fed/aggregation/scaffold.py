@@ -35,8 +35,9 @@ class SCAFFOLD(FedAvg):
       the federation (:meth:`setup`). A sum divided at the end, like FedAvg.
 
     ``c`` and every ``c_i`` start at zero (so round 1 equals FedAvg), cover the model's parameters (not buffers), are
-    kept in float64, and are saved in checkpoints. In simulation the ``c_i`` live in this object, keyed by worker id;
-    they stand for state each worker keeps. ``lr`` is the first param group's learning rate: the formula assumes local
+    kept in float64, and are saved in checkpoints (``c`` in the server's part, each ``c_i`` sealed for its worker:
+    :meth:`worker_state_dict`). In simulation the ``c_i`` live in this object, keyed by worker id; they stand for
+    state each worker keeps. ``lr`` is the first param group's learning rate: the formula assumes local
     SGD without momentum.
 
     Example:
@@ -160,17 +161,23 @@ class SCAFFOLD(FedAvg):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "c": _copy(self._c),
-            "c_i": {worker_id: _copy(ci) for worker_id, ci in self._ci.items()},
-            "num_params": self._num_params,
-        }
+        return {"c": _copy(self._c), "num_params": self._num_params}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._c = _copy(state.get("c"))
-        self._ci = {worker_id: _copy(ci) for worker_id, ci in state.get("c_i", {}).items()}  # type: ignore[misc]
+        self._ci = {}
         self._num_params = state.get("num_params")
+
+    @override
+    def worker_state_dict(self, worker_id: Hashable) -> dict[str, Any]:
+        ci = self._ci.get(worker_id)
+        return {} if ci is None else {"c_i": _copy(ci)}
+
+    @override
+    def load_worker_state_dict(self, worker_id: Hashable, state: dict[str, Any]) -> None:
+        if state.get("c_i") is not None:
+            self._ci[worker_id] = _copy(state["c_i"])  # type: ignore[assignment]
 
     @override
     def __repr__(self) -> str:

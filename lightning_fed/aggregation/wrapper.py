@@ -79,6 +79,12 @@ class AggregatorWrapper(Aggregator):
         return self.inner.resumable_mid_round
 
     @override
+    def worker_state_dict(self, worker_id: Hashable) -> dict[str, Any]:
+        return self.inner.worker_state_dict(worker_id)
+
+    def load_worker_state_dict(self, worker_id: Hashable, state: dict[str, Any]) -> None:
+        self.inner.load_worker_state_dict(worker_id, state)
+
     def round_state_dict(self) -> dict[str, Any]:
         return {**super().round_state_dict(), "inner": self.inner.round_state_dict()}
 

@@ -27,6 +27,7 @@ from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
 from lightning_fed.rounds.lifecycle import Rounds
+from lightning_fed.rounds.releases import audit, by_id, releases_scalars
 from lightning_fed.rounds.stats import batch_size_of
 from lightning_fed.workers.base import BaseWorker
 from lightning_fed.workers.session import WorkerSession
@@ -85,12 +86,24 @@ class Backend:
                 self.session = None
 
     def record(self, worker: BaseWorker, output: Any, real_batch: Any) -> None:
-        """The step's loss, into the per-worker statistics (logged once a round)."""
+        """The step's loss, into the per-worker statistics (logged once a round), unless the worker's policy keeps
+        its scalars (``release_scalars=False``)."""
         loss = output.get("loss") if isinstance(output, dict) else output
-        if isinstance(loss, Tensor):
+        if isinstance(loss, Tensor) and releases_scalars(worker):
             loss = loss.detach()
             self.rounds.losses.add(worker.id, loss, batch_size_of(real_batch))
             self.rounds.stats.loss(worker.id, loss)
+
+    def flush_losses(self) -> None:
+        """Log each worker's mean loss since the last flush, recorded in its audit log (rule ``release_scalars``)."""
+        means = self.rounds.losses.means_by_worker()
+        if not means:
+            return
+        workers = by_id(self.loader.workers) if self.loader is not None else {}
+        for worker_id in means:
+            if worker_id in workers:
+                audit(workers[worker_id], "scalar", "log", "release_scalars", ())
+        self.calls.log({f"train_loss/{w}": value for w, value in means.items()})
 
     def setup(self, trainer: Any) -> None:
         """Called from the strategy's ``setup`` (the module, optimizers and trainer exist)."""

@@ -203,20 +203,15 @@ _PER_PROCESS = ("rng", "aggregator")  # what each process keeps of its own and r
 def gather_state(state: dict[str, Any], collective: Collective) -> dict[str, Any]:
     """The federated checkpoint state of every process as one (called in every process; process 0 writes it).
 
-    Per-worker entries (optimizer and scheduler states) come from the process that trains the worker; the per-process
-    ones (RNG states, the aggregator's state: e.g. SCAFFOLD's control variates of that process's workers, the DP
-    noise stream) are kept for each process under ``"processes"``.
+    Each worker's sealed state comes from the process that trains the worker; the per-process entries (RNG states,
+    the aggregator's server-side state, such as the DP noise stream) are kept for each process under
+    ``"processes"``.
     """
     if collective.world_size == 1:
         return state
     parts = collective.all_gather_object(state)
     merged = dict(parts[0])
-    merged["optimizer_states"] = {w: s for part in parts for w, s in part.get("optimizer_states", {}).items()}
-    schedules = [part.get("scheduler_states", {}) for part in parts]
-    merged["scheduler_states"] = {
-        **schedules[0],
-        "states": {w: s for sched in schedules for w, s in sched.get("states", {}).items()},
-    }
+    merged["worker_states"] = {w: s for part in parts for w, s in part.get("worker_states", {}).items()}
     merged["processes"] = [{key: part.get(key) for key in _PER_PROCESS} for part in parts]
     return merged
 
@@ -230,8 +225,8 @@ def select_state(state: dict[str, Any], collective: Collective) -> dict[str, Any
         return {**state, **processes[collective.rank]}
     warn(
         f"This checkpoint was written by a run over {len(processes)} processes and resumes over "
-        f"{collective.world_size}: every process takes the RNG state and the aggregator's per-process state (such as "
-        "SCAFFOLD's control variates of the workers trained elsewhere) of process 0. Resume with the same "
+        f"{collective.world_size}: every process takes the RNG state and the aggregator's per-process state of "
+        "process 0. Resume with the same "
         "devices * num_nodes to continue exactly."
     )
     return {**state, **processes[0]}

@@ -41,6 +41,7 @@ from lightning_fed.logs import info, warn
 from lightning_fed.privacy.dp import DPSGDAggregator, find_dp
 from lightning_fed.rounds.lifecycle import Rounds
 from lightning_fed.rounds.planning import RoundPlan, RoundPlanner
+from lightning_fed.rounds.releases import check_update_release
 
 
 class SequentialBackend(Backend):
@@ -97,6 +98,7 @@ class SequentialBackend(Backend):
         rounds.seed = self.planner.seed
         worker_ids = [w.id for w in loader.workers]
         rounds.add_workers({w.id: len(loader.federated_dataset[w.id]) for w in loader.workers})
+        check_update_release(loader.workers, rounds.aggregator)
         rounds.aggregator.setup(worker_ids)
         rounds.aggregator.setup_model(rounds.num_params)
         rounds.aggregator.check_num_clients(self.planner.clients_per_round)
@@ -184,9 +186,6 @@ class SequentialBackend(Backend):
         self.skip = False
         self.rounds.finalize(self.calls.optimizers(), before_close=self.flush_losses)
 
-    def flush_losses(self) -> None:
-        self.calls.log(self.rounds.losses.means())
-
     # -- the step, at the worker ----------------------------------------------------------------------------------
     def training_step(self, args: tuple, kwargs: dict) -> Any:
         if self.skip:  # Lightning skips backward and the step for a ``None`` output
@@ -202,6 +201,7 @@ class SequentialBackend(Backend):
             if not self.tolerate_failures:
                 raise
             self.rounds.failures.record_failure(session.worker.id, err)  # it sits the rest of the round out
+            self.rounds.reset_module()  # the module holds the round's global model again, not a partial local one
             self.skip = True
             self.calls.module().zero_grad(set_to_none=True)  # the optimizer step that follows changes nothing
             return self.calls.skipped_output()
@@ -250,7 +250,12 @@ class SequentialBackend(Backend):
         """The open round's state for a checkpoint that continues it exactly (``None`` where this backend cannot)."""
         if type(self) is not SequentialBackend or not self.rounds.aggregator.resumable_mid_round:
             return None
-        return self.rounds.open_round_state(local=self._stash)  # mid-validation the module shows the global model
+        return self.rounds.open_round_state()
+
+    def local_model(self) -> list[torch.Tensor] | None:
+        """The active worker's local model where the module does not hold it (mid-round validation shows the global
+        model); ``None``: the module's tensors are the local model."""
+        return self._stash
 
     def before_checkpoint(self) -> None:
         rounds = self.rounds

@@ -37,14 +37,16 @@ from torch.optim import Optimizer
 
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.functional import model_delta
+from lightning_fed.exceptions import SealedStateError
 from lightning_fed.rounds.byzantine import ByzantineWorkers
 from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
 from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.rounds.releases import audit, update_rule
 from lightning_fed.rounds.stats import WorkerLosses, WorkerStats
 from lightning_fed.rounds.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
 from lightning_fed.workers.base import BaseWorker
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: each worker's state sealed for it (worker_states), a fingerprint
 
 
 class Rounds:
@@ -88,6 +90,7 @@ class Rounds:
         self.sync: Callable[[Rounds], None] | None = None  # combines the round across processes
         self.seed = 0  # the federation's seed: drives dropouts
         self.tolerate_failures = False  # a failing worker (an error, a non-finite model) sits the round out
+        self.update_rule = update_rule(aggregator)  # what the audit logs say let each update leave its worker
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def attach(self, tensors: Sequence[Tensor], num_params: int, module: nn.Module | None = None) -> None:
@@ -175,6 +178,7 @@ class Rounds:
                 if self.byzantine is not None:
                     update = self.byzantine(worker.id, update, self.global_)
             self.aggregator.accumulate(update, weight=self.stats.samples(worker.id), worker_id=worker.id)
+        audit(worker, "update", "aggregate", self.update_rule, (sum(t.numel() for t in update),))
 
     def is_complete(self, limit: int | float) -> bool:
         """Whether the open round has taken all its steps (or the ``limit`` Lightning allows an epoch)."""
@@ -238,20 +242,17 @@ class Rounds:
         return {k: self.global_[index[id(v)]] if id(v) in index else v for k, v in state.items()}
 
     # -- the middle of a round ------------------------------------------------------------------------------------
-    def open_round_state(self, local: Sequence[Tensor] | None = None) -> dict[str, Any]:
-        """What continues the open round exactly after a resume: the steps done, the global model of its start, the
-        aggregator's and the failures' round state, the active worker with its local model (``local``, default the
-        module's tensors) and steps. Every worker's optimizer state is in :meth:`state_dict`."""
+    def open_round_state(self) -> dict[str, Any]:
+        """The server's part of what continues the open round exactly after a resume: the steps done, the global
+        model of its start, the aggregator's and the failures' round state, the active worker. The active worker's
+        local model and steps are its own (:meth:`worker_states` with ``local``)."""
         assert self.plan is not None
-        tensors = self.tensors if local is None else local
         return {
             "round": self.plan.round_index,
             "steps": self.steps_completed,
             "total": self.total_steps,
             "global": [t.detach().clone() for t in self.global_],
             "active": None if self.active is None else self.active.id,
-            "local": None if self.active is None else [t.detach().clone() for t in tensors],
-            "local_steps": self.local_steps,
             "aggregator": self.aggregator.round_state_dict(),
             "failures": self.failures.round_state(),
             "losses": self.losses.report(),
@@ -275,29 +276,65 @@ class Rounds:
         if state["active"] is not None:
             (worker,) = [w for w in plan.workers if w.id == state["active"]]
             self.start_worker(worker, optimizers, schedulers)
+            local = state.get("local")  # the active worker's own, unsealed from its state
+            if local is None:
+                raise SealedStateError(
+                    f"the checkpoint's open round {plan.round_index} was stopped while worker {worker.id!r} trained, "
+                    "but that worker's sealed local model was not opened: resume with that worker's key file."
+                )
             with torch.no_grad():
-                torch._foreach_copy_(self.tensors, state["local"])
-            self.local_steps = int(state["local_steps"])
+                torch._foreach_copy_(self.tensors, local["model"])
+            self.local_steps = int(local["steps"])
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
-    def state_dict(self, optimizers: Sequence[Optimizer]) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The server's part of a checkpoint: round counters, the server-side aggregator state, failures, statistics.
+        Nothing in it is a worker's own (that is :meth:`worker_states`)."""
         return {
             "version": STATE_VERSION,
             "round_index": self.index,
-            "optimizer_states": self.optimizer_states.to_checkpoint(optimizers),
             "scheduler_states": self.scheduler_states.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "failures": self.failures.state_dict(),
             "stats": self.stats.summary(self.failures),
         }
 
-    def load_state_dict(self, state: dict[str, Any], optimizers: Sequence[Optimizer]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index = int(state.get("round_index", 0))
-        self.optimizer_states.load_checkpoint(state.get("optimizer_states", {}), optimizers)
+        self.optimizer_states.clear()
         self.scheduler_states.load_state_dict(state.get("scheduler_states", {}))
         self.aggregator.load_state_dict(state.get("aggregator", {}))
         self.failures.load_state_dict(state.get("failures", {}))
         self.stats.load_summary(state.get("stats", {}))
+
+    def worker_states(
+        self, optimizers: Sequence[Optimizer], local: Sequence[Tensor] | None = None
+    ) -> dict[Hashable, dict[str, Any]]:
+        """Each worker's own state, in the clear (to be sealed for it): its optimizer state, its schedule, the
+        aggregator's state for it (SCAFFOLD's ``c_i``) and, for the worker training in the open round, its local
+        model (``local``, default the module's tensors) and steps."""
+        out: dict[Hashable, dict[str, Any]] = {}
+        for worker_id in self.stats.rows:
+            state = {
+                "optimizer": self.optimizer_states.export(worker_id, optimizers),
+                "scheduler": self.scheduler_states.export(worker_id),
+                "aggregator": self.aggregator.worker_state_dict(worker_id),
+            }
+            if self.is_open and self.active is not None and self.active.id == worker_id:
+                tensors = self.tensors if local is None else local
+                state["local"] = {"model": [t.detach().clone() for t in tensors], "steps": self.local_steps}
+            if any(v for v in state.values()):
+                out[worker_id] = state
+        return out
+
+    def load_worker_state(self, worker_id: Hashable, state: dict[str, Any], optimizers: Sequence[Optimizer]) -> None:
+        """Undo :meth:`worker_states` for one worker (its ``local`` part is the open round's: see :meth:`resume`)."""
+        if state.get("optimizer") is not None:
+            self.optimizer_states.load(worker_id, state["optimizer"], optimizers)
+        if state.get("scheduler") is not None:
+            self.scheduler_states.load(worker_id, state["scheduler"])
+        if state.get("aggregator"):
+            self.aggregator.load_worker_state_dict(worker_id, state["aggregator"])
 
     # -- several processes ----------------------------------------------------------------------------------------
     def report(self, mine: Sequence[Hashable]) -> dict[str, Any]:

@@ -40,7 +40,11 @@ class WorkerLosses:
 
     def means(self) -> dict[str, float]:
         """``{"train_loss/<worker>": mean}`` since the last call; starts afresh."""
-        means = {f"train_loss/{w}": float(total / count) for w, (total, count) in self._sums.items()}
+        return {f"train_loss/{w}": value for w, value in self.means_by_worker().items()}
+
+    def means_by_worker(self) -> dict[Hashable, float]:
+        """``{worker_id: mean}`` since the last call; starts afresh."""
+        means = {w: float(total / count) for w, (total, count) in self._sums.items()}
         self._sums.clear()
         return means
 

@@ -2,7 +2,8 @@
 
 An optimizer's ``state`` is a dict keyed by parameter object. Each worker owns one such dict per optimizer; when a
 worker starts training, its dicts become the optimizers' ``state`` (no tensor is copied), and when it stops they go
-back to the worker. For checkpoints the dicts are written with parameter *positions* instead of objects.
+back to the worker. For checkpoints a worker's dicts are exported with parameter *positions* instead of objects (and
+sealed for that worker: :mod:`lightning_fed.workers.sealing`).
 
 Example:
     >>> import torch
@@ -12,7 +13,7 @@ Example:
     >>> states.activate("alice", [opt])
     >>> p.grad = torch.ones(2); opt.step()
     >>> states.deactivate([opt])
-    >>> len(opt.state), sorted(states.to_checkpoint([opt])["alice"][0][0])
+    >>> len(opt.state), sorted(states.export("alice", [opt])[0][0])
     (0, ['momentum_buffer'])
 """
 
@@ -68,34 +69,39 @@ class WorkerOptimizerStates:
         if self.reset_each_round:
             self._states.clear()
 
-    def to_checkpoint(self, optimizers: Sequence[Optimizer]) -> dict[Hashable, list[dict[int, dict[str, Any]]]]:
-        """``{worker_id: [ {param_position: {key: value}} per optimizer ]}``."""
-        out: dict[Hashable, list[dict[int, dict[str, Any]]]] = {}
-        for worker_id, states in self._states.items():
-            per_optimizer = []
-            for optimizer, state in zip(optimizers, states):
-                positions = {id(p): i for i, p in enumerate(optimizer_params(optimizer))}
-                per_optimizer.append({positions[id(p)]: dict(entries) for p, entries in state.items() if entries})
-            out[worker_id] = per_optimizer
-        return out
+    def worker_ids(self) -> list[Hashable]:
+        return list(self._states)
 
-    def load_checkpoint(
-        self, saved: dict[Hashable, list[dict[int, dict[str, Any]]]], optimizers: Sequence[Optimizer]
+    def export(self, worker_id: Hashable, optimizers: Sequence[Optimizer]) -> list[dict[int, dict[str, Any]]] | None:
+        """``worker_id``'s state as ``[ {param_position: {key: value}} per optimizer ]`` (``None`` if it has none)."""
+        states = self._states.get(worker_id)
+        if states is None:
+            return None
+        per_optimizer = []
+        for optimizer, state in zip(optimizers, states):
+            positions = {id(p): i for i, p in enumerate(optimizer_params(optimizer))}
+            per_optimizer.append({positions[id(p)]: dict(entries) for p, entries in state.items() if entries})
+        return per_optimizer
+
+    def load(
+        self, worker_id: Hashable, per_optimizer: list[dict[int, dict[str, Any]]], optimizers: Sequence[Optimizer]
     ) -> None:
+        """Undo :meth:`export` for ``worker_id``."""
+        states = []
+        for optimizer, entries in zip(optimizers, per_optimizer):
+            params = optimizer_params(optimizer)
+            state: defaultdict = defaultdict(dict)
+            for position, values in entries.items():
+                param = params[int(position)]
+                state[param] = {
+                    key: (value.to(param.device) if isinstance(value, torch.Tensor) and key != "step" else value)
+                    for key, value in values.items()
+                }
+            states.append(state)
+        self._states[worker_id] = states
+
+    def clear(self) -> None:
         self._states.clear()
-        for worker_id, per_optimizer in saved.items():
-            states = []
-            for optimizer, entries in zip(optimizers, per_optimizer):
-                params = optimizer_params(optimizer)
-                state: defaultdict = defaultdict(dict)
-                for position, values in entries.items():
-                    param = params[int(position)]
-                    state[param] = {
-                        key: (value.to(param.device) if isinstance(value, torch.Tensor) and key != "step" else value)
-                        for key, value in values.items()
-                    }
-                states.append(state)
-            self._states[worker_id] = states
 
 
 class WorkerSchedulerStates:
@@ -160,9 +166,18 @@ class WorkerSchedulerStates:
         self._active = None
 
     def state_dict(self) -> dict[str, Any]:
+        """The server's part: the schedules' state at the start of fit (each worker's own is :meth:`export`)."""
         self.sync()
-        return {"states": self._states, "initial": self._initial}
+        return {"initial": self._initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._states = dict(state.get("states", {}))
+        self._states.clear()
         self._initial = state.get("initial")
+
+    def export(self, worker_id: Hashable) -> list[tuple[dict[str, Any], list[float]]] | None:
+        """``worker_id``'s schedule (``None`` if it has not trained yet)."""
+        self.sync()
+        return self._states.get(worker_id)
+
+    def load(self, worker_id: Hashable, state: list[tuple[dict[str, Any], list[float]]]) -> None:
+        self._states[worker_id] = [(dict(s), list(lrs)) for s, lrs in state]

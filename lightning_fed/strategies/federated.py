@@ -51,7 +51,7 @@ from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Ro
 from lightning_fed.rounds.stats import worker_table
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies import glue
-from lightning_fed.strategies.options import check_options
+from lightning_fed.strategies.options import check_options, check_secure_aggregation
 from lightning_fed.strategies.parallel import FederatedParallelStrategy
 from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
 from lightning_fed.workers.base import BaseWorker
@@ -76,6 +76,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         byzantine: :class:`~lightning_fed.rounds.ByzantineWorkers` or a dict such as ``{"w3": "scale:100"}``.
         secure_aggregation: ``True`` or a :class:`~lightning_fed.secure_aggregation.SecureAggregationConfig`.
         privacy: a :class:`~lightning_fed.privacy.dp.DPConfig` (client-level DP-FedAvg or sample-level DP-SGD).
+        accept_plain_checkpoint: ``fit`` from a plain Lightning checkpoint starts from its weights (else refused).
         vectorize: train each round's workers together under ``torch.vmap`` (:mod:`~lightning_fed.backends.vectorized`).
         start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``:
             each process trains its share of the workers (:mod:`~lightning_fed.backends.distributed`).
@@ -102,6 +103,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         secure_aggregation: bool | SecureAggregationConfig = False,
         privacy: DPConfig | None = None,
         vectorize: bool = False,
+        accept_plain_checkpoint: bool = False,
         start_method: str = "popen",
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
@@ -120,19 +122,17 @@ class FederatedStrategy(FederatedParallelStrategy):
         self.mode = check_options(
             mode=mode, local_epochs=local_epochs, local_steps=local_steps, seed=seed,
             tolerate_failures=tolerate_failures, reset_optimizer_state=reset_optimizer_state, vectorize=vectorize,
+            accept_plain_checkpoint=accept_plain_checkpoint,
             simulates_failures=failures.enabled or byzantine is not None,
         )  # fmt: skip
-        if secure_aggregation is not False and not isinstance(secure_aggregation, (bool, SecureAggregationConfig)):
-            raise FederatedConfigError(
-                f"`secure_aggregation={secure_aggregation!r}` is not valid: pass True, False or a "
-                "SecureAggregationConfig(...)."
-            )
+        check_secure_aggregation(secure_aggregation)
         self._rounds = Rounds(
             build_aggregator(aggregation, secure_aggregation, privacy, self.mode), failures, byzantine,
             reset_optimizer_state,
         )  # fmt: skip
         self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
         self.vectorize = vectorize
+        self.accept_plain_checkpoint = accept_plain_checkpoint
         self.local_epochs = local_epochs if local_epochs is not None else 1
         self.local_steps = local_steps
         self.clients_per_round = clients_per_round
@@ -333,10 +333,10 @@ class FederatedStrategy(FederatedParallelStrategy):
         kwargs = {} if weights_only is None else {"weights_only": weights_only}  # Lightning < 2.6 has no such argument
         checkpoint = glue.read_checkpoint(super().load_checkpoint, checkpoint_path, kwargs)
         self._restored = checkpoint.get(glue.CHECKPOINT_KEY)
-        if self.lightning_module is not None and self.lightning_module.trainer.state.fn == "fit":
-            glue.check_resumable(self._restored)  # a checkpoint from the middle of a round: refused, with the fix
         self._restored_callbacks = dict(checkpoint.get("callbacks", {}))
-        return checkpoint
+        if self.lightning_module is None or self.lightning_module.trainer.state.fn != "fit":
+            return checkpoint
+        return glue.checked_for_fit(checkpoint, checkpoint_path, self.accept_plain_checkpoint)
 
     @classmethod
     @override

@@ -21,9 +21,16 @@ from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
-from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.exceptions import CheckpointMismatchError, FederatedConfigError
 from lightning_fed.privacy.dp import PrivacyMonitor, find_dp
 from lightning_fed.rounds.stats import capture_rng, restore_rng
+from lightning_fed.strategies.checkpoint import (
+    check_fingerprint,
+    digest,
+    fingerprint,
+    open_worker_states,
+    seal_worker_states,
+)
 from lightning_fed.workers.base import BaseWorker
 
 if TYPE_CHECKING:
@@ -94,14 +101,23 @@ def add_privacy_monitor(trainer: pl.Trainer, aggregator: Aggregator, saved_callb
 def federated_state(strategy: FederatedStrategy) -> dict[str, Any]:
     """The strategy's entry in a checkpoint: the rounds' state, the mode and the RNG (tensors and numbers only).
 
+    Each worker's own state (optimizer, schedule, SCAFFOLD's ``c_i``, its local model mid-round) is sealed for it
+    under ``worker_states``; ``fingerprint`` names the federation (:mod:`lightning_fed.strategies.checkpoint`).
+
     A checkpoint saved in the middle of a round holds the global model of the round's start as the module's
     ``state_dict`` and the open round under ``partial_round``: the steps done, the aggregator's partial sums, the
-    failures so far, the training worker's local model. Resuming continues that round exactly. Where that state is
+    failures so far, the training worker (its local model is in its sealed state). Resuming continues that round
+    exactly. Where that state is
     not values (secure aggregation's key agreement), or the backend keeps more (vectorized cohorts, processes), or
     Lightning re-runs the batch (< 2.5), the round is only marked, and resuming from it is refused.
     """
     rounds, backend = strategy.rounds, strategy.backend
-    state = {**rounds.state_dict(strategy.optimizers), "mode": strategy.mode, "rng": capture_rng()}
+    fp = fingerprint(rounds.stats.rows, strategy.mode, rounds.aggregator)
+    local = backend.local_model() if isinstance(backend, SequentialBackend) else None
+    state = {
+        **rounds.state_dict(), "mode": strategy.mode, "rng": capture_rng(), "fingerprint": fp,
+        "worker_states": seal_worker_states(rounds.worker_states(strategy.optimizers, local), digest(fp)),
+    }  # fmt: skip
     trainer = trainer_of(strategy.lightning_module)
     mid_round = rounds.is_open and not rounds.is_complete(trainer.num_training_batches)
     if rounds.plan is None or not (mid_round or replays_batch_on_resume(trainer)):
@@ -156,7 +172,47 @@ def check_resumable(state: dict[str, Any] | None) -> None:
 
 
 def load_federated_state(strategy: FederatedStrategy, state: dict[str, Any]) -> None:
+    """Check that a checkpoint belongs to this federation, then load the server's part and let each worker open
+    its own sealed state (the active worker's local model goes to the open round the backend continues)."""
     state = strategy.select_state(state)  # over several processes: this process's RNG and aggregator state
-    strategy.rounds.load_state_dict(state, strategy.optimizers)
+    rounds = strategy.rounds
+    fp = fingerprint(rounds.stats.rows, strategy.mode, rounds.aggregator)
+    check_fingerprint(state.get("fingerprint"), fp)
+    rounds.load_state_dict(state)
+    opened = open_worker_states(state.get("worker_states", {}), digest(fp))
+    for worker_id, worker_state in opened.items():
+        rounds.load_worker_state(worker_id, worker_state, strategy.optimizers)
+    resume = getattr(strategy.backend, "resume_state", None)
+    if resume is not None and resume.get("active") is not None:
+        resume["local"] = opened.get(resume["active"], {}).get("local")
     if state.get("rng"):
         restore_rng(state["rng"])
+
+
+def checked_for_fit(checkpoint: dict[str, Any], path: Any, accept_plain: bool) -> dict[str, Any]:
+    """A checkpoint given to ``fit``: a plain Lightning one is refused or kept as weights only
+    (:func:`plain_checkpoint`); one from the middle of a round that cannot be continued is refused
+    (:func:`check_resumable`)."""
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if state is None:
+        return plain_checkpoint(checkpoint, path, accept_plain)
+    check_resumable(state)
+    return checkpoint
+
+
+def plain_checkpoint(checkpoint: dict[str, Any], path: Any, accept: bool) -> dict[str, Any]:
+    """A checkpoint without federated state, given to ``fit``: refused, or (``accept``) kept as the model to start
+    from: its weights only; Lightning's loops, optimizers and schedulers start afresh, as the rounds do."""
+    if not accept:
+        raise CheckpointMismatchError(
+            f"`ckpt_path={str(path)!r}` is a plain Lightning checkpoint (it has no federated state: no rounds, no "
+            "federation fingerprint): resuming a federated run from it would start rounds and every worker's state "
+            "afresh while Lightning's counters go on. Pass FederatedStrategy(accept_plain_checkpoint=True) to start "
+            "from its weights, or resume from a checkpoint this federation wrote."
+        )
+    rank_zero_warn(
+        f"`ckpt_path={str(path)!r}` is a plain Lightning checkpoint: federated training starts from its weights "
+        "(accept_plain_checkpoint=True); rounds, epochs, optimizers and schedulers start afresh."
+    )
+    keep = ("state_dict", "pytorch-lightning_version", "hyper_parameters", "hparams_name")
+    return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "optimizer_states": [], "lr_schedulers": []}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.secure_aggregation import SecureAggregationConfig
 
 MODES = {"fedavg": "fedavg", "follow": "follow", "seed": "follow"}
 
@@ -44,6 +45,7 @@ def check_options(
     reset_optimizer_state: bool,
     vectorize: bool,
     simulates_failures: bool,
+    accept_plain_checkpoint: bool = False,
 ) -> str:
     """Check the strategy's own arguments together; returns the canonical mode (``"fedavg"`` or ``"follow"``)."""
     if mode not in MODES:
@@ -62,6 +64,7 @@ def check_options(
         ("tolerate_failures", tolerate_failures),
         ("reset_optimizer_state", reset_optimizer_state),
         ("vectorize", vectorize),
+        ("accept_plain_checkpoint", accept_plain_checkpoint),
     ):
         check_flag(name, value)
     follow = MODES[mode] == "follow"
@@ -81,3 +84,11 @@ def check_options(
             "`tolerate_failures=True`: pass one of them."
         )
     return MODES[mode]
+
+
+def check_secure_aggregation(value: Any) -> None:
+    """``secure_aggregation`` is a bool or a :class:`~lightning_fed.secure_aggregation.SecureAggregationConfig`."""
+    if value is not False and not isinstance(value, (bool, SecureAggregationConfig)):
+        raise FederatedConfigError(
+            f"`secure_aggregation={value!r}` is not valid: pass True, False or a SecureAggregationConfig(...)."
+        )

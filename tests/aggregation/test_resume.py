@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fed import FederatedStrategy
 from lightning_fed.aggregation import SCAFFOLD, FedAdam
+from lightning_fed.strategies.checkpoint import digest, open_worker_states
 from lightning_fed.testing import BoringClassifier
 from tests.strategies.helpers import FedDM, tiny_dataset, trainer
 
@@ -49,12 +50,16 @@ def test_resume_with_server_state_equals_uninterrupted_run(tmp_path, name):
         k: (resumed[k].double() - uninterrupted[k].double()).abs().max().item() for k in resumed
     }
 
-    saved = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)["federated"]["aggregator"]
+    federated = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)["federated"]
+    saved = federated["aggregator"]
     if name == "fedadam":
         assert any(m is not None and m.abs().sum() > 0 for m in saved["m"])
         assert any(v is not None and v.abs().sum() > 0 for v in saved["v"])
-    else:
-        assert saved["c"] is not None and saved["c_i"] and set(saved["c_i"]) <= {"w0", "w1", "w2", "w3"}
+    else:  # c is the server's; each c_i is its worker's, sealed for it
+        assert saved["c"] is not None and "c_i" not in saved
+        opened = open_worker_states(federated["worker_states"], digest(federated["fingerprint"]))
+        with_ci = {w for w, state in opened.items() if state["aggregator"].get("c_i") is not None}
+        assert with_ci and with_ci <= {"w0", "w1", "w2", "w3"}
 
     # without the server state the resumed run would differ: the test can fail
     model, data, strategy = _setup(name)

@@ -441,7 +441,7 @@ def test_checkpoint_and_resume_in_two_processes(tmp_path):
     checkpoint = torch.load(tmp_path / "ckpt" / "epoch=1.ckpt", weights_only=False)["federated"]
     assert len(checkpoint["processes"]) == 2  # each process's RNG and aggregator state
     trained = {w for w, row in stopped["summary"].items() if row["steps"] > 0}
-    assert set(checkpoint["optimizer_states"]) == trained  # every trained worker's optimizer state...
+    assert set(checkpoint["worker_states"]) == trained  # every trained worker's sealed optimizer state...
     assert {full["owners"][w] for w in trained} == {0, 1}  # ...from both processes
     # the pointer API across processes: process 0 reaches its own workers; the others refuse, saying why
     probe = full["probe"]

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fed import FederatedStrategy
+from lightning_fed.strategies.checkpoint import digest, open_worker_states
 from lightning_fed.testing import BoringClassifier
 from tests.strategies.helpers import FedDM, tiny_dataset, trainer
 
@@ -63,8 +64,10 @@ def test_resume_from_round_checkpoint_equals_uninterrupted_run(tmp_path, mode):
         checkpoint = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)
         federated = checkpoint["federated"]
         assert federated["round_index"] == 2
-        assert set(federated["optimizer_states"]) <= {"w0", "w1", "w2", "w3"}
-        assert any(federated["optimizer_states"].values())  # momentum buffers of the workers that trained
+        sealed = federated["worker_states"]  # each worker's optimizer state, sealed for it
+        assert sealed and set(sealed) <= {"w0", "w1", "w2", "w3"} and "optimizer_states" not in federated
+        opened = open_worker_states(sealed, digest(federated["fingerprint"]))
+        assert any("momentum_buffer" in entry for s in opened.values() for entry in s["optimizer"][0].values())
 
 
 class _Scheduled(BoringClassifier):
