@@ -19,10 +19,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning_fed.privacy.policy as policy_module
 from lightning_fed import FederatedStrategy
 from lightning_fed.cli import main, run
 from lightning_fed.datasets import FederatedMNISTDataModule, MNISTDataModule
 from lightning_fed.models import MNISTClassifier
+from lightning_fed.privacy import DataAccessPolicy
 from tests.helpers.mnist_files import write_mnist_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +203,60 @@ def test_partition_arguments_of_a_wrapped_user_datamodule(tmp_path, flags, expec
     assert type(cli.datamodule.datamodule) is TinyDataModule
     assert cli.datamodule.partition_args == expected
     assert sum(cli.datamodule.partition_stats.samples.values()) == 60
+
+
+# -- the workers' data-access policy ----------------------------------------------------------------------------------
+def test_a_run_keeps_the_workers_strict_by_default_and_never_takes_their_data(mnist_root, tmp_path):
+    cli = run(["fit", "--config", str(CONFIG), "--data.root", mnist_root, *FAST,
+               f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert cli.datamodule.policy is None and cli.datamodule.hparams.federated["policy"] is None
+    for worker in cli.datamodule.workers:
+        assert worker.policy == DataAccessPolicy.strict()
+        assert worker.audit_log.refused == []  # training asked for nothing the policy keeps
+        assert {r.rule for r in worker.audit_log} <= {"public", "release_model", "release_scalars"}
+        assert "release_data" not in {r.rule for r in worker.audit_log}
+
+
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_policy_open_from_the_command_line_or_a_config_opens_the_workers_and_warns(
+    mnist_root, tmp_path, monkeypatch, where
+):
+    monkeypatch.setattr(policy_module, "_warned_open", False)  # the warning is once per process
+    if where == "flag":
+        flags = ["--config", str(CONFIG), "--policy", "open"]
+    else:
+        config = yaml.safe_load(CONFIG.read_text())
+        (tmp_path / "open.yaml").write_text(yaml.safe_dump({**config, "policy": "open"}))
+        flags = ["--config", str(tmp_path / "open.yaml")]
+    with pytest.warns(UserWarning, match=r"open data-access policy \(release_data=True\)"):
+        cli = run(["fit", *flags, "--data.root", mnist_root, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.datamodule.hparams.federated["policy"] == "open"
+    assert [w.policy for w in cli.datamodule.workers] == [DataAccessPolicy.open()] * 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--config", str(CONFIG), "--policy", "open", "--data.policy", "strict"],
+         "`--policy=open` and `--data.policy=strict` disagree: give the workers' policy once"),
+        (["--config", str(CONFIG), "--data.policy", "private"], "`policy='private'` is not valid: pass 'strict'"),
+        (["--model", "lightning_fed.models.MNISTClassifier", "--data", f"{__name__}.TinyDataModule", "--policy",
+          "strict"], f"the datamodule ({__name__}.TinyDataModule) takes no `policy` argument: use "
+                     "lightning_fed.data.FederatedDataModule"),
+    ],
+)  # fmt: skip
+def test_a_bad_or_misplaced_policy_is_a_configuration_error(mnist_root, tmp_path, capsys, flags, message):
+    root = ["--data.root", mnist_root] if "--config" in flags else []
+    assert main(["fit", *flags, *root, *FAST]) == 1
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_policy_flag_accepts_only_strict_or_open(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIG), "--policy", "closed"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'Parser key "policy"' in err and "Literal['strict', 'open']" in err and "Given value: closed" in err
 
 
 def test_help_documents_the_partition_arguments(capsys):

@@ -214,8 +214,9 @@ class FederatedDataset:
         labels: the dataset's labels (for the label histogram), if known.
         policy: the workers' data-access policy, set on each before its shard arrives: ``"strict"``, ``"open"`` or
             a :class:`~lightning_fed.privacy.DataAccessPolicy`; ``None`` (the default) keeps each worker's own
-            (strict unless you chose otherwise). With sent ``BaseDataset`` s the data is already there and counts
-            as private from then on.
+            (strict unless you chose otherwise). With sent ``BaseDataset`` s the data is already at the workers: a
+            worker whose policy this changes counts it as private from then on; at a worker that keeps its policy,
+            data you sent stays yours.
 
     Example:
         >>> import torch, lightning_fed as sy
@@ -282,7 +283,6 @@ class FederatedDataset:
                     "(`BaseDataset(data, targets).send(worker)`), or build it from pointers."
                 )
         self.workers = check_workers([part.location for part in datasets])  # one dataset per worker
-        apply_policy(self.workers, policy)
         self.shards = {}
         self.partition = []
         start = 0
@@ -294,6 +294,7 @@ class FederatedDataset:
             self.datasets[worker.id] = part
             self.partition.append(list(range(start, start + length)))
             start += length
+        apply_policy(self.workers, policy)  # after the datasets are built: a changed policy counts them private
         self.num_classes = None
         self.label_histogram = None
 
