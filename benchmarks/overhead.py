@@ -5,6 +5,10 @@ the seed's way (``mode="follow"``) and (c) FedAvg (2 workers, one round), over t
 seed's CNN and a tiny MLP (which exposes per-step overhead). Contenders are interleaved in one run; each ratio is the
 median of per-repeat ratios. The step time is measured between the first batch's start and the last batch's end.
 
+The cost of privacy by default: FedAvg with the workers' default (strict) data-access policy against the same run
+with no guard at all (``unguarded``: each worker's guard removed, as before policies were on by default), and against
+the open policy. Goal (issue 16): strict / unguarded at most 1.03 on the tiny MLP and 1.01 on the seed's CNN.
+
 Accuracy (``--accuracy --root DIR``): real MNIST, the seed's CNN, SGD lr 0.01, batch 64; FedAvg with 2 IID workers
 for ``--rounds`` rounds against centralized Lightning for the same number of epochs (the same sample budget).
 
@@ -95,12 +99,17 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         if args.smoke and model_name == "seed_cnn":
             continue
 
-        def run(strategy: Any, federated: bool, make_model: Any = make_model) -> float:
+        def run(strategy: Any, federated: bool, make_model: Any = make_model, policy: str | None = None) -> float:
             clock = _StepClock()
             torch.manual_seed(0)
             model = make_model()
             if federated:
-                data = FederatedDataModule.from_datasets(dataset, workers=2, batch_size=args.batch_size, seed=0)
+                data = FederatedDataModule.from_datasets(
+                    dataset, workers=2, batch_size=args.batch_size, seed=0, policy=None if policy is None else "open"
+                )
+                if policy == "unguarded":
+                    for worker in data.workers:
+                        worker._guard = None  # no policy machinery at all: the baseline of its cost
                 _trainer([clock], strategy=strategy, max_epochs=1).fit(model, datamodule=data)
             else:
                 loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
@@ -112,9 +121,17 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                 "central": lambda: run(None, False),
                 "follow": lambda: run(FederatedStrategy(mode="follow"), True),
                 "fedavg": lambda: run(FederatedStrategy(), True),
+                "fedavg_unguarded": lambda: run(FederatedStrategy(), True, policy="unguarded"),
+                "fedavg_open": lambda: run(FederatedStrategy(), True, policy="open"),
             },
             args.repeats,
         )
+        for name in ("unguarded", "open"):  # the strict default against no guard, and against the open policy
+            base = results[f"fedavg_{name}"]
+            r = ratios(results["fedavg"], base)
+            rows.append([model_name, f"fedavg strict / {name}", 1e3 * summary(results["fedavg"])["median"],
+                         1e3 * summary(base)["median"], r["median"], r["min"], r["max"]])  # fmt: skip
+            record[f"{model_name}_strict_over_{name}_ratio"] = r["median"]
         for name in ("follow", "fedavg"):
             r = ratios(results[name], results["central"])
             rows.append([model_name, name, 1e3 * summary(results[name])["median"],
@@ -122,7 +139,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             record[f"{model_name}_{name}_ratio"] = r["median"]
             record[f"{model_name}_{name}_ms_per_step"] = 1e3 * summary(results[name])["median"]
         record[f"{model_name}_central_ms_per_step"] = 1e3 * summary(results["central"])["median"]
-    print(format_table(["model", "strategy", "ms/step", "central ms/step", "ratio (median)", "min", "max"], rows))
+    print(format_table(["model", "strategy", "ms/step", "baseline ms/step", "ratio (median)", "min", "max"], rows))
     return record
 
 

@@ -17,8 +17,8 @@ Example:
     >>> check_fingerprint(fp, fingerprint(["a", "c"], "fedavg", FedAvg()))
     Traceback (most recent call last):
     ...
-    lightning_fed.exceptions.CheckpointMismatchError: this checkpoint comes from another federation: its workers were
-    ['a', 'b'], this run's are ['a', 'c']...
+    lightning_fed.exceptions.CheckpointMismatchError: this checkpoint comes from another federation: the workers
+    differ (checkpoint: ['a', 'b']; this run: ['a', 'c'])...
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _FIELDS = {
     "mode": "mode",
     "aggregation": "aggregation",
     "secure_aggregation": "secure aggregation",
-    "privacy": "privacy (DP) settings",
+    "privacy": "differential privacy settings",
 }
 
 
@@ -75,9 +75,9 @@ def check_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any]) -> 
     for key, name in _FIELDS.items():
         if saved.get(key) != current.get(key):
             raise CheckpointMismatchError(
-                f"this checkpoint comes from another federation: its {name} were {saved.get(key)!r}, this run's are "
-                f"{current.get(key)!r}. Resume with the same {name}, or start a new run from its weights: load them "
-                "with LightningModule.load_from_checkpoint(...) and call fit() without ckpt_path."
+                f"this checkpoint comes from another federation: the {name} differ (checkpoint: {saved.get(key)!r}; "
+                f"this run: {current.get(key)!r}). Resume with the same {name}, or start a new run from its weights: "
+                "load them with LightningModule.load_from_checkpoint(...) and call fit() without ckpt_path."
             )
 
 
