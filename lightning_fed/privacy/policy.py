@@ -1,39 +1,37 @@
 """A worker's data-access policy: what may leave it through ``get``, ``to_here`` and ``move``, and an audit of it.
 
-``VirtualWorker(id=..., policy=DataAccessPolicy())`` (or ``worker.set_policy(...)``) gives the worker a guard that
-tracks, beside its object store, which objects are **private** (its data and everything computed from it) and which
-are **model** objects (parameters and what is computed from them), and checks every request that would take an
-object out of the worker. A worker without a policy does none of this: one ``is None`` test per message.
+Every worker has one (``VirtualWorker(id=..., policy="strict")`` by default; ``"open"`` or a
+``DataAccessPolicy(...)`` otherwise): its guard (:mod:`~lightning_fed.privacy.guard`) labels, beside the object store,
+what is **private** (the worker's data and everything computed from it) and what is **model** (parameters, their
+gradients and updates), and checks every request that would take an object out of the worker.
 
-Provenance (how an object gets its labels):
+Provenance (how an object gets its labels; tensors' labels live on their memory, see :mod:`.labels`):
 
-* an object the owner sends (``ObjectMessage``): a tensor is public (it came from ``me``), an ``nn.Parameter`` is a
-  model object, anything else (a dataset shard from ``federate``: a ``torch.utils.data.Subset``) is private;
-* a result of a command or plan carries the labels of all its inputs: the batches a worker builds from its shard,
-  the model's outputs on them and the losses are private; ``param.grad`` and ``param - global`` are model objects;
-* an in-place command (``add_``, ``copy_``, ``__setitem__``, a property setter, ``_foreach_*_``, ``out=``) adds its
-  inputs' labels to the tensor it writes, so copying private data into a public tensor makes that tensor private;
-* objects already held when the policy is set are private (their provenance is unknown): set it before data arrives.
+* an object the owner sends (``ObjectMessage``): a tensor is public (data you send is yours), an ``nn.Parameter`` is
+  a model object, anything else (a dataset shard from ``federate``) is private; an object moved from another worker
+  keeps the labels it had there;
+* a command's result carries the labels of all its inputs, and so does every input it wrote in place (``copy_``,
+  ``x[i] = ...``, ``out=``, ``_foreach_*_``, the running statistics of ``batch_norm``); ``.data = x``, ``set_``,
+  views, slices and ``.detach()`` share memory, so they share labels;
+* ``backward()`` on labelled inputs makes every gradient it writes a model update (and private too, for the gradient
+  of a private tensor); ``torch.autograd.grad`` results carry their inputs' labels;
+* objects already held when the policy is set are private (their provenance is unknown).
 
-Release rules, checked in this order: a private 0-dim tensor (a scalar loss) leaves if ``release_scalars``; any other
-private object is refused; a model object, an ``nn.Parameter`` or a tensor carrying a ``.grad`` (a model update)
-leaves if ``release_model``; anything else leaves. A refused request leaves if ``allow(request)`` returns true.
-Private tensors leave detached (their autograd graph, which holds the inputs, stays behind). Every release is
-recorded in the worker's :class:`AuditLog` (object id, kind, shape, dtype, command, destination, time), and every
-refusal in ``audit_log.refused``; a refusal raises :class:`~lightning_fed.exceptions.PermissionDeniedError`.
+Release rules: a private 0-dim tensor (a scalar loss) leaves if ``release_scalars``; any other private object if
+``release_data``; a model object, an ``nn.Parameter`` or a tensor carrying a ``.grad`` (a model update) if
+``release_model``; anything else leaves. A command on private inputs whose result *shape* depends on their values
+(``nonzero``, ``unique``, a boolean mask, a private size or dim) runs only if ``release_shapes`` (its shapes are
+recorded as released), and one that would return a plain Python value computed from them only if ``release_data``.
+A refused request leaves if ``allow(request)`` returns true. Nothing leaves with its autograd graph. Every release
+is recorded in the worker's :class:`AuditLog` with its rule, and every refusal in ``audit_log.refused``; a refusal
+raises :class:`~lightning_fed.exceptions.PermissionDeniedError`.
 
-**What this protects, and what it does not.** Everything runs in one Python process: the policy guards the
-pointer/message API, not memory. It stops a caller who holds pointers (``get()``, ``to_here()``, ``move()``, the
-messages behind them, and the data-revealing commands the allowlist already refuses) from taking a worker's data out.
-It does not stop code in the process from reading ``worker.objects`` or the dataset itself, nor the plans the owner
-installs (they run arbitrary Python at the worker and may return plain values), nor side channels: error messages of
-failed commands (an out-of-range private index is echoed back), plain values commands return (shapes), and the
-1-bit "did it fail" of every command. Labels follow explicit command inputs only: autograd's writes (``.grad`` from a
-private loss's ``backward()``) and in-place buffer updates inside a function (BatchNorm's running statistics) are not
-seen; a gradient is treated as a model update, and a model update can reveal training data (gradient inversion;
-exactly, for a linear layer on one sample): use ``release_model=False`` with secure aggregation or differential
-privacy when that matters. ``release_scalars`` releases any 0-dim value computed from private data, so a caller can
-read data out one element at a time (``x[i, j].sum()``): it is a convenience for losses, not a guarantee.
+**What this protects, and what it does not** (docs/privacy.md lists the residual channels): everything runs in one
+Python process, so the policy guards the pointer/message API, not memory: code in the process can read
+``worker.objects``, and the plans the owner installs run arbitrary Python at the worker. A model update can reveal
+training data (gradient inversion), and ``release_scalars`` lets a caller read data one element at a time
+(``x[i, j].sum()``): use ``release_model=False`` and ``release_scalars=False`` when the pointer API is exposed to
+someone you do not trust.
 
 Example:
     >>> import torch, lightning_fed as sy
@@ -52,21 +50,13 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
-from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
-from lightning_fed.privacy.audit import AuditLog, ReleaseRequest, record
-from lightning_fed.workers.messages import ObjectRef, TensorDescriptor
-
-_INPLACE_DUNDERS = frozenset(
-    f"__i{op}__"
-    for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "div", "mod", "pow", "and", "or", "xor")
-) | {"__ilshift__", "__irshift__", "__setitem__", "__set__"}
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.privacy.audit import ReleaseRequest
+from lightning_fed.privacy.guard import WorkerGuard
 
 
 @dataclass(frozen=True)
@@ -123,7 +113,13 @@ class DataAccessPolicy:
 
     def decide(self, request: ReleaseRequest) -> tuple[str | None, str]:
         """``(rule, reason)``: the rule that lets ``request`` through, or ``None`` and why it is refused."""
-        if request.private and request.kind == "scalar":
+        if request.kind == "shape":
+            rule, reason = ("release_shapes", "") if self.release_shapes else (
+                ("release_data", "") if self.release_data else (None, "release_shapes=False")
+            )  # fmt: skip
+        elif request.kind == "value":
+            rule, reason = ("release_data", "") if self.release_data else (None, "release_data=False")
+        elif request.private and request.kind == "scalar":
             rule, reason = ("release_scalars", "") if self.release_scalars else (None, "release_scalars=False")
         elif request.private:
             rule, reason = ("release_data", "") if self.release_data else (
@@ -182,148 +178,3 @@ def warn_open_once() -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-class WorkerGuard:
-    """One worker's provenance labels (sets of private and model object ids) and audit log, under a policy.
-
-    ``BaseWorker`` makes one with :meth:`DataAccessPolicy.guard` and calls it from its message handlers.
-
-    Example:
-        >>> import torch
-        >>> guard = DataAccessPolicy().guard("w", {})
-        >>> guard.on_store(1, torch.utils.data.TensorDataset(torch.zeros(2)))  # a dataset arrives: private
-        >>> guard.on_store(2, torch.ones(1))  # a tensor from the owner: public
-        >>> guard.private, guard.release(2, torch.ones(1), "get"), guard.audit_log[0].kind
-        ({1}, tensor([1.]), 'tensor')
-    """
-
-    __slots__ = ("audit_log", "model", "policy", "private", "worker_id")
-
-    def __init__(self, policy: DataAccessPolicy, worker_id: Hashable, objects: Mapping[int, Any]) -> None:
-        self.policy = policy
-        self.worker_id = worker_id
-        self.private: set[int] = set()
-        self.model: set[int] = set()
-        self.audit_log = AuditLog()
-        for obj_id, obj in objects.items():  # unknown provenance: private (parameters stay model objects)
-            (self.model if isinstance(obj, nn.Parameter) else self.private).add(obj_id)
-
-    # -- provenance -----------------------------------------------------------------------------------------------
-    def on_store(self, obj_id: int, obj: Any) -> None:
-        """An object arrived from another party (``send``, ``federate``, ``move``)."""
-        self.forget(obj_id)
-        if isinstance(obj, nn.Parameter):
-            self.model.add(obj_id)
-        elif not isinstance(obj, torch.Tensor):
-            self.private.add(obj_id)
-
-    def on_result(self, label: str, inputs: Iterable[int], args: tuple, kwargs: dict, response: Any) -> None:
-        """A command or plan ran on ``inputs`` (object ids) and answered ``response``: label what it made or wrote."""
-        inputs = list(inputs)
-        private = any(i in self.private for i in inputs)
-        model = any(i in self.model for i in inputs)
-        if not (private or model):
-            return
-        written = list(_written_ids(response))
-        if _is_inplace(label):
-            first = args[0] if args else None
-            written.extend(_ref_ids(first))
-            written.extend(_ref_ids(kwargs.get("out")))
-        for obj_id in written:
-            if private:
-                self.private.add(obj_id)
-            if model:
-                self.model.add(obj_id)
-
-    def forget(self, obj_id: int) -> None:
-        self.private.discard(obj_id)
-        self.model.discard(obj_id)
-
-    def forget_all(self) -> None:
-        self.private.clear()
-        self.model.clear()
-
-    # -- release --------------------------------------------------------------------------------------------------
-    def request(self, obj_id: int, obj: Any, command: str, destination: Hashable | None = None) -> ReleaseRequest:
-        private = obj_id in self.private
-        tensor = isinstance(obj, torch.Tensor)
-        if private:
-            kind = "scalar" if tensor and obj.dim() == 0 else "data"
-        elif tensor and (obj_id in self.model or isinstance(obj, nn.Parameter)):
-            kind = "parameter" if isinstance(obj, nn.Parameter) else "update"
-        elif tensor and obj.is_leaf and obj.grad is not None:
-            kind = "update"
-        else:
-            kind = "tensor" if tensor else "data"
-            private = private or not tensor
-        return ReleaseRequest(
-            worker_id=self.worker_id,
-            obj_id=obj_id,
-            kind=kind,
-            shape=tuple(obj.shape) if tensor else None,
-            dtype=str(obj.dtype).removeprefix("torch.") if tensor else None,
-            command=command,
-            destination=destination,
-            private=private,
-        )
-
-    def release(self, obj_id: int, obj: Any, command: str, destination: Hashable | None = None) -> Any:
-        """Check a request, audit it and return what leaves (private tensors detached); raise if it is refused."""
-        request = self.request(obj_id, obj, command, destination)
-        rule, reason = self.policy.decide(request)
-        if rule is None:
-            self.audit_log.refused.append(record(request, reason))
-            raise PermissionDeniedError(_refusal_message(request, reason))
-        self.audit_log.records.append(record(request, rule))
-        if command != "to_here":
-            self.forget(obj_id)
-        if request.private and isinstance(obj, torch.Tensor):
-            return obj.detach()
-        return obj
-
-    def __repr__(self) -> str:
-        return f"WorkerGuard({self.worker_id!r}, {len(self.private)} private, {len(self.model)} model objects)"
-
-
-def _refusal_message(request: ReleaseRequest, reason: str) -> str:
-    what = f"object {request.obj_id} ({request.kind}" + (f", shape {request.shape})" if request.shape else ")")
-    if request.kind == "scalar":
-        fix = "this worker's policy keeps scalars computed from its data (DataAccessPolicy(release_scalars=False))"
-    elif request.private:
-        fix = (
-            "compute what you need at the worker and release a scalar or a model update the policy allows, or "
-            "have the worker's operator allow it: DataAccessPolicy(allow=...)"
-        )
-    else:
-        fix = (
-            "this worker's policy keeps model parameters and updates (DataAccessPolicy(release_model=False)): "
-            "aggregate them securely instead"
-        )
-    to = f" to worker {request.destination!r}" if request.destination is not None else ""
-    return f"worker {request.worker_id!r} refuses to release {what} through {request.command}(){to}: {reason}; {fix}."
-
-
-def _is_inplace(label: str) -> bool:
-    short = label.rsplit(".", 1)[-1]
-    return (short.endswith("_") and not short.endswith("__")) or short in _INPLACE_DUNDERS
-
-
-def _written_ids(response: Any) -> Iterator[int]:
-    kind = type(response)
-    if kind is TensorDescriptor or kind is ObjectRef:
-        yield response.obj_id
-    elif isinstance(response, (tuple, list)):
-        for item in response:
-            yield from _written_ids(item)
-    elif kind is dict:
-        for item in response.values():
-            yield from _written_ids(item)
-
-
-def _ref_ids(arg: Any) -> Iterator[int]:
-    if type(arg) is ObjectRef:
-        yield arg.obj_id
-    elif isinstance(arg, (tuple, list)):  # _foreach_*_ write every tensor of their first list
-        for item in arg:
-            yield from _ref_ids(item)

@@ -56,22 +56,54 @@ def current_worker() -> BaseWorker | None:
     return _current_worker.get()
 
 
-def _resolve(obj: Any, objects: dict[int, Any], worker_id: Hashable, inputs: dict[int, int]) -> Any:
+def _resolve(obj: Any, store: ObjectStore, worker_id: Hashable, inputs: dict[int, int], command: str = "") -> Any:
+    """``obj`` with each :class:`ObjectRef` replaced by the worker's object (its id noted in ``inputs``); for a
+    ``command``, every other value is checked by :func:`_command_arg`."""
     kind = type(obj)
     if kind is ObjectRef:
         try:
-            value = objects[obj.obj_id]
+            value = store.objects[obj.obj_id]
         except KeyError:
             raise WorkerError(
-                f"worker {worker_id!r} holds no object {obj.obj_id}: it was fetched with .get() or deleted."
+                f"worker {worker_id!r} holds no object {obj.obj_id}: {store.why_missing(obj.obj_id)}."
             ) from None
         inputs[id(value)] = obj.obj_id
         return value
     if kind is tuple or kind is list:
-        return kind(_resolve(item, objects, worker_id, inputs) for item in obj)
+        return kind(_resolve(item, store, worker_id, inputs, command) for item in obj)
     if kind is dict:
-        return {key: _resolve(value, objects, worker_id, inputs) for key, value in obj.items()}
-    return obj
+        return {key: _resolve(value, store, worker_id, inputs, command) for key, value in obj.items()}
+    if not command or isinstance(obj, _PLAIN_ARGS):
+        return obj
+    return _command_arg(obj, worker_id, command)
+
+
+_PLAIN_RESULTS = (int, float, complex, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format,
+                  torch.Size)  # fmt: skip
+_PLAIN_ARGS = (int, float, complex, str, bytes, type(None), type(...), torch.dtype, torch.device, torch.layout,
+               torch.memory_format, torch.Size, torch.Generator)  # fmt: skip
+
+
+def _command_arg(obj: Any, worker_id: Hashable, command: str) -> Any:
+    """A value a command message carries (not an object of the worker): plain values pass; a tensor is copied, as a
+    real transfer would, so that the command cannot write into the sender's tensor; anything else is refused (an
+    object with ``__torch_function__`` would be handed the worker's tensors)."""
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        return kind(_command_arg(item, worker_id, command) for item in obj)
+    if isinstance(obj, _PLAIN_ARGS):
+        return obj
+    if kind is slice:
+        _command_arg((obj.start, obj.stop, obj.step), worker_id, command)
+        return obj
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        with torch.no_grad():
+            copy = obj.clone()
+        return copy.requires_grad_(obj.requires_grad) if obj.requires_grad else copy
+    raise WorkerError(
+        f"worker {worker_id!r} refuses to run {command} with an argument of type {kind.__name__}: a command takes "
+        "the worker's objects (pointers), tensors and plain values only. Send the object first."
+    )
 
 
 # the pointer layer sits above the workers: it registers how search results become pointers (register_search)
@@ -206,7 +238,7 @@ class BaseWorker:
 
     def resolve(self, refs: Any, inputs: dict[int, int] | None = None) -> Any:
         """The worker's own objects for ``refs`` (:class:`ObjectRef` in tuples, lists, dicts)."""
-        return _resolve(refs, self._store.objects, self.id, {} if inputs is None else inputs)
+        return _resolve(refs, self._store, self.id, {} if inputs is None else inputs)
 
     def enter(self) -> Any:
         """Make this worker the current one; returns the token :meth:`leave` takes."""
@@ -251,30 +283,41 @@ class BaseWorker:
             arrival(self)
         self._store.set(message.obj_id, message.obj)
         if self._guard is not None:
-            self._guard.on_store(message.obj_id, message.obj)
+            self._guard.on_store(message.obj_id, message.obj, message.labels)
+
+    def _missing(self, obj_id: int) -> WorkerError:
+        return WorkerError(f"worker {self.id!r} holds no object {obj_id}: {self._store.why_missing(obj_id)}.")
 
     def _handle_get(self, message: GetMessage) -> Any:
         if message.obj_id not in self._store:
-            raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
+            raise self._missing(message.obj_id)
         obj = self._store.get(message.obj_id)
         if self._guard is not None:  # raises PermissionDeniedError, else audits and returns what may leave
             obj = self._guard.release(message.obj_id, obj, "to_here" if message.keep else "get")
         if message.keep:
             return _copy_out(obj)
-        self._store.discard(message.obj_id)
+        self._store.depart(message.obj_id, "get")
         return obj
 
     def _handle_move(self, message: MoveMessage) -> None:
-        if message.obj_id not in self._store:
-            raise WorkerError(f"worker {self.id!r} holds no object {message.obj_id}: it was fetched or deleted.")
-        obj = self._store.get(message.obj_id)
+        """Hand an object to another worker, all or nothing: a refused or failed move leaves this store, its labels
+        and its audit log as they were; a private (or model) object arrives private (or model) there."""
+        obj_id, to = message.obj_id, message.to
+        if obj_id not in self._store:
+            raise self._missing(obj_id)
+        obj = self._store.get(obj_id)
+        labels, request, rule = 0, None, ""
         if self._guard is not None:
-            obj = self._guard.release(message.obj_id, obj, "move", getattr(message.to, "id", None))
-        self._send(ObjectMessage(message.new_id, obj), message.to)
-        self._store.discard(message.obj_id)
+            request, rule = self._guard.check(obj_id, obj, "move", getattr(to, "id", None))
+            labels = self._guard.labels_of(obj_id, obj)
+            obj = self._guard.outgoing(obj, request)
+        self._send(ObjectMessage(message.new_id, obj, labels), to)  # raises: nothing changed here
+        if request is not None:
+            self._guard.commit(request, rule)
+        self._store.depart(obj_id, f"it was moved to worker {getattr(to, 'id', to)!r} with .move()")
 
     def _handle_delete(self, message: DeleteMessage) -> None:
-        self._store.discard(message.obj_id)
+        self._store.depart(message.obj_id, "delete")
         if self._guard is not None:
             self._guard.forget(message.obj_id)
 
@@ -282,10 +325,15 @@ class BaseWorker:
         tensors = []
         for obj_id in message.tensor_ids:
             if obj_id not in self._store:
-                raise WorkerError(f"worker {self.id!r} holds no object {obj_id}: it was fetched or deleted.")
+                raise self._missing(obj_id)
             tensors.append(self._store.get(obj_id))
         dataset = TensorDataset(*tensors)  # checks that the tensors have the same number of rows
         self._store.set(message.obj_id, dataset)
+        if self._guard is not None:  # built from the worker's tensors: their labels, not "private" by kind
+            labels = self._guard.labels
+            labels.forget_id(message.obj_id)
+            for obj_id, tensor in zip(message.tensor_ids, tensors, strict=True):
+                labels.add(message.obj_id, None, labels.of(obj_id, tensor))
         return len(dataset)
 
     def _handle_search(self, message: SearchMessage) -> tuple[SearchResult, ...]:
@@ -305,7 +353,7 @@ class BaseWorker:
         if func is None:
             reason = refusal_reason(message.command) or "it is not in the worker's command allowlist"
             raise WorkerError(f"worker {self.id!r} refuses to run {message.command}: {reason}.")
-        return self._execute(message.command, func, message.args, message.kwargs)
+        return self._execute(message.command, func, message.args, message.kwargs, command=True)
 
     def _handle_plan(self, message: PlanMessage) -> Any:
         fn = self._plans.get(message.plan)
@@ -315,26 +363,41 @@ class BaseWorker:
             )
         return self._execute(f"plan {message.plan!r}", fn, message.args, message.kwargs)
 
-    def _execute(self, label: str, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        objects = self._store.objects
+    def _execute(self, label: str, func: Callable[..., Any], args: tuple, kwargs: dict, command: bool = False) -> Any:
+        store, guard = self._store, self._guard
         inputs: dict[int, int] = {}
-        real_args = _resolve(args, objects, self.id, inputs)
-        real_kwargs = _resolve(kwargs, objects, self.id, inputs) if kwargs else {}
+        checked = label if command else ""
+        real_args = _resolve(args, store, self.id, inputs, checked)
+        real_kwargs = _resolve(kwargs, store, self.id, inputs, checked) if kwargs else {}
+        pending = None
+        if guard is not None and inputs:  # labels: one storage lookup per input, more only for labelled inputs
+            pending = guard.before(label, store.objects, inputs.values(), real_args, real_kwargs)
         token = _current_worker.set(self)
+        failure: Exception | None = None
         try:
             result = func(*real_args, **real_kwargs)
         except WorkerError:
             raise
         except Exception as err:
-            raise WorkerError(f"worker {self.id!r} failed to run {label}: {type(err).__name__}: {err}") from err
+            failure = err
         finally:
             _current_worker.reset(token)
-        response = self._register(result, inputs)
-        if self._guard is not None:  # provenance: results inherit "private" from their inputs
-            self._guard.on_result(label, inputs.values(), args, kwargs, response)
-        return response
+        if failure is not None:  # raised outside the except block: a withheld error keeps no __context__ either
+            if pending is not None and pending.private:
+                name = type(failure).__name__
+                failure = None
+                raise WorkerError(
+                    f"worker {self.id!r} failed to run {label}: {name} (details withheld: its inputs are private "
+                    "to the worker, and the error message could contain their values)."
+                )
+            raise WorkerError(f"worker {self.id!r} failed to run {label}: {type(failure).__name__}: {failure}") from (
+                failure
+            )
+        if pending is not None:  # provenance: results, and inputs written in place, inherit the inputs' labels
+            guard.after(pending, label, real_args, real_kwargs, result, store.objects)
+        return self._register(result, inputs, label if command else "")
 
-    def _register(self, result: Any, inputs: dict[int, int]) -> Any:
+    def _register(self, result: Any, inputs: dict[int, int], command: str = "") -> Any:
         if isinstance(result, torch.Tensor):
             existing = inputs.get(id(result))
             if existing is not None:
@@ -344,12 +407,18 @@ class BaseWorker:
             return TensorDescriptor(obj_id, result.shape, result.dtype, result.device, result.requires_grad)
         kind = type(result)
         if kind is tuple or kind is list:
-            return kind(self._register(item, inputs) for item in result)
+            return kind(self._register(item, inputs, command) for item in result)
         if isinstance(result, tuple):  # namedtuples, and structseqs such as torch.return_types.max
-            items = [self._register(item, inputs) for item in result]
+            items = [self._register(item, inputs, command) for item in result]
             return kind(*items) if hasattr(result, "_fields") else kind(items)
         if kind is dict:
-            return {key: self._register(value, inputs) for key, value in result.items()}
+            return {key: self._register(value, inputs, command) for key, value in result.items()}
+        if command and not isinstance(result, _PLAIN_RESULTS):
+            raise WorkerError(
+                f"worker {self.id!r} refuses to return the {kind.__name__} that {command} made: it would hand the "
+                "caller objects that live at the worker (an autograd graph holds the tensors it was computed from). "
+                "Only tensors (as pointers) and plain values leave a command."
+            )
         return result
 
     def __repr__(self) -> str:

@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+LABEL_PRIVATE = 1  # an object's privacy labels travel with it as bits: the worker's data, or computed from it
+LABEL_MODEL = 2  # model parameters, their gradients and updates
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
@@ -38,10 +41,13 @@ class TensorDescriptor:
 
 @dataclass(frozen=True, slots=True)
 class ObjectMessage:
-    """Store ``obj`` under ``obj_id`` (the receiving end of ``send``)."""
+    """Store ``obj`` under ``obj_id`` (the receiving end of ``send`` and ``move``); ``labels`` (bits of
+    :data:`LABEL_PRIVATE`, :data:`LABEL_MODEL`) say what it was at the worker it comes from: an object moved from
+    another worker's data arrives private. The owner's own tensors carry none."""
 
     obj_id: int
     obj: Any
+    labels: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -30,17 +31,41 @@ def clinic_with_data(policy: DataAccessPolicy | None = None, n: int = 6) -> tupl
     return clinic, fed, data, target
 
 
+def _open_warned() -> bool:
+    from lightning_fed.privacy import policy
+
+    return policy._warned_open
+
+
+@contextlib.contextmanager
+def _no_warning() -> Any:
+    yield
+
+
 def refused(worker: str, obj_id: int) -> str:
     return rf"worker '{worker}' refuses to release object {obj_id} \("
 
 
-# -- no policy: today's behaviour --------------------------------------------------------------------------------------
-def test_without_a_policy_nothing_is_tracked_or_refused() -> None:
-    worker = VirtualWorker(id="open")
-    assert worker.policy is None and worker.audit_log is None and worker._guard is None
+# -- the open policy: an explicit opt-in, still audited ----------------------------------------------------------------
+def test_an_open_policy_releases_data_and_still_audits_it() -> None:
+    worker = VirtualWorker(id="open", policy=DataAccessPolicy.open())
+    assert worker.policy.release_data and worker.policy.release_shapes and len(worker.audit_log) == 0
     fed = sy.federate(TensorDataset(torch.arange(4.0).reshape(4, 1)), [worker])
     (data,) = next(iter(sy.FederatedDataLoader(fed, batch_size=4)))
+    data_id = data.id_at_location
     assert torch.equal(data.get(), torch.arange(4.0).reshape(4, 1))
+    assert [(r.obj_id, r.kind, r.private, r.rule) for r in worker.audit_log] == [
+        (data_id, "data", True, "release_data")
+    ]
+
+
+def test_a_worker_is_strict_by_default() -> None:
+    worker = VirtualWorker(id="default")
+    assert worker.policy == DataAccessPolicy.strict() and worker.audit_log.refused == []
+    fed = sy.federate(TensorDataset(torch.arange(4.0).reshape(4, 1)), [worker])
+    (data,) = next(iter(sy.FederatedDataLoader(fed, batch_size=4)))
+    with pytest.raises(PermissionDeniedError, match=refused("default", data.id_at_location)):
+        data.get()
 
 
 # -- private data is refused -------------------------------------------------------------------------------------------
@@ -90,8 +115,12 @@ def test_objects_held_before_the_policy_is_set_are_private() -> None:
     with pytest.raises(PermissionDeniedError, match=refused("late", ptr.id_at_location)):
         ptr.get()
     assert weight.get().shape == (1, 2)  # parameters stay model objects
-    worker.set_policy(None)
-    assert torch.equal(ptr.get(), torch.ones(2)) and worker.audit_log is None
+    with pytest.raises(FederatedConfigError, match=r"`policy=None` is not valid: pass 'strict' \(the default"):
+        worker.set_policy(None)
+    assert worker.policy == DataAccessPolicy()  # the refused call changed nothing
+    with pytest.warns(UserWarning, match=r"open data-access policy") if not _open_warned() else _no_warning():
+        worker.set_policy("open")
+    assert torch.equal(ptr.get(), torch.ones(2)) and worker.audit_log[-1].rule == "release_data"
 
 
 # -- what is releasable ------------------------------------------------------------------------------------------------
@@ -186,25 +215,25 @@ def test_audit_log_records_what_left_how_and_when() -> None:
     assert [r.seq for r in log] == sorted(r.seq for r in log)
     assert log.filter(command="move")[0].obj_id == b_id and len(log) == 3 and log.refused == []
     assert repr(log) == "AuditLog(3 released, 0 refused)"
-    assert other.audit_log is None  # the policy is per worker
+    assert len(other.audit_log) == 0 and other.audit_log is not log  # the policy and its log are per worker
     log.clear()
     assert len(log) == 0
 
 
 def test_labels_are_forgotten_with_their_objects() -> None:
     clinic, _fed, data, _target = clinic_with_data()  # held: their objects stay at the worker
-    guard = clinic._guard
-    before = len(guard.private)
-    assert before == 3  # the shard, the batch's data and target
+    labels = clinic._guard.labels
+    before = len(labels)
+    assert before == 3  # the shard (by id), the batch's data and target (by memory)
     for _ in range(20):
-        (data * 2).sum()  # temporaries: deleted at the worker when their pointers go
-    assert len(guard.private) == before
+        (data * 2).sum()  # temporaries: deleted at the worker when their pointers go, their labels with their memory
+    assert len(labels) == before
     clinic.clear_objects()
-    assert guard.private == set() and guard.model == set()
+    assert len(labels) == 0
 
 
-def test_federated_training_releases_nothing() -> None:
-    workers = [VirtualWorker(id=f"school{i}", policy=DataAccessPolicy(release_model=False)) for i in range(2)]
+def test_federated_training_releases_only_updates_and_metrics() -> None:
+    workers = [VirtualWorker(id=f"school{i}") for i in range(2)]  # the default, strict policy
     data = FederatedDataModule.from_datasets(
         TensorDataset(torch.randn(16, 4), torch.arange(16) % 2), workers=workers, batch_size=8
     )
@@ -214,7 +243,12 @@ def test_federated_training_releases_nothing() -> None:
     )  # fmt: skip
     trainer.fit(BoringClassifier(), datamodule=data)
     assert trainer.strategy.round_index == 1
-    assert all(len(w.audit_log) == 0 and w.audit_log.refused == [] for w in workers)
+    for worker in workers:  # only what the default policy names leaves: the round's update and scalar metrics
+        assert worker.audit_log.refused == [] and len(worker.audit_log) > 0
+        assert {(r.kind, r.rule) for r in worker.audit_log} <= {
+            ("update", "release_model"),
+            ("scalar", "release_scalars"),
+        }
 
 
 # -- configuration -----------------------------------------------------------------------------------------------------

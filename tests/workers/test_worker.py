@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -138,8 +140,42 @@ def test_get_keep_hands_a_copy_and_keeps_the_object(alice: VirtualWorker) -> Non
 
 
 def test_get_of_an_unknown_id_names_worker_and_id(alice: VirtualWorker) -> None:
-    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 99: it was fetched or deleted"):
+    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 99: it never existed here\.$"):
         me._send(GetMessage(99), alice)
+
+
+@pytest.mark.parametrize(
+    ("leave", "match"),
+    [
+        (lambda w: me._send(GetMessage(1), w), r"it left through \.get\(\) earlier \(a \.get\(\) takes the object out "
+         r"of the worker; use \.copy\(\)\.get\(\) to keep it there\)"),
+        (lambda w: me._send(DeleteMessage(1), w), r"it was deleted \(its pointer was dropped or ptr\.delete\(\) ran\)"),
+        (lambda w: me._send(MoveMessage(1, VirtualWorker(id="carol"), 2), w), r"it was moved to worker 'carol' with "
+         r"\.move\(\)"),
+        (lambda w: w.clear_objects(), r"it was deleted with the worker's other objects \(clear_objects\(\)\)"),
+    ],
+)  # fmt: skip
+def test_a_missing_object_says_how_it_left(alice: VirtualWorker, leave: Any, match: str) -> None:
+    put(alice, 1, torch.ones(2))
+    leave(alice)
+    for message in (GetMessage(1), MoveMessage(1, VirtualWorker(id="dave"), 3),
+                    CommandMessage("torch.neg", (ObjectRef(1),))):  # fmt: skip
+        with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 1: " + match):
+            me._send(message, alice)
+
+
+def test_departures_are_remembered_for_a_bounded_number_of_objects() -> None:
+    from lightning_fed.workers.store import ObjectStore
+
+    store = ObjectStore(max_departed=3)
+    for obj_id in range(5):
+        store.set(obj_id, obj_id)
+        store.depart(obj_id, "get")
+    assert list(store.departed) == [2, 3, 4]
+    assert store.why_missing(4).startswith("it left through .get()")
+    assert store.why_missing(0) == "it never existed here (or it left before the last 3 that did)"
+    store.depart(4, "delete")  # a pointer dropped after its object left keeps the first reason
+    assert store.why_missing(4).startswith("it left through .get()")
 
 
 def test_delete_forgets_and_ignores_unknown_ids(alice: VirtualWorker) -> None:
@@ -160,14 +196,14 @@ def test_move_hands_the_object_to_another_worker(alice: VirtualWorker) -> None:
 
 
 def test_move_of_an_unknown_id_names_worker_and_id(alice: VirtualWorker) -> None:
-    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 5: it was fetched or deleted"):
+    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 5: it never existed here"):
         me._send(MoveMessage(5, VirtualWorker(id="bob"), 6), alice)
 
 
 # -- commands --------------------------------------------------------------------------------------------------------
 def test_command_on_an_unknown_id_names_worker_and_id(alice: VirtualWorker) -> None:
     put(alice, 1, torch.ones(2))
-    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 2: it was fetched with .get\(\) or deleted"):
+    with pytest.raises(WorkerError, match=r"worker 'alice' holds no object 2: it never existed here"):
         me._send(CommandMessage("torch.add", (ObjectRef(1), ObjectRef(2))), alice)
     assert list(alice.objects) == [1]
 

@@ -1,0 +1,137 @@
+"""Privacy labels that follow memory: a tensor's labels live on its storage, so every view, slice, ``.detach()``,
+``.data``, ``set_`` and in-place write shares them.
+
+``t.untyped_storage()`` is the same Python object for every tensor over that memory, and it can be weakly
+referenced: it dies with the memory. :class:`StorageLabels` keeps ``id(storage) -> labels`` and drops an entry when
+its storage dies, so an id reused by new memory never inherits old labels. Objects without a storage (dataset
+shards, a pointer kept at a worker) are labelled by their object id instead.
+
+Labels are bits: :data:`PRIVATE` (the worker's data, or computed from it) and :data:`MODEL` (model parameters,
+their gradients and updates).
+
+Example:
+    >>> import torch
+    >>> labels = StorageLabels()
+    >>> x = torch.zeros(4)
+    >>> labels.add(1, x[2:], PRIVATE)  # label a slice...
+    >>> labels.of(2, x.view(2, 2)) == PRIVATE  # ...and every view of that memory carries it
+    True
+    >>> labels.of(3, torch.zeros(4))
+    0
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_fed.workers.messages import LABEL_MODEL as MODEL
+from lightning_fed.workers.messages import LABEL_PRIVATE as PRIVATE
+
+__all__ = ["MODEL", "PRIVATE", "StorageLabels", "label_names", "storage_of", "tensors_in"]
+
+
+def storage_of(obj: Any) -> Any:
+    """The storage object of a tensor with one (``None`` for anything else, e.g. a pointer kept at a worker)."""
+    kind = type(obj)
+    if kind is torch.Tensor or kind is nn.Parameter:
+        try:
+            return obj.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested, or otherwise storage-less tensors
+            return None
+    if isinstance(obj, torch.Tensor) and "id_at_location" not in obj.__dict__:  # a pointer has no memory here
+        try:
+            return obj.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return None
+    return None
+
+
+def label_names(bits: int) -> str:
+    """``"private"``, ``"model"``, ``"private+model"`` or ``"public"``."""
+    names = [name for bit, name in ((PRIVATE, "private"), (MODEL, "model")) if bits & bit]
+    return "+".join(names) or "public"
+
+
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``obj`` (nested in tuples, lists, dicts, and structseqs such as ``torch.return_types.max``)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from tensors_in(item)
+    elif type(obj) is dict:
+        for item in obj.values():
+            yield from tensors_in(item)
+
+
+class StorageLabels:
+    """One worker's labels: by storage for tensors, by object id for everything else (see the module docstring)."""
+
+    __slots__ = ("_by_id", "_labels", "_refs")
+
+    def __init__(self) -> None:
+        self._labels: dict[int, int] = {}
+        self._refs: dict[int, weakref.ref] = {}
+        self._by_id: dict[int, int] = {}
+
+    def of(self, obj_id: int | None, obj: Any) -> int:
+        """The labels of ``obj`` (stored under ``obj_id``): those of its memory, or of its id if it has none."""
+        storage = storage_of(obj)
+        if storage is not None:
+            return self._labels.get(id(storage), 0)
+        return self._by_id.get(obj_id, 0) if obj_id is not None else 0
+
+    def of_tensor(self, tensor: Any) -> int:
+        storage = storage_of(tensor)
+        return 0 if storage is None else self._labels.get(id(storage), 0)
+
+    def add(self, obj_id: int | None, obj: Any, bits: int) -> None:
+        """Add ``bits`` to the labels of ``obj``'s memory (or of ``obj_id`` when it has no storage)."""
+        if not bits:
+            return
+        storage = storage_of(obj)
+        if storage is None:
+            if obj_id is not None:
+                self._by_id[obj_id] = self._by_id.get(obj_id, 0) | bits
+            return
+        self.add_storage(storage, bits)
+
+    def add_tensor(self, tensor: Any, bits: int) -> None:
+        storage = storage_of(tensor) if bits else None
+        if storage is not None:
+            self.add_storage(storage, bits)
+
+    def add_storage(self, storage: Any, bits: int) -> None:
+        key = id(storage)
+        labels = self._labels
+        if key in labels:
+            labels[key] |= bits
+            return
+        refs = self._refs
+
+        def dead(_: Any, key: int = key) -> None:  # the memory is gone: a new storage may reuse its id
+            labels.pop(key, None)
+            refs.pop(key, None)
+
+        refs[key] = weakref.ref(storage, dead)
+        labels[key] = bits
+
+    def forget_id(self, obj_id: int) -> None:
+        """Forget the id labels of ``obj_id`` (it left the worker); memory labels die with their memory."""
+        self._by_id.pop(obj_id, None)
+
+    def clear(self) -> None:
+        self._labels.clear()
+        self._refs.clear()
+        self._by_id.clear()
+
+    def __len__(self) -> int:
+        return len(self._labels) + len(self._by_id)
+
+    def __repr__(self) -> str:
+        return f"StorageLabels({len(self._labels)} storages, {len(self._by_id)} objects)"
