@@ -4,6 +4,7 @@ worker's own policy; a bad ``policy`` fails before anything is sent; an open pol
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,14 @@ def test_data_you_sent_stays_yours_when_the_policy_does_not_change():
     part = sy.BaseDataset(torch.arange(8.0).reshape(4, 2), torch.tensor([0, 1, 0, 1])).send(worker)
     x, _ = first_batch(sy.FederatedDataset([part], policy="strict"))  # the worker is strict already
     assert torch.equal(x.get(), torch.arange(8.0).reshape(4, 2))
+
+
+def test_readmes_private_by_default_example_runs_as_it_says(warn_again, capsys):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"Private by default:.*?```python\n(.*?)```", text, re.S)
+    assert block, "README lost its private-by-default example"
+    with pytest.warns(UserWarning, match=OPEN_WARNING):
+        scope: dict = {}
+        exec(compile(block.group(1), "README.md", "exec"), scope)  # our own README
+    assert "worker 'alice' refuses to release object" in capsys.readouterr().out
+    assert scope["public"].policy == DataAccessPolicy.open()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
+import lightning_fed.privacy.policy as policy_module
 from lightning_fed import FederatedConfigError, PointerTensor
 from lightning_fed.datasets import FederatedMNISTDataModule
+from lightning_fed.exceptions import PermissionDeniedError
+from lightning_fed.privacy import DataAccessPolicy
 from tests.helpers.mnist_files import write_mnist_raw
 
 
@@ -19,6 +24,33 @@ def test_two_schools_get_the_training_set_as_pointers(tmp_path):
     assert type(data) is PointerTensor and data.location.id == "westside" and tuple(data.shape) == (16, 1, 28, 28)
     assert dm.hparams.federated["workers"] == ["westside", "grapevine"]
     assert dm.datamodule.hparams.num_workers == 0  # the inner MNISTDataModule kept its own hyper-parameters
+
+
+@pytest.mark.parametrize("policy", [None, "strict", "open"])
+def test_the_schools_images_stay_with_them_unless_the_policy_is_open(tmp_path, monkeypatch, policy):
+    monkeypatch.setattr(policy_module, "_warned_open", False)  # the open warning is once per process
+    write_mnist_raw(tmp_path, num_train=40, num_test=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = FederatedMNISTDataModule(root=tmp_path, batch_size=8, policy=policy)
+    opened = [w for w in caught if "open data-access policy" in str(w.message)]
+    assert len(opened) == (policy == "open")
+    dm.prepare_data()
+    dm.setup("fit")
+    data, target = next(iter(dm.train_dataloader()))
+    school = data.location
+    assert school.policy == (DataAccessPolicy.open() if policy == "open" else DataAccessPolicy.strict())
+    if policy == "open":
+        assert data.get().shape == (8, 1, 28, 28) and school.audit_log[-1].rule == "release_data"
+    else:
+        with pytest.raises(PermissionDeniedError, match=r"worker 'westside' refuses to release object .*\(data"):
+            target.get()
+        assert school.audit_log.refused[-1].obj_id == target.id_at_location
+
+
+def test_a_bad_policy_is_named_before_anything_loads(tmp_path):
+    with pytest.raises(FederatedConfigError, match=r"`policy='public'` is not valid: pass 'strict' \(the default"):
+        FederatedMNISTDataModule(root=tmp_path / "missing", policy="public")
 
 
 def test_dirichlet_and_shards_arguments(tmp_path):
