@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
+from lightning_fed.workers.arguments import PLAIN_RESULTS, resolve_refs
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.messages import (
     CommandMessage,
@@ -54,56 +55,6 @@ _current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.Context
 def current_worker() -> BaseWorker | None:
     """The worker whose command or plan is running right now, or ``None`` on the local side."""
     return _current_worker.get()
-
-
-def _resolve(obj: Any, store: ObjectStore, worker_id: Hashable, inputs: dict[int, int], command: str = "") -> Any:
-    """``obj`` with each :class:`ObjectRef` replaced by the worker's object (its id noted in ``inputs``); for a
-    ``command``, every other value is checked by :func:`_command_arg`."""
-    kind = type(obj)
-    if kind is ObjectRef:
-        try:
-            value = store.objects[obj.obj_id]
-        except KeyError:
-            raise WorkerError(
-                f"worker {worker_id!r} holds no object {obj.obj_id}: {store.why_missing(obj.obj_id)}."
-            ) from None
-        inputs[id(value)] = obj.obj_id
-        return value
-    if kind is tuple or kind is list:
-        return kind(_resolve(item, store, worker_id, inputs, command) for item in obj)
-    if kind is dict:
-        return {key: _resolve(value, store, worker_id, inputs, command) for key, value in obj.items()}
-    if not command or isinstance(obj, _PLAIN_ARGS):
-        return obj
-    return _command_arg(obj, worker_id, command)
-
-
-_PLAIN_RESULTS = (int, float, complex, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format,
-                  torch.Size)  # fmt: skip
-_PLAIN_ARGS = (int, float, complex, str, bytes, type(None), type(...), torch.dtype, torch.device, torch.layout,
-               torch.memory_format, torch.Size, torch.Generator)  # fmt: skip
-
-
-def _command_arg(obj: Any, worker_id: Hashable, command: str) -> Any:
-    """A value a command message carries (not an object of the worker): plain values pass; a tensor is copied, as a
-    real transfer would, so that the command cannot write into the sender's tensor; anything else is refused (an
-    object with ``__torch_function__`` would be handed the worker's tensors)."""
-    kind = type(obj)
-    if kind is tuple or kind is list:
-        return kind(_command_arg(item, worker_id, command) for item in obj)
-    if isinstance(obj, _PLAIN_ARGS):
-        return obj
-    if kind is slice:
-        _command_arg((obj.start, obj.stop, obj.step), worker_id, command)
-        return obj
-    if kind is torch.Tensor or kind is torch.nn.Parameter:
-        with torch.no_grad():
-            copy = obj.clone()
-        return copy.requires_grad_(obj.requires_grad) if obj.requires_grad else copy
-    raise WorkerError(
-        f"worker {worker_id!r} refuses to run {command} with an argument of type {kind.__name__}: a command takes "
-        "the worker's objects (pointers), tensors and plain values only. Send the object first."
-    )
 
 
 # the pointer layer sits above the workers: it registers how search results become pointers (register_search)
@@ -238,7 +189,7 @@ class BaseWorker:
 
     def resolve(self, refs: Any, inputs: dict[int, int] | None = None) -> Any:
         """The worker's own objects for ``refs`` (:class:`ObjectRef` in tuples, lists, dicts)."""
-        return _resolve(refs, self._store, self.id, {} if inputs is None else inputs)
+        return resolve_refs(refs, self._store, self.id, {} if inputs is None else inputs)
 
     def enter(self) -> Any:
         """Make this worker the current one; returns the token :meth:`leave` takes."""
@@ -367,8 +318,8 @@ class BaseWorker:
         store, guard = self._store, self._guard
         inputs: dict[int, int] = {}
         checked = label if command else ""
-        real_args = _resolve(args, store, self.id, inputs, checked)
-        real_kwargs = _resolve(kwargs, store, self.id, inputs, checked) if kwargs else {}
+        real_args = resolve_refs(args, store, self.id, inputs, checked)
+        real_kwargs = resolve_refs(kwargs, store, self.id, inputs, checked) if kwargs else {}
         pending = None
         if guard is not None and inputs:  # labels: one storage lookup per input, more only for labelled inputs
             pending = guard.before(label, store.objects, inputs.values(), real_args, real_kwargs)
@@ -413,7 +364,7 @@ class BaseWorker:
             return kind(*items) if hasattr(result, "_fields") else kind(items)
         if kind is dict:
             return {key: self._register(value, inputs, command) for key, value in result.items()}
-        if command and not isinstance(result, _PLAIN_RESULTS):
+        if command and not isinstance(result, PLAIN_RESULTS):
             raise WorkerError(
                 f"worker {self.id!r} refuses to return the {kind.__name__} that {command} made: it would hand the "
                 "caller objects that live at the worker (an autograd graph holds the tensors it was computed from). "
