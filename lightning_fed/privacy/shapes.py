@@ -81,8 +81,8 @@ def shape_reason(name: str, args: tuple, kwargs: dict, is_private: Callable[[Any
     short = short_name(name)
     if short in _VALUE_SHAPED:
         return f"the shape of its result depends on the values of its inputs (e.g. how many of them {short} finds)"
-    if short == "where" and len(args) == 1 and not kwargs:
-        return "the one-argument torch.where returns as many indices as there are true values"
+    if short in ("where", "repeat_interleave") and len(args) == 1 and not kwargs:
+        return f"the one-argument {short} gives a result as long as the values say"
     if short == "__getitem__" and len(args) > 1 and _private_in(args[1], is_private, mask_only=True):
         return "indexing with a private boolean mask gives a result as long as the number of true values"
     if short in _SIZED:

@@ -1,0 +1,155 @@
+"""Labels follow memory (privacy/labels.py), and the allowlisted commands fuzzed against the policy (privacy/shapes.py)."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_fed.exceptions import PermissionDeniedError
+from lightning_fed.privacy.labels import MODEL, PRIVATE, StorageLabels, label_names
+from lightning_fed.privacy.shapes import plain_value_reason, shape_reason, short_name
+from lightning_fed.workers import VirtualWorker, me
+from lightning_fed.workers.commands import allowlist, resolve_command
+from lightning_fed.workers.messages import CommandMessage, ObjectMessage, ObjectRef
+
+
+# -- StorageLabels ------------------------------------------------------------------------------------------------------
+def test_every_view_of_a_storage_shares_its_labels() -> None:
+    labels = StorageLabels()
+    x = torch.zeros(4, 3)
+    labels.add(1, x[1:3, 0], PRIVATE)
+    for alias in (x, x.view(12), x.detach(), x.data, x.t(), x.as_strided((2,), (1,)), x.expand(2, 4, 3), x[0]):
+        assert labels.of(None, alias) == PRIVATE
+    labels.add(2, x.T, MODEL)
+    assert labels.of(None, x) == PRIVATE | MODEL and label_names(labels.of(None, x)) == "private+model"
+    assert labels.of(None, torch.zeros(4, 3)) == 0 and label_names(0) == "public"
+
+
+def test_labels_die_with_their_memory_and_never_pass_to_a_reused_id() -> None:
+    labels = StorageLabels()
+    x = torch.zeros(3)
+    labels.add(1, x, PRIVATE)
+    alias = x[1:]
+    del x
+    gc.collect()
+    assert len(labels) == 1 and labels.of(None, alias) == PRIVATE  # the view keeps the memory alive
+    del alias
+    gc.collect()
+    assert len(labels) == 0
+    for _ in range(50):  # fresh storages (possibly at reused addresses and ids) are unlabelled
+        assert labels.of(None, torch.zeros(3)) == 0
+
+
+def test_objects_without_memory_are_labelled_by_id() -> None:
+    labels = StorageLabels()
+    shard = torch.utils.data.TensorDataset(torch.zeros(2))
+    labels.add(7, shard, PRIVATE)
+    assert labels.of(7, shard) == PRIVATE and labels.of(8, shard) == 0
+    labels.forget_id(7)
+    assert labels.of(7, shard) == 0
+
+
+def test_short_names_and_rules() -> None:
+    assert short_name("torch.Tensor.grad.__get__") == "grad" and short_name("torch.Tensor.add#2") == "add"
+    always = lambda t: True  # noqa: E731
+    never = lambda t: False  # noqa: E731
+    x, mask = torch.ones(2), torch.tensor([True, False])
+    assert shape_reason("torch.Tensor.__getitem__", (x, mask), {}, always) is not None
+    assert shape_reason("torch.Tensor.__getitem__", (x, mask), {}, never) is None  # a public mask: a public shape
+    assert shape_reason("torch.Tensor.__getitem__", (x, torch.tensor([0, 1])), {}, always) is None  # fixed shape
+    assert shape_reason("torch.where", (mask,), {}, always) is not None
+    assert shape_reason("torch.where", (mask, x, x), {}, always) is None
+    assert plain_value_reason("torch.Tensor.dim", 1) is None
+    assert plain_value_reason("torch.Tensor.foo", 1.5) == (
+        "it returns a plain float computed from them, not a tensor that stays there"
+    )
+
+
+# -- fuzz: every allowlisted command that runs on one tensor --------------------------------------------------------
+INPUTS = {
+    "float": (torch.zeros(2, 3), torch.tensor([[3.0, 1.0, 4.0], [0.5, 2.0, 6.0]])),
+    "int": (torch.zeros(2, 3, dtype=torch.long), torch.tensor([[3, 1, 4], [5, 2, 6]])),
+    "bool": (torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)),
+    "int1d": (torch.zeros(6, dtype=torch.long), torch.tensor([3, 1, 4, 1, 5, 9])),
+}
+SKIP = ("__set__", "__setstate__", "set_", "resize_", "share_memory_")
+
+
+def _signature(result: Any) -> Any:
+    """What a caller learns besides tensor values: shapes, and plain values."""
+    if isinstance(result, torch.Tensor):
+        return ("tensor", tuple(result.shape))
+    if isinstance(result, (tuple, list)):
+        return tuple(_signature(item) for item in result)
+    return ("value", repr(result)[:60])
+
+
+def _value_dependent(call: Any) -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any]]]:
+    """Commands whose shape (first list) or plain value (second) differ between two inputs of one shape."""
+    shapes, values = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(allowlist()):
+            if any(part in name for part in SKIP):
+                continue
+            func = resolve_command(name)
+            for kind, (a, b) in INPUTS.items():
+                try:
+                    first, second = _signature(call(func, a.clone())), _signature(call(func, b.clone()))
+                except Exception:  # does not run on these arguments: not this fuzz's concern
+                    continue
+                if first != second:
+                    (values if "'value'" in str(first) else shapes).append((name, kind, call))
+                    break
+    return shapes, values
+
+
+def _private_worker() -> VirtualWorker:
+    return VirtualWorker(id="fuzzed")
+
+
+def _put_private(worker: VirtualWorker, obj_id: int, tensor: torch.Tensor) -> ObjectRef:
+    me._send(ObjectMessage(obj_id, tensor, PRIVATE), worker)
+    return ObjectRef(obj_id)
+
+
+def test_fuzz_one_tensor_commands_whose_result_shape_or_value_depends_on_values_are_refused() -> None:
+    shapes, values = _value_dependent(lambda func, t: func(t))
+    found = {name for name, _, _ in shapes}
+    assert {
+        "torch.Tensor.nonzero",
+        "torch.functional.unique",
+        "torch.where",
+        "torch.Tensor.unique_consecutive",
+    } <= found
+    worker = _private_worker()
+    for name, kind, _ in shapes + values:
+        ref = _put_private(worker, 1, INPUTS[kind][1].clone())
+        with pytest.raises(PermissionDeniedError, match=rf"refuses to run {name} on private inputs"):
+            me._send(CommandMessage(name, (ref,)), worker)
+    assert len(worker.audit_log.refused) == len(shapes) + len(values) and len(worker.audit_log) == 0
+
+
+def test_fuzz_commands_taking_a_private_number_as_a_size_or_dim_are_refused() -> None:
+    base = torch.arange(24.0).reshape(2, 3, 4)
+    sized, _ = _value_dependent(lambda func, t: func(base.clone(), t.flatten()[0]))
+    assert {"torch.Tensor.sum", "torch.Tensor.unsqueeze", "torch.Tensor.new_zeros", "torch.topk"} <= {
+        n for n, *_ in sized
+    }
+    worker = _private_worker()
+    me._send(ObjectMessage(2, base.clone()), worker)  # the owner's tensor: public
+    for name, kind, _ in sized:
+        ref = _put_private(worker, 1, INPUTS[kind][1].flatten()[0].clone())
+        with pytest.raises(PermissionDeniedError, match=rf"refuses to run {name} on private inputs"):
+            me._send(CommandMessage(name, (ObjectRef(2), ref)), worker)
+
+
+def test_a_command_on_public_inputs_is_not_checked() -> None:
+    worker = _private_worker()
+    me._send(ObjectMessage(1, torch.tensor([0.0, 2.0, 0.0])), worker)
+    desc = me._send(CommandMessage("torch.Tensor.nonzero", (ObjectRef(1),)), worker)
+    assert desc.shape == (1, 1) and worker.audit_log.refused == []
