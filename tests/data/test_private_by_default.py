@@ -195,3 +195,11 @@ def test_readmes_private_by_default_example_runs_as_it_says(warn_again, capsys):
         exec(compile(block.group(1), "README.md", "exec"), scope)  # our own README
     assert "worker 'alice' refuses to release object" in capsys.readouterr().out
     assert scope["public"].policy == DataAccessPolicy.open()
+
+
+def test_a_federated_dataset_of_pointers_to_private_batches_keeps_them_private():
+    worker = sy.VirtualWorker(id="pd-launder")
+    x, y = first_batch(federate(make_dataset(), [worker]))
+    rebuilt = sy.FederatedDataset([sy.BaseDataset(x, y)])  # the worker's own batch, wrapped again
+    x2, _ = first_batch(rebuilt)
+    assert_refused(worker, x2)
