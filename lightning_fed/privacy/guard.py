@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,21 +80,23 @@ class WorkerGuard:
         if grad is not None:
             self.labels.add_tensor(grad, labels)
 
-    def before(self, label: str, objects: Mapping[int, Any], input_ids: Iterable[int], args: tuple,
+    def before(self, label: str, objects: Mapping[int, Any], input_ids: Collection[int], args: tuple,
                kwargs: dict) -> _Pending | None:  # fmt: skip
         """Called before a command runs on the objects ``input_ids``: ``None`` when none carries a label (nothing to
         track); raises :class:`PermissionDeniedError` when its result shape would reveal private values."""
-        of = self.labels.of
-        bits, first_id, tracked = 0, 0, []
-        for obj_id in input_ids:
-            obj = objects[obj_id]
-            found = of(obj_id, obj)
-            if found and not first_id:
-                first_id = obj_id
-            bits |= found
-            tracked.append(obj)
+        of, by_storage, tensor = self.labels.of, self.labels.by_storage, torch.Tensor
+        bits = 0
+        try:
+            for obj_id in input_ids:  # the fast path: one storage lookup per input
+                obj = objects[obj_id]
+                bits |= by_storage.get(id(obj.untyped_storage()), 0) if type(obj) is tensor else of(obj_id, obj)
+        except (RuntimeError, NotImplementedError):  # a plain tensor without storage (sparse): the careful lookup
+            for obj_id in input_ids:
+                bits |= of(obj_id, objects[obj_id])
         if not bits:
             return None
+        tracked = [objects[obj_id] for obj_id in input_ids]
+        first_id = next(obj_id for obj_id in input_ids if of(obj_id, objects[obj_id]))
         pending = _Pending(bits, first_id)
         if bits & PRIVATE:
             reason = shape_reason(label, args, kwargs, self._is_private)

@@ -75,9 +75,14 @@ class StorageLabels:
     __slots__ = ("_by_id", "_labels", "_refs")
 
     def __init__(self) -> None:
-        self._labels: dict[int, int] = {}
+        self._labels: dict[int, int] = {}  # id(storage) -> bits (read directly by the guard's fast path)
         self._refs: dict[int, weakref.ref] = {}
         self._by_id: dict[int, int] = {}
+
+    @property
+    def by_storage(self) -> dict[int, int]:
+        """``id(storage) -> labels``, for a caller that looks many tensors up at once."""
+        return self._labels
 
     def of(self, obj_id: int | None, obj: Any) -> int:
         """The labels of ``obj`` (stored under ``obj_id``): those of its memory, or of its id if it has none."""
