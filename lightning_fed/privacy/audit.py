@@ -29,10 +29,10 @@ class ReleaseRequest:
 
     worker_id: Hashable
     obj_id: int
-    kind: str  # "data", "scalar", "parameter", "update" or "tensor"
+    kind: str  # "data", "scalar", "parameter", "update", "tensor"; "shape" or "value" for a command's result
     shape: tuple[int, ...] | None
     dtype: str | None
-    command: str  # "get", "to_here" or "move"
+    command: str  # "get", "to_here" or "move"; the command's name for a "shape" or "value" request
     destination: Hashable | None  # the worker a move goes to; None: whoever sent the request (the pointer's owner)
     private: bool
 
@@ -51,7 +51,7 @@ class AuditRecord:
     command: str
     destination: Hashable | None
     private: bool
-    rule: str  # "public", "release_model", "release_scalars", "allow"; for a refusal: why it was refused
+    rule: str  # "public", "release_model", "release_scalars", "release_data", "release_shapes", "allow"; or why refused
 
 
 class AuditLog:
