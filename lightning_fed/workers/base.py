@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PointerError, WorkerError
 from lightning_fed.workers.arguments import PLAIN_RESULTS, resolve_refs
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.messages import (
@@ -334,7 +334,7 @@ class BaseWorker:
         finally:
             _current_worker.reset(token)
         if failure is not None:  # raised outside the except block: a withheld error keeps no __context__ either
-            if pending is not None and pending.private:
+            if pending is not None and pending.private and _withheld(failure, guard):
                 name = type(failure).__name__
                 failure = None
                 raise WorkerError(
@@ -405,6 +405,13 @@ def _summary(message: Any) -> str:
     if detail is None and hasattr(message, "query"):
         detail = f"query {list(message.query)}"
     return type(message).__name__ + (f" {detail}" if detail is not None else "")
+
+
+def _withheld(failure: Exception, guard: Any) -> bool:
+    """Whether a failed command's message stays at the worker: torch's messages can quote private values; this
+    library's own (a :class:`~lightning_fed.exceptions.LightningFedError`) name types and shapes only, and an open
+    policy (``release_data``) releases the data anyway."""
+    return not isinstance(failure, LightningFedError) and not guard.policy.release_data
 
 
 def _copy_out(obj: Any) -> Any:

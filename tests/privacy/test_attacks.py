@@ -293,6 +293,9 @@ def test_errors_of_commands_on_private_data_do_not_echo_it() -> None:
     assert caught.value.__cause__ is None and caught.value.__context__ is None
     with pytest.raises(WorkerError, match=r"IndexError: index 7 is out of bounds"):  # public inputs: the details
         public[sy.send(torch.tensor(7), worker)]
+    opened, _, _, target = clinic(policy="open", worker_id="open-clinic")  # the data is released anyway: details
+    with pytest.raises(WorkerError, match=r"IndexError: index \d+ is out of bounds"):
+        sy.send(torch.zeros(5), opened)[target * 1000 + 123]
 
 
 # -- route: federated training: checkpoints, logs, per-worker metrics, resumes ----------------------------------------
