@@ -233,7 +233,9 @@ def split_worker_time(workers: list[sy.VirtualWorker], fn: Any, runs: int) -> li
 
     for w in workers:
         original = w._execute
-        w._execute = lambda label, func, args, kwargs, original=original: original(label, timed(func), args, kwargs)
+        w._execute = lambda label, func, args, kwargs, original=original, **kw: original(
+            label, timed(func), args, kwargs, **kw
+        )
     try:
         out = []
         for _ in range(runs):
