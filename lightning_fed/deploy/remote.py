@@ -1,0 +1,272 @@
+"""``RemoteWorker``: a worker at another site, reached over gRPC with mutual TLS; pointers work on it unchanged.
+
+A ``RemoteWorker`` is a :class:`~lightning_fed.workers.BaseWorker` whose message delivery (:meth:`_recv`) encodes
+the message (:mod:`.wire`), sends it to the site's :class:`~lightning_fed.deploy.server.SiteServer` and decodes the
+answer, so ``x.send(remote)``, commands on its pointers, ``.get()`` and ``remote.search("mnist-train")`` behave as on
+a :class:`~lightning_fed.workers.VirtualWorker`, under the **site's** policy: a refused ``.get()`` raises the
+site's :class:`~lightning_fed.exceptions.PermissionDeniedError`, and errors come back as the site's exception
+types with the site's message. Every pointer operation is one round trip; dropping a pointer costs none (its
+delete goes with the next request). Each call has a timeout; a site that does not answer in time, is not running
+or fails the TLS handshake raises :class:`~lightning_fed.deploy.errors.SiteUnavailableError` naming the site, its
+address and the timeout.
+
+Not here yet: plans and sessions (code that runs at the worker) cannot cross the wire, so ``install_plan`` and
+``session`` raise; the federated strategy over remote workers is a later step. Objects cannot ``move`` between sites.
+
+Example:
+    >>> import torch, lightning_fed as sy
+    >>> from lightning_fed.deploy.server import SiteServer, SiteWorker
+    >>> site = SiteWorker("alice-doc")
+    >>> _ = site.add_dataset("toy", torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 0]))
+    >>> server = SiteServer(site, "127.0.0.1:0", insecure=True)
+    >>> alice = RemoteWorker("alice-doc", f"127.0.0.1:{server.start()}", insecure=True, timeout=20)
+    >>> (sy.send(torch.tensor([1.0, 2.0]), alice) * 2).get()
+    tensor([2., 4.])
+    >>> data, target = alice.search("toy")
+    >>> data.shape, data.sum().get()
+    (torch.Size([3, 2]), tensor(15.))
+    >>> data.get()
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.PermissionDeniedError: worker 'alice-doc' refuses to release object ...
+    >>> [(r.command, r.kind) for r in alice.audit_log.refused]
+    [('get', 'data')]
+    >>> alice.close(); server.stop()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, NoReturn
+
+import grpc
+
+from lightning_fed.deploy.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.deploy.server import FULL_METHOD, PROTOCOL
+from lightning_fed.deploy.tls import PathLike, check_insecure, load_credentials, split_address
+from lightning_fed.deploy.wire import (
+    MIB,
+    PREFIX,
+    SiteQuery,
+    check_size,
+    chunks,
+    declared_size,
+    decode_answer,
+    describe,
+    encode_request,
+)
+from lightning_fed.exceptions import FederatedConfigError, WorkerError
+from lightning_fed.privacy.audit import AuditLog, AuditRecord
+from lightning_fed.privacy.policy import DataAccessPolicy
+from lightning_fed.workers.base import BaseWorker
+from lightning_fed.workers.messages import DeleteMessage
+from lightning_fed.workers.session import WorkerSession
+
+_SITE_POLICY = "the site's"  # what BaseWorker.__init__ hands set_policy: the policy lives at the site
+LATER = (
+    "code cannot run at a remote worker from here: no code crosses the wire, and running training steps at remote "
+    "sites (FederatedStrategy over remote workers) is a later step of the deployment work. Use the pointer API "
+    "(send, commands, get) with remote workers for now."
+)
+
+
+class RemoteWorker(BaseWorker):
+    """The server's handle on the worker a site runs (``python -m lightning_fed.deploy.worker_main``).
+
+    Args:
+        id: the site's id; the site's certificate must name it (checked in the TLS handshake) and the site must
+            answer to it.
+        address: the site's ``HOST:PORT``.
+        certs: this side's certificate folder (``ca.pem``, ``<name>.pem``, ``<name>.key``), or give ``ca``, ``cert``
+            and ``key``; ``insecure=True`` instead for plaintext on loopback (tests).
+        name: this side's name in the certificate folder (``server``).
+        server_name: the name the site's certificate must hold (default: ``id``).
+        timeout: seconds each call may take before :class:`SiteUnavailableError`.
+        max_message_mb: the largest message sent or answer accepted, in MiB (the site has its own limit).
+    """
+
+    def __init__(self, id: Hashable, address: str, *, certs: PathLike | None = None, ca: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None, name: str = "server",
+                 server_name: str | None = None, insecure: bool = False, timeout: float = 30.0,
+                 max_message_mb: float = 64, hook: Any = None, verbose: bool | None = None) -> None:  # fmt: skip
+        who = f"RemoteWorker({id!r}, {address!r})"
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise FederatedConfigError(f"{who}: `timeout={timeout!r}` is not valid: pass seconds > 0, e.g. 30.")
+        if isinstance(max_message_mb, bool) or not isinstance(max_message_mb, (int, float)) or max_message_mb <= 0:
+            raise FederatedConfigError(f"{who}: `max_message_mb={max_message_mb!r}` is not valid: pass MiB > 0.")
+        split_address(address)
+        credentials = load_credentials(name, who, certs, ca=ca, cert=cert, key=key)
+        if credentials is None and not insecure:
+            raise FederatedConfigError(
+                f"{who} has no certificates: pass certs=DIR (the folder made by python -m "
+                "lightning_fed.deploy.certificates) or ca=, cert=, key=; insecure=True for plaintext on loopback only."
+            )
+        if credentials is not None and insecure:
+            raise FederatedConfigError(f"{who}: pass certificates or insecure=True, not both.")
+        if insecure:
+            check_insecure(address, who)
+        super().__init__(hook, id, policy=_SITE_POLICY, verbose=verbose)  # type: ignore[arg-type]
+        self.address = address
+        self.timeout = float(timeout)
+        self.max_message_bytes = int(max_message_mb * MIB)
+        self.secure = credentials is not None
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            creds = grpc.ssl_channel_credentials(credentials.ca, credentials.key, credentials.cert)
+            override = [("grpc.ssl_target_name_override", server_name or str(id))]
+            self._channel = grpc.secure_channel(address, creds, options=override)
+        self._rpc: Callable[..., Any] = self._channel.stream_stream(FULL_METHOD)
+        self._deletes: list[int] = []
+        self._hello: dict[str, Any] | None = None
+
+    # -- transport ------------------------------------------------------------------------------------------------
+    def _recv(self, message: Any) -> Any:
+        """Deliver ``message`` to the site and return its answer (deletes are queued for the next request)."""
+        self.check_reachable()
+        if self.verbose:
+            print(f"remote worker {self.id!r} ({self.address}) sends {describe(message)}")
+        if type(message) is DeleteMessage:
+            self._deletes.append(message.obj_id)
+            return None
+        if self._hello is None:
+            self.hello()
+        return self._request(message)
+
+    def _send(self, message: Any, to: BaseWorker) -> Any:
+        raise WorkerError(f"remote worker {self.id!r} sends nothing from this process: it lives at its site.")
+
+    def _request(self, message: Any) -> Any:
+        deletes = list(self._deletes)
+        data = encode_request(message, deletes, self.max_message_bytes)
+        del self._deletes[: len(deletes)]
+        try:
+            return decode_answer(self._exchange(data, describe(message)), self.max_message_bytes)
+        except SiteUnavailableError:
+            self._deletes[:0] = deletes  # deletes are idempotent: send them again with the next request
+            raise
+
+    def _exchange(self, data: bytes, what: str) -> bytes:
+        call = self._rpc(chunks(data), timeout=self.timeout)
+        buffer = bytearray()
+        try:
+            for piece in call:
+                buffer += piece
+                if len(buffer) >= PREFIX.size and len(buffer) == len(piece):  # the first piece: check the size
+                    check_size(declared_size(bytes(buffer[: PREFIX.size])), self.max_message_bytes,
+                               f"worker {self.id!r}'s answer to {what}")  # fmt: skip
+        except WireError:
+            call.cancel()
+            raise
+        except grpc.RpcError as err:
+            raise self._rpc_error(err, what) from None
+        return bytes(buffer)
+
+    def _rpc_error(self, err: grpc.RpcError, what: str) -> Exception:
+        code, details = err.code(), err.details()
+        where = f"worker {self.id!r} at {self.address}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return SiteUnavailableError(
+                f"{where} did not answer {what} within the timeout of {self.timeout:g} s: the site is hung, "
+                "overloaded or unreachable; the call was abandoned (pass a larger timeout= if the site is only slow)."
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return SiteRefusedError(f"{where} refused this side: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            tls = (
+                "check that this side's certificate and the site's are signed by the same federation CA and that "
+                "the site's certificate names it" if self.secure else "this side uses plaintext (insecure=True): "
+                "a site that runs with TLS refuses it"
+            )  # fmt: skip
+            return SiteUnavailableError(
+                f"{where} is unavailable for {what} ({details}): the site is not running or cannot be reached, or "
+                f"the TLS handshake failed ({tls})."
+            )
+        return SiteUnavailableError(f"{where} failed to answer {what}: {code.name}: {details}")
+
+    # -- the site -------------------------------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """Ask the site who it is (id, policy rules, dataset ids, message limit); checks that it is ``id``."""
+        info = self._request(SiteQuery("hello"))
+        if not isinstance(info, dict) or info.get("protocol") != PROTOCOL:
+            raise WireError(f"worker {self.id!r} at {self.address} speaks another protocol: {info!r}.")
+        if info.get("id") != str(self.id):
+            raise SiteRefusedError(
+                f"the site at {self.address} is {info.get('id')!r}, not {self.id!r}: check the address of each site."
+            )
+        self._hello = info
+        return info
+
+    def flush(self) -> None:
+        """Send the queued deletes now (they otherwise go with the next request)."""
+        if self._deletes:
+            self._request(SiteQuery("hello"))
+
+    def close(self) -> None:
+        """Send the queued deletes (if the site answers) and close the channel."""
+        try:
+            self.flush()
+        except WorkerError:
+            pass
+        finally:
+            self._channel.close()
+
+    def __enter__(self) -> RemoteWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def datasets(self) -> dict[str, tuple[int, int]]:
+        """The site's datasets: ``name -> (data id, target id)`` (use :meth:`search` for pointers)."""
+        return dict((self._hello or self.hello())["datasets"])
+
+    @property
+    def policy(self) -> DataAccessPolicy:
+        """The site's policy rules, as the site reports them (an ``allow`` callback at the site is not shown)."""
+        return DataAccessPolicy(**(self._hello or self.hello())["policy"])
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The site's audit log, fetched now: what left the site and what it refused."""
+        found = self._request(SiteQuery("audit"))
+        log = AuditLog()
+        log.records.extend(AuditRecord(worker_id=self.id, **record) for record in found["released"])
+        log.refused.extend(AuditRecord(worker_id=self.id, **record) for record in found["refused"])
+        return log
+
+    def set_policy(self, policy: DataAccessPolicy | str) -> None:
+        if policy is _SITE_POLICY:
+            self._guard = None
+            return
+        raise WorkerError(
+            f"remote worker {self.id!r}: its policy is the site's own (`--policy` of the site's worker program); "
+            "it cannot be set from the server."
+        )
+
+    # -- what a remote worker cannot do (yet) ---------------------------------------------------------------------
+    def _local_only(self, what: str) -> NoReturn:
+        raise WorkerError(f"remote worker {self.id!r} ({self.address}) cannot {what}: {LATER}")
+
+    @property
+    def objects(self) -> dict[int, Any]:
+        self._local_only("show its objects (they live at the site; use search() for pointers to its data)")
+
+    _objects = objects
+    _tensors = objects
+
+    def clear_objects(self) -> None:
+        self._local_only("clear its objects from the server (the site keeps its datasets)")
+
+    def session(self, refs: Any = None, label: str = "plan 'session'") -> WorkerSession:
+        self._local_only(f"run {label}")
+
+    def install_plan(self, name: str, fn: Callable[..., Any]) -> None:
+        self._local_only(f"install plan {name!r}")
+
+    def resolve(self, refs: Any, inputs: dict[int, int] | None = None) -> Any:
+        self._local_only("resolve references in this process")
+
+    def __repr__(self) -> str:
+        return f"<RemoteWorker id:{self.id} address:{self.address} {'mTLS' if self.secure else 'plaintext'}>"

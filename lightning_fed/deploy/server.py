@@ -1,0 +1,273 @@
+"""The site's side: one worker, its datasets and its policy, served over gRPC with mutual TLS.
+
+:class:`SiteWorker` is the site without a transport: a :class:`~lightning_fed.workers.VirtualWorker` with the site's
+policy (strict by default) whose store holds the site's datasets as private tensors, and a method that answers a
+request frame with an answer frame (:mod:`.wire`). The site protects its datasets: they cannot be replaced or deleted
+from outside, and a ``.get()`` the policy allows leaves a copy (the site keeps its data).
+
+:class:`SiteServer` serves a ``SiteWorker`` on one gRPC method (``/lightning_fed.Worker/Call``, a stream of 1 MiB
+chunks each way, raw bytes, no generated code). With credentials it requires a client certificate signed by the
+federation's CA (``require_client_auth=True``), and serves only the peers named in ``allowed_peers`` (the common
+name of their certificate; ``server`` by default): another site's valid certificate is refused with
+``PERMISSION_DENIED``. A peer whose certificate is from another CA, or that has none, fails the TLS handshake (gRPC
+logs ``Handshake failed ...`` on the site's stderr). Without credentials it serves plaintext, on loopback only.
+
+Example:
+    >>> import torch
+    >>> from lightning_fed.deploy.wire import SiteQuery, decode_answer, encode_request
+    >>> from lightning_fed.workers.messages import GetMessage
+    >>> site = SiteWorker("alice-doc")
+    >>> data_id, _ = site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
+    >>> decode_answer(site.handle(encode_request(SiteQuery("hello"))))["datasets"]
+    {'toy': (..., ...)}
+    >>> decode_answer(site.handle(encode_request(GetMessage(data_id))))
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.PermissionDeniedError: worker 'alice-doc' refuses to release object ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+import torch
+
+from lightning_fed.deploy.errors import WireError
+from lightning_fed.deploy.site_data import DatasetSpec, site_tensors, tag_dataset
+from lightning_fed.deploy.tls import Credentials, check_insecure
+from lightning_fed.deploy.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    PREFIX,
+    SiteQuery,
+    check_size,
+    chunks,
+    declared_size,
+    decode_request,
+    describe,
+    encode_answer,
+    encode_error,
+)
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.privacy.policy import DataAccessPolicy
+from lightning_fed.workers.base import VirtualWorker
+from lightning_fed.workers.messages import LABEL_PRIVATE, DatasetMessage, DeleteMessage, GetMessage, ObjectMessage
+from lightning_fed.workers.store import new_object_id
+
+SERVICE = "lightning_fed.Worker"
+METHOD = "Call"
+FULL_METHOD = f"/{SERVICE}/{METHOD}"
+PROTOCOL = 1
+log = logging.getLogger("lightning_fed.deploy.site")
+
+
+class SiteWorker:
+    """A site's worker and datasets, answering request frames (see the module docstring).
+
+    Args:
+        id: the site's id (its certificate's common name).
+        datasets: the site's dataset specs, loaded now from the site's disk.
+        policy: ``"strict"`` (default), ``"open"`` or a :class:`~lightning_fed.privacy.DataAccessPolicy`.
+        max_message_bytes: the largest request or answer frame this site handles.
+    """
+
+    def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:  # fmt: skip
+        if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
+            raise FederatedConfigError(
+                f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
+            )
+        self.worker = VirtualWorker(id=id, policy=policy)
+        self.max_message_bytes = max_message_bytes
+        self.datasets: dict[str, tuple[int, int]] = {}
+        self._protected: set[int] = set()
+        self._lock = threading.Lock()
+        for spec in datasets:
+            self.add_dataset(spec.name, *site_tensors(spec))
+
+    @property
+    def id(self) -> str:
+        return str(self.worker.id)
+
+    def add_dataset(self, name: str, data: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+        """Hold ``data`` and ``targets`` as the site's private dataset ``name`` (tagged for search if they are not
+        yet); returns their object ids."""
+        if name in self.datasets:
+            raise FederatedConfigError(f"site {self.id!r} already has a dataset {name!r}: give each its own name.")
+        if not data.__dict__.get("tags"):
+            tag_dataset(name, data, targets)
+        ids = (new_object_id(), new_object_id())
+        for obj_id, tensor in zip(ids, (data, targets)):
+            self.worker._recv(ObjectMessage(obj_id, tensor, LABEL_PRIVATE))
+            self._protected.add(obj_id)
+        self.datasets[name] = ids
+        return ids
+
+    def hello(self) -> dict[str, Any]:
+        """What the site tells the server about itself: id, policy rules, dataset ids and its message limit."""
+        policy = self.worker.policy
+        rules = {name: getattr(policy, name) for name in ("release_model", "release_scalars", "release_data",
+                                                          "release_shapes")}  # fmt: skip
+        return {"protocol": PROTOCOL, "id": self.id, "policy": rules, "datasets": dict(self.datasets),
+                "max_message_bytes": self.max_message_bytes}  # fmt: skip
+
+    def audit(self) -> dict[str, list[dict[str, Any]]]:
+        """The site's audit log as plain records (what left, and what was refused)."""
+        log_ = self.worker.audit_log
+
+        def plain(record: Any) -> dict[str, Any]:
+            found = dataclasses.asdict(record)
+            found.pop("worker_id", None)
+            found["destination"] = None if found.get("destination") is None else str(found["destination"])
+            return found
+
+        return {"released": [plain(r) for r in log_], "refused": [plain(r) for r in log_.refused]}
+
+    def handle(self, data: bytes) -> bytes:
+        """Answer one request frame with an answer (or error) frame; never raises."""
+        what = "a request"
+        try:
+            message, deletes = decode_request(data, self.max_message_bytes)
+            what = describe(message)
+            with self._lock:
+                for obj_id in deletes:
+                    self._delete(obj_id)
+                answer = self._answer(message)
+            return encode_answer(answer, self.max_message_bytes, f"the answer to {what}")
+        except Exception as err:
+            (log.warning if isinstance(err, PermissionDeniedError) else log.info)("refused %s: %s", what, err)
+            return encode_error(err)
+
+    def _answer(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is SiteQuery:
+            return self.hello() if message.what == "hello" else self.audit()
+        if kind in (ObjectMessage, DatasetMessage) and message.obj_id in self._protected:
+            raise WorkerError(
+                f"worker {self.id!r} refuses {describe(message)}: object {message.obj_id} is one of the site's "
+                "datasets, which cannot be replaced from outside."
+            )
+        if kind is DeleteMessage:
+            return self._delete(message.obj_id)
+        if kind is GetMessage and not message.keep and message.obj_id in self._protected:
+            original = self.worker.objects.get(message.obj_id)
+            answer = self.worker._recv(message)  # checked and audited by the site's policy
+            self.worker._recv(ObjectMessage(message.obj_id, original, LABEL_PRIVATE))  # the site keeps its data
+            return answer
+        return self.worker._recv(message)
+
+    def _delete(self, obj_id: int) -> None:
+        if obj_id in self._protected:
+            log.info("kept object %s: it is one of the site's datasets (a delete from outside is ignored)", obj_id)
+            return
+        self.worker._recv(DeleteMessage(obj_id))
+
+
+class SiteServer:
+    """Serves a :class:`SiteWorker` on ``listen`` (``HOST:PORT``; port 0 picks a free port) over gRPC.
+
+    Args:
+        site: the site's worker.
+        listen: the address to listen on.
+        credentials: the site's CA, certificate and key (mutual TLS), or ``None`` with ``insecure=True``.
+        insecure: serve plaintext (loopback addresses only).
+        allowed_peers: the certificate common names this site serves (default: the federation server's).
+        max_workers: gRPC threads (requests are answered one at a time; more threads only queue them).
+    """
+
+    def __init__(self, site: SiteWorker, listen: str, credentials: Credentials | None = None, *, insecure: bool = False,
+                 allowed_peers: Sequence[str] = ("server",), max_workers: int = 4) -> None:  # fmt: skip
+        self.check_transport(site.id, listen, credentials, insecure)
+        self.site = site
+        self.listen = listen
+        self.credentials = credentials
+        self.allowed_peers = tuple(allowed_peers)
+        self.port: int | None = None
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                                   options=[("grpc.so_reuseport", 0)])  # fmt: skip
+        handler = grpc.stream_stream_rpc_method_handler(self._call)  # raw bytes: no (de)serializers
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
+
+    @staticmethod
+    def check_transport(site_id: str, listen: str, credentials: Credentials | None, insecure: bool) -> None:
+        """Refuse to serve without certificates unless ``insecure`` (and then on loopback only)."""
+        if credentials is None and not insecure:
+            raise FederatedConfigError(
+                f"site {site_id!r} has no certificates: pass the site's certificate folder (--certs DIR, holding "
+                f"ca.pem, {site_id}.pem, {site_id}.key; python -m lightning_fed.deploy.certificates makes them) or "
+                "--cert/--key/--ca. Plaintext needs an explicit --insecure (loopback tests only)."
+            )
+        if credentials is not None and insecure:
+            raise FederatedConfigError(f"site {site_id!r}: pass certificates or --insecure, not both.")
+        if insecure:
+            check_insecure(listen, f"site {site_id!r}")
+
+    def start(self) -> int:
+        """Bind and start serving; returns the bound port."""
+        try:
+            if self.credentials is None:
+                port = self._server.add_insecure_port(self.listen)
+            else:
+                creds = grpc.ssl_server_credentials([(self.credentials.key, self.credentials.cert)],
+                                                    root_certificates=self.credentials.ca,
+                                                    require_client_auth=True)  # fmt: skip
+                port = self._server.add_secure_port(self.listen, creds)
+        except RuntimeError as err:
+            raise FederatedConfigError(f"site {self.site.id!r} cannot listen on {self.listen!r}: {err}.") from None
+        if not port:
+            raise FederatedConfigError(f"site {self.site.id!r} cannot listen on {self.listen!r} (in use?).")
+        self._server.start()
+        self.port = port
+        return port
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (calls in progress get ``grace`` seconds) and wait until it stopped."""
+        self._server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+    def _refusal(self, context: grpc.ServicerContext) -> str | None:
+        if self.credentials is None:
+            return None
+        auth = context.auth_context()
+        names = [name.decode(errors="replace") for name in auth.get("x509_common_name", [])]
+        if any(name in self.allowed_peers for name in names):
+            return None
+        return (
+            f"site {self.site.id!r} refuses peer {', '.join(names) or '(no name)'} at {context.peer()}: its "
+            f"certificate is signed by the federation's CA, but this site serves only {list(self.allowed_peers)} "
+            "(--allow-peer)."
+        )
+
+    def _call(self, request: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        refusal = self._refusal(context)
+        if refusal is not None:
+            log.warning("%s", refusal)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        try:
+            data = self._receive(request)
+        except WireError as err:
+            log.warning("refused a request from %s: %s", context.peer(), err)
+            yield from chunks(encode_error(err))
+            return
+        yield from chunks(self.site.handle(data))
+
+    def _receive(self, request: Iterator[bytes]) -> bytes:
+        """The request's chunks joined; an oversized request is refused from its first bytes, before reading it."""
+        buffer = bytearray()
+        size: int | None = None
+        limit = self.site.max_message_bytes
+        for piece in request:
+            buffer += piece
+            if size is None and len(buffer) >= PREFIX.size:
+                size = declared_size(bytes(buffer[: PREFIX.size]))
+                check_size(size, limit, "a request")
+            if size is not None and len(buffer) > size:
+                raise WireError(f"a request is malformed: it declares {size} bytes but sends more.")
+        return bytes(buffer)

@@ -1,0 +1,281 @@
+"""Worker messages as bytes: a typed JSON header and a tensor block, never a pickle of an arbitrary object.
+
+A frame is ``b"LFW1"``, the header's length (4 bytes) and the tensor block's length (8 bytes, big-endian), then the
+header (UTF-8 JSON: the message's kind, ids, command name and argument tree, see :mod:`.values`) and the tensor
+block (``torch.save`` of a list of plain tensors, read back with ``torch.load(weights_only=True)``; empty when the
+message holds no tensor). A frame larger than the limit (64 MiB by default) is refused by whoever would send or
+receive it, with an error naming both sizes; the transport carries frames in 1 MiB chunks (:func:`chunks`).
+
+Requests are the worker messages of :mod:`lightning_fed.workers.messages` that a remote worker answers (object,
+get, delete, command, search, dataset) and :class:`SiteQuery`; a request also carries the ids of the objects whose
+pointers were dropped since the last request (deletes are batched: dropping a pointer costs no round trip).
+``MoveMessage`` (sites do not connect to one another) and ``PlanMessage`` (no code crosses the wire) are refused.
+An answer is a value, or an error that is raised again on the receiving side as the same exception type.
+
+Example:
+    >>> import torch
+    >>> from lightning_fed.workers.messages import CommandMessage, ObjectRef
+    >>> data = encode_request(CommandMessage("torch.add", (ObjectRef(1), torch.ones(2))), deletes=(7,))
+    >>> data[:4], len(data) < 2000
+    (b'LFW1', True)
+    >>> decode_request(data)
+    (CommandMessage(command='torch.add', args=(ObjectRef(obj_id=1), tensor([1., 1.])), kwargs={}), (7,))
+    >>> decode_answer(encode_error(PermissionError("no")))
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.WorkerError: PermissionError: no
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lightning_fed.deploy.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.deploy.values import ValueDecoder, ValueEncoder, type_name
+from lightning_fed.exceptions import (
+    FederatedConfigError,
+    LightningFedError,
+    NotAWorkerError,
+    PermissionDeniedError,
+    PointerError,
+    SealedStateError,
+    WorkerError,
+)
+from lightning_fed.workers.messages import (
+    CommandMessage,
+    DatasetMessage,
+    DeleteMessage,
+    GetMessage,
+    MoveMessage,
+    ObjectMessage,
+    PlanMessage,
+    SearchMessage,
+)
+
+MAGIC = b"LFW1"
+PREFIX = struct.Struct(">4sIQ")
+MIB = 2**20
+DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
+CHUNK_BYTES = MIB
+_ERRORS: dict[str, type[Exception]] = {kind.__name__: kind for kind in (
+    WorkerError, PermissionDeniedError, PointerError, FederatedConfigError, NotAWorkerError, SealedStateError,
+    WireError, SiteUnavailableError, SiteRefusedError)}  # fmt: skip
+_QUERIES = ("hello", "audit")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteQuery:
+    """A question about the site itself: ``"hello"`` (its id, policy, datasets and limits) or ``"audit"`` (its
+    audit log). Not a worker message: the site's server answers it."""
+
+    what: str
+
+
+def describe(message: Any) -> str:
+    """How errors name a message: ``"a CommandMessage (torch.add)"``, ``"a GetMessage (object 12)"``."""
+    detail = getattr(message, "command", None) or getattr(message, "plan", None) or getattr(message, "what", None)
+    if detail is None and hasattr(message, "obj_id"):
+        detail = f"object {message.obj_id}"
+    name = type(message).__name__
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}" + (f" ({detail})" if detail is not None else "")
+
+
+def check_size(size: int, max_bytes: int, what: str) -> None:
+    """Raise :class:`WireError` when ``size`` bytes exceed ``max_bytes``."""
+    if size > max_bytes:
+        raise WireError(
+            f"{what} is {size} bytes ({size / MIB:.1f} MiB), over the message limit of {max_bytes} bytes "
+            f"({max_bytes / MIB:.1f} MiB): raise the limit on both sides (RemoteWorker(max_message_mb=...) and the "
+            "site's --max-message-mb), or send the tensors in smaller pieces."
+        )
+
+
+def declared_size(prefix: bytes) -> int:
+    """The total size a frame declares in its first 16 bytes (to refuse an oversized frame before reading it)."""
+    if len(prefix) < PREFIX.size:
+        raise WireError(f"a frame is malformed: it is {len(prefix)} bytes, shorter than its {PREFIX.size}-byte prefix.")
+    magic, header_len, block_len = PREFIX.unpack_from(prefix)
+    if magic != MAGIC:
+        raise WireError(f"a frame is malformed: it starts with {magic!r}, not {MAGIC!r} (not a lightning_fed peer?).")
+    return PREFIX.size + header_len + block_len
+
+
+def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``size`` bytes (at least one piece)."""
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), size):
+        yield bytes(view[start : start + size])
+
+
+def frame(header: dict[str, Any], tensors: Sequence[torch.Tensor], max_bytes: int, what: str) -> bytes:
+    """Header and tensors as one frame (see the module docstring); :class:`WireError` if over ``max_bytes``."""
+    try:
+        head = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as err:  # only reachable through a bug in the encoder
+        raise WireError(f"{what} cannot be written as JSON: {err}.") from None
+    block = b""
+    if tensors:
+        check_size(PREFIX.size + len(head) + sum(t.numel() * t.element_size() for t in tensors), max_bytes, what)
+        buffer = io.BytesIO()
+        torch.save(list(tensors), buffer)
+        block = buffer.getvalue()
+    check_size(PREFIX.size + len(head) + len(block), max_bytes, what)
+    return PREFIX.pack(MAGIC, len(head), len(block)) + head + block
+
+
+def unframe(data: bytes, max_bytes: int, what: str) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """The header and the tensors of a frame; :class:`WireError` if it is malformed or over ``max_bytes``."""
+    size = declared_size(data)
+    check_size(size, max_bytes, what)
+    if size != len(data):
+        raise WireError(f"{what} is malformed: it declares {size} bytes but holds {len(data)}.")
+    _, header_len, block_len = PREFIX.unpack_from(data)
+    try:
+        header = json.loads(data[PREFIX.size : PREFIX.size + header_len])
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WireError(f"{what} is malformed: its header is not JSON ({err}).") from None
+    if type(header) is not dict:
+        raise WireError(f"{what} is malformed: its header is a {type(header).__name__}, not an object.")
+    tensors: list[torch.Tensor] = []
+    if block_len:
+        try:
+            tensors = torch.load(io.BytesIO(data[PREFIX.size + header_len :]), weights_only=True)
+        except Exception as err:  # weights_only refuses anything but tensors and plain containers
+            raise WireError(f"{what} is malformed: its tensor block cannot be read safely ({err}).") from None
+        if type(tensors) is not list or not all(type(t) is torch.Tensor for t in tensors):
+            raise WireError(f"{what} is malformed: its tensor block is not a list of tensors.")
+    return header, tensors
+
+
+# -- requests -----------------------------------------------------------------------------------------------------
+def _refuse(message: Any) -> WireError:
+    if isinstance(message, MoveMessage):
+        return WireError(
+            f"{describe(message)} cannot be sent to a site: sites do not connect to one another in this version, so "
+            "an object cannot move from one site to another (use .get() where the site's policy allows it)."
+        )
+    if isinstance(message, PlanMessage):
+        return WireError(
+            f"{describe(message)} cannot be sent to a site: a plan is Python code, and no code crosses the wire; "
+            "running training steps at remote sites (FederatedStrategy over remote workers) is a later step."
+        )
+    return WireError(f"{type_name(message)} is not a message a site answers.")
+
+
+def encode_request(message: Any, deletes: Sequence[int] = (), max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    """A worker message (or :class:`SiteQuery`) as a frame, with the ids of dropped objects to delete first."""
+    what = describe(message)
+    enc = ValueEncoder(what)
+    kind = type(message)
+    header: dict[str, Any]
+    if kind is ObjectMessage:
+        obj = message.obj
+        if not isinstance(obj, torch.Tensor):
+            raise enc.refuse(obj, "only tensors are sent to a site (a dataset lives at its site; federate() over "
+                                  "remote workers is a later step)")  # fmt: skip
+        header = {"kind": "object", "id": message.obj_id, "labels": message.labels, "obj": enc.value(obj)}
+    elif kind is GetMessage:
+        header = {"kind": "get", "id": message.obj_id, "keep": bool(message.keep)}
+    elif kind is DeleteMessage:
+        header = {"kind": "delete", "id": message.obj_id}
+    elif kind is CommandMessage:
+        header = {"kind": "command", "command": message.command, "args": enc.value(tuple(message.args)),
+                  "kwargs": enc.value(dict(message.kwargs))}  # fmt: skip
+    elif kind is SearchMessage:
+        header = {"kind": "search", "query": [str(item) for item in message.query]}
+    elif kind is DatasetMessage:
+        header = {"kind": "dataset", "id": message.obj_id, "tensor_ids": list(message.tensor_ids)}
+    elif kind is SiteQuery and message.what in _QUERIES:
+        header = {"kind": message.what}
+    else:
+        raise _refuse(message)
+    header["deletes"] = [int(obj_id) for obj_id in deletes]
+    return frame(header, enc.tensors, max_bytes, what)
+
+
+def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[Any, tuple[int, ...]]:
+    """``(message, deletes)`` from a request frame; :class:`WireError` for anything malformed or unknown."""
+    header, tensors = unframe(data, max_bytes, "a request")
+    kind = header.get("kind")
+    dec = ValueDecoder(tensors, f"a request ({kind!r})")
+
+    def ints(key: str) -> list[int]:
+        found = header.get(key)
+        if type(found) is not list or not all(type(i) is int for i in found):
+            raise dec.bad(found, f"{key} must be a list of ints")
+        return found
+
+    def one(key: str, kinds: tuple[type, ...] = (int,)) -> Any:
+        found = header.get(key)
+        if type(found) not in kinds:
+            raise dec.bad(found, f"{key} must be {' or '.join(k.__name__ for k in kinds)}")
+        return found
+
+    deletes = tuple(ints("deletes"))
+    if kind == "object":
+        obj = dec.value(header.get("obj"))
+        if not isinstance(obj, torch.Tensor):
+            raise dec.bad(header.get("obj"), "an ObjectMessage holds a tensor")
+        message: Any = ObjectMessage(one("id"), obj, one("labels"))
+    elif kind == "get":
+        message = GetMessage(one("id"), one("keep", (bool,)))
+    elif kind == "delete":
+        message = DeleteMessage(one("id"))
+    elif kind == "command":
+        args, kwargs = dec.value(header.get("args")), dec.value(header.get("kwargs"))
+        if type(args) is not tuple or type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+            raise dec.bad(header.get("args"), "a command's args are a tuple and its kwargs a dict of str keys")
+        message = CommandMessage(one("command", (str,)), args, kwargs)
+    elif kind == "search":
+        query = one("query", (list,))
+        if not all(type(item) is str for item in query):
+            raise dec.bad(query, "a search query is a list of strings")
+        message = SearchMessage(tuple(query))
+    elif kind == "dataset":
+        message = DatasetMessage(one("id"), tuple(ints("tensor_ids")))
+    elif kind in _QUERIES:
+        message = SiteQuery(kind)
+    else:
+        raise dec.bad(kind, "unknown message kind")
+    return message, deletes
+
+
+# -- answers ------------------------------------------------------------------------------------------------------
+def encode_answer(value: Any, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, what: str = "an answer") -> bytes:
+    """A site's answer (a tensor, descriptors, search results, plain values) as a frame."""
+    enc = ValueEncoder(what)
+    return frame({"answer": enc.value(value)}, enc.tensors, max_bytes, what)
+
+
+def encode_error(error: BaseException) -> bytes:
+    """An error as a frame: lightning_fed's own error types by name, anything else as a ``WorkerError``."""
+    kind = type(error)
+    if _ERRORS.get(kind.__name__) is kind:
+        body = {"type": kind.__name__, "message": str(error)}
+    elif isinstance(error, LightningFedError):
+        base = next((k for k in kind.__mro__ if _ERRORS.get(k.__name__) is k), WorkerError)
+        body = {"type": base.__name__, "message": str(error)}
+    else:
+        body = {"type": "WorkerError", "message": f"{kind.__name__}: {error}"}
+    return frame({"error": body}, [], DEFAULT_MAX_MESSAGE_BYTES, "an error")
+
+
+def decode_answer(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """The value of an answer frame; an error frame is raised as its exception type with the site's message."""
+    header, tensors = unframe(data, max_bytes, "an answer")
+    if "error" in header:
+        body = header["error"]
+        if type(body) is not dict or type(body.get("message")) is not str:
+            raise WireError(f"an answer is malformed: its error is {body!r}.")
+        name = body.get("type")
+        raise (_ERRORS.get(name, WorkerError) if type(name) is str else WorkerError)(body["message"])
+    if "answer" not in header:
+        raise WireError("an answer is malformed: it holds neither an answer nor an error.")
+    return ValueDecoder(tensors, "an answer").value(header["answer"])

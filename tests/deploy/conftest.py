@@ -1,0 +1,122 @@
+"""Site worker processes on 127.0.0.1 for the deployment tests, started once per session and always stopped.
+
+Each site is ``python -m lightning_fed.deploy.worker_main`` on port 0; the fixture reads the port from the line the
+program prints. The sites read tiny MNIST folders the fixture writes; the test process never reads them again (its
+oracles come from :func:`make_mnist_arrays` with the same seeds).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lightning_fed.deploy.certificates import make_federation
+from tests.helpers.mnist_files import write_mnist_raw
+
+STARTUP_S = 120.0  # importing torch and Lightning in three processes on two shared cores
+LISTENING = re.compile(r"listening on (\S+):(\d+) ")
+SEEDS = {"alice": 11, "bob": 22, "carol": 33}
+NUM_TRAIN = 20
+
+
+@dataclass
+class Site:
+    id: str
+    proc: subprocess.Popen
+    address: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def launch(site_id: str, args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "lightning_fed.deploy.worker_main", "--id", site_id, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), env=env,
+                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+
+
+def wait_listening(site_id: str, proc: subprocess.Popen, log: Path, deadline: float) -> str:
+    """The address the site prints once it listens; fails (with the site's log) if it exits or takes too long."""
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        while time.monotonic() < deadline:
+            if selector.select(timeout=0.5):
+                line = proc.stdout.readline().decode(errors="replace")
+                found = LISTENING.search(line)
+                if found:
+                    return f"{found.group(1)}:{found.group(2)}"
+                if not line and proc.poll() is not None:
+                    break
+        raise AssertionError(f"site {site_id!r} did not start (status {proc.poll()}):\n{log.read_text()[-3000:]}")
+    finally:
+        selector.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a test may have stopped it
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test federation's certificates: ca.pem, server.pem/key, alice.pem/key, bob.pem/key."""
+    folder = tmp_path_factory.mktemp("certs")
+    make_federation(folder, ["alice", "bob"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another CA's certificates, with the same names."""
+    folder = tmp_path_factory.mktemp("other-certs")
+    make_federation(folder, ["alice", "bob"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sites(tmp_path_factory: pytest.TempPathFactory, federation: Path) -> dict[str, Site]:
+    """alice (mutual TLS, strict), bob (mutual TLS, strict, 1 MiB message limit) and carol (plaintext on loopback),
+    each serving its own tiny MNIST training split as ``mnist-train``; started together, stopped at the end."""
+    root = tmp_path_factory.mktemp("sites")
+    extra = {
+        "alice": ["--certs", str(federation)],
+        "bob": ["--certs", str(federation), "--max-message-mb", "1"],
+        "carol": ["--insecure"],
+    }
+    procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        for site_id, seed in SEEDS.items():
+            data = root / site_id
+            write_mnist_raw(data, num_train=NUM_TRAIN, num_test=4, seed=seed, gz=False)
+            log = root / f"{site_id}.log"
+            args = ["--listen", "127.0.0.1:0", "--data", f"mnist-train={data}", *extra[site_id]]
+            procs[site_id] = (launch(site_id, args, log), log)
+        deadline = time.monotonic() + STARTUP_S
+        started = {
+            site_id: Site(site_id, proc, wait_listening(site_id, proc, log, deadline), log)
+            for site_id, (proc, log) in procs.items()
+        }
+        yield started
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)

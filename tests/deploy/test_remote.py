@@ -1,0 +1,144 @@
+"""RemoteWorker against site worker processes: the pointer API over mutual TLS equals a VirtualWorker's, under the
+site's policy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import lightning_fed as sy
+from lightning_fed.deploy import RemoteWorker
+from lightning_fed.deploy.site_data import MNIST_MEAN, MNIST_STD
+from lightning_fed.exceptions import PermissionDeniedError, PointerError, WorkerError
+from lightning_fed.pointers.api import tag
+from lightning_fed.workers.messages import CommandMessage, GetMessage, ObjectMessage, ObjectRef
+from tests.deploy.conftest import NUM_TRAIN, SEEDS
+from tests.helpers.mnist_files import make_mnist_arrays
+
+
+@pytest.fixture
+def alice(sites, federation):
+    worker = RemoteWorker("alice", sites["alice"].address, certs=federation, timeout=20)
+    yield worker
+    worker.close()
+
+
+def _ops(worker):
+    """The same pointer operations on any worker; returns what came back with .get()."""
+    g = torch.Generator().manual_seed(0)
+    x = sy.send(torch.randn(3, 4, generator=g), worker)
+    w = sy.send(torch.randn(4, 2, generator=g).requires_grad_(), worker)
+    out = {}
+    y = torch.relu(x @ w)
+    loss = (y * y).sum()
+    loss.backward()
+    out["grad"] = w.grad.get()
+    out["loss"] = loss.get()
+    x.add_(1.5)  # in place: the same pointer
+    out["max"] = tuple(t.get() for t in torch.max(x, dim=1))  # a torch.return_types structseq of pointers
+    out["index"] = x[1:, ::2].to(torch.float64).get()
+    out["shape"] = (x.shape, x.dtype, torch.Tensor.size(x, 0))
+    out["copy"] = x.copy().to_here()
+    out["x"] = x.get()
+    return out
+
+
+def test_round_trip_equals_virtual_worker(alice):
+    remote, virtual = _ops(alice), _ops(sy.VirtualWorker(id="oracle"))
+    assert remote.keys() == virtual.keys()
+    for key in ("grad", "loss", "index", "copy", "x"):
+        assert remote[key].dtype == virtual[key].dtype, key
+        assert torch.equal(remote[key], virtual[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(remote["max"], virtual["max"], strict=True))
+    assert remote["shape"] == virtual["shape"]
+    assert remote["grad"].abs().sum() > 0  # a real gradient came back, not zeros
+
+
+def test_tensor_metadata_and_grad_cross_the_wire(alice):
+    x = tag(torch.tensor([1.0, 2.0], requires_grad=True), "#mine")
+    x.grad = torch.tensor([0.5, 0.25])
+    ptr = sy.send(x, alice)
+    found = alice.search("#mine")
+    assert [tuple(p.shape) for p in found] == [(2,)] and found[0].tags == {"#mine"}
+    back = ptr.get()
+    assert back.requires_grad and torch.equal(back.detach(), x.detach()) and torch.equal(back.grad, x.grad)
+    with pytest.raises(WorkerError, match=r"holds no object .*left through .get"):
+        found[0].get()  # the pointer search returned names the object that has just left
+
+
+def test_search_finds_the_sites_data_by_name_and_tag(alice):
+    data, target = alice.search("mnist-train")
+    assert data.shape == (NUM_TRAIN, 1, 28, 28) and target.shape == (NUM_TRAIN,)
+    assert data.tags >= {"mnist-train", "#data"} and "#target" in target.tags
+    assert [p.id_at_location for p in alice.search("mnist-train", "#target")] == [target.id_at_location]
+    assert alice.search("no-such-dataset") == []
+    assert alice.datasets == {"mnist-train": (data.id_at_location, target.id_at_location)}
+
+
+def test_the_sites_data_stays_and_scalars_leave_audited(alice, sites):
+    data, target = alice.search("mnist-train", "#data")[0], alice.search("mnist-train", "#target")[0]
+    with pytest.raises(PermissionDeniedError, match=r"worker 'alice' refuses to release object \d+ \(data, shape"):
+        data.get()
+    with pytest.raises(PermissionDeniedError, match=r"refuses to release"):
+        (data * 1).to_here()  # computed from the data: private too
+    images, labels = make_mnist_arrays(NUM_TRAIN, seed=SEEDS["alice"])  # the oracle, from the generator's seed
+    expected = ((torch.from_numpy(images).float() / 255 - MNIST_MEAN) / MNIST_STD).mean()
+    assert torch.allclose(data.mean().get(), expected, atol=1e-5)  # a scalar: released under release_scalars
+    assert target.sum().get().item() == int(labels.sum())
+    log = alice.audit_log
+    refused = [(r.worker_id, r.command, r.kind) for r in log.refused]
+    assert ("alice", "get", "data") in refused and ("alice", "to_here", "data") in refused
+    assert [r.rule for r in log if r.kind == "scalar"][-2:] == ["release_scalars", "release_scalars"]
+    assert alice.policy.release_data is False  # the site reports its strict policy
+    data, target = alice.search("mnist-train")  # a refused get leaves the data at the site
+    assert data.shape == (NUM_TRAIN, 1, 28, 28)
+    deadline = time.monotonic() + 5  # and the site wrote one line saying so
+    while "refused a GetMessage" not in sites["alice"].log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "refuses to release object" in sites["alice"].log_text()
+
+
+def test_the_sites_data_cannot_be_replaced_or_deleted(alice):
+    data = alice.search("mnist-train", "#data")[0]
+    data.delete()  # ignored by the site: its datasets are its own
+    alice.flush()
+    assert alice.search("mnist-train", "#data")[0].shape == (NUM_TRAIN, 1, 28, 28)
+    with pytest.raises(WorkerError, match=r"one of the site's datasets, which cannot be replaced"):
+        alice._recv(ObjectMessage(data.id_at_location, torch.zeros(1)))
+
+
+def test_dropped_pointers_are_freed_with_the_next_request(alice):
+    kept = sy.send(torch.ones(2), alice)
+    dropped = sy.send(torch.zeros(2), alice)
+    obj_id = dropped.id_at_location
+    del dropped
+    assert alice._deletes == [obj_id]  # no round trip yet
+    assert kept.get().tolist() == [1.0, 1.0]  # this request carried the delete
+    assert alice._deletes == []
+    with pytest.raises(WorkerError, match=f"holds no object {obj_id}: it was deleted"):
+        alice._recv(GetMessage(obj_id))
+
+
+def test_what_a_remote_worker_refuses_to_do(alice):
+    with pytest.raises(
+        WorkerError, match=r"cannot run plan 'session': .*\(FederatedStrategy over remote workers\) is a later step"
+    ):
+        alice.session()
+    with pytest.raises(WorkerError, match=r"cannot install plan 'step'.*later step"):
+        alice.install_plan("step", lambda: None)
+    with pytest.raises(WorkerError, match=r"cannot show its objects"):
+        alice.objects
+    with pytest.raises(WorkerError, match=r"its policy is the site's own"):
+        alice.set_policy("open")
+    bob = sy.VirtualWorker(id="bob-local")
+    ptr = sy.send(torch.ones(1), alice)
+    with pytest.raises(WorkerError, match=r"MoveMessage .* sites do not connect to one another"):
+        ptr.move(bob)
+    with pytest.raises(WorkerError, match=r"cannot carry a PointerTensor .* a pointer names an object in this process"):
+        sy.send(torch.ones(1), bob).send(alice)
+    with pytest.raises(PointerError, match=r"mixes a pointer to worker 'alice' with a pointer to worker 'bob-local'"):
+        ptr + sy.send(torch.ones(1), bob)
+    with pytest.raises(WorkerError, match=r"refuses to run torch.Tensor.item"):
+        alice._recv(CommandMessage("torch.Tensor.item", (ObjectRef(1),)))
