@@ -28,8 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import json
+import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,29 +128,55 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise FederatedConfigError(f"`--config {path}` is not valid {file.suffix[1:] or 'JSON'}: {err}.") from None
 
 
-def _mnist_root(path: Path) -> Path:
-    """The folder torchvision's MNIST takes: ``path``, or above it when ``path`` is ``.../MNIST`` or its ``raw``."""
-    if path.name == "raw" and path.parent.name == "MNIST":
-        return path.parent.parent
-    if path.name == "MNIST" and (path / "raw").is_dir():
-        return path.parent
-    return path
+def _mnist_raw(path: Path) -> Path:
+    """The folder holding the IDX files: ``path/MNIST/raw``, ``path/raw`` or ``path`` itself."""
+    for candidate in (path / "MNIST" / "raw", path / "raw", path):
+        if candidate.is_dir() and any(candidate.glob("*-ubyte*")):
+            return candidate
+    return path / "MNIST" / "raw"
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """A uint8 IDX file (``.gz`` or not) as a tensor; its header gives the shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, kind, dims = struct.unpack_from(">HBB", data)
+    if zero != 0 or kind != 0x08 or not 1 <= dims <= 3:
+        raise ValueError(f"{path} is not a uint8 IDX file")
+    shape = struct.unpack_from(f">{dims}I", data, 4)
+    offset = 4 + 4 * dims
+    if len(data) - offset != math.prod(shape):
+        raise ValueError(f"{path} holds {len(data) - offset} bytes of values, its header says {math.prod(shape)}")
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(shape)
 
 
 def load_mnist(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images (N, 1, 28, 28) float32 normalized, labels (N,) int64)`` from an MNIST folder."""
-    from torchvision.datasets import MNIST
-
-    root = _mnist_root(Path(str(spec.mnist)).expanduser())
-    try:
-        found = MNIST(str(root), train=spec.split == "train", download=False)
-    except RuntimeError as err:
+    """``(images (N, 1, 28, 28) float32 normalized, labels (N,) int64)`` from an MNIST folder (the IDX files,
+    extracted or ``.gz``)."""
+    raw = _mnist_raw(Path(str(spec.mnist)).expanduser())
+    prefix = "train" if spec.split == "train" else "t10k"
+    found = []
+    for kind in ("images-idx3", "labels-idx1"):
+        name = f"{prefix}-{kind}-ubyte"
+        path = next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+        if path is None:
+            raise FederatedConfigError(
+                f"dataset {spec.name!r}: no MNIST {spec.split} files in {spec.mnist!r}: expected {raw / name}[.gz] "
+                "(the layout torchvision's MNIST download leaves: <folder>/MNIST/raw/)."
+            )
+        try:
+            found.append(read_idx(path))
+        except (OSError, ValueError, EOFError) as err:
+            raise FederatedConfigError(f"dataset {spec.name!r}: {path} cannot be read: {err}.") from None
+    images, labels = found
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise FederatedConfigError(
-            f"dataset {spec.name!r}: no MNIST {spec.split} files in {spec.mnist!r} ({err}); expected "
-            f"{root}/MNIST/raw/{'train' if spec.split == 'train' else 't10k'}-images-idx3-ubyte[.gz] and -labels-."
-        ) from None
-    images = found.data.to(torch.float32).div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
-    return images.contiguous(), found.targets.to(torch.int64)
+            f"dataset {spec.name!r}: {len(images)} images of shape {tuple(images.shape[1:])} and {len(labels)} "
+            f"labels in {raw}: MNIST has one label per 28 x 28 image."
+        )
+    images = images.to(torch.float32).div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return images.contiguous(), labels.to(torch.int64)
 
 
 def _import(path: str, name: str) -> Any:

@@ -1,0 +1,131 @@
+"""The site's side without a network: its datasets, their protection, its configuration and its program's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from lightning_fed.deploy.server import SiteWorker
+from lightning_fed.deploy.site_data import DatasetSpec, load_mnist, parse_data_flag, site_tensors, specs_from_config
+from lightning_fed.deploy.wire import SiteQuery, decode_answer, encode_request
+from lightning_fed.deploy.worker_main import main
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.workers.messages import CommandMessage, DeleteMessage, GetMessage, ObjectMessage, ObjectRef
+
+
+class TinyDataset(Dataset):
+    """A dataset class a site has installed (imported by its path from the site's configuration)."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.full((2,), float(i)), i % 2
+
+
+def _ask(site: SiteWorker, message, deletes=()):
+    return decode_answer(site.handle(encode_request(message, deletes)))
+
+
+def test_a_strict_site_keeps_its_data_and_audits_the_refusal():
+    site = SiteWorker("clinic")
+    data_id, target_id = site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
+    with pytest.raises(PermissionDeniedError, match=rf"worker 'clinic' refuses to release object {data_id} \(data"):
+        _ask(site, GetMessage(data_id))
+    assert data_id in site.worker.objects
+    audit = _ask(site, SiteQuery("audit"))
+    assert [(r["obj_id"], r["command"], r["kind"]) for r in audit["refused"]] == [(data_id, "get", "data")]
+    hello = _ask(site, SiteQuery("hello"))
+    assert hello["datasets"] == {"toy": (data_id, target_id)} and hello["policy"]["release_data"] is False
+
+
+@pytest.mark.filterwarnings("ignore:a worker has an open data-access policy")
+def test_an_open_site_releases_a_copy_and_keeps_its_dataset():
+    site = SiteWorker("library", policy="open")
+    data = torch.arange(6.0).reshape(3, 2)
+    data_id, _ = site.add_dataset("books", data.clone(), torch.zeros(3))
+    assert torch.equal(_ask(site, GetMessage(data_id)), data)
+    assert torch.equal(site.worker.objects[data_id], data)  # still there
+    assert _ask(site, CommandMessage("torch.Tensor.sum", (ObjectRef(data_id),))).obj_id in site.worker.objects
+
+
+def test_the_sites_datasets_cannot_be_replaced_or_deleted_from_outside():
+    site = SiteWorker("clinic")
+    data_id, target_id = site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
+    _ask(site, SiteQuery("hello"), deletes=(data_id,))
+    _ask(site, DeleteMessage(target_id))
+    assert {data_id, target_id} <= site.worker.objects.keys()
+    with pytest.raises(WorkerError, match=rf"refuses an ObjectMessage \(object {data_id}\): .* cannot be replaced"):
+        _ask(site, ObjectMessage(data_id, torch.zeros(1)))
+    with pytest.raises(FederatedConfigError, match="already has a dataset 'toy'"):
+        site.add_dataset("toy", torch.zeros(1), torch.zeros(1))
+
+
+def test_a_site_loads_an_mnist_folder_and_a_dataset_class(tmp_path):
+    from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
+
+    write_mnist_raw(tmp_path, num_train=6, num_test=2, seed=5, gz=True)
+    data, targets = site_tensors(parse_data_flag(f"mnist-train={tmp_path / 'MNIST' / 'raw'}"))
+    images, labels = make_mnist_arrays(6, seed=5)
+    assert data.shape == (6, 1, 28, 28) and torch.equal(targets, torch.from_numpy(labels).long())
+    assert torch.allclose(data[:, 0] * 0.3081 + 0.1307, torch.from_numpy(images).float() / 255, atol=1e-6)
+    assert data.tags == {"mnist-train", "#mnist-train", "#data"}
+    spec = DatasetSpec("survey", target="tests.deploy.test_site.TinyDataset", kwargs={"n": 5}, tags=("#s",))
+    data, targets = site_tensors(spec)
+    assert data.shape == (5, 2) and targets.tolist() == [0, 1, 0, 1, 0] and "#s" in targets.tags
+    with pytest.raises(
+        FederatedConfigError, match=r"dataset 'x': no MNIST test files in .*t10k-images-idx3-ubyte\[.gz\]"
+    ):
+        load_mnist(DatasetSpec("x", mnist=str(tmp_path / "nothing"), split="test"))
+
+
+def test_site_configuration_files(tmp_path):
+    config = {"datasets": {"a": {"mnist": "/data/a", "split": "test", "tags": ["#a"]},
+                           "b": {"class": "pkg.B", "kwargs": {"root": "/b"}}}}  # fmt: skip
+    specs = specs_from_config(config)
+    assert [(s.name, s.mnist, s.split, s.tags, s.target) for s in specs] == [
+        ("a", "/data/a", "test", ("#a",), None), ("b", None, "train", (), "pkg.B")]  # fmt: skip
+    with pytest.raises(FederatedConfigError, match=r"dataset 'a' has unknown settings \['path'\]"):
+        specs_from_config({"datasets": {"a": {"path": "/x"}}})
+    with pytest.raises(FederatedConfigError, match="needs exactly one source"):
+        specs_from_config({"datasets": {"a": {"mnist": "/x", "class": "pkg.B"}}})
+    with pytest.raises(FederatedConfigError, match=r"`split='dev'` is not valid"):
+        DatasetSpec("a", mnist="/x", split="dev")
+    with pytest.raises(FederatedConfigError, match=r"class 'no_such_pkg.Data' cannot be imported"):
+        site_tensors(DatasetSpec("a", target="no_such_pkg.Data"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        ([], "site 'alice' has no certificates: pass the site's certificate folder"),
+        (["--insecure", "--listen", "0.0.0.0:0"], "plaintext .* loopback addresses only .* got '0.0.0.0:0'"),
+        (["--certs", "{tmp}"], "cannot read the CA certificate '.*ca.pem'"),
+        (["--insecure", "--data", "mnist-train"], "`--data mnist-train` is not valid: pass NAME=PATH"),
+        (["--insecure", "--max-message-mb", "0"], "`--max-message-mb 0.0` is not valid"),
+        (["--insecure", "--config", "{tmp}/site.json"], "`--config .*site.json` is not valid json"),
+    ],
+)
+def test_the_worker_program_exits_with_a_clear_message(tmp_path, capsys, argv, match):
+    (tmp_path / "site.json").write_text("{not json")
+    status = main(["--id", "alice", "--listen", "127.0.0.1:0", *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-fed worker: error: ")
+    assert __import__("re").search(match, err), err
+
+
+def test_the_worker_program_reads_a_config_file(tmp_path, capsys, monkeypatch):
+    config = tmp_path / "site.json"
+    config.write_text(json.dumps({"datasets": {"survey": {"class": "tests.deploy.test_site.TinyDataset"}}}))
+    from lightning_fed.deploy import worker_main
+
+    args = worker_main.build_parser().parse_args(["--id", "alice", "--insecure", "--config", str(config)])
+    server = worker_main.build_server(args)
+    assert server.site.datasets.keys() == {"survey"} and server.listen == "127.0.0.1:50051"
