@@ -154,6 +154,13 @@ class SiteWorker:
             )
         if kind is DeleteMessage:
             return self._delete(message.obj_id)
+        if kind is GetMessage:
+            found = self.worker.objects.get(message.obj_id)
+            if found is not None and not isinstance(found, torch.Tensor):  # checked before it leaves the store
+                raise WireError(
+                    f"worker {self.id!r} cannot send object {message.obj_id} back: it is a {type(found).__name__}, "
+                    "and only tensors and plain values cross the wire."
+                )
         if kind is GetMessage and not message.keep and message.obj_id in self._protected:
             original = self.worker.objects.get(message.obj_id)
             answer = self.worker._recv(message)  # checked and audited by the site's policy

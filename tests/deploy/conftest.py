@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def wait_listening(site_id: str, proc: subprocess.Popen, log: Path, deadline: fl
         selector.close()
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> int:
+    """Stop a site with SIGTERM (SIGKILL if it does not exit in 10 s); returns its exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGCONT)  # a test may have stopped it
         proc.terminate()
@@ -75,6 +77,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
     if proc.stdout is not None:
         proc.stdout.close()
+    return proc.returncode
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +97,7 @@ def other_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sites(tmp_path_factory: pytest.TempPathFactory, federation: Path) -> dict[str, Site]:
+def sites(tmp_path_factory: pytest.TempPathFactory, federation: Path) -> Iterator[dict[str, Site]]:
     """alice (mutual TLS, strict), bob (mutual TLS, strict, 1 MiB message limit) and carol (plaintext on loopback),
     each serving its own tiny MNIST training split as ``mnist-train``; started together, stopped at the end."""
     root = tmp_path_factory.mktemp("sites")
@@ -118,5 +121,6 @@ def sites(tmp_path_factory: pytest.TempPathFactory, federation: Path) -> dict[st
         }
         yield started
     finally:
-        for proc, _ in procs.values():
-            stop(proc)
+        statuses = {site_id: stop(proc) for site_id, (proc, _) in procs.items()}
+    # SIGTERM stops a site cleanly (status 0); carol may have been killed by a test (SIGKILL: -9)
+    assert statuses["alice"] == 0 and statuses["bob"] == 0 and statuses["carol"] in (0, -signal.SIGKILL), statuses

@@ -63,6 +63,13 @@ def test_the_sites_datasets_cannot_be_replaced_or_deleted_from_outside():
     assert {data_id, target_id} <= site.worker.objects.keys()
     with pytest.raises(WorkerError, match=rf"refuses an ObjectMessage \(object {data_id}\): .* cannot be replaced"):
         _ask(site, ObjectMessage(data_id, torch.zeros(1)))
+    from lightning_fed.workers.messages import DatasetMessage
+
+    shard_id = 77
+    assert _ask(site, DatasetMessage(shard_id, (data_id, target_id))) == 4
+    with pytest.raises(WorkerError, match=f"cannot send object {shard_id} back: it is a TensorDataset"):
+        _ask(site, GetMessage(shard_id))
+    assert shard_id in site.worker.objects  # still at the site
     with pytest.raises(FederatedConfigError, match="already has a dataset 'toy'"):
         site.add_dataset("toy", torch.zeros(1), torch.zeros(1))
 
