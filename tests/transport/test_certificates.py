@@ -6,8 +6,8 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from lightning_fed.deploy.certificates import alt_names, common_name, main, make_federation
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.transport.certificates import alt_names, common_name, main, make_federation
 
 
 def test_the_command_makes_a_ca_a_server_and_one_certificate_per_site(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Both are :class:`~lightning_fed.exceptions.WorkerError`\\ s, so code that handles a failing worker handles them too.
 Errors a site raises while answering (``WorkerError``, ``PermissionDeniedError``, ``PointerError``...) come back as
-the same exception types with the site's message (see :mod:`lightning_fed.deploy.wire`).
+the same exception types with the site's message (see :mod:`lightning_fed.transport.wire`).
 
 Example:
     >>> from lightning_fed.exceptions import WorkerError

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from lightning_fed.deploy.server import SiteWorker
-from lightning_fed.deploy.site_data import DatasetSpec, load_mnist, parse_data_flag, site_tensors, specs_from_config
-from lightning_fed.deploy.wire import SiteQuery, decode_answer, encode_request
-from lightning_fed.deploy.worker_main import main
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.transport.server import SiteWorker
+from lightning_fed.transport.site_data import DatasetSpec, load_mnist, parse_data_flag, site_tensors, specs_from_config
+from lightning_fed.transport.wire import SiteQuery, decode_answer, encode_request
+from lightning_fed.transport.worker_main import main
 from lightning_fed.workers.messages import CommandMessage, DeleteMessage, GetMessage, ObjectMessage, ObjectRef
 
 
@@ -83,7 +83,7 @@ def test_a_site_loads_an_mnist_folder_and_a_dataset_class(tmp_path):
     assert data.shape == (6, 1, 28, 28) and torch.equal(targets, torch.from_numpy(labels).long())
     assert torch.allclose(data[:, 0] * 0.3081 + 0.1307, torch.from_numpy(images).float() / 255, atol=1e-6)
     assert data.tags == {"mnist-train", "#mnist-train", "#data"}
-    spec = DatasetSpec("survey", target="tests.deploy.test_site.TinyDataset", kwargs={"n": 5}, tags=("#s",))
+    spec = DatasetSpec("survey", target="tests.transport.test_site.TinyDataset", kwargs={"n": 5}, tags=("#s",))
     data, targets = site_tensors(spec)
     assert data.shape == (5, 2) and targets.tolist() == [0, 1, 0, 1, 0] and "#s" in targets.tags
     with pytest.raises(
@@ -130,8 +130,8 @@ def test_the_worker_program_exits_with_a_clear_message(tmp_path, capsys, argv, m
 
 def test_the_worker_program_reads_a_config_file(tmp_path, capsys, monkeypatch):
     config = tmp_path / "site.json"
-    config.write_text(json.dumps({"datasets": {"survey": {"class": "tests.deploy.test_site.TinyDataset"}}}))
-    from lightning_fed.deploy import worker_main
+    config.write_text(json.dumps({"datasets": {"survey": {"class": "tests.transport.test_site.TinyDataset"}}}))
+    from lightning_fed.transport import worker_main
 
     args = worker_main.build_parser().parse_args(["--id", "alice", "--insecure", "--config", str(config)])
     server = worker_main.build_server(args)

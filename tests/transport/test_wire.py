@@ -12,9 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_fed.deploy.errors import WireError
-from lightning_fed.deploy.values import ValueDecoder, ValueEncoder
-from lightning_fed.deploy.wire import (
+from lightning_fed.exceptions import (
+    CheckpointMismatchError,
+    FederatedConfigError,
+    PermissionDeniedError,
+    PointerError,
+    WorkerError,
+)
+from lightning_fed.transport.errors import WireError
+from lightning_fed.transport.values import ValueDecoder, ValueEncoder
+from lightning_fed.transport.wire import (
     MAGIC,
     PREFIX,
     SiteQuery,
@@ -25,13 +32,6 @@ from lightning_fed.deploy.wire import (
     encode_error,
     encode_request,
     frame,
-)
-from lightning_fed.exceptions import (
-    CheckpointMismatchError,
-    FederatedConfigError,
-    PermissionDeniedError,
-    PointerError,
-    WorkerError,
 )
 from lightning_fed.workers.messages import (
     CommandMessage,

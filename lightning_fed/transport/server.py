@@ -14,7 +14,7 @@ logs ``Handshake failed ...`` on the site's stderr). Without credentials it serv
 
 Example:
     >>> import torch
-    >>> from lightning_fed.deploy.wire import SiteQuery, decode_answer, encode_request
+    >>> from lightning_fed.transport.wire import SiteQuery, decode_answer, encode_request
     >>> from lightning_fed.workers.messages import GetMessage
     >>> site = SiteWorker("alice-doc")
     >>> data_id, _ = site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
@@ -38,10 +38,12 @@ from typing import Any
 import grpc
 import torch
 
-from lightning_fed.deploy.errors import WireError
-from lightning_fed.deploy.site_data import DatasetSpec, site_tensors, tag_dataset
-from lightning_fed.deploy.tls import Credentials, check_insecure
-from lightning_fed.deploy.wire import (
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.privacy.policy import DataAccessPolicy
+from lightning_fed.transport.errors import WireError
+from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
+from lightning_fed.transport.tls import Credentials, check_insecure
+from lightning_fed.transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     PREFIX,
     SiteQuery,
@@ -53,8 +55,6 @@ from lightning_fed.deploy.wire import (
     encode_answer,
     encode_error,
 )
-from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
-from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.workers.base import VirtualWorker
 from lightning_fed.workers.messages import LABEL_PRIVATE, DatasetMessage, DeleteMessage, GetMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
@@ -63,7 +63,7 @@ SERVICE = "lightning_fed.Worker"
 METHOD = "Call"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
 PROTOCOL = 1
-log = logging.getLogger("lightning_fed.deploy.site")
+log = logging.getLogger("lightning_fed.transport.site")
 
 
 class SiteWorker:
@@ -206,7 +206,7 @@ class SiteServer:
         if credentials is None and not insecure:
             raise FederatedConfigError(
                 f"site {site_id!r} has no certificates: pass the site's certificate folder (--certs DIR, holding "
-                f"ca.pem, {site_id}.pem, {site_id}.key; python -m lightning_fed.deploy.certificates makes them) or "
+                f"ca.pem, {site_id}.pem, {site_id}.key; python -m lightning_fed.transport.certificates makes them) or "
                 "--cert/--key/--ca. Plaintext needs an explicit --insecure (loopback tests only)."
             )
         if credentials is not None and insecure:

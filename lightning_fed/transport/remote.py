@@ -1,13 +1,13 @@
 """``RemoteWorker``: a worker at another site, reached over gRPC with mutual TLS; pointers work on it unchanged.
 
 A ``RemoteWorker`` is a :class:`~lightning_fed.workers.BaseWorker` whose message delivery (:meth:`_recv`) encodes
-the message (:mod:`.wire`), sends it to the site's :class:`~lightning_fed.deploy.server.SiteServer` and decodes the
+the message (:mod:`.wire`), sends it to the site's :class:`~lightning_fed.transport.server.SiteServer` and decodes the
 answer, so ``x.send(remote)``, commands on its pointers, ``.get()`` and ``remote.search("mnist-train")`` behave as on
 a :class:`~lightning_fed.workers.VirtualWorker`, under the **site's** policy: a refused ``.get()`` raises the
 site's :class:`~lightning_fed.exceptions.PermissionDeniedError`, and errors come back as the site's exception
 types with the site's message. Every pointer operation is one round trip; dropping a pointer costs none (its
 delete goes with the next request). Each call has a timeout; a site that does not answer in time, is not running
-or fails the TLS handshake raises :class:`~lightning_fed.deploy.errors.SiteUnavailableError` naming the site, its
+or fails the TLS handshake raises :class:`~lightning_fed.transport.errors.SiteUnavailableError` naming the site, its
 address and the timeout.
 
 Not here yet: plans and sessions (code that runs at the worker) cannot cross the wire, so ``install_plan`` and
@@ -15,7 +15,7 @@ Not here yet: plans and sessions (code that runs at the worker) cannot cross the
 
 Example:
     >>> import torch, lightning_fed as sy
-    >>> from lightning_fed.deploy.server import SiteServer, SiteWorker
+    >>> from lightning_fed.transport.server import SiteServer, SiteWorker
     >>> site = SiteWorker("alice-doc")
     >>> _ = site.add_dataset("toy", torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 0]))
     >>> server = SiteServer(site, "127.0.0.1:0", insecure=True)
@@ -41,10 +41,13 @@ from typing import Any, NoReturn
 
 import grpc
 
-from lightning_fed.deploy.errors import SiteRefusedError, SiteUnavailableError, WireError
-from lightning_fed.deploy.server import FULL_METHOD, PROTOCOL
-from lightning_fed.deploy.tls import PathLike, check_insecure, load_credentials, split_address
-from lightning_fed.deploy.wire import (
+from lightning_fed.exceptions import FederatedConfigError, WorkerError
+from lightning_fed.privacy.audit import AuditLog, AuditRecord
+from lightning_fed.privacy.policy import DataAccessPolicy
+from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.transport.server import FULL_METHOD, PROTOCOL
+from lightning_fed.transport.tls import PathLike, check_insecure, load_credentials, split_address
+from lightning_fed.transport.wire import (
     MIB,
     PREFIX,
     SiteQuery,
@@ -55,9 +58,6 @@ from lightning_fed.deploy.wire import (
     describe,
     encode_request,
 )
-from lightning_fed.exceptions import FederatedConfigError, WorkerError
-from lightning_fed.privacy.audit import AuditLog, AuditRecord
-from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.workers.base import BaseWorker
 from lightning_fed.workers.messages import DeleteMessage
 from lightning_fed.workers.session import WorkerSession
@@ -71,7 +71,7 @@ LATER = (
 
 
 class RemoteWorker(BaseWorker):
-    """The server's handle on the worker a site runs (``python -m lightning_fed.deploy.worker_main``).
+    """The server's handle on the worker a site runs (``python -m lightning_fed.transport.worker_main``).
 
     Args:
         id: the site's id; the site's certificate must name it (checked in the TLS handshake) and the site must
@@ -99,7 +99,8 @@ class RemoteWorker(BaseWorker):
         if credentials is None and not insecure:
             raise FederatedConfigError(
                 f"{who} has no certificates: pass certs=DIR (the folder made by python -m "
-                "lightning_fed.deploy.certificates) or ca=, cert=, key=; insecure=True for plaintext on loopback only."
+                "lightning_fed.transport.certificates) or ca=, cert=, key=; insecure=True for plaintext on loopback "
+                "only."
             )
         if credentials is not None and insecure:
             raise FederatedConfigError(f"{who}: pass certificates or insecure=True, not both.")

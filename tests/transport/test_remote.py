@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import lightning_fed as sy
-from lightning_fed.deploy import RemoteWorker
-from lightning_fed.deploy.site_data import MNIST_MEAN, MNIST_STD
 from lightning_fed.exceptions import PermissionDeniedError, PointerError, WorkerError
 from lightning_fed.pointers.api import tag
+from lightning_fed.transport import RemoteWorker
+from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
 from lightning_fed.workers.messages import CommandMessage, GetMessage, ObjectMessage, ObjectRef
-from tests.deploy.conftest import NUM_TRAIN, SEEDS
 from tests.helpers.mnist_files import make_mnist_arrays
+from tests.transport.conftest import NUM_TRAIN, SEEDS
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The program a site runs: ``python -m lightning_fed.deploy.worker_main`` (``lightning-fed worker``).
+"""The program a site runs: ``python -m lightning_fed.transport.worker_main`` (``lightning-fed worker``).
 
 It loads the site's datasets from the site's disk (``--data NAME=PATH`` for MNIST folders, ``--config FILE`` for
 anything else, see :mod:`.site_data`), puts them in one worker with the site's policy (``--policy strict``, the
@@ -24,11 +24,11 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from lightning_fed.deploy.server import SiteServer, SiteWorker
-from lightning_fed.deploy.site_data import load_config, parse_data_flag, specs_from_config
-from lightning_fed.deploy.tls import load_credentials
-from lightning_fed.deploy.wire import MIB
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.transport.server import SiteServer, SiteWorker
+from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
+from lightning_fed.transport.tls import load_credentials
+from lightning_fed.transport.wire import MIB
 
 
 def build_parser() -> argparse.ArgumentParser:

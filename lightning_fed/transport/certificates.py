@@ -12,7 +12,7 @@ The folder :func:`make_federation` writes::
     server.pem  server.key    the federation server (the Trainer's side)
     <site>.pem  <site>.key    one pair per site; a site needs ca.pem, <site>.pem and <site>.key only
 
-The command line does the same: ``python -m lightning_fed.deploy.certificates --out certs --sites alice bob``.
+The command line does the same: ``python -m lightning_fed.transport.certificates --out certs --sites alice bob``.
 
 Example:
     >>> import tempfile
@@ -196,9 +196,9 @@ def make_federation(out: str | os.PathLike[str], sites: Sequence[str], hosts: Se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lightning_fed.deploy.certificates --out DIR --sites alice bob [--hosts NAME ...]``."""
+    """``python -m lightning_fed.transport.certificates --out DIR --sites alice bob [--hosts NAME ...]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_fed.deploy.certificates",
+        prog="python -m lightning_fed.transport.certificates",
         description="Make a test federation's CA, the server's certificate and one certificate per site.",
     )
     parser.add_argument("--out", required=True, help="the folder to write the PEM files into")

@@ -15,7 +15,7 @@ other value is an object with one key naming its kind:
 
 Names (dtypes, layouts, ``torch.return_types``) are looked up in tables built at import, never with ``getattr`` on a
 string that came in a message. Anything else (a callable, a module, a dataset, a pointer) is refused with
-:class:`~lightning_fed.deploy.errors.WireError` naming its type.
+:class:`~lightning_fed.transport.errors.WireError` naming its type.
 
 Example:
     >>> import torch
@@ -29,7 +29,7 @@ Example:
     >>> enc.value(print)
     Traceback (most recent call last):
     ...
-    lightning_fed.deploy.errors.WireError: a command cannot carry a builtin_function_or_method (builtins...): ...
+    lightning_fed.transport.errors.WireError: a command cannot carry a builtin_function_or_method (builtins...): ...
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_fed.deploy.errors import WireError
+from lightning_fed.transport.errors import WireError
 from lightning_fed.workers.messages import ObjectRef, SearchResult, TensorDescriptor
 
 MAX_DEPTH = 64
@@ -175,7 +175,7 @@ class ValueEncoder:
 
 class ValueDecoder:
     """Decodes what :class:`ValueEncoder` wrote, given the tensors read back; malformed input raises
-    :class:`~lightning_fed.deploy.errors.WireError`."""
+    :class:`~lightning_fed.transport.errors.WireError`."""
 
     def __init__(self, tensors: list[torch.Tensor], what: str) -> None:
         self.tensors = tensors

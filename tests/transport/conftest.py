@@ -1,6 +1,6 @@
 """Site worker processes on 127.0.0.1 for the deployment tests, started once per session and always stopped.
 
-Each site is ``python -m lightning_fed.deploy.worker_main`` on port 0; the fixture reads the port from the line the
+Each site is ``python -m lightning_fed.transport.worker_main`` on port 0; the fixture reads the port from the line the
 program prints. The sites read tiny MNIST folders the fixture writes; the test process never reads them again (its
 oracles come from :func:`make_mnist_arrays` with the same seeds).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_fed.deploy.certificates import make_federation
+from lightning_fed.transport.certificates import make_federation
 from tests.helpers.mnist_files import write_mnist_raw
 
 STARTUP_S = 120.0  # importing torch and Lightning in three processes on two shared cores
@@ -42,7 +42,7 @@ class Site:
 
 def launch(site_id: str, args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "lightning_fed.deploy.worker_main", "--id", site_id, *args]
+    command = [sys.executable, "-m", "lightning_fed.transport.worker_main", "--id", site_id, *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), env=env,
                             cwd=Path(__file__).resolve().parents[2])  # fmt: skip
 

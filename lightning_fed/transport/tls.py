@@ -59,7 +59,7 @@ def check_insecure(address: str, who: str) -> None:
     if not is_loopback(host):
         raise FederatedConfigError(
             f"{who}: plaintext (insecure) is allowed on loopback addresses only (127.0.0.1, localhost, ::1), got "
-            f"{address!r}: use certificates (python -m lightning_fed.deploy.certificates makes a test federation's)."
+            f"{address!r}: use certificates (python -m lightning_fed.transport.certificates makes a test federation's)."
         )
 
 

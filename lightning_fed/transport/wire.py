@@ -37,8 +37,6 @@ from typing import Any
 
 import torch
 
-from lightning_fed.deploy.errors import SiteRefusedError, SiteUnavailableError, WireError
-from lightning_fed.deploy.values import ValueDecoder, ValueEncoder, type_name
 from lightning_fed.exceptions import (
     FederatedConfigError,
     LightningFedError,
@@ -48,6 +46,8 @@ from lightning_fed.exceptions import (
     SealedStateError,
     WorkerError,
 )
+from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.transport.values import ValueDecoder, ValueEncoder, type_name
 from lightning_fed.workers.messages import (
     CommandMessage,
     DatasetMessage,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lightning_fed as sy
-from lightning_fed.deploy import RemoteWorker, SiteRefusedError, SiteUnavailableError, WireError
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.transport import RemoteWorker, SiteRefusedError, SiteUnavailableError, WireError
 
 
 def _wait_for(site, text: str, seconds: float = 5.0) -> str:
