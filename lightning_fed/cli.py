@@ -106,11 +106,18 @@ def run(args: list[str] | None = None) -> FederatedCLI:
 def main(args: list[str] | None = None) -> int:
     """The console script ``lightning-fed``: run the CLI and return the exit status (0 on success).
 
+    ``lightning-fed worker ...`` runs a site's worker instead (:mod:`lightning_fed.transport.worker_main`).
+
     A configuration error (Lightning's ``MisconfigurationException``, which every
     :class:`~lightning_fed.exceptions.FederatedConfigError` is, also when the argument parser wrapped it while building
     a class) prints ``lightning-fed: error: <message>`` on stderr and returns 1; any other exception propagates with
     its traceback (Python then exits with 1).
     """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["worker"]:  # the program a site runs: `lightning-fed worker --id alice ...`
+        from lightning_fed.transport.worker_main import main as worker_main
+
+        return worker_main(argv[1:])
     try:
         run(args)
     except Exception as err:

@@ -361,3 +361,10 @@ def test_the_example_says_where_the_mnist_files_must_be(tmp_path, capsys):
         _example().copy_mnist_files(str(tmp_path / "elsewhere"), str(tmp_path / "data"))
     _example().copy_mnist_files(str(tmp_path / "nowhere"), str(tmp_path / "data"))  # README's line, on a machine
     assert "does not exist: the MNIST files will be downloaded" in capsys.readouterr().err  # without ../shared/data
+
+
+def test_lightning_fed_worker_runs_the_site_program(capsys):
+    from lightning_fed.cli import main
+
+    assert main(["worker", "--id", "site-a", "--listen", "127.0.0.1:0"]) == 2  # no certificates, no --insecure
+    assert "site 'site-a' has no certificates" in capsys.readouterr().err
