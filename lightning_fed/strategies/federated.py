@@ -51,7 +51,7 @@ from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Ro
 from lightning_fed.rounds.stats import worker_table
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies import glue
-from lightning_fed.strategies.options import check_options, check_secure_aggregation
+from lightning_fed.strategies.options import check_options, check_process_options, check_secure_aggregation
 from lightning_fed.strategies.parallel import FederatedParallelStrategy
 from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
 from lightning_fed.workers.base import BaseWorker
@@ -210,17 +210,7 @@ class FederatedStrategy(FederatedParallelStrategy):
 
     @override
     def check_processes(self, where: str) -> None:
-        if self.mode != "fedavg":
-            raise FederatedConfigError(
-                f"FederatedStrategy(mode={self.mode!r}) moves one model from worker to worker, one after another: it "
-                f"runs in one process, and got {where}. Pass devices=1, num_nodes=1, or mode='fedavg' (rounds, "
-                "whose workers can train in parallel processes)."
-            )
-        if self.vectorize:
-            raise FederatedConfigError(
-                f"FederatedStrategy(vectorize=True) trains a round's workers together in one process, and got {where}: "
-                "pass vectorize=False to spread the workers over processes, or devices=1, num_nodes=1."
-            )
+        check_process_options(self.mode, self.vectorize, where)
         self.aggregator.check_processes()
 
     @override
@@ -234,6 +224,8 @@ class FederatedStrategy(FederatedParallelStrategy):
             rank_zero_info("FederatedStrategy: the learning-rate finder runs on one continuous stream of batches.")
             self._tuning = FollowBackend(glue.lightning_calls(self), Rounds(self.aggregator))
             return self._tuning.process_dataloader(dataloader)
+        if getattr(dataloader, "remote", False) and not getattr(self._backend, "remote", False):
+            self._backend = glue.remote_backend(self, self._backend)  # the sites' data: rounds run at the sites
         return self._backend.process_dataloader(dataloader)
 
     # -- the training step: each hook hands off to the backend ----------------------------------------------------
@@ -303,9 +295,8 @@ class FederatedStrategy(FederatedParallelStrategy):
         """The configuration, as logged at fit start."""
         rows = self._rounds.stats.rows
         workers = ", ".join(f"{w.id} ({rows.get(w.id, {}).get('samples', '?')} samples)" for w in self.workers)
-        how = self.backend.describe() if self.mode == "fedavg" and self.backend is not None else (
-            "the model follows each batch to its worker (the seed's way)"
-        )  # fmt: skip
+        follow = "the model follows each batch to its worker (the seed's way)"
+        how = self.backend.describe() if self.mode == "fedavg" and self.backend is not None else follow
         return f"FederatedStrategy: {len(self.workers)} workers [{workers}]; {how}."
 
     def worker_summary(self) -> dict[Hashable, dict[str, Any]]:

@@ -74,6 +74,23 @@ def lightning_calls(strategy: FederatedStrategy) -> LightningCalls:
     )
 
 
+def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
+    """The backend for a :class:`~lightning_fed.data.sites.SiteLoader`: rounds at remote sites, one request each."""
+    from lightning_fed.backends.remote import RemoteBackend  # imports the transport (gRPC) only when deployed
+
+    if strategy.mode != "fedavg" or strategy.vectorize or strategy.is_distributed:
+        raise FederatedConfigError(
+            f"remote sites train FedAvg rounds in one process: got mode={strategy.mode!r}, "
+            f"vectorize={strategy.vectorize}, {strategy.world_size} processes. Use mode='fedavg', vectorize=False "
+            "and devices=1 with a SiteDataModule."
+        )
+    assert isinstance(backend, SequentialBackend)
+    return RemoteBackend(
+        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
+        step_schedulers=backend.step_schedulers,
+    )  # fmt: skip
+
+
 def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:
     """``limit_train_batches`` (and ``fast_dev_run``) as a share of every worker's local work, with one warning."""
     if not isinstance(backend, SequentialBackend):

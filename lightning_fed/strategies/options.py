@@ -92,3 +92,18 @@ def check_secure_aggregation(value: Any) -> None:
         raise FederatedConfigError(
             f"`secure_aggregation={value!r}` is not valid: pass True, False or a SecureAggregationConfig(...)."
         )
+
+
+def check_process_options(mode: str, vectorize: bool, where: str) -> None:
+    """Refuse what cannot run over several processes (``where`` says how many): follow mode and vectorized workers."""
+    if mode != "fedavg":
+        raise FederatedConfigError(
+            f"FederatedStrategy(mode={mode!r}) moves one model from worker to worker, one after another: it "
+            f"runs in one process, and got {where}. Pass devices=1, num_nodes=1, or mode='fedavg' (rounds, "
+            "whose workers can train in parallel processes)."
+        )
+    if vectorize:
+        raise FederatedConfigError(
+            f"FederatedStrategy(vectorize=True) trains a round's workers together in one process, and got {where}: "
+            "pass vectorize=False to spread the workers over processes, or devices=1, num_nodes=1."
+        )

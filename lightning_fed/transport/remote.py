@@ -47,6 +47,7 @@ from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
 from lightning_fed.transport.server import FULL_METHOD, PROTOCOL
 from lightning_fed.transport.tls import PathLike, check_insecure, load_credentials, split_address
+from lightning_fed.transport.training import TrainRequest
 from lightning_fed.transport.wire import (
     MIB,
     PREFIX,
@@ -64,13 +65,14 @@ from lightning_fed.workers.session import WorkerSession
 
 _SITE_POLICY = "the site's"  # what BaseWorker.__init__ hands set_policy: the policy lives at the site
 LATER = (
-    "code cannot run at a remote worker from here: no code crosses the wire, and running training steps at remote "
-    "sites (FederatedStrategy over remote workers) is a later step of the deployment work. Use the pointer API "
-    "(send, commands, get) with remote workers for now."
+    "no code crosses the wire: a remote site trains whole FedAvg rounds (FederatedStrategy with a SiteDataModule "
+    "over remote workers, one model down and one up per round), and answers the pointer API (send, commands, get)."
 )
 
 
 class RemoteWorker(BaseWorker):
+    remote = True  # its work runs at its site: the strategy sends it whole rounds (:meth:`train`)
+
     """The server's handle on the worker a site runs (``python -m lightning_fed.transport.worker_main``).
 
     Args:
@@ -118,6 +120,7 @@ class RemoteWorker(BaseWorker):
             override = [("grpc.ssl_target_name_override", server_name or str(id))]
             self._channel = grpc.secure_channel(address, creds, options=override)
         self._rpc: Callable[..., Any] = self._channel.stream_stream(FULL_METHOD)
+        self.traffic: dict[str, list[int]] = {}  # message kind -> [messages, bytes sent, bytes received]
         self._deletes: list[int] = []
         self._hello: dict[str, Any] | None = None
 
@@ -142,7 +145,10 @@ class RemoteWorker(BaseWorker):
         data = encode_request(message, deletes, self.max_message_bytes)
         del self._deletes[: len(deletes)]
         try:
-            return decode_answer(self._exchange(data, describe(message)), self.max_message_bytes)
+            answer = self._exchange(data, describe(message))
+            counts = self.traffic.setdefault(type(message).__name__, [0, 0, 0])
+            counts[0], counts[1], counts[2] = counts[0] + 1, counts[1] + len(data), counts[2] + len(answer)
+            return decode_answer(answer, self.max_message_bytes)
         except SiteUnavailableError:
             self._deletes[:0] = deletes  # deletes are idempotent: send them again with the next request
             raise
@@ -197,6 +203,13 @@ class RemoteWorker(BaseWorker):
             )
         self._hello = info
         return info
+
+    def train(self, request: TrainRequest) -> dict[str, Any]:
+        """One FedAvg round's local work at the site: the global model down, the site's local model (and its loss,
+        if its policy releases scalars) up. See :mod:`lightning_fed.transport.training`."""
+        if self._hello is None:
+            self.hello()
+        return self._request(request)
 
     def flush(self) -> None:
         """Send the queued deletes now (they otherwise go with the next request)."""

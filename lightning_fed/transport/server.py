@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -39,10 +39,12 @@ import grpc
 import torch
 
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.privacy.audit import ReleaseRequest, record
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
 from lightning_fed.transport.tls import Credentials, check_insecure
+from lightning_fed.transport.training import SiteTraining, TrainRequest
 from lightning_fed.transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     PREFIX,
@@ -77,12 +79,14 @@ class SiteWorker:
     """
 
     def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:  # fmt: skip
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 accepted_models: Mapping[str, type] | None = None) -> None:  # fmt: skip
         if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
             raise FederatedConfigError(
                 f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
             )
         self.worker = VirtualWorker(id=id, policy=policy)
+        self.training = SiteTraining(accepted_models or {})
         self.max_message_bytes = max_message_bytes
         self.datasets: dict[str, tuple[int, int]] = {}
         self._protected: set[int] = set()
@@ -113,7 +117,9 @@ class SiteWorker:
         policy = self.worker.policy
         rules = {name: getattr(policy, name) for name in ("release_model", "release_scalars", "release_data",
                                                           "release_shapes")}  # fmt: skip
+        lengths = {name: len(self.worker.objects[ids[0]]) for name, ids in self.datasets.items()}
         return {"protocol": PROTOCOL, "id": self.id, "policy": rules, "datasets": dict(self.datasets),
+                "lengths": lengths, "models": sorted(self.training.accepted),
                 "max_message_bytes": self.max_message_bytes}  # fmt: skip
 
     def audit(self) -> dict[str, list[dict[str, Any]]]:
@@ -147,6 +153,8 @@ class SiteWorker:
         kind = type(message)
         if kind is SiteQuery:
             return self.hello() if message.what == "hello" else self.audit()
+        if kind is TrainRequest:
+            return self._train(message)
         if kind in (ObjectMessage, DatasetMessage) and message.obj_id in self._protected:
             raise WorkerError(
                 f"worker {self.id!r} refuses {describe(message)}: object {message.obj_id} is one of the site's "
@@ -167,6 +175,27 @@ class SiteWorker:
             self.worker._recv(ObjectMessage(message.obj_id, original, LABEL_PRIVATE))  # the site keeps its data
             return answer
         return self.worker._recv(message)
+
+    def _train(self, request: TrainRequest) -> dict[str, Any]:
+        """A round's local training on one of the site's datasets; its model and (if released) loss go back."""
+        policy = self.worker.policy
+        if not policy.release_model:
+            raise PermissionDeniedError(
+                f"worker {self.id!r} keeps its model updates (release_model=False): it trains only under secure "
+                "aggregation, which over remote sites is a later step."
+            )
+        ids = self.datasets.get(request.dataset)
+        if ids is None:
+            raise WorkerError(f"worker {self.id!r} has no dataset {request.dataset!r}: it has {sorted(self.datasets)}.")
+        data, targets = (self.worker.objects[i] for i in ids)
+        answer = self.training.train(request, data, targets, release_scalars=policy.release_scalars)
+        numel = sum(t.numel() for t in answer["state"].values())
+        audit(self.worker, "update", "train", "release_model", (numel,))
+        if answer["loss_sum"] is not None:
+            audit(self.worker, "scalar", "train", "release_scalars", ())
+        log.info("round %d: trained %s for %d steps on %r; sent its model (%d values)", request.round_index,
+                 request.model, answer["steps"], request.dataset, numel)  # fmt: skip
+        return answer
 
     def _delete(self, obj_id: int) -> None:
         if obj_id in self._protected:
@@ -278,3 +307,9 @@ class SiteServer:
             if size is not None and len(buffer) > size:
                 raise WireError(f"a request is malformed: it declares {size} bytes but sends more.")
         return bytes(buffer)
+
+
+def audit(worker: VirtualWorker, kind: str, command: str, rule: str, shape: tuple[int, ...]) -> None:
+    """Record in the site's audit log that a ``kind`` left it to the server by ``command`` under ``rule``."""
+    request = ReleaseRequest(worker.id, 0, kind, shape, None, command, "server", private=kind == "scalar")
+    worker.audit_log.records.append(record(request, rule))

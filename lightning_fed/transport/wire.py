@@ -47,6 +47,7 @@ from lightning_fed.exceptions import (
     WorkerError,
 )
 from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.transport.training import TrainRequest
 from lightning_fed.transport.values import ValueDecoder, ValueEncoder, type_name
 from lightning_fed.workers.messages import (
     CommandMessage,
@@ -194,6 +195,11 @@ def encode_request(message: Any, deletes: Sequence[int] = (), max_bytes: int = D
         header = {"kind": "dataset", "id": message.obj_id, "tensor_ids": list(message.tensor_ids)}
     elif kind is SiteQuery and message.what in _QUERIES:
         header = {"kind": message.what}
+    elif kind is TrainRequest:
+        header = {"kind": "train", "federation": message.federation, "model": message.model,
+                  "hparams": enc.value(dict(message.hparams)), "state": enc.value(dict(message.state)),
+                  "dataset": message.dataset, "batches": [[int(i) for i in b] for b in message.batches],
+                  "round": int(message.round_index), "reset": bool(message.reset_optimizer)}  # fmt: skip
     else:
         raise _refuse(message)
     header["deletes"] = [int(obj_id) for obj_id in deletes]
@@ -242,6 +248,20 @@ def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         message = DatasetMessage(one("id"), tuple(ints("tensor_ids")))
     elif kind in _QUERIES:
         message = SiteQuery(kind)
+    elif kind == "train":
+        hparams, state, batches = (
+            dec.value(header.get("hparams")),
+            dec.value(header.get("state")),
+            header.get("batches"),
+        )
+        if type(hparams) is not dict or type(state) is not dict or not all(type(k) is str for k in (*hparams, *state)):
+            raise dec.bad(header.get("hparams"), "a train request's hparams and state are dicts with str keys")
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise dec.bad(header.get("state"), "a train request's state holds tensors")
+        if type(batches) is not list or not all(type(b) is list and all(type(i) is int for i in b) for b in batches):
+            raise dec.bad(batches, "a train request's batches are lists of ints")
+        message = TrainRequest(one("federation", (str,)), one("model", (str,)), hparams, state,
+                               one("dataset", (str,)), batches, one("round"), one("reset", (bool,)))  # fmt: skip
     else:
         raise dec.bad(kind, "unknown message kind")
     return message, deletes

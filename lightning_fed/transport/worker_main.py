@@ -28,6 +28,7 @@ from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.transport.server import SiteServer, SiteWorker
 from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
 from lightning_fed.transport.tls import load_credentials
+from lightning_fed.transport.training import load_class
 from lightning_fed.transport.wire import MIB
 
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", choices=("strict", "open"), default="strict",
                         help="what may leave this site: 'strict' (default: its data never does) or 'open'")  # fmt: skip
     parser.add_argument("--max-message-mb", type=float, default=64.0, help="largest message, in MiB (default 64)")
+    parser.add_argument("--accept-model", action="append", default=[], metavar="CLASS",
+                        help="a LightningModule class this site trains in FedAvg rounds (e.g. lightning_fed."
+                             "models.MNISTClassifier); repeatable; none: the site trains nothing")  # fmt: skip
     parser.add_argument("--allow-peer", action="append", default=None, metavar="NAME",
                         help="certificate common name allowed to connect (default: server); repeatable")  # fmt: skip
     return parser
@@ -64,7 +68,9 @@ def build_server(args: argparse.Namespace) -> SiteServer:
     specs = [parse_data_flag(text) for text in args.data]
     if args.config:
         specs += specs_from_config(load_config(args.config), f"--config {args.config}")
-    site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB))
+    accepted = {path: load_class(path) for path in args.accept_model}
+    site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB),
+                      accepted_models=accepted)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
                       allowed_peers=tuple(args.allow_peer or ("server",)))  # fmt: skip
 

@@ -1,0 +1,140 @@
+"""FedAvg rounds at remote sites: one model down and one model up per sampled site per round.
+
+Each Lightning step of a round is one site's whole local work: the strategy sends the site the global model and the
+positions of its round's batches (a :class:`~lightning_fed.transport.training.TrainRequest`), the site trains the
+LightningModule class its operator accepted and answers with its local model; the update goes into the round as a
+simulated worker's does, and the aggregator finishes the round on the server. Nothing is sent per batch.
+
+What runs at a simulated worker beside its training (secure aggregation's masking, DP clipping and noise, SCAFFOLD's
+and FedProx's corrections) would have to run at the site too: such aggregators are refused here for now, naming the
+fix. Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work unchanged.
+
+Example (sites started with ``lightning-fed worker --accept-model ...``; see docs/deployment.md)::
+
+    data = SiteDataModule([alice, bob], "mnist-train", batch_size=64, seed=0)
+    pl.Trainer(strategy=FederatedStrategy(aggregation="fedadam"), max_epochs=2).fit(MNISTClassifier(), datamodule=data)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch.optim import Optimizer
+
+from lightning_fed.aggregation import Aggregator
+from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
+from lightning_fed.backends.sequential import SequentialBackend
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.transport.training import TrainRequest
+
+_WORKER_HOOKS = ("worker_start", "adjust_gradients", "worker_update")
+
+
+class SiteWork(NamedTuple):
+    """One Lightning step of a deployed round: a site and the positions of its local batches."""
+
+    worker: str
+    batches: tuple[tuple[int, ...], ...]
+
+
+def check_remote_aggregator(aggregator: Aggregator) -> None:
+    """Refuse an aggregator chain that needs code at the worker beside its training (see the module docstring)."""
+    for part in aggregator_chain(aggregator):
+        worker_side = isinstance(part, AggregatorWrapper) or any(
+            getattr(type(part), hook) is not getattr(Aggregator, hook) for hook in _WORKER_HOOKS
+        )
+        if worker_side:
+            raise FederatedConfigError(
+                f"aggregation={aggregator!r} runs code at each worker ({type(part).__name__}: masking, clipping, "
+                "noise or gradient corrections), and remote sites run only their training in this version: use a "
+                "server-side aggregator (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed mean, krum) "
+                "with remote sites, or simulated workers for secure aggregation, DP, SCAFFOLD and FedProx."
+            )
+
+
+class RemoteBackend(SequentialBackend):
+    """FedAvg rounds whose workers are remote sites (see the module docstring)."""
+
+    name = "remote"
+    remote = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.federation = uuid.uuid4().hex  # the sites keep one model and optimizer state per run
+
+    def process_dataloader(self, loader: Any) -> Any:
+        check_remote_aggregator(self.rounds.aggregator)
+        if self.rounds.failures.deadline_steps is not None:
+            raise FederatedConfigError(
+                "`deadline_steps` counts a worker's local batches on the server, but a remote site trains its whole "
+                "round in one request: leave deadline_steps=None with remote sites."
+            )
+        self._by_id = {w.id: w for w in loader.workers}
+        return super().process_dataloader(loader)
+
+    def round_length(self, plan: RoundPlan) -> int:
+        return len(plan.workers)  # one Lightning step per site
+
+    def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
+        assert self.planner is not None
+        for worker, steps in zip(plan.workers, plan.steps):
+            batches = self.planner.worker_batches(worker, steps, plan.round_index)
+            yield SiteWork(str(worker.id), tuple(tuple(b) for b in batches))
+
+    def batch_start(self, batch: Any) -> Any:
+        rounds = self.rounds
+        if not rounds.is_open:
+            self.begin_round(self.upcoming_plan())
+        worker = self._by_id[batch.worker]
+        self.batch = batch
+        rounds.steps_done += 1
+        rounds.start_worker(worker, self.calls.optimizers(), self.step_schedulers)
+        self.skip = rounds.failures.skip_batch(worker.id)
+        self.calls.progress("Round", worker)
+        return batch
+
+    def training_step(self, args: tuple, kwargs: dict) -> Any:
+        rounds, work = self.rounds, self.batch
+        worker = rounds.active
+        if self.skip or worker is None:
+            return self.calls.skipped_output()
+        module = self.calls.module()
+        assert rounds.plan is not None and self.loader is not None
+        request = TrainRequest(
+            self.federation, f"{type(module).__module__}.{type(module).__qualname__}", dict(module.hparams),
+            {k: v.detach() for k, v in module.state_dict().items()}, self.loader.dataset_name,
+            [list(b) for b in work.batches], rounds.plan.round_index, rounds.optimizer_states.reset_each_round,
+        )  # fmt: skip
+        try:
+            answer = worker.train(request)
+        except LightningFedError as err:  # unreachable, timed out, refused: this round's failure
+            if not self.tolerate_failures:
+                raise
+            rounds.failures.record_failure(worker.id, err)
+            rounds.reset_module()
+            self.skip = True
+            return self.calls.skipped_output()
+        with torch.no_grad():
+            module.load_state_dict(answer["state"])  # the site's local model, into the module's own tensors
+        rounds.local_steps = int(answer["steps"])
+        rounds.stats.rows[worker.id]["steps"] += rounds.local_steps
+        if answer.get("loss_sum") is not None and answer["samples"]:
+            mean = torch.tensor(answer["loss_sum"] / answer["samples"])
+            rounds.losses.add(worker.id, mean, int(answer["samples"]))
+            rounds.stats.loss(worker.id, mean)
+        return self.calls.skipped_output()  # nothing for Lightning to back-propagate: the site has trained
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
+        try:
+            out = closure()  # runs training_step: the site's round
+        finally:
+            self.batch = None
+        self.end_step()
+        return out
+
+    def describe(self) -> str:
+        return super().describe() + f"; remote sites, one request a round each (run {self.federation[:8]})"

@@ -1,0 +1,126 @@
+"""Federated data that already lives at the sites: each school's dataset stays on its own machine.
+
+In a deployment the server does not split a dataset: each site serves its own (``lightning-fed worker --data
+mnist-train=/data/school``), and the server only learns its name and length. :class:`SiteLoader` plans batches over
+those datasets exactly as :class:`~lightning_fed.data.FederatedDataLoader` does over shards (the same seeded order
+per seed, epoch and worker position), but hands out *positions*, not pointers: ``FederatedStrategy`` sends each
+sampled site its whole round of positions at once (one request a round, :mod:`lightning_fed.backends.remote`).
+:class:`SiteDataModule` wraps it for Lightning, with the server's own (public) validation and test data, if any.
+
+Example (sites started with ``lightning-fed worker``; see docs/deployment.md)::
+
+    sites = [RemoteWorker("alice", "10.0.0.2:50051", certs="certs"), RemoteWorker("bob", "10.0.0.3:50051", ...)]
+    data = SiteDataModule(sites, "mnist-train", batch_size=64, shuffle=True, seed=0, test_dataset=mnist_test)
+    pl.Trainer(strategy=FederatedStrategy(), max_epochs=2).fit(MNISTClassifier(), datamodule=data)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_fed.data.loader import EpochClock, FederatedDataLoader
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.workers.base import BaseWorker
+
+
+class SiteShards:
+    """The sites and the length of each one's dataset: what the planner needs of a federated dataset."""
+
+    def __init__(self, sites: Sequence[BaseWorker], lengths: Sequence[int]) -> None:
+        self.workers = list(sites)
+        self.worker_ids = [site.id for site in self.workers]
+        self._lengths = dict(zip(self.worker_ids, lengths))
+
+    def __getitem__(self, worker_id: Hashable) -> range:
+        if worker_id not in self._lengths:
+            raise KeyError(f"no site {worker_id!r} in this federation: it has {self.worker_ids}")
+        return range(self._lengths[worker_id])
+
+
+class SiteLoader(FederatedDataLoader):
+    """Batches over the sites' own datasets, as positions (see the module docstring).
+
+    Args:
+        sites: the sites (:class:`~lightning_fed.transport.RemoteWorker`), in a fixed order (it seeds the shuffle).
+        dataset: the name each site serves its training data under.
+        batch_size, shuffle, drop_last, seed: as in :class:`~lightning_fed.data.FederatedDataLoader`.
+    """
+
+    remote = True  # the strategy runs each site's round at the site
+
+    def __init__(self, sites: Sequence[BaseWorker], dataset: str, batch_size: int = 8, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0) -> None:  # fmt: skip
+        sites = list(sites)
+        if not sites or not all(getattr(site, "remote", False) for site in sites):
+            raise FederatedConfigError(
+                f"`sites={sites!r}` is not valid: pass the remote workers of the federation (RemoteWorker(...)); "
+                "for simulated workers use FederatedDataModule."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer >= 0.")
+        lengths = []
+        for site in sites:
+            found = site.hello().get("lengths", {})
+            if dataset not in found:
+                raise FederatedConfigError(
+                    f"site {site.id!r} serves no dataset {dataset!r} (it serves {sorted(found)}): start its worker "
+                    f"with --data {dataset}=PATH, or pass the name it serves."
+                )
+            lengths.append(int(found[dataset]))
+        self.dataset_name = dataset
+        self.federated_dataset = SiteShards(sites, lengths)  # type: ignore[assignment]
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, bool(shuffle), bool(drop_last), seed
+        self.sampler = EpochClock()
+
+    def worker_batches(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[list[int]]:
+        """The positions of each batch ``worker`` trains on in ``epoch``, in the order a simulation would use."""
+        worker_id = getattr(worker, "id", worker)
+        position = self._position(worker_id)
+        order = self._shard_order(position, len(self.federated_dataset[worker_id]), self._epoch(epoch)).tolist()
+        for start in self._batch_starts(len(order)):
+            yield order[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[Any]:  # a generator: Lightning checks iter(loader) before the strategy takes it
+        raise FederatedConfigError(
+            "a SiteLoader is not iterated batch by batch: the sites' data never comes to the server. Train with "
+            "FederatedStrategy (mode='fedavg'), which sends each site its whole round."
+        )
+        yield  # unreachable
+
+    def __repr__(self) -> str:
+        sites = self.federated_dataset.worker_ids
+        return f"SiteLoader({self.dataset_name!r}, sites={sites}, batch_size={self.batch_size})"
+
+
+class SiteDataModule(pl.LightningDataModule):
+    """A LightningDataModule over the sites' own datasets (training), and the server's own validation and test data.
+
+    Args:
+        sites, dataset, batch_size, shuffle, drop_last, seed: see :class:`SiteLoader`.
+        val_dataset, test_dataset: data the server holds itself (public data), evaluated on the global model.
+    """
+
+    def __init__(self, sites: Sequence[BaseWorker], dataset: str, batch_size: int = 8, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0, val_dataset: Dataset | None = None,
+                 test_dataset: Dataset | None = None, eval_batch_size: int = 256) -> None:  # fmt: skip
+        super().__init__()
+        self.sites = list(sites)
+        self.loader = SiteLoader(self.sites, dataset, batch_size, shuffle, drop_last, seed)
+        self.val_dataset, self.test_dataset, self.eval_batch_size = val_dataset, test_dataset, eval_batch_size
+
+    def train_dataloader(self) -> SiteLoader:
+        return self.loader
+
+    def val_dataloader(self) -> Any:
+        return [] if self.val_dataset is None else DataLoader(self.val_dataset, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> Any:
+        if self.test_dataset is None:
+            raise FederatedConfigError("SiteDataModule has no test_dataset: pass the server's own test data.")
+        return DataLoader(self.test_dataset, batch_size=self.eval_batch_size)

@@ -1,0 +1,143 @@
+"""A site's side of a FedAvg round: one model down, the site's local training, one model up.
+
+In FedAvg mode a deployed round costs one request per sampled site: the server sends a :class:`TrainRequest` (the
+global model's tensors, the batches to train on as positions in one of the site's datasets, the round) and the site
+answers with its local model after training, the number of steps, and its loss if its policy releases scalars. No code
+crosses the wire: the request *names* a LightningModule class, and the site builds it only if the site's operator
+accepted that class (``lightning-fed worker --accept-model lightning_fed.models.MNISTClassifier``), from plain
+hyper-parameters. The site keeps its optimizer state between rounds, as a worker does in simulation.
+
+The local loop is Lightning's automatic optimization, step for step: ``zero_grad``, ``training_step``,
+``backward``, ``optimizer.step``: the deployed round equals the in-process simulation (tested).
+
+Example:
+    >>> import torch
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> site = SiteTraining({"lightning_fed.testing.BoringClassifier": BoringClassifier})
+    >>> model = BoringClassifier(4, 2)
+    >>> request = TrainRequest("fed-1", "lightning_fed.testing.BoringClassifier", dict(model.hparams),
+    ...                        model.state_dict(), "toy", [[0, 1], [2, 3]], 0, False)
+    >>> out = site.train(request, torch.randn(4, 4), torch.tensor([0, 1, 0, 1]), release_scalars=True)
+    >>> out["steps"], sorted(out["state"]) == sorted(model.state_dict()), out["samples"]
+    (2, True, 4)
+    >>> bad = TrainRequest("fed-1", "os.system", {}, {}, "toy", [], 0, False)
+    >>> site.train(bad, torch.zeros(1), torch.zeros(1), True)
+    Traceback (most recent call last):
+    ...
+    lightning_fed.exceptions.PermissionDeniedError: this site does not accept model class 'os.system'...
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One site's work in one round (see the module docstring)."""
+
+    federation: str  # the run's id: the site keeps one model and optimizer per federation
+    model: str  # the LightningModule class, by the name the site accepted it under
+    hparams: dict[str, Any]  # its constructor's arguments (plain values)
+    state: dict[str, Tensor]  # the global model (the module's state_dict)
+    dataset: str  # which of the site's datasets
+    batches: list[list[int]]  # each local step's batch, as positions in that dataset
+    round_index: int
+    reset_optimizer: bool  # start the optimizer state afresh this round
+
+
+def load_class(path: str) -> type:
+    """The class ``path`` names (``"package.module.Class"`` or ``"package.module:Class"``), imported by the site's
+    own configuration, never by a name that came in a message."""
+    module_name, _, name = path.replace(":", ".").rpartition(".")
+    if not module_name:
+        raise FederatedConfigError(f"`--accept-model {path!r}` is not valid: pass a class path like 'pkg.mod.Class'.")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise FederatedConfigError(f"`--accept-model {path!r}` cannot be imported at this site: {err}.") from None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise FederatedConfigError(f"`--accept-model {path!r}` is not a LightningModule class: it is {found!r}.")
+    return found
+
+
+class SiteTraining:
+    """A site's local training, for the model classes its operator accepted (``{name: class}``)."""
+
+    def __init__(self, accepted: Mapping[str, type]) -> None:
+        self.accepted = dict(accepted)
+        self._runs: dict[str, tuple[str, nn.Module, torch.optim.Optimizer]] = {}  # federation -> its model, optimizer
+
+    def _model(self, request: TrainRequest) -> tuple[nn.Module, torch.optim.Optimizer]:
+        cls = self.accepted.get(request.model)
+        if cls is None:
+            raise PermissionDeniedError(
+                f"this site does not accept model class {request.model!r}: it trains only the classes its operator "
+                f"accepted ({sorted(self.accepted) or 'none'}; lightning-fed worker --accept-model CLASS)."
+            )
+        run = self._runs.get(request.federation)
+        if run is None or run[0] != request.model:
+            try:
+                model = cls(**request.hparams)
+            except TypeError as err:
+                raise WorkerError(f"{request.model}(**hparams) failed at this site: {err}.") from None
+            run = (request.model, model, _one_optimizer(model.configure_optimizers(), request.model))
+            self._runs[request.federation] = run
+        return run[1], run[2]
+
+    def train(self, request: TrainRequest, data: Tensor, targets: Tensor, release_scalars: bool) -> dict[str, Any]:
+        """Train on ``request.batches`` of ``(data, targets)`` from the global model; the answer the server gets."""
+        model, optimizer = self._model(request)
+        missing = set(model.state_dict()) ^ set(request.state)
+        if missing:
+            raise WorkerError(f"the global model's tensors do not match {request.model}: {sorted(missing)[:5]}.")
+        with torch.no_grad():
+            model.load_state_dict(request.state)
+        if request.reset_optimizer:
+            optimizer.state.clear()
+        model.train()
+        loss_sum, samples = 0.0, 0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is the server's
+            for batch_idx, positions in enumerate(request.batches):
+                index = torch.tensor(positions, dtype=torch.long)
+                batch = [data[index], targets[index]]
+                optimizer.zero_grad()
+                output = model.training_step(batch, batch_idx)
+                loss = output["loss"] if isinstance(output, Mapping) else output
+                if not isinstance(loss, Tensor):
+                    raise WorkerError(f"{request.model}.training_step returned {type(output).__name__}, not a loss.")
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(positions)
+                samples += len(positions)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"state": state, "steps": len(request.batches), "samples": samples,
+                "loss_sum": loss_sum if release_scalars else None}  # fmt: skip
+
+
+def _one_optimizer(configured: Any, name: str) -> torch.optim.Optimizer:
+    """The optimizer of ``configure_optimizers()`` (one optimizer, without LR schedulers in this version)."""
+    found = configured
+    if isinstance(found, Mapping):
+        if found.get("lr_scheduler") is not None:
+            raise WorkerError(f"{name}.configure_optimizers returns an LR scheduler: not supported at a site yet.")
+        found = found.get("optimizer")
+    if isinstance(found, Sequence) and not isinstance(found, torch.optim.Optimizer):
+        if len(found) != 1:
+            raise WorkerError(
+                f"{name}.configure_optimizers returns {len(found)} items: a site trains with one optimizer."
+            )
+        found = found[0]
+    if not isinstance(found, torch.optim.Optimizer):
+        raise WorkerError(f"{name}.configure_optimizers returns {type(found).__name__}, not an optimizer.")
+    return found

@@ -1,0 +1,139 @@
+"""FedAvg over remote sites: two site processes on 127.0.0.1 (mutual TLS) train the rounds, the Trainer runs here.
+
+The deployed run equals the in-process simulation with the same seed (the oracle: VirtualWorkers holding the same
+tensors, built here from the generator's seeds, not from the sites' files); one request per sampled site per round,
+model-sized both ways; a site refuses a model class its operator did not accept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, TensorDataset
+
+import lightning_fed as sy
+from lightning_fed import FederatedStrategy
+from lightning_fed.backends.remote import check_remote_aggregator
+from lightning_fed.data import FederatedDataLoader
+from lightning_fed.data.federated import FederatedDataset
+from lightning_fed.data.sites import SiteDataModule, SiteLoader
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
+from lightning_fed.models import MNISTClassifier
+from lightning_fed.transport import RemoteWorker
+from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
+from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
+from tests.transport.conftest import STARTUP_S, Site, launch, stop, wait_listening
+
+SEEDS = {"alice": 5, "bob": 6}
+SIZES = {"alice": 24, "bob": 16}
+ACCEPTED = "lightning_fed.models.MNISTClassifier"
+
+
+@pytest.fixture(scope="module")
+def training_sites(tmp_path_factory: pytest.TempPathFactory, federation) -> Iterator[dict[str, Site]]:
+    """alice and bob, mutual TLS, each serving its own MNIST folder and accepting MNISTClassifier."""
+    root = tmp_path_factory.mktemp("training-sites")
+    procs = {}
+    try:
+        for site_id, seed in SEEDS.items():
+            folder = root / site_id
+            write_mnist_raw(folder, num_train=SIZES[site_id], num_test=4, seed=seed, gz=False)
+            log = root / f"{site_id}.log"
+            args = ["--listen", "127.0.0.1:0", "--data", f"mnist-train={folder}", "--certs", str(federation),
+                    "--accept-model", ACCEPTED]  # fmt: skip
+            procs[site_id] = (launch(site_id, args, log), log)
+        deadline = time.monotonic() + STARTUP_S
+        yield {s: Site(s, p, wait_listening(s, p, log, deadline), log) for s, (p, log) in procs.items()}
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)
+
+
+def _remote(sites: dict[str, Site], federation) -> list[RemoteWorker]:
+    return [RemoteWorker(s, sites[s].address, certs=federation, timeout=60) for s in SEEDS]
+
+
+def _tensors(site_id: str) -> TensorDataset:
+    images, labels = make_mnist_arrays(SIZES[site_id], seed=SEEDS[site_id])  # what write_mnist_raw wrote
+    x = torch.from_numpy(images).to(torch.float32).div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return TensorDataset(x.contiguous(), torch.from_numpy(labels).to(torch.int64))
+
+
+class _Simulated(pl.LightningDataModule):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        workers = [sy.VirtualWorker(id=f"sim-{s}") for s in SEEDS]
+        parts = [_tensors(s) for s in SEEDS]
+        bounds = [0, len(parts[0]), len(parts[0]) + len(parts[1])]
+        partition = [list(range(bounds[i], bounds[i + 1])) for i in range(2)]
+        fed = FederatedDataset(ConcatDataset(parts), workers, partition)
+        self.loader = FederatedDataLoader(fed, batch_size=8, shuffle=True, seed=seed)
+
+    def train_dataloader(self) -> FederatedDataLoader:
+        return self.loader
+
+
+def _fit(datamodule, aggregation: str, rounds: int = 2) -> tuple[dict[str, torch.Tensor], FederatedStrategy]:
+    torch.manual_seed(0)
+    model = MNISTClassifier(lr=0.05, momentum=0.5)
+    strategy = FederatedStrategy(aggregation=aggregation)
+    trainer = pl.Trainer(strategy=strategy, max_epochs=rounds, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, strategy
+
+
+@pytest.mark.parametrize("aggregation", ["fedavg", "fedadam"])
+def test_a_deployed_run_equals_the_simulation(training_sites, federation, aggregation):
+    sites = _remote(training_sites, federation)
+    sent_before = len([r for r in sites[0].audit_log if r.kind == "update"])  # the sites serve the whole module
+    deployed, strategy = _fit(SiteDataModule(sites, "mnist-train", batch_size=8, seed=3), aggregation)
+    simulated, _ = _fit(_Simulated(seed=3), aggregation)
+    assert strategy.round_index == 2 and type(strategy.backend).__name__ == "RemoteBackend"
+    diff = max((deployed[k].double() - simulated[k].double()).abs().max().item() for k in deployed)
+    assert diff < 1e-6, diff
+    start = MNISTClassifier(lr=0.05, momentum=0.5).state_dict()  # the run did train: the oracle can fail
+    assert any(not torch.equal(deployed[k], start[k]) for k in deployed if k.startswith("net."))
+    # what crossed the wire: one train request per site per round, each model-sized both ways, nothing data-sized
+    model_bytes = sum(v.numel() * v.element_size() for v in deployed.values())
+    for site in sites:
+        messages, sent, received = site.traffic["TrainRequest"]
+        assert messages == 2
+        assert (
+            model_bytes * 2 <= sent < model_bytes * 2 + 64_000
+            and model_bytes * 2 <= received < model_bytes * 2 + 64_000
+        )
+        assert set(site.traffic) <= {"TrainRequest", "SiteQuery"}
+    summary = strategy.worker_summary()
+    assert summary["alice"]["steps"] == 2 * 3 and summary["bob"]["steps"] == 2 * 2  # 24 and 16 samples, batch 8
+    sent = [r.rule for r in sites[0].audit_log if r.kind == "update"][sent_before:]  # the site's record of what left
+    assert sent == ["release_model"] * 2
+
+
+def test_a_site_trains_only_the_model_classes_it_accepted(training_sites, federation):
+    sites = _remote(training_sites, federation)
+
+    class Unaccepted(MNISTClassifier):
+        pass
+
+    trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(PermissionDeniedError, match=r"this site does not accept model class '.*Unaccepted'.*accepted"):
+        trainer.fit(Unaccepted(), datamodule=SiteDataModule(sites, "mnist-train", batch_size=8))
+
+
+def test_remote_sites_refuse_aggregators_that_run_code_at_the_worker(training_sites, federation):
+    sites = _remote(training_sites, federation)
+    with pytest.raises(FederatedConfigError, match=r"remote sites run only their training"):
+        _fit(SiteDataModule(sites, "mnist-train", batch_size=8), "scaffold", rounds=1)
+    with pytest.raises(FederatedConfigError, match=r"serves no dataset 'cifar' \(it serves \['mnist-train'\]\)"):
+        SiteLoader(sites, "cifar")
+    with pytest.raises(FederatedConfigError, match=r"pass the remote workers"):
+        SiteLoader([sy.VirtualWorker(id="local-only")], "mnist-train")
+    with pytest.raises(FederatedConfigError, match=r"not iterated batch by batch"):
+        iter(SiteLoader(sites, "mnist-train")).__next__()
+    check_remote_aggregator(FederatedStrategy(aggregation="fedyogi").aggregator)  # server-side: accepted
