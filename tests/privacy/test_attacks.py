@@ -454,7 +454,8 @@ def test_a_plain_lightning_checkpoint_resumes_only_as_weights_and_only_when_aske
         FederatedStrategy(accept_plain_checkpoint="yes")
 
 
-def test_per_worker_losses_stay_when_the_policy_keeps_scalars(tmp_path):
+@pytest.mark.parametrize("vectorize", [False, True], ids=["sequential", "vectorized"])
+def test_per_worker_losses_stay_when_the_policy_keeps_scalars(tmp_path, vectorize):
     """The issue's finding: per-worker losses were logged although the policy forbids releasing scalars (with one
     sample per worker they are per-sample losses)."""
     logged: dict[str, float] = {}
@@ -466,7 +467,7 @@ def test_per_worker_losses_stay_when_the_policy_keeps_scalars(tmp_path):
     keep = DataAccessPolicy(release_scalars=False)
     data = _DM(policy=keep)
     data.workers[0].set_policy("strict")  # w0 releases its scalars, w1 and w2 keep theirs
-    strategy = FederatedStrategy()
+    strategy = FederatedStrategy(vectorize=vectorize)
     _fit(tmp_path, data, strategy, 2, logger=Recorder())
     assert "train_loss/w0" in logged
     assert not any(k.startswith(("train_loss/w1", "train_loss/w2")) for k in logged), logged

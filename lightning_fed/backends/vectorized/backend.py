@@ -32,6 +32,7 @@ from lightning_fed.backends.vectorized.checks import check_vectorizable
 from lightning_fed.backends.vectorized.cohorts import Cohort, VectorStep, cohort_steps, plan_cohorts
 from lightning_fed.backends.vectorized.workers import VectorizedWorkers
 from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.rounds.releases import releases_scalars
 from lightning_fed.rounds.stats import batch_size_of
 
 
@@ -127,8 +128,9 @@ class VectorizedBackend(SequentialBackend):
         total, count = 0.0, 0
         for k, loss in losses:
             size = batch_size_of(real[k])
-            self.rounds.losses.add(workers[k].id, loss, size)
-            self.rounds.stats.loss(workers[k].id, loss)
+            if releases_scalars(workers[k]):  # a worker whose policy keeps its scalars: no per-worker loss
+                self.rounds.losses.add(workers[k].id, loss, size)
+                self.rounds.stats.loss(workers[k].id, loss)
             total, count = total + loss * (size or 1), count + (size or 1)
         return total / count  # for Lightning's progress bar; `backward` skips it (the gradients are computed)
 
