@@ -14,6 +14,7 @@ for ``--rounds`` rounds against centralized Lightning for the same number of epo
 
     python benchmarks/overhead.py                       # speed, synthetic MNIST-shaped data
     python benchmarks/overhead.py --accuracy --root data --rounds 3
+    python benchmarks/overhead.py --models tiny_mlp --samples 25600 --repeats 15   # the policy's cost, tighter
     python benchmarks/overhead.py --smoke
 """
 
@@ -96,7 +97,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     dataset = _synthetic(args.samples)
     rows, record = [], {}
     for model_name, make_model in (("seed_cnn", lambda: MNISTClassifier()), ("tiny_mlp", lambda: TinyMLP())):
-        if args.smoke and model_name == "seed_cnn":
+        if (args.smoke and model_name == "seed_cnn") or model_name not in args.models.split(","):
             continue
 
         def run(strategy: Any, federated: bool, make_model: Any = make_model, policy: str | None = None) -> float:
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="data", help="data root holding MNIST/raw (accuracy)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="a few seconds: tiny sizes, MLP only")
+    parser.add_argument("--models", default="seed_cnn,tiny_mlp", help="which models to time (speed)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.samples, args.repeats = 256, 1
