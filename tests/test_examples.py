@@ -62,3 +62,24 @@ def test_dp_example_without_dp_trains(tmp_path):
     result = _load("mnist_dp").main(["--data-root", str(root), "--no-dp", "--epochs", "1", "--batch-size", "10",
                                      "--log-dir", str(tmp_path / "logs")])  # fmt: skip
     assert "epsilon" not in result and 0.0 <= result["test_acc"] <= 100.0
+
+
+def test_deploy_run_local_trains_at_two_school_processes_and_prints_the_accuracy(tmp_path):
+    """examples/deploy/run_local.sh end to end: certificates, one folder per school, two `lightning-fed worker`
+    processes over mutual TLS on loopback, the server's Trainer for one round, the test accuracy, workers stopped."""
+    import os
+    import subprocess
+    import sys
+
+    raw = write_mnist_raw(tmp_path / "mnist", num_train=160, num_test=40, seed=3, gz=True)
+    bin_dir = str(Path(sys.executable).parent)  # `lightning-fed` is installed beside this Python
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHON": sys.executable,
+           "ROUNDS": "1", "PER_SITE": "64", "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "examples" / "deploy" / "run_local.sh"
+    done = subprocess.run(["bash", str(script), str(raw)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"test accuracy after 1 rounds: \d+\.\d\d%", done.stdout), done.stdout[-2000:]
+    assert re.search(r"alice: 1 rounds, [\d.]+ MiB sent to it", done.stdout)
+    for site in ("alice", "bob"):  # each school was given only its own folder, and stopped cleanly
+        log = (tmp_path / "work" / f"{site}.out").read_text()
+        assert "mnist-train=" not in log and f"lightning-fed worker '{site}' stopped" in log
