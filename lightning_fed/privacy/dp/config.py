@@ -26,6 +26,7 @@ ACCOUNTANTS = ("rdp", "prv")
 NOISE_PLACEMENTS = ("server", "distributed")
 WEIGHTINGS = ("uniform", "capped")
 LOSS_REDUCTIONS = ("mean", "sum")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
 
 
 def _number(value: Any) -> bool:
@@ -71,6 +72,12 @@ class DPConfig:
         poisson_sampling: sample level: draw each worker's batches by Poisson sampling (rate ``batch_size / shard
             size``), which the accountants assume.
         loss_reduction: sample level: how your loss reduces over the batch (``"mean"`` or ``"sum"``).
+        grad_sample_mode: sample level: how per-sample gradients are clipped. ``"ghost"``: per-sample norms and the
+            clipped sum from each layer's inputs and output gradients, no per-sample gradients kept
+            (:mod:`~lightning_fed.privacy.dp.ghost`; Linear and Conv2d layers only); ``"hooks"``: Opacus'
+            per-sample gradients (``p.grad_sample``), any layer Opacus supports; ``"auto"`` (default): ``"ghost"``
+            when every layer with trainable parameters is a Linear or a Conv2d, else ``"hooks"``. Both give the
+            same step up to float rounding (same clip factors, noise and accounting).
         seed: seeds the noise (``None``: ``torch.initial_seed()``, so ``seed_everything`` drives it). Seeded
             pseudo-random noise suits research and simulation, not deployment (see Opacus' ``secure_mode``).
     """
@@ -92,6 +99,7 @@ class DPConfig:
     clipped_count_stddev: float | None = None
     poisson_sampling: bool = True
     loss_reduction: str = "mean"
+    grad_sample_mode: str = "auto"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -100,6 +108,7 @@ class DPConfig:
         _choice("noise", self.noise, NOISE_PLACEMENTS)
         _choice("weighting", self.weighting, WEIGHTINGS)
         _choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        _choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         self._check_clip_norm()
         self._check_noise()
         if not (_number(self.delta) and 0.0 < self.delta < 1.0):
@@ -164,6 +173,11 @@ class DPConfig:
                         f"DPConfig `{name}={value!r}` is a client-level option and `level='sample'` was chosen: use "
                         f"level='client', or leave {name} at {default!r}."
                     )
+        elif self.grad_sample_mode != "auto":
+            raise FederatedConfigError(
+                f"DPConfig `grad_sample_mode={self.grad_sample_mode!r}` is a sample-level option (per-sample "
+                "gradients) and `level='client'` was chosen: use level='sample', or leave grad_sample_mode at 'auto'."
+            )
         if self.weighting == "capped":
             if not (_number(self.weight_cap) and self.weight_cap > 0):  # type: ignore[operator]
                 raise FederatedConfigError(

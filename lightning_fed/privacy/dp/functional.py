@@ -183,6 +183,29 @@ def dp_sgd_gradients(
     """
     dtypes = list(dtypes) if dtypes is not None else [g.dtype for g in grad_samples]
     summed = clip_and_sum_per_sample(grad_samples, max_grad_norm, dtypes)
+    return noisy_gradients(
+        summed,
+        max_grad_norm=max_grad_norm,
+        noise_multiplier=noise_multiplier,
+        expected_batch_size=expected_batch_size,
+        generator=generator,
+        accumulated_iterations=accumulated_iterations,
+        loss_reduction=loss_reduction,
+    )
+
+
+def noisy_gradients(
+    summed: Sequence[Tensor],
+    *,
+    max_grad_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: int | None,
+    generator: torch.Generator | None = None,
+    accumulated_iterations: int = 1,
+    loss_reduction: str = "mean",
+) -> list[Tensor]:
+    """The second half of :func:`dp_sgd_gradients`: noise the clipped sums (one ``torch.normal`` per tensor, in
+    order, as Opacus) and divide by ``expected_batch_size * accumulated_iterations`` for ``"mean"``."""
     std = noise_multiplier * max_grad_norm
     out = []
     for s in summed:

@@ -1,11 +1,14 @@
-"""Sample-level differential privacy: DP-SGD at each worker (Abadi et al. 2016) with Opacus' per-sample gradients.
+"""Sample-level differential privacy: DP-SGD at each worker (Abadi et al. 2016), Opacus' step and accounting.
 
-The user's LightningModule is left as it is: Opacus' ``GradSampleHooks`` are attached to it once (forward and
-backward hooks on its layers, no wrapper module), so every backward also leaves each sample's gradient in
-``p.grad_sample``. At each worker step, where the strategy calls ``adjust_gradients`` (after backward, before
-gradient clipping and the optimizer step), :class:`DPSGDAggregator` replaces ``p.grad`` with Opacus'
-``DPOptimizer`` gradient: per-sample clipping to ``max_grad_norm``, the sum, Gaussian noise of std
-``noise_multiplier * max_grad_norm``, division by the expected batch size. The user's optimizer then steps as usual.
+The user's LightningModule is left as it is: hooks are attached to its layers once (no wrapper module). With
+``DPConfig(grad_sample_mode="ghost")`` (what ``"auto"`` picks for Linear/Conv2d models) a
+:class:`~lightning_fed.privacy.dp.ghost.GhostClipper` keeps each layer's inputs and output gradients, from which the
+per-sample norms and the clipped sum come without per-sample gradients; with ``"hooks"`` Opacus' ``GradSampleHooks``
+leave each sample's gradient in ``p.grad_sample``. Both give the same step. At each worker step, where the strategy
+calls ``adjust_gradients`` (after backward, before gradient clipping and the optimizer step), :class:`DPSGDAggregator`
+replaces ``p.grad`` with Opacus' ``DPOptimizer`` gradient: per-sample clipping to ``max_grad_norm``, the sum,
+Gaussian noise of std ``noise_multiplier * max_grad_norm``, division by the expected batch size. The user's optimizer
+then steps as usual.
 
 Each worker has its own accountant (one step per optimizer step at ``q = batch_size / shard size``) and, with
 ``target_epsilon``, its own noise multiplier (calibrated for its ``q`` and planned steps) or its own stop: once its
@@ -30,7 +33,8 @@ from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
 from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noise_multiplier, require_opacus
 from lightning_fed.privacy.dp.config import DPConfig
-from lightning_fed.privacy.dp.grad_sample import attach_grad_sample_hooks, reset_grad_samples
+from lightning_fed.privacy.dp.ghost import GhostClipper
+from lightning_fed.privacy.dp.grad_sample import attach_per_sample_clipping, reset_grad_samples
 from lightning_fed.privacy.dp.poisson import PoissonBatches
 
 
@@ -79,6 +83,13 @@ class DPSGDAggregator(AggregatorWrapper):
     def attached(self) -> bool:
         return self._hooks is not None
 
+    @property
+    def grad_sample_mode(self) -> str | None:
+        """``"ghost"`` or ``"hooks"``: how the attached module's samples are clipped (``None`` before attaching)."""
+        if self._hooks is None:
+            return None
+        return "ghost" if isinstance(self._hooks, GhostClipper) else "hooks"
+
     def attach(
         self,
         module: nn.Module,
@@ -86,12 +97,13 @@ class DPSGDAggregator(AggregatorWrapper):
         batch_size: int,
         steps_per_round: Mapping[Hashable, int] | None = None,
     ) -> None:
-        """Hook ``module`` for per-sample gradients and set each worker's sampling rate ``batch_size / n_w``,
-        expected batch size and accountant (calibrating its noise multiplier for ``num_rounds * steps_per_round[w]``
-        steps when the config gives ``target_epsilon`` without ``noise_multiplier``)."""
+        """Hook ``module`` for per-sample clipping (``config.grad_sample_mode``) and set each worker's sampling rate
+        ``batch_size / n_w``, expected batch size and accountant (calibrating its noise multiplier for
+        ``num_rounds * steps_per_round[w]`` steps when the config gives ``target_epsilon`` without
+        ``noise_multiplier``)."""
         if self._hooks is None or self._module is not module:
             self.detach()
-            self._hooks = attach_grad_sample_hooks(module, self.config.loss_reduction)
+            self._hooks = attach_per_sample_clipping(module, self.config.loss_reduction, self.config.grad_sample_mode)
             self._module = module
         for worker_id, n in num_samples.items():
             q = min(1.0, batch_size / n)
@@ -166,7 +178,9 @@ class DPSGDAggregator(AggregatorWrapper):
 
     @override
     def worker_start(self, worker_id: Hashable, global_tensors: Sequence[Tensor]) -> None:
-        if self._module is not None:
+        if isinstance(self._hooks, GhostClipper):
+            self._hooks.reset()
+        elif self._module is not None:
             reset_grad_samples(self._module)
         self.inner.worker_start(worker_id, global_tensors)
 
@@ -199,13 +213,18 @@ class DPSGDAggregator(AggregatorWrapper):
         self.inner.adjust_gradients(worker_id, params, global_params)
 
     def privatize_gradients(self, worker_id: Hashable, params: Sequence[Tensor]) -> None:
-        """Replace each trainable ``p.grad`` by the DP-SGD gradient of its ``p.grad_sample`` and step the worker's
-        accountant; with the worker's budget spent, set ``p.grad = None`` instead (no step, no cost)."""
+        """Replace each trainable ``p.grad`` by the DP-SGD gradient of its samples' gradients (``p.grad_sample``, or
+        the ghost clipper's records) and step the worker's accountant; with the worker's budget spent, set
+        ``p.grad = None`` instead (no step, no cost)."""
         trainable = [p for p in params if p.requires_grad]
         if not self.can_step(worker_id):
             for p in trainable:
                 p.grad = None
-                p.grad_sample = None
+            if isinstance(self._hooks, GhostClipper):
+                self._hooks.reset()
+            else:
+                for p in trainable:
+                    p.grad_sample = None
             return
         if self.config.poisson_sampling and self.poisson is None and not self._warned_poisson:
             self._warned_poisson = True
@@ -213,6 +232,30 @@ class DPSGDAggregator(AggregatorWrapper):
                 "DPConfig(level='sample', poisson_sampling=True) but the batches are not Poisson-sampled by "
                 "DPSGDAggregator.poisson: the reported epsilon assumes Poisson sampling."
             )
+        if isinstance(self._hooks, GhostClipper):
+            iterations = self._hooks.num_passes()
+            if trainable:
+                clip = float(self.config.clip_norm)  # type: ignore[arg-type]
+                summed = self._hooks.clipped_sum(trainable, clip, self.config.loss_reduction)
+                grads = dpf.noisy_gradients(summed, **self._noise_args(worker_id, trainable, iterations))
+                for p, g in zip(trainable, grads):
+                    p.grad = g
+        else:
+            iterations = self._hooked_gradients(worker_id, trainable)
+        self._account(worker_id, iterations)
+
+    def _noise_args(self, worker_id: Hashable, trainable: Sequence[Tensor], iterations: int) -> dict[str, Any]:
+        return {
+            "max_grad_norm": self.config.clip_norm,
+            "noise_multiplier": self.noise_multipliers[worker_id],
+            "expected_batch_size": self.expected_batch_sizes[worker_id],
+            "generator": self._generator(trainable[0].device),
+            "accumulated_iterations": iterations,
+            "loss_reduction": self.config.loss_reduction,
+        }
+
+    def _hooked_gradients(self, worker_id: Hashable, trainable: list[Tensor]) -> int:
+        """The DP-SGD gradients from Opacus' ``p.grad_sample``; returns the number of accumulated backwards."""
         samples = [getattr(p, "grad_sample", None) for p in trainable]
         iterations = max((len(g) if isinstance(g, list) else 1) for g in samples) if samples else 1
         flat = [dpf.flat_grad_sample(g) if g is not None else None for g in samples]
@@ -222,19 +265,14 @@ class DPSGDAggregator(AggregatorWrapper):
             for g, p in zip(flat, trainable)
         ]
         if trainable:
-            grads = dpf.dp_sgd_gradients(
-                flat,
-                max_grad_norm=self.config.clip_norm,  # type: ignore[arg-type]
-                noise_multiplier=self.noise_multipliers[worker_id],
-                expected_batch_size=self.expected_batch_sizes[worker_id],
-                dtypes=[p.dtype for p in trainable],
-                generator=self._generator(trainable[0].device),
-                accumulated_iterations=iterations,
-                loss_reduction=self.config.loss_reduction,
-            )
+            dtypes = [p.dtype for p in trainable]
+            grads = dpf.dp_sgd_gradients(flat, dtypes=dtypes, **self._noise_args(worker_id, trainable, iterations))
             for p, g in zip(trainable, grads):
                 p.grad = g.view_as(p)
                 p.grad_sample = None
+        return iterations
+
+    def _account(self, worker_id: Hashable, iterations: int) -> None:
         rate = min(1.0, self.sample_rates[worker_id] * iterations)
         self.accountants[worker_id].step(noise_multiplier=self.noise_multipliers[worker_id], sample_rate=rate)
         if worker_id in self._remaining:

@@ -1,0 +1,204 @@
+"""Per-sample clipping without per-sample gradients kept: norms and the clipped sum from activations and output grads.
+
+For a layer ``y = a W^T + b`` a sample's weight gradient is ``B_i^T A_i`` (``A_i``: its inputs, ``B_i``: the loss
+gradient at its outputs, one row per position ``t``), so
+
+* its squared norm is ``||a_i||^2 ||b_i||^2`` for one position (a plain Linear: the "ghost norm", Goodfellow 2015),
+  or ``<A_i A_i^T, B_i B_i^T>`` (Gram matrices, Li et al. 2022) when ``T^2 (in + out)`` is below ``2 in out``, and
+  otherwise is read from the per-sample gradient ``B_i^T A_i`` of that layer alone, formed and dropped at once;
+* the sum of the clipped gradients is one product ``(c B)^T A`` over the batch (``c``: the clip factors), the cost of
+  an ordinary weight gradient: the book-keeping of Bu et al. 2023. No second backward, no per-sample gradients kept.
+
+A ``Conv2d`` is the same layer on its unfolded input (``A = unfold(x)``, one position per output pixel). The forward
+hook keeps each call's input and puts a hook on its output that keeps the output's gradient; a layer called several
+times in one forward (shared weights) gets its per-sample gradients summed over the calls, and several backwards
+before one optimizer step (gradient accumulation) give several batches of rows, as Opacus does.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Linear(3, 2)
+    >>> clipper = GhostClipper(net)
+    >>> net(torch.ones(4, 3)).sum().backward()
+    >>> norms = clipper.per_sample_norms(list(net.parameters()), loss_reduction="sum")
+    >>> [round(float(n), 4) for n in norms]  # each sample's gradient: weight ones(2, 3), bias ones(2)
+    [2.8284, 2.8284, 2.8284, 2.8284]
+    >>> clipper.remove_hooks()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_fed.privacy.dp.functional import CLIP_EPSILON
+
+#: The layers whose per-sample norms and clipped sums this module computes.
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def unsupported_layers(module: nn.Module) -> list[str]:
+    """The layers of ``module`` with trainable parameters of their own that :class:`GhostClipper` cannot handle."""
+    out = []
+    for name, sub in module.named_modules():
+        if not any(p.requires_grad for p in sub.parameters(recurse=False)):
+            continue
+        ok = type(sub) in SUPPORTED
+        if isinstance(sub, nn.Conv2d):
+            ok = ok and sub.groups == 1 and sub.padding_mode == "zeros" and not isinstance(sub.padding, str)
+        if not ok:
+            out.append(f"{name or type(module).__name__}: {type(sub).__name__}")
+    return out
+
+
+@dataclass
+class _Layer:
+    """A hooked layer's records: the finished backward passes (each a list of ``(A, B)`` per call), the open one."""
+
+    module: nn.Module
+    passes: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)
+    current: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    pending: int = 0
+
+
+class GhostClipper:
+    """Hooks on ``module``'s Linear and Conv2d layers that keep what per-sample clipping needs (see the module doc).
+
+    Args:
+        module: the model, hooked in place; every layer with trainable parameters must be a Linear or a Conv2d
+            (:func:`unsupported_layers` lists the others).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._layers: dict[nn.Module, _Layer] = {}
+        self._handles = []
+        for sub in module.modules():
+            if isinstance(sub, SUPPORTED) and any(p.requires_grad for p in sub.parameters(recurse=False)):
+                self._layers[sub] = _Layer(sub)
+                self._handles.append(sub.register_forward_hook(self._forward_hook))
+
+    # -- recording ------------------------------------------------------------------------------------------------
+    def _forward_hook(self, layer: nn.Module, inputs: tuple, output: Tensor) -> None:
+        if not (layer.training and torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
+            return
+        record = self._layers[layer]
+        record.pending += 1
+        activation = inputs[0].detach()
+        output.register_hook(lambda grad: self._backward_hook(record, activation, grad))
+
+    @staticmethod
+    def _backward_hook(record: _Layer, activation: Tensor, grad: Tensor) -> None:
+        layer = record.module
+        if isinstance(layer, nn.Conv2d):
+            a = F.unfold(activation, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # [n, k, T]
+            a, b = a.transpose(1, 2), grad.detach().flatten(2).transpose(1, 2)  # [n, T, k], [n, T, out]
+        else:
+            n, steps = len(activation), activation.shape[1:-1].numel()
+            a = activation.reshape(n, steps, activation.shape[-1])  # [n, T, in]
+            b = grad.detach().reshape(n, steps, grad.shape[-1])  # [n, T, out]
+        record.current.append((a, b))
+        record.pending -= 1
+        if record.pending == 0:  # every call of this forward has had its backward: one batch of rows
+            record.passes.append(record.current)
+            record.current = []
+
+    def reset(self) -> None:
+        """Forget every record (an unfinished step, or a finished one)."""
+        for record in self._layers.values():
+            record.passes, record.current, record.pending = [], [], 0
+
+    def remove_hooks(self) -> None:
+        """Take the hooks off and forget the records."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.reset()
+
+    cleanup = remove_hooks
+
+    # -- per-sample norms and the clipped sum ---------------------------------------------------------------------
+    def num_passes(self) -> int:
+        """How many backward passes (batches of rows) the records hold: 1, or more with gradient accumulation."""
+        counts = {len(r.passes) for r in self._layers.values() if r.passes}
+        if len(counts) > 1:
+            raise RuntimeError(f"per-sample clipping: layers saw different numbers of backward passes ({counts})")
+        return counts.pop() if counts else 1
+
+    def _terms(self, params: Sequence[Tensor], scale: bool) -> list[tuple[Tensor, list]]:
+        """Per layer with records: each row's squared norm over its trainable ``params``, and per pass what the
+        clipped sum needs (``("gram", A, B)`` or ``("sample", G_w, G_b)``)."""
+        wanted = {id(p) for p in params}
+        out = []
+        for layer, record in self._layers.items():
+            if not record.passes:
+                continue
+            w = layer.weight if id(layer.weight) in wanted else None
+            bias = layer.bias if layer.bias is not None and id(layer.bias) in wanted else None
+            if w is None and bias is None:
+                continue
+            sq, parts = [], []
+            for calls in record.passes:
+                n = len(calls[0][0])
+                factor = float(n) if scale else 1.0  # Opacus' "mean": each sample's gradient is n times its share
+                calls = [(a, b * factor) for a, b in calls]
+                steps, width_in, width_out = calls[0][0].shape[1], calls[0][0].shape[2], calls[0][1].shape[2]
+                if len(calls) == 1 and steps * steps * (width_in + width_out) < 2 * width_in * width_out:
+                    a, b = calls[0]
+                    norm2 = torch.zeros(n, dtype=b.dtype, device=b.device)
+                    if w is not None:
+                        norm2 = (
+                            (a @ a.transpose(1, 2) * (b @ b.transpose(1, 2))).sum((1, 2))
+                            if steps > 1
+                            else (a.pow(2).sum((1, 2)) * b.pow(2).sum((1, 2)))
+                        )
+                    if bias is not None:
+                        norm2 = norm2 + b.sum(1).pow(2).sum(1)
+                    sq.append(norm2)
+                    parts.append(("gram", a, b))
+                else:  # per-sample gradients of this layer only, summed over its calls
+                    g_w = sum(torch.bmm(b.transpose(1, 2), a) for a, b in calls) if w is not None else None
+                    g_b = sum(b.sum(1) for _, b in calls) if bias is not None else None
+                    norm2 = sum(g.flatten(1).pow(2).sum(1) for g in (g_w, g_b) if g is not None)
+                    sq.append(norm2)
+                    parts.append(("sample", g_w, g_b))
+            out.append((torch.cat(sq), [w, bias, parts]))
+        return out
+
+    def per_sample_norms(self, params: Sequence[Tensor], loss_reduction: str = "mean") -> Tensor:
+        """Each row's gradient norm over ``params`` (rows: the samples of every recorded backward pass)."""
+        terms = self._terms(params, scale=loss_reduction == "mean")
+        if not terms:
+            return torch.zeros(0)
+        return torch.stack([sq for sq, _ in terms], dim=1).sum(1).sqrt()
+
+    def clipped_sum(self, params: Sequence[Tensor], max_grad_norm: float, loss_reduction: str = "mean") -> list[Tensor]:
+        """The sum over all rows of the per-sample gradients clipped to ``max_grad_norm`` (Opacus' factor
+        ``min(1, C / (norm + 1e-6))``), one tensor per parameter of ``params`` (zeros for a parameter no backward
+        reached), and forget the records."""
+        terms = self._terms(params, scale=loss_reduction == "mean")
+        sums = {id(p): torch.zeros_like(p) for p in params}
+        if terms:
+            norms = torch.stack([sq for sq, _ in terms], dim=1).sum(1).sqrt()
+            factors = (max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
+            for _, (w, bias, parts) in terms:
+                start = 0
+                for kind, x, y in parts:
+                    rows = len(x) if x is not None else len(y)
+                    c = factors[start : start + rows].to(sums[id(w if w is not None else bias)].dtype)
+                    start += rows
+                    if kind == "gram":  # x: A [n, T, in], y: B [n, T, out]
+                        cb = y * c.view(-1, 1, 1)
+                        if w is not None:
+                            sums[id(w)] += torch.einsum("nto,nti->oi", cb, x).view_as(w)
+                        if bias is not None:
+                            sums[id(bias)] += cb.sum((0, 1))
+                    else:  # x: per-sample weight gradients [n, out, in], y: per-sample bias gradients [n, out]
+                        if w is not None:
+                            sums[id(w)] += torch.einsum("n,noi->oi", c, x).view_as(w)
+                        if bias is not None:
+                            sums[id(bias)] += c @ y
+        self.reset()
+        return [sums[id(p)] for p in params]
