@@ -113,12 +113,15 @@ class RemoteWorker(BaseWorker):
         self.timeout = float(timeout)
         self.max_message_bytes = int(max_message_mb * MIB)
         self.secure = credentials is not None
+        # a site that restarts is reached again within about 2 s (gRPC's default backoff grows to minutes)
+        backoff = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 2000)]  # fmt: skip
         if credentials is None:
-            self._channel = grpc.insecure_channel(address)
+            self._channel = grpc.insecure_channel(address, options=backoff)
         else:
             creds = grpc.ssl_channel_credentials(credentials.ca, credentials.key, credentials.cert)
             override = [("grpc.ssl_target_name_override", server_name or str(id))]
-            self._channel = grpc.secure_channel(address, creds, options=override)
+            self._channel = grpc.secure_channel(address, creds, options=override + backoff)
         self._rpc: Callable[..., Any] = self._channel.stream_stream(FULL_METHOD)
         self.traffic: dict[str, list[int]] = {}  # message kind -> [messages, bytes sent, bytes received]
         self._deletes: list[int] = []

@@ -21,7 +21,7 @@ from lightning_fed.backends.remote import check_remote_aggregator
 from lightning_fed.data import FederatedDataLoader
 from lightning_fed.data.federated import FederatedDataset
 from lightning_fed.data.sites import SiteDataModule, SiteLoader
-from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.transport import RemoteWorker
 from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
@@ -137,3 +137,64 @@ def test_remote_sites_refuse_aggregators_that_run_code_at_the_worker(training_si
     with pytest.raises(FederatedConfigError, match=r"not iterated batch by batch"):
         iter(SiteLoader(sites, "mnist-train")).__next__()
     check_remote_aggregator(FederatedStrategy(aggregation="fedyogi").aggregator)  # server-side: accepted
+
+
+def test_a_site_killed_mid_round_is_left_out_and_rejoins_after_a_restart(training_sites, federation, tmp_path):
+    """Round 1: dave is killed while alice trains; the round completes with alice (min_clients=1,
+    tolerate_failures=True). Dave restarts on its address before round 2 and trains in it again."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "dave"
+    write_mnist_raw(folder, num_train=16, num_test=4, seed=9, gz=False)
+    args = [
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        f"mnist-train={folder}",
+        "--insecure",
+        "--accept-model",
+        ACCEPTED,
+    ]
+
+    def start() -> object:
+        proc = launch("dave", args, tmp_path / "dave.log")
+        wait_listening("dave", proc, tmp_path / "dave.log", time.monotonic() + STARTUP_S)
+        return proc
+
+    procs = [start()]
+    alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
+    dave = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=20)
+
+    class Faults(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch.worker == "alice":
+                procs[-1].kill()  # mid-round: after alice's work, before dave's
+                procs[-1].wait(timeout=10)
+
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == 1:
+                procs.append(start())
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:  # the channel reconnects within its backoff (about 2 s)
+                    try:
+                        dave.hello()
+                        break
+                    except LightningFedError:
+                        time.sleep(0.3)
+
+    strategy = FederatedStrategy(tolerate_failures=True, min_clients=1)
+    trainer = pl.Trainer(strategy=strategy, max_epochs=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Faults()])  # fmt: skip
+    try:
+        with pytest.warns(UserWarning, match=r"worker 'dave' failed"):
+            trainer.fit(MNISTClassifier(lr=0.05), datamodule=SiteDataModule([alice, dave], "mnist-train", batch_size=8))
+    finally:
+        for proc in procs:
+            stop(proc)
+    summary = strategy.worker_summary()
+    assert strategy.round_index == 3
+    assert summary["dave"]["failed"] == 1 and summary["dave"]["steps"] == 2 * 2  # rounds 0 and 2, 16 images each
+    assert summary["alice"]["failed"] == 0 and summary["alice"]["steps"] == 3 * 3
