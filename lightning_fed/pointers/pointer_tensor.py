@@ -122,6 +122,7 @@ class PointerTensor(torch.Tensor):
         self._check_live()
         obj = self.owner._send(GetMessage(self.id_at_location), self.location)
         self._state = _FETCHED
+        self.__dict__.pop("_kept_grad", None)  # the pointer its .grad read returned (pointers/grads.py)
         return received(obj, self.owner)
 
     def to_here(self) -> torch.Tensor:
@@ -142,6 +143,7 @@ class PointerTensor(torch.Tensor):
             return self.get()
         new_id = new_object_id()
         self.owner._send(MoveMessage(self.id_at_location, worker, new_id), self.location)
+        self.__dict__.pop("_kept_grad", None)
         self.location = worker
         self.id_at_location = new_id
         return self
@@ -164,6 +166,7 @@ class PointerTensor(torch.Tensor):
         new_id = new_object_id()
         self.owner._send(ObjectMessage(new_id, held), worker)
         self._state = _SENT  # `held` is the one pointer to the data now: dropping this one frees nothing
+        self.__dict__.pop("_kept_grad", None)
         self._sent_to = worker.id
         chained = PointerTensor._make(worker, new_id, shape, dtype, device, self.owner)
         chained.__dict__.update(_metadata(self))
@@ -186,6 +189,7 @@ class PointerTensor(torch.Tensor):
         self._check_live()
         self.owner._send(DeleteMessage(self.id_at_location), self.location)
         self._state = _DELETED
+        self.__dict__.pop("_kept_grad", None)
 
     def tag(self, *tags: str) -> PointerTensor:
         raise PointerError(
@@ -220,25 +224,30 @@ class PointerTensor(torch.Tensor):
         local = _LOCAL_FUNCTIONS.get(func)
         if local is not None:
             return local(*args, **(kwargs or {}))
-        name = command_name(func)
-        if name is None:
-            raise PointerError(
-                f"{getattr(func, '__qualname__', func)!s} cannot run on a pointer: it is not a torch function a "
-                "worker runs. Call .get() first if the value may leave the worker."
-            )
-        call = _Call(name)
-        margs = call.convert(args)
-        mkwargs = call.convert(kwargs) if kwargs else {}
-        call.check()
-        reason = refusal_reason(name)
-        if reason is not None:
-            raise PointerError(f"{name} on a pointer to worker {call.location.id!r} is refused: {reason}.")
-        response = call.owner._send(CommandMessage(name, margs, mkwargs), call.location)
-        return call.build(response)
+        return remote_call(func, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         raise PointerError(f"{func} reached a pointer below __torch_function__; this is a lightning_fed bug.")
+
+
+def remote_call(func: Any, args: tuple, kwargs: dict | None) -> Any:
+    """Run the torch function ``func`` at the worker its pointer arguments point to; results come back as pointers."""
+    name = command_name(func)
+    if name is None:
+        raise PointerError(
+            f"{getattr(func, '__qualname__', func)!s} cannot run on a pointer: it is not a torch function a "
+            "worker runs. Call .get() first if the value may leave the worker."
+        )
+    call = _Call(name)
+    margs = call.convert(args)
+    mkwargs = call.convert(kwargs) if kwargs else {}
+    call.check()
+    reason = refusal_reason(name)
+    if reason is not None:
+        raise PointerError(f"{name} on a pointer to worker {call.location.id!r} is refused: {reason}.")
+    response = call.owner._send(CommandMessage(name, margs, mkwargs), call.location)
+    return call.build(response)
 
 
 class _Call:

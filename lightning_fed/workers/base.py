@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PointerError, WorkerError
 from lightning_fed.workers.arguments import PLAIN_RESULTS, resolve_refs
 from lightning_fed.workers.commands import refusal_reason, resolve_command
+from lightning_fed.workers.epoch import bump_grad_epoch, changes_grads
 from lightning_fed.workers.messages import (
     CommandMessage,
     DatasetMessage,
@@ -39,6 +40,7 @@ from lightning_fed.workers.messages import (
     SearchMessage,
     SearchResult,
     TensorDescriptor,
+    summary,
 )
 from lightning_fed.workers.session import WorkerSession
 from lightning_fed.workers.store import ObjectStore
@@ -133,6 +135,7 @@ class BaseWorker:
 
     def clear_objects(self) -> None:
         """Forget every object this worker holds."""
+        bump_grad_epoch()
         self._store.clear()
         if self._guard is not None:
             self._guard.forget_all()
@@ -164,15 +167,22 @@ class BaseWorker:
         if elsewhere is not None:
             raise PointerError(elsewhere)
         if self.verbose:
-            print(f"worker {self.id!r} received {_summary(message)}")
+            print(f"worker {self.id!r} received {summary(message)}")
         handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
-        return handler(self, message)
+        if not changes_grads(message):
+            return handler(self, message)
+        bump_grad_epoch()  # pointers forget the .grad they kept (workers/epoch.py), before and after
+        try:
+            return handler(self, message)
+        finally:
+            bump_grad_epoch()
 
     def place_elsewhere(self, reason: str | None) -> None:
         """This worker lives in another process for now (a run over several processes): refuse every message with
         :class:`~lightning_fed.exceptions.PointerError` ``reason``; ``None`` accepts messages again."""
+        bump_grad_epoch()
         self._elsewhere = reason
 
     # -- sessions: the one way code runs at a worker (workers/session.py) ---------------------------------------
@@ -193,9 +203,11 @@ class BaseWorker:
 
     def enter(self) -> Any:
         """Make this worker the current one; returns the token :meth:`leave` takes."""
+        bump_grad_epoch()  # code running at the worker may change any .grad
         return _current_worker.set(self)
 
     def leave(self, token: Any) -> None:
+        bump_grad_epoch()
         _current_worker.reset(token)
 
     # -- plans ----------------------------------------------------------------------------------------------------
@@ -294,7 +306,7 @@ class BaseWorker:
                 continue
             tags = frozenset(obj.__dict__.get("tags") or ())
             description = obj.__dict__.get("description")
-            if all(_matches(item, obj_id, tags, description) for item in message.query):
+            if message.matches(obj_id, tags, description):
                 descriptor = TensorDescriptor(obj_id, obj.shape, obj.dtype, obj.device, obj.requires_grad)
                 found.append(SearchResult(descriptor, tags, description))
         return tuple(found)
@@ -390,21 +402,6 @@ BaseWorker._routes = {
     SearchMessage: BaseWorker._handle_search,
     DatasetMessage: BaseWorker._handle_dataset,
 }
-
-
-def _matches(item: str, obj_id: int, tags: frozenset[str], description: str | None) -> bool:
-    """A search item matches an object's id, one of its tags, or a part of its description."""
-    return item == str(obj_id) or item in tags or (description is not None and item in description)
-
-
-def _summary(message: Any) -> str:
-    """What a verbose worker prints about a message: its kind and what it names, never the values it carries."""
-    detail = getattr(message, "command", None) or getattr(message, "plan", None)
-    if detail is None and hasattr(message, "obj_id"):
-        detail = f"object {message.obj_id}"
-    if detail is None and hasattr(message, "query"):
-        detail = f"query {list(message.query)}"
-    return type(message).__name__ + (f" {detail}" if detail is not None else "")
 
 
 def _withheld(failure: Exception, guard: Any) -> bool:

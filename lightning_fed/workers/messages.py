@@ -98,6 +98,13 @@ class SearchMessage:
 
     query: tuple[str, ...]
 
+    def matches(self, obj_id: int, tags: frozenset[str], description: str | None) -> bool:
+        """Every item names the object's id, one of its tags, or a part of its description."""
+        return all(
+            item == str(obj_id) or item in tags or (description is not None and item in description)
+            for item in self.query
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
@@ -115,3 +122,18 @@ class DatasetMessage:
 
     obj_id: int
     tensor_ids: tuple[int, ...]
+
+
+def summary(message: Any) -> str:
+    """What a verbose worker prints about a message: its kind and what it names, never the values it carries.
+
+    Example:
+        >>> summary(CommandMessage("torch.add", (ObjectRef(1), 2))), summary(DeleteMessage(7))
+        ('CommandMessage torch.add', 'DeleteMessage object 7')
+    """
+    detail = getattr(message, "command", None) or getattr(message, "plan", None)
+    if detail is None and hasattr(message, "obj_id"):
+        detail = f"object {message.obj_id}"
+    if detail is None and hasattr(message, "query"):
+        detail = f"query {list(message.query)}"
+    return type(message).__name__ + (f" {detail}" if detail is not None else "")
