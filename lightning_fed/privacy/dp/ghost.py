@@ -9,16 +9,24 @@ gradient at its outputs, one row per position ``t``), so
 * the sum of the clipped gradients is one product ``(c B)^T A`` over the batch (``c``: the clip factors), the cost of
   an ordinary weight gradient: the book-keeping of Bu et al. 2023. No second backward, no per-sample gradients kept.
 
-A ``Conv2d`` is the same layer on its unfolded input (``A = unfold(x)``, one position per output pixel). The forward
-hook keeps each call's input and puts a hook on its output that keeps the output's gradient; a layer called several
-times in one forward (shared weights) gets its per-sample gradients summed over the calls, and several backwards
-before one optimizer step (gradient accumulation) give several batches of rows, as Opacus does.
+A ``Conv2d`` is the same layer on its unfolded input (``A = unfold(x)``, one position per output pixel); its
+per-sample gradients are formed (a grouped convolution for one input channel, else ``unfold`` and a batched product).
+
+Autograd's own weight gradients would be thrown away, so they are not computed: a forward pre-hook takes
+``requires_grad`` off the layer's trainable parameters for its call, and the forward hook puts it back and routes the
+output through a function whose backward keeps the output's gradient (with the call's input) and passes it on. So
+after ``backward()`` those parameters' ``.grad`` stay ``None`` until :meth:`GhostClipper.clipped_sum` gives the
+private gradient (the non-private gradient is never formed, nor seen by ``on_after_backward`` hooks). A layer called
+several times in one forward (shared weights) gets its per-sample gradients summed over the calls, and several
+backwards before one optimizer step (gradient accumulation) give several batches of rows, as Opacus does.
 
 Example:
     >>> import torch
     >>> net = torch.nn.Linear(3, 2)
     >>> clipper = GhostClipper(net)
     >>> net(torch.ones(4, 3)).sum().backward()
+    >>> net.weight.grad is None  # autograd's (non-private) weight gradient is not computed
+    True
     >>> norms = clipper.per_sample_norms(list(net.parameters()), loss_reduction="sum")
     >>> [round(float(n), 4) for n in norms]  # each sample's gradient: weight ones(2, 3), bias ones(2)
     [2.8284, 2.8284, 2.8284, 2.8284]
@@ -27,7 +35,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +70,39 @@ class _Layer:
     passes: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)
     current: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     pending: int = 0
+    frozen: list[nn.Parameter] = field(default_factory=list)  # requires_grad taken off for the running call
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a layer's output whose backward hands the output's gradient to ``keep``; it takes the layer's
+    parameters as inputs (so the output requires grad) and gives them no gradient."""
+
+    @staticmethod
+    def forward(ctx, output: Tensor, keep, *params: Tensor) -> Tensor:
+        ctx.keep, ctx.num_params = keep, len(params)
+        return output.clone()  # a fresh tensor: in-place activations after the layer stay allowed
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        ctx.keep(grad)
+        return (grad, None) + (None,) * ctx.num_params
+
+
+def conv2d_grad_samples(layer: nn.Conv2d, x: Tensor, grad: Tensor) -> Tensor:
+    """Each sample's weight gradient of ``layer`` (``[n, out, in * kh * kw]``) from its input and output gradient."""
+    n, c_in, (kh, kw), c_out = len(x), x.shape[1], layer.kernel_size, grad.shape[1]
+    if c_in == 1 and n > 0:  # correlate each sample's input with its output gradient: one grouped convolution
+        out = F.conv2d(
+            x.transpose(0, 1),
+            grad.reshape(n * c_out, 1, *grad.shape[2:]),
+            padding=layer.padding,
+            stride=layer.dilation,
+            dilation=layer.stride,
+            groups=n,
+        )
+        return out[:, :, :kh, :kw].reshape(n, c_out, kh * kw)
+    a = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # [n, in * kh * kw, T]
+    return torch.bmm(grad.flatten(2), a.transpose(1, 2))
 
 
 class GhostClipper:
@@ -78,37 +119,46 @@ class GhostClipper:
         for sub in module.modules():
             if isinstance(sub, SUPPORTED) and any(p.requires_grad for p in sub.parameters(recurse=False)):
                 self._layers[sub] = _Layer(sub)
+                self._handles.append(sub.register_forward_pre_hook(self._pre_hook))
                 self._handles.append(sub.register_forward_hook(self._forward_hook))
 
     # -- recording ------------------------------------------------------------------------------------------------
-    def _forward_hook(self, layer: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if not (layer.training and torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
-            return
+    def _pre_hook(self, layer: nn.Module, inputs: tuple) -> None:
+        if layer.training and torch.is_grad_enabled():
+            record = self._layers[layer]
+            record.frozen = [p for p in layer.parameters(recurse=False) if p.requires_grad]
+            for p in record.frozen:
+                p.requires_grad_(False)
+
+    def _forward_hook(self, layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
         record = self._layers[layer]
+        frozen, record.frozen = record.frozen, []
+        for p in frozen:
+            p.requires_grad_(True)
+        if not frozen or not isinstance(output, Tensor):
+            return None
         record.pending += 1
         activation = inputs[0].detach()
-        output.register_hook(lambda grad: self._backward_hook(record, activation, grad))
+        return _Tap.apply(output, lambda grad: self._keep(record, activation, grad.detach()), *frozen)
 
     @staticmethod
-    def _backward_hook(record: _Layer, activation: Tensor, grad: Tensor) -> None:
-        layer = record.module
-        if isinstance(layer, nn.Conv2d):
-            a = F.unfold(activation, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # [n, k, T]
-            a, b = a.transpose(1, 2), grad.detach().flatten(2).transpose(1, 2)  # [n, T, k], [n, T, out]
-        else:
-            n, steps = len(activation), activation.shape[1:-1].numel()
-            a = activation.reshape(n, steps, activation.shape[-1])  # [n, T, in]
-            b = grad.detach().reshape(n, steps, grad.shape[-1])  # [n, T, out]
-        record.current.append((a, b))
+    def _keep(record: _Layer, x: Tensor, grad: Tensor) -> None:
+        if isinstance(record.module, nn.Linear):
+            n, steps = len(x), x.shape[1:-1].numel()
+            x, grad = x.reshape(n, steps, x.shape[-1]), grad.reshape(n, steps, grad.shape[-1])  # [n, T, in/out]
+        record.current.append((x, grad))
         record.pending -= 1
         if record.pending == 0:  # every call of this forward has had its backward: one batch of rows
             record.passes.append(record.current)
             record.current = []
 
     def reset(self) -> None:
-        """Forget every record (an unfinished step, or a finished one)."""
+        """Forget every record (an unfinished step, or a finished one); give back ``requires_grad`` that a forward
+        which raised did not."""
         for record in self._layers.values():
-            record.passes, record.current, record.pending = [], [], 0
+            for p in record.frozen:
+                p.requires_grad_(True)
+            record.passes, record.current, record.pending, record.frozen = [], [], 0, []
 
     def remove_hooks(self) -> None:
         """Take the hooks off and forget the records."""
@@ -144,6 +194,12 @@ class GhostClipper:
                 n = len(calls[0][0])
                 factor = float(n) if scale else 1.0  # Opacus' "mean": each sample's gradient is n times its share
                 calls = [(a, b * factor) for a, b in calls]
+                if isinstance(layer, nn.Conv2d):
+                    g_w = _total(conv2d_grad_samples(layer, a, b) for a, b in calls) if w is not None else None
+                    g_b = _total(b.sum((2, 3)) for _, b in calls) if bias is not None else None
+                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None))
+                    parts.append(("sample", g_w, g_b))
+                    continue
                 steps, width_in, width_out = calls[0][0].shape[1], calls[0][0].shape[2], calls[0][1].shape[2]
                 if len(calls) == 1 and steps * steps * (width_in + width_out) < 2 * width_in * width_out:
                     a, b = calls[0]
@@ -159,10 +215,9 @@ class GhostClipper:
                     sq.append(norm2)
                     parts.append(("gram", a, b))
                 else:  # per-sample gradients of this layer only, summed over its calls
-                    g_w = sum(torch.bmm(b.transpose(1, 2), a) for a, b in calls) if w is not None else None
-                    g_b = sum(b.sum(1) for _, b in calls) if bias is not None else None
-                    norm2 = sum(g.flatten(1).pow(2).sum(1) for g in (g_w, g_b) if g is not None)
-                    sq.append(norm2)
+                    g_w = _total(torch.bmm(b.transpose(1, 2), a) for a, b in calls) if w is not None else None
+                    g_b = _total(b.sum(1) for _, b in calls) if bias is not None else None
+                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None))
                     parts.append(("sample", g_w, g_b))
             out.append((torch.cat(sq), [w, bias, parts]))
         return out
@@ -202,3 +257,16 @@ class GhostClipper:
                             sums[id(bias)] += c @ y
         self.reset()
         return [sums[id(p)] for p in params]
+
+
+def _total(tensors: Iterable[Tensor]) -> Tensor:
+    """The sum of a non-empty iterable of tensors (no ``0 +`` copy)."""
+    it = iter(tensors)
+    out = next(it)
+    for t in it:
+        out = out + t
+    return out
+
+
+def _sq_norms(g: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(g.flatten(1), dim=1).square()

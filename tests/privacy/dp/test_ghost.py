@@ -104,11 +104,12 @@ def test_one_dp_step_on_the_dp_cnn_equals_opacus_step_and_accounting():
 
 
 class Mixed(nn.Module):
-    """Sequences (Gram and per-sample branches), a layer called twice, a strided dilated conv, a frozen bias."""
+    """Sequences (Gram and per-sample branches), a layer called twice, a strided dilated one-channel conv (grouped
+    convolution) and a multi-channel one (unfold), a frozen bias."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=2)
+        self.conv = nn.Conv2d(1, 3, 3, stride=2, padding=1, dilation=2)
         self.conv2 = nn.Conv2d(3, 4, 2, bias=False)
         self.short = nn.Linear(8, 8)  # on [n, 2, 8]: T^2 (in + out) < 2 in out, the Gram branch
         self.long = nn.Linear(4, 3)  # on [n, 6, 4]: per-sample gradients
@@ -125,7 +126,7 @@ class Mixed(nn.Module):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_norms_and_clipped_sums_equal_opacus_per_sample_gradients(reduction):
     g = torch.Generator().manual_seed(2)
-    x, seq, y = torch.randn(5, 2, 9, 9, generator=g), torch.randn(5, 2, 8, generator=g), torch.randn(5, 3, generator=g)
+    x, seq, y = torch.randn(5, 1, 9, 9, generator=g), torch.randn(5, 2, 8, generator=g), torch.randn(5, 3, generator=g)
 
     def loss(net: nn.Module) -> torch.Tensor:
         err = (net(x, seq) - y).pow(2).sum(1)
