@@ -10,8 +10,9 @@ delete goes with the next request). Each call has a timeout; a site that does no
 or fails the TLS handshake raises :class:`~lightning_fed.transport.errors.SiteUnavailableError` naming the site, its
 address and the timeout.
 
-Not here yet: plans and sessions (code that runs at the worker) cannot cross the wire, so ``install_plan`` and
-``session`` raise; the federated strategy over remote workers is a later step. Objects cannot ``move`` between sites.
+No code crosses the wire, so ``install_plan`` and ``session`` raise: a site trains whole FedAvg rounds instead
+(:meth:`RemoteWorker.train`, driven by ``FederatedStrategy`` through :mod:`lightning_fed.backends.remote`). Objects
+cannot ``move`` between sites.
 
 Example:
     >>> import torch, lightning_fed as sy

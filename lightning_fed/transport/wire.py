@@ -165,7 +165,7 @@ def _refuse(message: Any) -> WireError:
     if isinstance(message, PlanMessage):
         return WireError(
             f"{describe(message)} cannot be sent to a site: a plan is Python code, and no code crosses the wire; "
-            "running training steps at remote sites (FederatedStrategy over remote workers) is a later step."
+            "a site trains whole FedAvg rounds instead (FederatedStrategy with a SiteDataModule)."
         )
     return WireError(f"{type_name(message)} is not a message a site answers.")
 

@@ -129,7 +129,9 @@ def test_anything_else_is_refused_by_name(value, name):
 def test_moves_and_plans_do_not_cross_the_wire():
     with pytest.raises(WireError, match=r"MoveMessage \(object 1\) cannot be sent to a site: sites do not connect"):
         encode_request(MoveMessage(1, object(), 2))
-    with pytest.raises(WireError, match=r"PlanMessage \(step\) .* no code crosses the wire; .* later step"):
+    with pytest.raises(
+        WireError, match=r"PlanMessage \(step\) .* no code crosses the wire; a site trains whole FedAvg rounds instead"
+    ):
         encode_request(PlanMessage("step", ()))
     with pytest.raises(WireError, match=r"only tensors are sent to a site .*federate\(\) over remote workers"):
         encode_request(ObjectMessage(1, TensorDataset(torch.zeros(2))))
