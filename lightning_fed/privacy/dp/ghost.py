@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_fed.exceptions import LightningFedError
 from lightning_fed.privacy.dp.functional import CLIP_EPSILON
 
 #: The layers whose per-sample norms and clipped sums this module computes.
@@ -49,12 +50,15 @@ SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
 def unsupported_layers(module: nn.Module) -> list[str]:
-    """The layers of ``module`` with trainable parameters of their own that :class:`GhostClipper` cannot handle."""
-    out = []
+    """The layers of ``module`` with trainable parameters of their own that :class:`GhostClipper` cannot handle
+    (another type, or a parameter shared with another layer: its per-sample norm would mix the layers)."""
+    out, seen = [], set()
     for name, sub in module.named_modules():
-        if not any(p.requires_grad for p in sub.parameters(recurse=False)):
+        own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
+        if not own:
             continue
-        ok = type(sub) in SUPPORTED
+        ok = type(sub) in SUPPORTED and not any(id(p) in seen for p in own)
+        seen.update(id(p) for p in own)
         if isinstance(sub, nn.Conv2d):
             ok = ok and sub.groups == 1 and sub.padding_mode == "zeros" and not isinstance(sub.padding, str)
         if not ok:
@@ -183,6 +187,12 @@ class GhostClipper:
         wanted = {id(p) for p in params}
         out = []
         for layer, record in self._layers.items():
+            if record.pending:
+                raise LightningFedError(
+                    f"per-sample clipping: {type(layer).__name__} ran {record.pending} forward(s) in training mode "
+                    "whose output had no backward before the DP step, so its samples' gradients are unknown: run "
+                    "extra forwards under torch.no_grad() or in eval mode."
+                )
             if not record.passes:
                 continue
             w = layer.weight if id(layer.weight) in wanted else None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_fed.aggregation import FedAvg
-from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.models import DPMNISTCNN
 from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator
 from lightning_fed.privacy.dp.functional import clip_and_sum_per_sample, per_sample_norms
@@ -168,6 +168,23 @@ def test_inplace_activation_after_a_hooked_layer():
     assert all(torch.equal(a, b) for a, b in zip(*sums))
 
 
+def test_a_forward_without_backward_is_an_error_not_a_silent_zero():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    clipper = GhostClipper(net)
+    net(torch.randn(4, 3))  # in training mode, with grad, never backpropagated
+    net(torch.randn(4, 3)).sum().backward()
+    with pytest.raises(
+        LightningFedError, match=r"Linear ran 1 forward\(s\) .* under torch.no_grad\(\) or in eval mode"
+    ):
+        clipper.clipped_sum(list(net.parameters()), 1.0)
+    clipper.reset()
+    with torch.no_grad():
+        net(torch.randn(4, 3))
+    net(torch.randn(4, 3)).sum().backward()
+    assert clipper.per_sample_norms(list(net.parameters())).shape == (4,)
+
+
 def test_auto_mode_and_errors():
     linear = DPSGDAggregator(FedAvg(), DPConfig(level="sample", noise_multiplier=1.0, max_grad_norm=1.0))
     linear.attach(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), {"w": 10}, 2)
@@ -176,6 +193,11 @@ def test_auto_mode_and_errors():
     auto = DPSGDAggregator(FedAvg(), DPConfig(level="sample", noise_multiplier=1.0, max_grad_norm=1.0))
     auto.attach(with_norm, {"w": 10}, 2)
     assert auto.grad_sample_mode == "hooks"  # a layer the ghost clipper does not know: Opacus' per-sample gradients
+    auto.detach()
+    tied = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
+    tied[2].weight = tied[0].weight  # one parameter in two layers: its per-sample norm is not per layer
+    auto.attach(tied, {"w": 10}, 2)
+    assert auto.grad_sample_mode == "hooks"
     auto.detach()
     ghost = DPSGDAggregator(FedAvg(), DPConfig(level="sample", noise_multiplier=1.0, max_grad_norm=1.0).replace(
         grad_sample_mode="ghost"
