@@ -5,6 +5,12 @@ positions of its round's batches (a :class:`~lightning_fed.transport.training.Tr
 LightningModule class its operator accepted and answers with its local model; the update goes into the round as a
 simulated worker's does, and the aggregator finishes the round on the server. Nothing is sent per batch.
 
+The sites of a round train **at the same time** (the seed tutorial's third flaw, sequential training, fixed where the
+workers are machines): at the round's first step every sampled site gets its request, and each Lightning step then
+takes its site's answer, in order. Every site starts from the same global model, so the result is the one a
+sequential round gives (tested against the simulation). With simulated dropouts or stragglers the requests go one
+at a time, as the failures are decided step by step.
+
 What runs at a simulated worker beside its training (secure aggregation's masking, DP clipping and noise, SCAFFOLD's
 and FedProx's corrections) would have to run at the site too: such aggregators are refused here for now, naming the
 fix. Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work unchanged.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -65,6 +72,8 @@ class RemoteBackend(SequentialBackend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.federation = uuid.uuid4().hex  # the sites keep one model and optimizer state per run
+        self._pending: dict[Any, Future] = {}  # the round's requests in flight, by site id
+        self._pool: ThreadPoolExecutor | None = None
 
     def process_dataloader(self, loader: Any) -> Any:
         check_remote_aggregator(self.rounds.aggregator)
@@ -85,6 +94,25 @@ class RemoteBackend(SequentialBackend):
             batches = self.planner.worker_batches(worker, steps, plan.round_index)
             yield SiteWork(str(worker.id), tuple(tuple(b) for b in batches))
 
+    def begin_round(self, plan: RoundPlan) -> None:
+        super().begin_round(plan)
+        if self.rounds.failures.enabled or len(plan.workers) < 2:
+            return  # simulated failures are decided step by step: one request at a time
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lightning-fed-sites")
+        for work in self.round_batches(plan):  # every site starts from the global model: send them all now
+            worker = self._by_id[work.worker]
+            self._pending[worker.id] = self._pool.submit(worker.train, self._request(work, plan))
+
+    def _request(self, work: SiteWork, plan: RoundPlan) -> TrainRequest:
+        module = self.calls.module()
+        return TrainRequest(
+            self.federation, f"{type(module).__module__}.{type(module).__qualname__}", dict(module.hparams),
+            {k: v.detach().clone() for k, v in self.rounds.global_state(module.state_dict(keep_vars=True)).items()},
+            self.loader.dataset_name, [list(b) for b in work.batches], plan.round_index,
+            self.rounds.optimizer_states.reset_each_round,
+        )  # fmt: skip
+
     def batch_start(self, batch: Any) -> Any:
         rounds = self.rounds
         if not rounds.is_open:
@@ -104,13 +132,9 @@ class RemoteBackend(SequentialBackend):
             return self.calls.skipped_output()
         module = self.calls.module()
         assert rounds.plan is not None and self.loader is not None
-        request = TrainRequest(
-            self.federation, f"{type(module).__module__}.{type(module).__qualname__}", dict(module.hparams),
-            {k: v.detach() for k, v in module.state_dict().items()}, self.loader.dataset_name,
-            [list(b) for b in work.batches], rounds.plan.round_index, rounds.optimizer_states.reset_each_round,
-        )  # fmt: skip
+        pending = self._pending.pop(worker.id, None)
         try:
-            answer = worker.train(request)
+            answer = pending.result() if pending is not None else worker.train(self._request(work, rounds.plan))
         except LightningFedError as err:  # unreachable, timed out, refused: this round's failure
             if not self.tolerate_failures:
                 raise
@@ -135,6 +159,15 @@ class RemoteBackend(SequentialBackend):
             self.batch = None
         self.end_step()
         return out
+
+    def teardown(self) -> None:
+        super().teardown()
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def describe(self) -> str:
         return super().describe() + f"; remote sites, one request a round each (run {self.federation[:8]})"
