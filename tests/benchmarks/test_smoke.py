@@ -56,3 +56,11 @@ def test_pointer_benchmark_smoke():
     assert {"plain", "fed", "resident", "sendget"} <= train["step_ms"].keys()
     # the federated loop trained the same weights as plain PyTorch (a correctness check, not a timing)
     assert train["max_param_diff_fed_vs_plain"] < 1e-5
+
+
+def test_deployment_benchmark_smoke():
+    record = run_smoke("deployment.py")
+    assert record["benchmark"] == "deployment" and record["sites"] == 2
+    # one round: the seed CNN's parameters (about 1.2 M float32: 4.6 MiB) each way, plus a small header
+    assert 4.5 * 2**20 < record["bytes_to_site_per_round"] < 4.7 * 2**20
+    assert 4.5 * 2**20 < record["bytes_from_site_per_round"] < 4.7 * 2**20
