@@ -76,17 +76,19 @@ class SiteWorker:
         datasets: the site's dataset specs, loaded now from the site's disk.
         policy: ``"strict"`` (default), ``"open"`` or a :class:`~lightning_fed.privacy.DataAccessPolicy`.
         max_message_bytes: the largest request or answer frame this site handles.
+        accepted_models: the LightningModule classes this site trains in FedAvg rounds, by name.
+        state_dir: where the site keeps its training state between rounds (a restart goes on from it), or ``None``.
     """
 
     def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 accepted_models: Mapping[str, type] | None = None) -> None:  # fmt: skip
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, accepted_models: Mapping[str, type] | None = None,
+                 state_dir: str | None = None) -> None:  # fmt: skip
         if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
             raise FederatedConfigError(
                 f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
             )
         self.worker = VirtualWorker(id=id, policy=policy)
-        self.training = SiteTraining(accepted_models or {})
+        self.training = SiteTraining(accepted_models or {}, state_dir)
         self.max_message_bytes = max_message_bytes
         self.datasets: dict[str, tuple[int, int]] = {}
         self._protected: set[int] = set()

@@ -5,7 +5,9 @@ global model's tensors, the batches to train on as positions in one of the site'
 answers with its local model after training, the number of steps, and its loss if its policy releases scalars. No code
 crosses the wire: the request *names* a LightningModule class, and the site builds it only if the site's operator
 accepted that class (``lightning-fed worker --accept-model lightning_fed.models.MNISTClassifier``), from plain
-hyper-parameters. The site keeps its optimizer state between rounds, as a worker does in simulation.
+hyper-parameters. The site keeps its optimizer state between rounds, as a worker does in simulation; with a state
+folder (``--state-dir``) it also writes it to its own disk after every round, so a site that restarts in the middle
+of a run goes on from where it was (the server never sees that state).
 
 The local loop is Lightning's automatic optimization, step for step: ``zero_grad``, ``training_step``,
 ``backward``, ``optimizer.step``: the deployed round equals the in-process simulation (tested).
@@ -33,6 +35,7 @@ import importlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,9 +76,15 @@ def load_class(path: str) -> type:
 class SiteTraining:
     """A site's local training, for the model classes its operator accepted (``{name: class}``)."""
 
-    def __init__(self, accepted: Mapping[str, type]) -> None:
+    def __init__(self, accepted: Mapping[str, type], state_dir: str | Path | None = None) -> None:
         self.accepted = dict(accepted)
+        self.state_dir = None if state_dir is None else Path(state_dir)
         self._runs: dict[str, tuple[str, nn.Module, torch.optim.Optimizer]] = {}  # federation -> its model, optimizer
+
+    def _state_file(self, federation: str) -> Path | None:
+        if self.state_dir is None or not federation.isalnum():  # the run id names a file: letters and digits only
+            return None
+        return self.state_dir / f"{federation}.pt"
 
     def _model(self, request: TrainRequest) -> tuple[nn.Module, torch.optim.Optimizer]:
         cls = self.accepted.get(request.model)
@@ -91,6 +100,11 @@ class SiteTraining:
             except TypeError as err:
                 raise WorkerError(f"{request.model}(**hparams) failed at this site: {err}.") from None
             run = (request.model, model, _one_optimizer(model.configure_optimizers(), request.model))
+            saved = self._state_file(request.federation)
+            if saved is not None and saved.is_file():  # a restart in the middle of a run: the site's own state
+                found = torch.load(saved, weights_only=True)
+                if found.get("model") == request.model:
+                    run[2].load_state_dict(found["optimizer"])
             self._runs[request.federation] = run
         return run[1], run[2]
 
@@ -120,6 +134,12 @@ class SiteTraining:
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(positions)
                 samples += len(positions)
+        saved = self._state_file(request.federation)
+        if saved is not None:  # written whole, then renamed: a crash leaves the previous round's state
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            partial = saved.with_suffix(".tmp")
+            torch.save({"model": request.model, "optimizer": optimizer.state_dict()}, partial)
+            partial.replace(saved)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return {"state": state, "steps": len(request.batches), "samples": samples,
                 "loss_sum": loss_sum if release_scalars else None}  # fmt: skip

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accept-model", action="append", default=[], metavar="CLASS",
                         help="a LightningModule class this site trains in FedAvg rounds (e.g. lightning_fed."
                              "models.MNISTClassifier); repeatable; none: the site trains nothing")  # fmt: skip
+    parser.add_argument("--state-dir", default=None,
+                        help="a folder of this site's own where its training state (optimizer) is kept between "
+                             "rounds, so a restart goes on from it")  # fmt: skip
     parser.add_argument("--allow-peer", action="append", default=None, metavar="NAME",
                         help="certificate common name allowed to connect (default: server); repeatable")  # fmt: skip
     return parser
@@ -70,7 +73,7 @@ def build_server(args: argparse.Namespace) -> SiteServer:
         specs += specs_from_config(load_config(args.config), f"--config {args.config}")
     accepted = {path: load_class(path) for path in args.accept_model}
     site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB),
-                      accepted_models=accepted)  # fmt: skip
+                      accepted_models=accepted, state_dir=args.state_dir)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
                       allowed_peers=tuple(args.allow_peer or ("server",)))  # fmt: skip
 

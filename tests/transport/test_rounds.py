@@ -196,3 +196,64 @@ def test_a_killed_site_is_left_out_and_rejoins_after_a_restart(training_sites, f
     assert strategy.round_index == 3
     assert summary["dave"]["failed"] == 1 and summary["dave"]["steps"] == 2 * 2  # rounds 0 and 2, 16 images each
     assert summary["alice"]["failed"] == 0 and summary["alice"]["steps"] == 3 * 3
+
+
+@pytest.mark.parametrize("keep_state", [True, False], ids=["state-dir", "no-state-dir"])
+def test_a_site_restarted_between_rounds_goes_on_from_its_own_state(training_sites, federation, tmp_path, keep_state):
+    """Dave is killed after round 0 and restarted before round 1 (it misses nothing). With --state-dir it reloads its
+    optimizer state (momentum) from its own disk and the run equals the simulation; without, the momentum is lost and
+    the run differs (the oracle can fail)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "dave"
+    write_mnist_raw(folder, num_train=SIZES["bob"], num_test=4, seed=SEEDS["bob"], gz=False)  # bob's data, as dave
+    args = [
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        f"mnist-train={folder}",
+        "--insecure",
+        "--accept-model",
+        ACCEPTED,
+    ]
+    args += ["--state-dir", str(tmp_path / "dave-state")] if keep_state else []
+
+    def start() -> object:
+        proc = launch("dave", args, tmp_path / "dave.log")
+        wait_listening("dave", proc, tmp_path / "dave.log", time.monotonic() + STARTUP_S)
+        return proc
+
+    procs = [start()]
+    alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
+    dave = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=60)
+
+    class Restart(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == 0:
+                procs[-1].kill()
+                procs[-1].wait(timeout=10)
+                procs.append(start())
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    try:
+                        dave.hello()
+                        break
+                    except LightningFedError:
+                        time.sleep(0.3)
+
+    try:
+        torch.manual_seed(0)
+        model = MNISTClassifier(lr=0.05, momentum=0.5)
+        trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Restart()])  # fmt: skip
+        trainer.fit(model, datamodule=SiteDataModule([alice, dave], "mnist-train", batch_size=8, seed=3))
+    finally:
+        for proc in procs:
+            stop(proc)
+    deployed = {k: v.detach() for k, v in model.state_dict().items()}
+    simulated, _ = _fit(_Simulated(seed=3), "fedavg")
+    diff = max((deployed[k].double() - simulated[k].double()).abs().max().item() for k in deployed)
+    assert (diff < 1e-6) is keep_state, diff
