@@ -11,9 +11,11 @@ takes its site's answer, in order. Every site starts from the same global model,
 sequential round gives (tested against the simulation). With simulated dropouts or stragglers the requests go one
 at a time, as the failures are decided step by step.
 
-What runs at a simulated worker beside its training (secure aggregation's masking, DP clipping and noise, SCAFFOLD's
-and FedProx's corrections) would have to run at the site too: such aggregators are refused here for now, naming the
-fix. Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work unchanged.
+What runs at a simulated worker beside its training (secure aggregation's masking, distributed DP noise, sample-level
+DP, SCAFFOLD's and FedProx's corrections) would have to run at the site too: such aggregators are refused here for
+now, naming the fix. Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work
+unchanged, and so does client-level DP with the server's noise (central DP: its clipping runs on the server, which
+that model trusts with the raw updates).
 
 Example (sites started with ``lightning-fed worker --accept-model ...``; see docs/deployment.md)::
 
@@ -51,6 +53,8 @@ class SiteWork(NamedTuple):
 def check_remote_aggregator(aggregator: Aggregator) -> None:
     """Refuse an aggregator chain that needs code at the worker beside its training (see the module docstring)."""
     for part in aggregator_chain(aggregator):
+        if central_dp(part):
+            continue  # its clipping runs on the server, which central DP trusts with the raw update anyway
         worker_side = isinstance(part, AggregatorWrapper) or any(
             getattr(type(part), hook) is not getattr(Aggregator, hook) for hook in _WORKER_HOOKS
         )
@@ -59,8 +63,16 @@ def check_remote_aggregator(aggregator: Aggregator) -> None:
                 f"aggregation={aggregator!r} runs code at each worker ({type(part).__name__}: masking, clipping, "
                 "noise or gradient corrections), and remote sites run only their training in this version: use a "
                 "server-side aggregator (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed mean, krum) "
-                "with remote sites, or simulated workers for secure aggregation, DP, SCAFFOLD and FedProx."
+                "with remote sites (client-level DP with noise='server' too), or simulated workers for secure "
+                "aggregation, distributed-noise and sample-level DP, SCAFFOLD and FedProx."
             )
+
+
+def central_dp(part: Aggregator) -> bool:
+    """Client-level DP with the noise added by the server (``DPConfig(noise="server")``): the server is trusted with
+    each worker's update, so clipping it there (as the simulation does in this process) changes nothing."""
+    config = getattr(part, "config", None)
+    return type(part).__name__ == "DPAggregator" and getattr(config, "noise", None) == "server"
 
 
 class RemoteBackend(SequentialBackend):

@@ -23,6 +23,7 @@ from lightning_fed.data.federated import FederatedDataset
 from lightning_fed.data.sites import SiteDataModule, SiteLoader
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError
 from lightning_fed.models import MNISTClassifier
+from lightning_fed.privacy.dp import DPConfig
 from lightning_fed.transport import RemoteWorker
 from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
 from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
@@ -80,14 +81,17 @@ class _Simulated(pl.LightningDataModule):
 def _fit(datamodule, aggregation: str, rounds: int = 2) -> tuple[dict[str, torch.Tensor], FederatedStrategy]:
     torch.manual_seed(0)
     model = MNISTClassifier(lr=0.05, momentum=0.5)
-    strategy = FederatedStrategy(aggregation=aggregation)
+    if aggregation == "central-dp":  # client-level DP, the server's noise (seeded: both runs draw the same)
+        strategy = FederatedStrategy(privacy=DPConfig(noise_multiplier=0.3, clip_norm=0.5, seed=7))
+    else:
+        strategy = FederatedStrategy(aggregation=aggregation)
     trainer = pl.Trainer(strategy=strategy, max_epochs=rounds, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, strategy
 
 
-@pytest.mark.parametrize("aggregation", ["fedavg", "fedadam"])
+@pytest.mark.parametrize("aggregation", ["fedavg", "fedadam", "central-dp"])
 def test_a_deployed_run_equals_the_simulation(training_sites, federation, aggregation):
     sites = _remote(training_sites, federation)
     sent_before = len([r for r in sites[0].audit_log if r.kind == "update"])  # the sites serve the whole module
