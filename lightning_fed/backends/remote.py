@@ -68,6 +68,11 @@ def check_remote_aggregator(aggregator: Aggregator) -> None:
             )
 
 
+def constructor_args(module: Any) -> dict[str, Any]:
+    """The module's hyper-parameters a site builds it from (LightningCLI's own ``_class_path``... left out)."""
+    return {k: v for k, v in dict(getattr(module, "hparams", {})).items() if not k.startswith("_")}
+
+
 def central_dp(part: Aggregator) -> bool:
     """Client-level DP with the noise added by the server (``DPConfig(noise="server")``): the server is trusted with
     each worker's update, so clipping it there (as the simulation does in this process) changes nothing."""
@@ -119,7 +124,7 @@ class RemoteBackend(SequentialBackend):
     def _request(self, work: SiteWork, plan: RoundPlan) -> TrainRequest:
         module = self.calls.module()
         return TrainRequest(
-            self.federation, f"{type(module).__module__}.{type(module).__qualname__}", dict(module.hparams),
+            self.federation, f"{type(module).__module__}.{type(module).__qualname__}", constructor_args(module),
             {k: v.detach().clone() for k, v in self.rounds.global_state(module.state_dict(keep_vars=True)).items()},
             self.loader.dataset_name, [list(b) for b in work.batches], plan.round_index,
             self.rounds.optimizer_states.reset_each_round,

@@ -20,11 +20,25 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_fed.data.loader import EpochClock, FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker
+
+
+def _site(site: BaseWorker | str, certs: str | None, insecure: bool, timeout: float) -> BaseWorker:
+    """A site given as a worker, or as ``"ID=HOST:PORT"`` (a :class:`~lightning_fed.transport.RemoteWorker`)."""
+    if not isinstance(site, str):
+        return site
+    site_id, sep, address = site.partition("=")
+    if not sep or not site_id or not address:
+        raise FederatedConfigError(
+            f"`sites` item {site!r} is not valid: write a site as 'ID=HOST:PORT', e.g. 'alice=10.0.0.2:50051'."
+        )
+    from lightning_fed.transport import RemoteWorker  # gRPC is imported only for a deployment
+
+    return RemoteWorker(site_id, address, certs=certs, insecure=insecure, timeout=timeout)
 
 
 class SiteShards:
@@ -101,17 +115,33 @@ class SiteLoader(FederatedDataLoader):
 class SiteDataModule(pl.LightningDataModule):
     """A LightningDataModule over the sites' own datasets (training), and the server's own validation and test data.
 
+    Deployed or simulated is configuration: in LightningCLI YAML, a list of site addresses takes the place of worker
+    names (``data: {class_path: lightning_fed.data.sites.SiteDataModule, init_args: {sites: ["alice=10.0.0.2:50051",
+    ...], certs: certs, dataset: mnist-train}}``).
+
     Args:
-        sites, dataset, batch_size, shuffle, drop_last, seed: see :class:`SiteLoader`.
+        sites: the sites: :class:`~lightning_fed.transport.RemoteWorker` objects, or ``"ID=HOST:PORT"`` strings
+            (reached with ``certs``, or ``insecure`` on loopback).
+        dataset, batch_size, shuffle, drop_last, seed: see :class:`SiteLoader`.
+        certs: the server's certificate folder (``ca.pem``, ``server.pem``, ``server.key``), for string sites.
+        insecure: plaintext to string sites on loopback (tests).
+        timeout: seconds a site may take to answer one request (a whole round's training), for string sites.
         val_dataset, test_dataset: data the server holds itself (public data), evaluated on the global model.
+        test_mnist: an MNIST folder whose test split is the server's test data (instead of ``test_dataset``).
     """
 
-    def __init__(self, sites: Sequence[BaseWorker], dataset: str, batch_size: int = 8, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, val_dataset: Dataset | None = None,
-                 test_dataset: Dataset | None = None, eval_batch_size: int = 256) -> None:  # fmt: skip
+    def __init__(self, sites: Sequence[BaseWorker | str], dataset: str = "mnist-train", batch_size: int = 8,
+                 shuffle: bool = True, drop_last: bool = False, seed: int = 0, certs: str | None = None,
+                 insecure: bool = False, timeout: float = 3600.0, val_dataset: Dataset | None = None,
+                 test_dataset: Dataset | None = None, test_mnist: str | None = None,
+                 eval_batch_size: int = 256) -> None:  # fmt: skip
         super().__init__()
-        self.sites = list(sites)
+        self.sites = [_site(site, certs, insecure, timeout) for site in sites]
         self.loader = SiteLoader(self.sites, dataset, batch_size, shuffle, drop_last, seed)
+        if test_mnist is not None and test_dataset is None:
+            from lightning_fed.transport.site_data import DatasetSpec, load_mnist
+
+            test_dataset = TensorDataset(*load_mnist(DatasetSpec("server-test", mnist=test_mnist, split="test")))
         self.val_dataset, self.test_dataset, self.eval_batch_size = val_dataset, test_dataset, eval_batch_size
 
     def train_dataloader(self) -> SiteLoader:

@@ -261,3 +261,26 @@ def test_a_site_restarted_between_rounds_goes_on_from_its_own_state(training_sit
     simulated, _ = _fit(_Simulated(seed=3), "fedavg")
     diff = max((deployed[k].double() - simulated[k].double()).abs().max().item() for k in deployed)
     assert (diff < 1e-6) is keep_state, diff
+
+
+def test_the_cli_trains_deployed_sites_from_a_yaml_list_of_addresses(training_sites, federation, tmp_path, capsys):
+    """Deployed or simulated is configuration: site addresses take the place of worker names."""
+    from lightning_fed.cli import main
+
+    sites = _remote(training_sites, federation)
+    before = {s.id: len([r for r in s.audit_log if r.kind == "update"]) for s in sites}
+    addresses = ", ".join(f'"{s}={training_sites[s].address}"' for s in SEEDS)
+    config = tmp_path / "deployed.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_fed.models.MNISTClassifier\n"
+        "data:\n  class_path: lightning_fed.data.sites.SiteDataModule\n  init_args:\n"
+        f"    sites: [{addresses}]\n    certs: {federation}\n    dataset: mnist-train\n    batch_size: 8\n"
+        "trainer:\n  max_epochs: 1\n  logger: false\n  enable_checkpointing: false\n  enable_progress_bar: false\n"
+    )
+    assert main(["fit", "--config", str(config)]) == 0, capsys.readouterr().err[-2000:]
+    after = {s.id: len([r for r in s.audit_log if r.kind == "update"]) for s in sites}
+    assert after == {site: count + 1 for site, count in before.items()}  # one round: each site sent one model
+    with pytest.raises(
+        FederatedConfigError, match=r"`sites` item 'alice' is not valid: write a site as 'ID=HOST:PORT'"
+    ):
+        SiteDataModule(["alice"], certs=str(federation))
