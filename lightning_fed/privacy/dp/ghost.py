@@ -10,7 +10,8 @@ gradient at its outputs, one row per position ``t``), so
   an ordinary weight gradient: the book-keeping of Bu et al. 2023. No second backward, no per-sample gradients kept.
 
 A ``Conv2d`` is the same layer on its unfolded input (``A = unfold(x)``, one position per output pixel); its
-per-sample gradients are formed (a grouped convolution for one input channel, else ``unfold`` and a batched product).
+per-sample gradients are formed (a grouped convolution for one input channel, else a product over the input's
+patches, taken as a strided view).
 
 Autograd's own weight gradients would be thrown away, so they are not computed: a forward pre-hook takes
 ``requires_grad`` off the layer's trainable parameters for its call, and the forward hook puts it back and routes the
@@ -105,8 +106,12 @@ def conv2d_grad_samples(layer: nn.Conv2d, x: Tensor, grad: Tensor) -> Tensor:
             groups=n,
         )
         return out[:, :, :kh, :kw].reshape(n, c_out, kh * kw)
-    a = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # [n, in * kh * kw, T]
-    return torch.bmm(grad.flatten(2), a.transpose(1, 2))
+    (ph, pw), (sh, sw), (dh, dw) = layer.padding, layer.stride, layer.dilation
+    x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    # the input's patches as a view [n, in, oh, ow, kh, kw] (F.unfold's im2col copy was erratic with 2 threads)
+    patches = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    patches = patches[:, :, : grad.shape[2], : grad.shape[3]]
+    return torch.einsum("nohw,nchwij->nocij", grad, patches).reshape(n, c_out, -1)
 
 
 class GhostClipper:
@@ -183,7 +188,8 @@ class GhostClipper:
 
     def _terms(self, params: Sequence[Tensor], scale: bool) -> list[tuple[Tensor, list]]:
         """Per layer with records: each row's squared norm over its trainable ``params``, and per pass what the
-        clipped sum needs (``("gram", A, B)`` or ``("sample", G_w, G_b)``)."""
+        clipped sum needs (``("gram", A, B, s)`` or ``("sample", G_w, G_b, s)``; the rows' gradients are ``s`` times
+        these: ``n`` for a mean loss over ``n`` samples, as Opacus)."""
         wanted = {id(p) for p in params}
         out = []
         for layer, record in self._layers.items():
@@ -203,12 +209,11 @@ class GhostClipper:
             for calls in record.passes:
                 n = len(calls[0][0])
                 factor = float(n) if scale else 1.0  # Opacus' "mean": each sample's gradient is n times its share
-                calls = [(a, b * factor) for a, b in calls]
                 if isinstance(layer, nn.Conv2d):
                     g_w = _total(conv2d_grad_samples(layer, a, b) for a, b in calls) if w is not None else None
                     g_b = _total(b.sum((2, 3)) for _, b in calls) if bias is not None else None
-                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None))
-                    parts.append(("sample", g_w, g_b))
+                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None) * factor**2)
+                    parts.append(("sample", g_w, g_b, factor))
                     continue
                 steps, width_in, width_out = calls[0][0].shape[1], calls[0][0].shape[2], calls[0][1].shape[2]
                 if len(calls) == 1 and steps * steps * (width_in + width_out) < 2 * width_in * width_out:
@@ -222,13 +227,13 @@ class GhostClipper:
                         )
                     if bias is not None:
                         norm2 = norm2 + b.sum(1).pow(2).sum(1)
-                    sq.append(norm2)
-                    parts.append(("gram", a, b))
+                    sq.append(norm2 * factor**2)
+                    parts.append(("gram", a, b, factor))
                 else:  # per-sample gradients of this layer only, summed over its calls
                     g_w = _total(torch.bmm(b.transpose(1, 2), a) for a, b in calls) if w is not None else None
                     g_b = _total(b.sum(1) for _, b in calls) if bias is not None else None
-                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None))
-                    parts.append(("sample", g_w, g_b))
+                    sq.append(_total(_sq_norms(g) for g in (g_w, g_b) if g is not None) * factor**2)
+                    parts.append(("sample", g_w, g_b, factor))
             out.append((torch.cat(sq), [w, bias, parts]))
         return out
 
@@ -250,9 +255,9 @@ class GhostClipper:
             factors = (max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
             for _, (w, bias, parts) in terms:
                 start = 0
-                for kind, x, y in parts:
+                for kind, x, y, factor in parts:
                     rows = len(x) if x is not None else len(y)
-                    c = factors[start : start + rows].to(sums[id(w if w is not None else bias)].dtype)
+                    c = factors[start : start + rows].to(sums[id(w if w is not None else bias)].dtype) * factor
                     start += rows
                     if kind == "gram":  # x: A [n, T, in], y: B [n, T, out]
                         cb = y * c.view(-1, 1, 1)
