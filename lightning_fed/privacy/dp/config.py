@@ -77,7 +77,8 @@ class DPConfig:
             (:mod:`~lightning_fed.privacy.dp.ghost`; Linear and Conv2d layers only); ``"hooks"``: Opacus'
             per-sample gradients (``p.grad_sample``), any layer Opacus supports; ``"auto"`` (default): ``"ghost"``
             when every layer with trainable parameters is a Linear or a Conv2d, else ``"hooks"``. Both give the
-            same step up to float rounding (same clip factors, noise and accounting).
+            same step up to float rounding (same clip factors, noise and accounting). With ``"ghost"`` the
+            non-private gradients are never formed: ``p.grad`` stays ``None`` between ``backward()`` and the step.
         seed: seeds the noise (``None``: ``torch.initial_seed()``, so ``seed_everything`` drives it). Seeded
             pseudo-random noise suits research and simulation, not deployment (see Opacus' ``secure_mode``).
     """
