@@ -276,6 +276,7 @@ def test_the_cli_trains_deployed_sites_from_a_yaml_list_of_addresses(training_si
         "data:\n  class_path: lightning_fed.data.sites.SiteDataModule\n  init_args:\n"
         f"    sites: [{addresses}]\n    certs: {federation}\n    dataset: mnist-train\n    batch_size: 8\n"
         "trainer:\n  max_epochs: 1\n  logger: false\n  enable_checkpointing: false\n  enable_progress_bar: false\n"
+        f"  default_root_dir: {tmp_path}\n"  # LightningCLI saves its config.yaml there, not in the working directory
     )
     assert main(["fit", "--config", str(config)]) == 0, capsys.readouterr().err[-2000:]
     after = {s.id: len([r for r in s.audit_log if r.kind == "update"]) for s in sites}
