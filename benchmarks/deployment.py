@@ -40,14 +40,9 @@ from lightning_fed.data.sites import SiteDataModule
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.transport import RemoteWorker
 from lightning_fed.transport.certificates import make_federation
-from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
+from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD, write_idx
 
 ACCEPTED = "lightning_fed.models.MNISTClassifier"
-
-
-def write_idx(path: Path, values: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, values.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in values.shape)
-    path.write_bytes(header + values.astype(np.uint8).tobytes())
 
 
 def site_arrays(k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, site in enumerate(ids):
             images, labels = site_arrays(k, args.per_site)
             (root / site).mkdir()
-            write_idx(root / site / "train-images-idx3-ubyte", images)
-            write_idx(root / site / "train-labels-idx1-ubyte", labels)
+            write_idx(root / site / "train-images-idx3-ubyte", torch.from_numpy(images))
+            write_idx(root / site / "train-labels-idx1-ubyte", torch.from_numpy(labels))
             parts.append(as_tensors(images, labels))
         sites = start_sites(root, ids, root / "certs")
         try:

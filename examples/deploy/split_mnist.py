@@ -10,19 +10,12 @@ server keeps only the public test set.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 from pathlib import Path
 
 import torch
 
-from lightning_fed.transport.site_data import read_idx
-
-
-def write_idx(path: Path, values: torch.Tensor) -> None:
-    """A uint8 tensor as an IDX file (the header: zero, the uint8 code 0x08, the rank, then each dimension)."""
-    header = struct.pack(">HBB", 0, 0x08, values.dim()) + struct.pack(f">{values.dim()}I", *values.shape)
-    path.write_bytes(header + values.contiguous().numpy().tobytes())
+from lightning_fed.transport.site_data import read_idx, write_idx
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,10 @@ import sys
 import time
 
 import lightning.pytorch as pl
-from torch.utils.data import TensorDataset
 
 from lightning_fed import FederatedStrategy
 from lightning_fed.data.sites import SiteDataModule
 from lightning_fed.models import MNISTClassifier
-from lightning_fed.transport import RemoteWorker
-from lightning_fed.transport.site_data import DatasetSpec, load_mnist
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.5)
     args = parser.parse_args(argv)
-    sites = [RemoteWorker(text.split("=", 1)[0], text.split("=", 1)[1], certs=args.certs, timeout=3600)
-             for text in args.site]  # fmt: skip
-    test = TensorDataset(*load_mnist(DatasetSpec("mnist-test", mnist=args.mnist_test, split="test")))
-    data = SiteDataModule(sites, "mnist-train", batch_size=args.batch_size, shuffle=True, seed=0, test_dataset=test)
+    data = SiteDataModule(args.site, "mnist-train", batch_size=args.batch_size, shuffle=True, seed=0, certs=args.certs,
+                          test_mnist=args.mnist_test)  # fmt: skip
+    sites = data.sites
     pl.seed_everything(0)
     model = MNISTClassifier(lr=args.lr, momentum=args.momentum)
     trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=args.rounds, logger=False,

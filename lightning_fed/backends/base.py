@@ -27,7 +27,7 @@ from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.pointer_tensor import refs_of
 from lightning_fed.rounds.lifecycle import Rounds
-from lightning_fed.rounds.releases import audit, by_id, releases_scalars
+from lightning_fed.rounds.releases import audit, releases_scalars
 from lightning_fed.rounds.stats import batch_size_of
 from lightning_fed.workers.base import BaseWorker
 from lightning_fed.workers.session import WorkerSession
@@ -99,7 +99,7 @@ class Backend:
         means = self.rounds.losses.means_by_worker()
         if not means:
             return
-        workers = by_id(self.loader.workers) if self.loader is not None else {}
+        workers = {w.id: w for w in self.loader.workers} if self.loader is not None else {}
         for worker_id in means:
             if worker_id in workers:
                 audit(workers[worker_id], "scalar", "log", "release_scalars", ())

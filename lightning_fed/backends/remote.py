@@ -37,6 +37,7 @@ from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.privacy.dp import DPAggregator
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.transport.training import TrainRequest
 
@@ -76,8 +77,7 @@ def constructor_args(module: Any) -> dict[str, Any]:
 def central_dp(part: Aggregator) -> bool:
     """Client-level DP with the noise added by the server (``DPConfig(noise="server")``): the server is trusted with
     each worker's update, so clipping it there (as the simulation does in this process) changes nothing."""
-    config = getattr(part, "config", None)
-    return type(part).__name__ == "DPAggregator" and getattr(config, "noise", None) == "server"
+    return isinstance(part, DPAggregator) and part.config.noise == "server"
 
 
 class RemoteBackend(SequentialBackend):

@@ -87,6 +87,14 @@ def _check_tensors_only(batch: Any, where: str = "batch") -> None:
         )
 
 
+def check_batching(batch_size: Any, seed: Any) -> None:
+    """``batch_size`` is an integer >= 1 and ``seed`` an integer >= 0; else an error naming the argument."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer >= 0.")
+
+
 class EpochClock:
     """The epoch a loader shuffles for. Lightning's fit loop calls ``loader.sampler.set_epoch(epoch)``."""
 
@@ -134,12 +142,9 @@ class FederatedDataLoader:
                 f"`federated_dataset` must be a FederatedDataset, got {type(federated_dataset).__name__}: "
                 "split the dataset first with `dataset.federate(workers)` or lightning_fed.data.federate()."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
+        check_batching(batch_size, seed)
         if order not in _ORDERS:
             raise FederatedConfigError(f"`order={order!r}` is not valid: choose one of {_ORDERS}.")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer >= 0.")
         self.federated_dataset = federated_dataset
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)

@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_fed.data.loader import EpochClock, FederatedDataLoader
+from lightning_fed.data.loader import EpochClock, FederatedDataLoader, check_batching
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.workers.base import BaseWorker
 
@@ -74,10 +74,7 @@ class SiteLoader(FederatedDataLoader):
                 f"`sites={sites!r}` is not valid: pass the remote workers of the federation (RemoteWorker(...)); "
                 "for simulated workers use FederatedDataModule."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise FederatedConfigError(f"`batch_size={batch_size!r}` is not valid: pass an integer >= 1.")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise FederatedConfigError(f"`seed={seed!r}` is not valid: pass an integer >= 0.")
+        check_batching(batch_size, seed)
         lengths = []
         for site in sites:
             found = site.hello().get("lengths", {})

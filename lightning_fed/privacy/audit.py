@@ -80,6 +80,19 @@ class AuditLog:
         """The records whose fields equal the given values, e.g. ``log.filter(command="move")``."""
         return [r for r in self.records if all(getattr(r, k) == v for k, v in fields.items())]
 
+    def note(self, worker_id: Hashable, kind: str, command: str, rule: str, shape: tuple[int, ...] | None = None,
+             destination: Hashable | None = "server") -> None:  # fmt: skip
+        """Record that a ``kind`` ("update", "scalar") left worker ``worker_id`` by ``command`` under ``rule``, outside
+        a pointer's request (federated training's updates and logged losses).
+
+        Example:
+            >>> log = AuditLog(); log.note("w", "update", "aggregate", "release_model", (3,))
+            >>> [(r.kind, r.rule, r.destination) for r in log]
+            [('update', 'release_model', 'server')]
+        """
+        request = ReleaseRequest(worker_id, 0, kind, shape, None, command, destination, private=kind == "scalar")
+        self.records.append(record(request, rule))
+
     def clear(self) -> None:
         self.records.clear()
         self.refused.clear()

@@ -57,16 +57,22 @@ def label_names(bits: int) -> str:
     return "+".join(names) or "public"
 
 
-def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
-    """The tensors in ``obj`` (nested in tuples, lists, dicts, and structseqs such as ``torch.return_types.max``)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
+def leaves(obj: Any) -> Iterator[Any]:
+    """The leaves of ``obj``: what it holds nested in tuples, lists, dicts and structseqs (``torch.return_types.max``);
+    a tensor is a leaf."""
+    if isinstance(obj, (tuple, list)):
         for item in obj:
-            yield from tensors_in(item)
+            yield from leaves(item)
     elif type(obj) is dict:
         for item in obj.values():
-            yield from tensors_in(item)
+            yield from leaves(item)
+    else:
+        yield obj
+
+
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``obj`` (see :func:`leaves`)."""
+    return (leaf for leaf in leaves(obj) if isinstance(leaf, torch.Tensor))
 
 
 class StorageLabels:

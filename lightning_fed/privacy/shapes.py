@@ -18,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from lightning_fed.privacy.labels import leaves
 
 # the result shape depends on the values of any input
 _VALUE_SHAPED = frozenset(
@@ -114,14 +116,6 @@ def plain_value_reason(name: str, result: Any) -> str | None:
     return None
 
 
-def _plain_values(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _plain_values(item)
-    elif type(obj) is dict:
-        for item in obj.values():
-            yield from _plain_values(item)
-    else:
-        yield obj
+def _plain_values(obj: Any) -> Iterator[Any]:
+    """The leaves of ``obj`` that are not tensors."""
+    return (leaf for leaf in leaves(obj) if not isinstance(leaf, torch.Tensor))

@@ -23,18 +23,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.wrapper import aggregator_chain
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.privacy.audit import ReleaseRequest, record
+from lightning_fed.secure_aggregation import SecureAggregator
 
 
 def is_masked(aggregator: Aggregator) -> bool:
     """Whether updates leave workers masked (secure aggregation is in the aggregator chain)."""
-    return any(type(a).__name__ == "SecureAggregator" for a in aggregator_chain(aggregator))
+    return any(isinstance(a, SecureAggregator) for a in aggregator_chain(aggregator))
 
 
 def update_rule(aggregator: Aggregator) -> str:
@@ -63,16 +63,11 @@ def releases_scalars(worker: Any) -> bool:
     return policy is None or policy.release_scalars
 
 
-def audit(
-    worker: Any, kind: str, command: str, rule: str, shape: tuple[int, ...] | None = None, obj_id: int = 0
-) -> None:
-    """Record in ``worker``'s audit log that a ``kind`` ("update", "scalar") left it by ``command`` under ``rule``."""
-    log = getattr(worker, "audit_log", None)
-    if log is None:
+def audit(worker: Any, kind: str, command: str, rule: str, shape: tuple[int, ...] | None = None) -> None:
+    """Record in ``worker``'s audit log that a ``kind`` ("update", "scalar") left it by ``command`` under ``rule``. A
+    remote site audits its own releases (its log lives at the site): nothing is recorded, or fetched, here."""
+    if getattr(worker, "remote", False):
         return
-    request = ReleaseRequest(worker.id, obj_id, kind, shape, None, command, "server", private=kind == "scalar")
-    log.records.append(record(request, rule))
-
-
-def by_id(workers: Iterable[Any]) -> dict[Hashable, Any]:
-    return {w.id: w for w in workers}
+    log = getattr(worker, "audit_log", None)
+    if log is not None:
+        log.note(worker.id, kind, command, rule, shape)

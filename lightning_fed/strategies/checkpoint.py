@@ -33,6 +33,8 @@ from torch import Tensor
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.wrapper import aggregator_chain
 from lightning_fed.exceptions import CheckpointMismatchError
+from lightning_fed.privacy.dp import find_dp
+from lightning_fed.secure_aggregation import SecureAggregator
 from lightning_fed.workers.sealing import KeyFiles, seal, unseal
 
 _FIELDS = {
@@ -48,8 +50,8 @@ def fingerprint(worker_ids: Iterable[Hashable], mode: str, aggregator: Aggregato
     """The federation a checkpoint belongs to: sorted worker ids, the mode, the inner aggregation, the secure
     aggregation and DP configurations (their ``repr``; ``None`` when off)."""
     chain = list(aggregator_chain(aggregator))
-    secure = next((a for a in chain if type(a).__name__ == "SecureAggregator"), None)
-    dp = next((a for a in chain if type(a).__name__ in ("DPAggregator", "DPSGDAggregator")), None)
+    secure = next((a for a in chain if isinstance(a, SecureAggregator)), None)
+    dp = find_dp(aggregator)
     return {
         "workers": sorted(str(w) for w in worker_ids),
         "mode": mode,

@@ -39,7 +39,6 @@ import grpc
 import torch
 
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
-from lightning_fed.privacy.audit import ReleaseRequest, record
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
@@ -192,9 +191,9 @@ class SiteWorker:
         data, targets = (self.worker.objects[i] for i in ids)
         answer = self.training.train(request, data, targets, release_scalars=policy.release_scalars)
         numel = sum(t.numel() for t in answer["state"].values())
-        audit(self.worker, "update", "train", "release_model", (numel,))
+        self.worker.audit_log.note(self.id, "update", "train", "release_model", (numel,))
         if answer["loss_sum"] is not None:
-            audit(self.worker, "scalar", "train", "release_scalars", ())
+            self.worker.audit_log.note(self.id, "scalar", "train", "release_scalars", ())
         log.info("round %d: trained %s for %d steps on %r; sent its model (%d values)", request.round_index,
                  request.model, answer["steps"], request.dataset, numel)  # fmt: skip
         return answer
@@ -309,9 +308,3 @@ class SiteServer:
             if size is not None and len(buffer) > size:
                 raise WireError(f"a request is malformed: it declares {size} bytes but sends more.")
         return bytes(buffer)
-
-
-def audit(worker: VirtualWorker, kind: str, command: str, rule: str, shape: tuple[int, ...]) -> None:
-    """Record in the site's audit log that a ``kind`` left it to the server by ``command`` under ``rule``."""
-    request = ReleaseRequest(worker.id, 0, kind, shape, None, command, "server", private=kind == "scalar")
-    worker.audit_log.records.append(record(request, rule))

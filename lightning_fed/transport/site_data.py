@@ -151,6 +151,12 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(shape)
 
 
+def write_idx(path: Path, values: torch.Tensor) -> None:
+    """A uint8 tensor as an IDX file (what :func:`read_idx` reads): zero, the uint8 code, the rank, each dimension."""
+    header = struct.pack(">HBB", 0, 0x08, values.dim()) + struct.pack(f">{values.dim()}I", *values.shape)
+    path.write_bytes(header + values.to(torch.uint8).contiguous().numpy().tobytes())
+
+
 def load_mnist(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images (N, 1, 28, 28) float32 normalized, labels (N,) int64)`` from an MNIST folder (the IDX files,
     extracted or ``.gz``)."""

@@ -7,6 +7,7 @@ model-sized both ways; a site refuses a model class its operator did not accept.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -143,59 +144,71 @@ def test_remote_sites_refuse_aggregators_that_run_code_at_the_worker(training_si
     check_remote_aggregator(FederatedStrategy(aggregation="fedyogi").aggregator)  # server-side: accepted
 
 
+class _Dave:
+    """A plaintext site on a fixed loopback port that a test kills and restarts at the same address."""
+
+    def __init__(self, tmp_path, num_train: int, seed: int, extra: tuple[str, ...] = (), timeout: float = 60) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        folder = tmp_path / "dave"
+        write_mnist_raw(folder, num_train=num_train, num_test=4, seed=seed, gz=False)
+        self.args = ["--listen", f"127.0.0.1:{port}", "--data", f"mnist-train={folder}", "--insecure",
+                     "--accept-model", ACCEPTED, *extra]  # fmt: skip
+        self.log = tmp_path / "dave.log"
+        self.procs = [self._start()]
+        self.worker = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=timeout)
+
+    def _start(self) -> subprocess.Popen:
+        proc = launch("dave", self.args, self.log)
+        wait_listening("dave", proc, self.log, time.monotonic() + STARTUP_S)
+        return proc
+
+    def kill(self) -> None:
+        self.procs[-1].kill()
+        self.procs[-1].wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start it again and wait until the server's channel reaches it (its backoff is about 2 s)."""
+        self.procs.append(self._start())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.worker.hello()
+                return
+            except LightningFedError:
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
 def test_a_killed_site_is_left_out_and_rejoins_after_a_restart(training_sites, federation, tmp_path):
     """Dave is killed after round 0; round 1 completes with alice (min_clients=1, tolerate_failures=True). Dave
     restarts on its address before round 2 and trains in it again."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = tmp_path / "dave"
-    write_mnist_raw(folder, num_train=16, num_test=4, seed=9, gz=False)
-    args = [
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data",
-        f"mnist-train={folder}",
-        "--insecure",
-        "--accept-model",
-        ACCEPTED,
-    ]
-
-    def start() -> object:
-        proc = launch("dave", args, tmp_path / "dave.log")
-        wait_listening("dave", proc, tmp_path / "dave.log", time.monotonic() + STARTUP_S)
-        return proc
-
-    procs = [start()]
+    dave = _Dave(tmp_path, num_train=16, seed=9, timeout=20)
     alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
-    dave = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=20)
 
     class Faults(pl.Callback):
         def on_train_epoch_end(self, trainer, module):
             if trainer.current_epoch == 0:
-                procs[-1].kill()
-                procs[-1].wait(timeout=10)
+                dave.kill()
             if trainer.current_epoch == 1:
-                procs.append(start())
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:  # the channel reconnects within its backoff (about 2 s)
-                    try:
-                        dave.hello()
-                        break
-                    except LightningFedError:
-                        time.sleep(0.3)
+                dave.restart()
 
     strategy = FederatedStrategy(tolerate_failures=True, min_clients=1)
     trainer = pl.Trainer(strategy=strategy, max_epochs=3, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Faults()])  # fmt: skip
     try:
         with pytest.warns(UserWarning, match=r"worker 'dave' failed"):
-            trainer.fit(MNISTClassifier(lr=0.05), datamodule=SiteDataModule([alice, dave], "mnist-train", batch_size=8))
+            trainer.fit(
+                MNISTClassifier(lr=0.05), datamodule=SiteDataModule([alice, dave.worker], "mnist-train", batch_size=8)
+            )
     finally:
-        for proc in procs:
-            stop(proc)
+        dave.stop()
     summary = strategy.worker_summary()
     assert strategy.round_index == 3
     assert summary["dave"]["failed"] == 1 and summary["dave"]["steps"] == 2 * 2  # rounds 0 and 2, 16 images each
@@ -207,56 +220,24 @@ def test_a_site_restarted_between_rounds_goes_on_from_its_own_state(training_sit
     """Dave is killed after round 0 and restarted before round 1 (it misses nothing). With --state-dir it reloads its
     optimizer state (momentum) from its own disk and the run equals the simulation; without, the momentum is lost and
     the run differs (the oracle can fail)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = tmp_path / "dave"
-    write_mnist_raw(folder, num_train=SIZES["bob"], num_test=4, seed=SEEDS["bob"], gz=False)  # bob's data, as dave
-    args = [
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data",
-        f"mnist-train={folder}",
-        "--insecure",
-        "--accept-model",
-        ACCEPTED,
-    ]
-    args += ["--state-dir", str(tmp_path / "dave-state")] if keep_state else []
-
-    def start() -> object:
-        proc = launch("dave", args, tmp_path / "dave.log")
-        wait_listening("dave", proc, tmp_path / "dave.log", time.monotonic() + STARTUP_S)
-        return proc
-
-    procs = [start()]
+    extra = ("--state-dir", str(tmp_path / "dave-state")) if keep_state else ()
+    dave = _Dave(tmp_path, num_train=SIZES["bob"], seed=SEEDS["bob"], extra=extra)  # bob's data, as dave
     alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
-    dave = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=60)
 
     class Restart(pl.Callback):
         def on_train_epoch_end(self, trainer, module):
             if trainer.current_epoch == 0:
-                procs[-1].kill()
-                procs[-1].wait(timeout=10)
-                procs.append(start())
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    try:
-                        dave.hello()
-                        break
-                    except LightningFedError:
-                        time.sleep(0.3)
+                dave.kill()
+                dave.restart()
 
     try:
         torch.manual_seed(0)
         model = MNISTClassifier(lr=0.05, momentum=0.5)
         trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=2, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, callbacks=[Restart()])  # fmt: skip
-        trainer.fit(model, datamodule=SiteDataModule([alice, dave], "mnist-train", batch_size=8, seed=3))
+        trainer.fit(model, datamodule=SiteDataModule([alice, dave.worker], "mnist-train", batch_size=8, seed=3))
     finally:
-        for proc in procs:
-            stop(proc)
+        dave.stop()
     deployed = {k: v.detach() for k, v in model.state_dict().items()}
     simulated, _ = _fit(_Simulated(seed=3), "fedavg")
     diff = max((deployed[k].double() - simulated[k].double()).abs().max().item() for k in deployed)
