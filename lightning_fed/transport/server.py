@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 import torch
 
-from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError, WorkerError
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
@@ -189,7 +189,17 @@ class SiteWorker:
         if ids is None:
             raise WorkerError(f"worker {self.id!r} has no dataset {request.dataset!r}: it has {sorted(self.datasets)}.")
         data, targets = (self.worker.objects[i] for i in ids)
-        answer = self.training.train(request, data, targets, release_scalars=policy.release_scalars)
+        try:
+            answer = self.training.train(request, data, targets, release_scalars=policy.release_scalars)
+        except Exception as err:
+            if isinstance(err, LightningFedError) or policy.release_data:
+                raise
+            log.warning("round %d: training %s failed: %s: %s", request.round_index, request.model,
+                        type(err).__name__, err)  # fmt: skip
+            raise WorkerError(  # raised outside the except block: no chained error carries the message either
+                f"worker {self.id!r} failed to train {request.model}: {type(err).__name__} (details withheld: it ran "
+                "on the site's data, and the message could contain its values; the site's log has them)."
+            ) from None
         numel = sum(t.numel() for t in answer["state"].values())
         self.worker.audit_log.note(self.id, "update", "train", "release_model", (numel,))
         if answer["loss_sum"] is not None:

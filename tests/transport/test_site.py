@@ -136,3 +136,45 @@ def test_the_worker_program_reads_a_config_file(tmp_path, capsys, monkeypatch):
     args = worker_main.build_parser().parse_args(["--id", "alice", "--insecure", "--config", str(config)])
     server = worker_main.build_server(args)
     assert server.site.datasets.keys() == {"survey"} and server.listen == "127.0.0.1:50051"
+
+
+def _train_request(model_name: str, model, batches):
+    from lightning_fed.transport.training import TrainRequest
+
+    return TrainRequest("run1", model_name, dict(model.hparams), model.state_dict(), "toy", batches, 0, False)
+
+
+def test_a_sites_training_releases_only_what_its_policy_allows():
+    """A round at a site: its model leaves only under release_model (audited), its loss only under release_scalars,
+    and the error of a training step on its data keeps the data's values at the site."""
+    from lightning_fed.privacy import DataAccessPolicy
+    from lightning_fed.testing import BoringClassifier
+
+    name = "lightning_fed.testing.BoringClassifier"
+    data, targets = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+
+    def site(policy):
+        made = SiteWorker("toy-site", policy=policy, accepted_models={name: BoringClassifier})
+        made.add_dataset("toy", data, targets)
+        return made
+
+    model = BoringClassifier(4, 2)
+    keeps_updates = site(DataAccessPolicy(release_model=False))
+    with pytest.raises(PermissionDeniedError, match=r"'toy-site' keeps its model updates \(release_model=False\)"):
+        decode_answer(keeps_updates.handle(encode_request(_train_request(name, model, [[0, 1]]))))
+    keeps_scalars = site(DataAccessPolicy(release_scalars=False))
+    answer = decode_answer(keeps_scalars.handle(encode_request(_train_request(name, model, [[0, 1], [2, 3]]))))
+    assert answer["loss_sum"] is None and answer["steps"] == 2
+    assert [(r.kind, r.rule) for r in keeps_scalars.worker.audit_log] == [("update", "release_model")]
+    strict = site("strict")
+    answer = decode_answer(strict.handle(encode_request(_train_request(name, model, [[0, 1]]))))
+    assert answer["loss_sum"] is not None and [r.rule for r in strict.worker.audit_log] == [
+        "release_model",
+        "release_scalars",
+    ]
+    # a failing step on the site's data (an out-of-range target, which torch would quote) keeps its message home
+    bad_targets = SiteWorker("toy-site", accepted_models={name: BoringClassifier})
+    bad_targets.add_dataset("toy", data, torch.tensor([0, 1, 7, 1]))
+    with pytest.raises(WorkerError, match=r"failed to train .*BoringClassifier: IndexError \(details withheld") as err:
+        decode_answer(bad_targets.handle(encode_request(_train_request(name, model, [[2, 3]]))))
+    assert "7" not in str(err.value)
