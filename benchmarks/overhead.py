@@ -73,9 +73,9 @@ class _StepClock(pl.Callback):
         return (self.end - self.start) / max(1, self.steps - 1) if self.start is not None else float("nan")
 
 
-def _trainer(callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+def _trainer(callbacks: list[pl.Callback], accelerator: str = "cpu", **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,

@@ -60,16 +60,24 @@ def load_data(args: argparse.Namespace, num_clients: int) -> TensorDataset:
     return mnist_like(args.data_root, num_clients * args.samples_per_client)
 
 
-def fit_strategy(dataset: TensorDataset, args: argparse.Namespace, vectorize: bool, clients: int, per_round: int,
-                 rounds: int) -> tuple[float, pl.LightningModule]:  # fmt: skip
+def fit_strategy(
+    dataset: TensorDataset,
+    args: argparse.Namespace,
+    vectorize: bool,
+    clients: int,
+    per_round: int,
+    rounds: int,
+    trainer_kw: dict[str, Any] | None = None,
+) -> tuple[float, pl.LightningModule]:
+    """Fit FedAvg on ``dataset``; ``trainer_kw`` overrides the Trainer's arguments (``accelerator``, ``callbacks``)."""
     data = FederatedDataModule.from_datasets(dataset, workers=clients, batch_size=args.batch_size, seed=0)
     torch.manual_seed(0)
     model = Classifier(architecture="mcmahan_2nn", lr=args.lr)
-    trainer = pl.Trainer(
-        strategy=FederatedStrategy(clients_per_round=per_round, vectorize=vectorize, seed=0), accelerator="cpu",
-        devices=1, max_epochs=rounds, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = pl.Trainer(**{
+        "strategy": FederatedStrategy(clients_per_round=per_round, vectorize=vectorize, seed=0), "accelerator": "cpu",
+        "devices": 1, "max_epochs": rounds, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0, **(trainer_kw or {}),
+    })  # fmt: skip
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     return time.perf_counter() - start, model

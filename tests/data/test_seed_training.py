@@ -94,6 +94,7 @@ def test(model, device, test_loader):
 test.__test__ = False  # the seed's evaluation function, not a pytest test
 
 
+@pytest.mark.cuda  # the seed's use_cuda=True: on the GPU when there is one
 def test_seed_training_runs_verbatim(tmp_path, hook, capsys):
     write_mnist_raw(tmp_path, num_train=256, num_test=64, gz=False)  # extracted: torchvision needs no download
     root = str(tmp_path)

@@ -388,6 +388,7 @@ def test_model_loop_keeps_the_store_empty_and_memory_flat(alice: VirtualWorker, 
 
 
 # -- GPU -------------------------------------------------------------------------------------------------------------
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("optimizer_name", list(OPTIMIZERS))
 def test_seed_loop_on_cuda_equals_plain_pytorch(hook: sy.TorchHook, optimizer_name: str) -> None:

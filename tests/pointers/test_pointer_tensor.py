@@ -598,6 +598,7 @@ def test_pointer_outliving_its_worker_does_not_raise() -> None:
 
 
 # -- GPU -------------------------------------------------------------------------------------------------------------
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_runs_at_the_worker(alice: VirtualWorker) -> None:
     p = sy.send(torch.tensor([1.0, 2.0]), alice)

@@ -304,6 +304,7 @@ def test_plan_cohorts_groups_workers_by_optimizer_state_signature():
     assert "batches=1/2" in repr(VectorStep(cohorts[0], 0, [object(), None]))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_vectorized_equals_sequential_on_gpu():
     kw = dict(optimizer="adam", partition="quantity_skew", trainer_kw=dict(accelerator="gpu", devices=1))
