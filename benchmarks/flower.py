@@ -65,6 +65,7 @@ from benchmarks.common import (
     ratios,
     summary,
 )
+from benchmarks.pfl_contender import pfl_available, run_pfl
 
 # Flower's ClientApp runs in Ray actor processes, which import this module (as ``benchmarks.flower``) to find the
 # train function: so nothing here imports Lightning at module level (a Flower app's own code would not), and the
@@ -96,14 +97,37 @@ class McMahan2NN(nn.Module):
         return F.log_softmax(self.net(x), dim=1)
 
 
-MODELS: dict[str, type[nn.Module]] = {"seed_cnn": SeedCNN, "mcmahan_2nn": McMahan2NN}
+class PflCNN(nn.Module):
+    """pfl-research's benchmark CNN (``simple_cnn`` of its ``benchmarks/model/pytorch/cnn.py``, used for its CIFAR-10
+    cross-device benchmark) for 28 x 28 x 1 inputs: 3x3 conv 32, ReLU, 3x3 conv 64, ReLU, 2x2 max-pool, dropout 0.25,
+    FC 128, ReLU, dropout 0.5, FC 10, with Glorot-uniform weights (1,199,882 parameters). The seed's CNN plus the two
+    dropouts and pfl's initialisation; a log-softmax output here, so that the NLL loss every contender uses is pfl's
+    cross-entropy of the logits. Not in lightning_fed.models: lightning_fed trains it as ``MNISTClassifier.net``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Dropout(0.25), nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(),
+                                 nn.Dropout(0.5), nn.Linear(128, 10))  # fmt: skip
+        for module in self.net:
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(x), dim=1)
+
+
+MODELS: dict[str, type[nn.Module]] = {"seed_cnn": SeedCNN, "mcmahan_2nn": McMahan2NN, "pfl_cnn": PflCNN}
+COPIES = ("seed_cnn", "mcmahan_2nn")  # the MODELS that copy lightning_fed.models' architectures
 
 
 def check_same_models() -> None:
     """The copies above have lightning_fed's parameters and compute the same outputs from the same weights."""
     from lightning_fed import models
 
-    for name, copy in MODELS.items():
+    for name in COPIES:
+        copy = MODELS[name]
         ours = models._ARCHITECTURES[name]()
         mine = copy()
         theirs = ours.state_dict()
@@ -191,6 +215,14 @@ def prepare(w: Workload, mnist: tuple[torch.Tensor, ...] | None, args: argparse.
 # -- the client's work, shared by Flower's ClientApp and the plain loop ------------------------------------------------
 def shuffle_generator(seed: int, round_index: int, client: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0]))
+
+
+def shuffled_order(n: int, seed: int, round_index: int, client: int) -> torch.Tensor:
+    """The order in which ``local_train``'s DataLoader visits a client's ``n`` samples in that round (its shuffling
+    draws from the generator as the DataLoader itself does: the DataLoader is used)."""
+    loader = DataLoader(range(n), batch_size=max(n, 1), shuffle=True,
+                        generator=shuffle_generator(seed, round_index, client))  # fmt: skip
+    return torch.cat(list(loader)) if n else torch.zeros(0, dtype=torch.long)
 
 
 def local_train(model: nn.Module, dataset: TensorDataset, *, batch_size: int, lr: float, epochs: int,
@@ -360,7 +392,11 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
         return parts
 
     start, cpu_start = time.perf_counter(), time.thread_time()
-    model = MNISTClassifier(architecture=w.model, lr=w.lr)
+    if w.model in COPIES:
+        model = MNISTClassifier(architecture=w.model, lr=w.lr)
+    else:  # a benchmark-only architecture (pfl's CNN): the same LightningModule around it
+        model = MNISTClassifier(lr=w.lr)
+        model.net = MODELS[w.model]()
     model.net.load_state_dict(data.init_state)
     datamodule = FederatedDataModule.from_datasets(
         TensorDataset(data.x, data.y), workers=w.clients, partition=given_partition, batch_size=w.batch_size,
@@ -399,12 +435,14 @@ def run_plain(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, An
 # name -> function(workload, data, args) returning {"wall_s": seconds, "state": final global state_dict, ...}
 CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, Any]]] = {
     "flower": run_flower,
+    "pfl": run_pfl,
     "lightning_fed": run_lightning_fed,
     "lightning_fed_vectorized": lambda w, data, args: run_lightning_fed(w, data, args, vectorize=True),
     "plain": run_plain,
 }
-RATIOS = [("flower", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
-          ("flower", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain")]  # fmt: skip
+RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
+          ("pfl", "plain"), ("flower", "pfl"), ("flower", "lightning_fed_vectorized"),
+          ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain")]  # fmt: skip
 
 
 @torch.no_grad()
@@ -444,9 +482,10 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
         results[name].update({k: v for k, v in runs[-1].items() if k not in ("wall_s", "test_acc")})
         if name == "flower":  # the same, without Ray's and the actors' start-up
             results[name]["after_startup_s_all"] = [r["wall_s"] - r["startup_s"] for r in runs]
-    if "flower" in names and "plain" in names:  # same clients, batches and sums: the weights should agree
-        diff = max(float((states["flower"][k] - v).abs().max()) for k, v in states["plain"].items())
-        results["flower"]["max_abs_diff_vs_plain"] = f"{diff:.2g}"  # a string: the JSON line rounds floats
+    for name in ("flower", "pfl"):  # same clients, batches and sums as plain: the weights should agree
+        if name in names and "plain" in names:
+            diff = max(float((states[name][k] - v).abs().max()) for k, v in states["plain"].items())
+            results[name]["max_abs_diff_vs_plain"] = f"{diff:.2g}"  # a string: the JSON line rounds floats
     out: dict[str, Any] = {"workload": dataclasses.asdict(w), "data": data.source, "train_samples": len(data.x),
                            "schedule": data.schedule, "results": results, "ratios": {}}  # fmt: skip
     for num, den in RATIOS:
@@ -495,8 +534,9 @@ def print_workload(record: dict[str, Any]) -> None:
     print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes (last repeat)"], rows))
     for key, r in record["ratios"].items():
         print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f})")
-    if "flower" in res and "plain" in res:
-        print(f"max |weight difference| flower vs plain: {res['flower'].get('max_abs_diff_vs_plain')}")
+    for name in ("flower", "pfl"):
+        if name in res and "plain" in res:
+            print(f"max |weight difference| {name} vs plain: {res[name].get('max_abs_diff_vs_plain')}")
 
 
 def git_state() -> dict[str, Any]:
@@ -528,7 +568,7 @@ def flower_available() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data", help="holds MNIST/raw (the four .gz files)")
-    parser.add_argument("--workloads", nargs="+", default=["A", "B"], choices=["A", "B"])
+    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     parser.add_argument("--repeats", type=int, default=1, help="runs per contender, interleaved (A B C, C B A, ...)")
     parser.add_argument("--seed", type=int, default=0)
@@ -547,6 +587,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b-lr", type=float, default=0.05)
     parser.add_argument("--b-local-epochs", type=int, default=1)
     parser.add_argument("--b-rounds", type=int, default=5)
+    parser.add_argument("--c-clients", type=int, default=1000)
+    parser.add_argument("--c-samples-per-client", type=int, default=50)
+    parser.add_argument("--c-clients-per-round", type=int, default=50)
+    parser.add_argument("--c-batch-size", type=int, default=10)
+    parser.add_argument("--c-lr", type=float, default=0.1, help="workload C (pfl's CIFAR-10 benchmark's local lr)")
+    parser.add_argument("--c-local-epochs", type=int, default=1)
+    parser.add_argument("--c-rounds", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the top N cProfile rows of an extra run of each non-Flower contender")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes, a few seconds (plus Ray's start)")
@@ -554,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.a_rounds, args.b_rounds, args.b_clients, args.b_clients_per_round = 1, 2, 10, 3
         args.samples_per_client = 20
+        args.c_clients, args.c_samples_per_client, args.c_clients_per_round, args.c_rounds = 12, 10, 4, 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     info = machine_info()
@@ -566,11 +614,16 @@ def main(argv: list[str] | None = None) -> int:
     flwr_version = flower_available() if "flower" in names else None
     if flwr_version is None and "flower" in names:
         names.remove("flower")
+    pfl_version = pfl_available() if "pfl" in names else None
+    if pfl_version is None and "pfl" in names:
+        names.remove("pfl")
     workloads = {
         "A": Workload("A", "seed_cnn", args.a_clients, 32 if args.smoke else None, args.a_clients, args.a_batch_size,
                       args.a_lr, args.a_local_epochs, args.a_rounds),
         "B": Workload("B", "mcmahan_2nn", args.b_clients, args.samples_per_client, args.b_clients_per_round,
                       args.b_batch_size, args.b_lr, args.b_local_epochs, args.b_rounds),
+        "C": Workload("C", "pfl_cnn", args.c_clients, args.c_samples_per_client, args.c_clients_per_round,
+                      args.c_batch_size, args.c_lr, args.c_local_epochs, args.c_rounds),
     }  # fmt: skip
     mnist = None if args.smoke else load_mnist(args.data_root)
     records = {}
@@ -583,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     end = machine_info()
     print(f"\n# load avg at the end: {end['load_avg']}")
     print_json_line({"benchmark": "flower", "machine": info, "load_avg_end": end["load_avg"], "flwr": flwr_version,
-                     "git": repo, "config": vars(args), "contenders": names, "workloads": records})  # fmt: skip
+                     "pfl": pfl_version, "git": repo, "config": vars(args), "contenders": names,
+                     "workloads": records})  # fmt: skip
     return 0
 
 

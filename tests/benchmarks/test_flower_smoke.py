@@ -1,6 +1,7 @@
 """benchmarks/flower.py still runs (smoke size); no timing is checked.
 
-CI's venv has no ``flwr``: there the Flower contender is left out with a note, and lightning_fed and plain still run.
+CI's venv has no ``flwr`` and no ``pfl``: there the Flower and pfl contenders are left out with a note, and
+lightning_fed and plain still run, on all three workloads (C: pfl's cross-device shape with pfl's benchmark CNN).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ def test_flower_benchmark_smoke():
     assert record["config"]["smoke"] is True
     assert {"lightning_fed", "lightning_fed_vectorized", "plain"} <= set(record["contenders"])
     assert ("flower" in record["contenders"]) == (record["flwr"] is not None)
-    assert set(record["workloads"]) == {"A", "B"}
+    assert ("pfl" in record["contenders"]) == (record["pfl"] is not None)
+    assert set(record["workloads"]) == {"A", "B", "C"}
+    c = record["workloads"]["C"]["workload"]
+    assert (c["model"], c["batch_size"], c["local_epochs"]) == ("pfl_cnn", 10, 1)
+    assert record["workloads"]["C"]["train_samples"] == c["clients"] * c["samples_per_client"]
     for workload in record["workloads"].values():
         results = workload["results"]
         assert set(results) == set(record["contenders"])
@@ -25,3 +30,4 @@ def test_flower_benchmark_smoke():
         assert {"min", "median", "max"} <= workload["ratios"]["lightning_fed/plain"].keys()
         # every contender trained the same clients each round
         assert len(workload["schedule"]) == workload["workload"]["rounds"]
+        assert all(len(clients) == workload["workload"]["clients_per_round"] for clients in workload["schedule"])
