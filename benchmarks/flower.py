@@ -1,4 +1,4 @@
-"""lightning_fed against Flower's simulation engine and a plain PyTorch loop, on the same FedAvg workloads.
+"""lightning_fed against Flower's and pfl-research's simulations and a plain PyTorch loop, on the same FedAvg runs.
 
 Workloads (flags change every size):
 
@@ -7,6 +7,9 @@ Workloads (flags change every size):
 * **B**: McMahan et al. 2017: 100 clients (600 MNIST images each by default: all 60,000; ``--samples-per-client 60``
   for 6,000), the 2NN (784-200-200-10), batch 10, SGD lr 0.05, 10 clients a round, 1 local epoch,
   ``--b-rounds`` rounds.
+* **C**: pfl-research's cross-device benchmark shape: 1,000 clients of 50 MNIST images (50,000 of the 60,000),
+  pfl's benchmark CNN (``PflCNN``), batch 10, SGD lr 0.1 (pfl's CIFAR-10 baseline's local lr), 50 clients a round,
+  1 local epoch, ``--c-rounds`` rounds; ``--c-*`` flags for its sizes.
 
 Contenders (``CONTENDERS``, name -> function; adding one is a function and a dict entry):
 
@@ -15,6 +18,8 @@ Contenders (``CONTENDERS``, name -> function; adding one is a function and a dic
   whose ``@app.train()`` function trains with a plain PyTorch loop, as Flower's PyTorch quickstart does. Left out,
   with a note, when ``flwr`` is not importable (the project's own venv: run this with ``.venv-flower/bin/python``,
   made by ``benchmarks/flower_env.sh``).
+* ``pfl``: Apple's pfl-research, its own FedAvg simulation (``benchmarks/pfl_contender.py`` says how). Left out, with a
+  note, when ``pfl`` is not importable (run this with ``.venv-pfl/bin/python``, made by ``benchmarks/pfl_env.sh``).
 * ``lightning_fed``: ``pl.Trainer(strategy=FederatedStrategy(clients_per_round=...))`` on a ``FederatedDataModule``.
 * ``plain``: a sequential PyTorch loop over the same clients and samples, FedAvg in a few lines (no framework).
 
@@ -22,17 +27,20 @@ All contenders start from the same initial weights, train on the same client par
 ``iid`` split, handed to every contender), and follow the same client sampling schedule: lightning_fed's own
 (``lightning_fed.rounds.planning.sample_clients``). Flower's server sends each round's messages to as many
 simulated SuperNodes, and each message names the partition its client trains on (a ``partition-id`` in the
-message's config instead of the node's ``node_config``), so Flower trains the very same clients each round. Flower
-and plain also shuffle each client's batches with the same seeds, so they end with (nearly) the same weights;
-lightning_fed shuffles with its own seeded streams.
+message's config instead of the node's ``node_config``), so Flower trains the very same clients each round; pfl
+draws its cohorts from a user sampler that hands out the same schedule. Flower, pfl and plain also shuffle each
+client's batches with the same seeds, so they end with (nearly) the same weights where the model has no dropout (A,
+B; C's dropout masks come from each process's own random stream); lightning_fed shuffles with its own seeded streams.
 
 Timed: each contender's whole training call (model, data module and Trainer construction included; data loading
 from disk and the test evaluation not). Flower's time is split into start-up (``run_simulation`` called -> first
 client starts training: Ray start, actor start, first message), the rounds, and shut-down. Test accuracy: the final
 global model on the 10,000 MNIST test images, evaluated the same way for every contender.
 
-    .venv-flower/bin/python benchmarks/flower.py --data-root data                 # both workloads, all contenders
+    .venv-flower/bin/python benchmarks/flower.py --data-root data    # A, B, C; all contenders but pfl
+    PFL_VENV=.venv-flower bash benchmarks/pfl_env.sh                  # pfl there too: then all contenders
     .venv-flower/bin/python benchmarks/flower.py --data-root data --workloads B --samples-per-client 60
+    .venv-pfl/bin/python benchmarks/flower.py --data-root data --workloads C --contenders pfl lightning_fed plain
     .venv/bin/python benchmarks/flower.py --smoke                                  # tiny synthetic sizes, no Flower
 """
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -526,6 +535,9 @@ def print_workload(record: dict[str, Any]) -> None:
     rows = []
     for name, r in res.items():
         detail = f"training thread's CPU time {r['cpu_s']:.2f} s" if "cpu_s" in r else ""
+        if name == "pfl" and len(r["round_s"]) > 1:
+            detail += (f"; first round {r['round_s'][0]:.2f} s (with pfl's evaluation of every user), later rounds "
+                       f"{statistics.median(r['round_s'][1:]):.2f} s (median)")  # fmt: skip
         if name == "flower":
             detail = (f"start-up {r['startup_s']:.1f} s, rounds {r['rounds_s']:.1f} s (in the clients' train "
                       f"function {r['client_busy_s']:.1f} s, {r['client_cpu_s']:.1f} s of it on the CPU), shut-down "

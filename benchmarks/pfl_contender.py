@@ -21,13 +21,15 @@ The same as every contender:
 
 Differences, all pfl's own behaviour, all inside its timed run: at its first iteration pfl always evaluates each
 user's data before and after local training (``FederatedNNAlgorithm``: ``iteration % evaluation_frequency == 0``; the
-frequency is set so that no later iteration does); each user's dataset is made when the cohort is drawn (a slice of
-the shared tensors, as the other contenders' data loaders also do per round).
+frequency is set so that no later iteration does), so its first round costs more than the others (``round_s`` gives
+every round's time, from a pfl callback); each user's dataset is made when the cohort is drawn (a slice of the shared
+tensors, as the other contenders' data loaders also do per round).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -106,6 +108,7 @@ def run_pfl(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, Any]
     from pfl.aggregate.simulate import SimulatedBackend
     from pfl.aggregate.weighting import WeightByDatapoints
     from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
+    from pfl.callback.base import TrainingProcessCallback
     from pfl.data.dataset import Dataset
     from pfl.data.federated_dataset import FederatedDataset
     from pfl.hyperparam import NNTrainHyperParams
@@ -114,6 +117,16 @@ def run_pfl(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, Any]
     from benchmarks.flower import MODELS, shuffled_order
 
     made: list[tuple[int, int]] = []  # the (round, client) of each user dataset pfl asked for
+    ends: list[float] = []  # perf_counter at the start, then at the end of every central iteration
+
+    class RoundClock(TrainingProcessCallback):
+        def on_train_begin(self, *, model: Any) -> Any:
+            ends.append(time.perf_counter())
+            return super().on_train_begin(model=model)
+
+        def after_central_iteration(self, aggregate_metrics: Any, model: Any, *, central_iteration: int) -> Any:
+            ends.append(time.perf_counter())
+            return super().after_central_iteration(aggregate_metrics, model, central_iteration=central_iteration)
 
     def make_user_dataset(user: tuple[int, int]) -> Dataset:
         r, k = user
@@ -136,8 +149,10 @@ def run_pfl(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, Any]
     train_params = NNTrainHyperParams(local_num_epochs=w.local_epochs, local_learning_rate=w.lr,
                                       local_batch_size=w.batch_size)  # fmt: skip
     FederatedAveraging().run(algorithm_params=algorithm_params, backend=backend, model=model,
-                             model_train_params=train_params, send_metrics_to_platform=False)  # fmt: skip
+                             model_train_params=train_params, callbacks=[RoundClock()],
+                             send_metrics_to_platform=False)  # fmt: skip
     wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     expected = [(r, k) for r, clients in enumerate(data.schedule) for k in clients]
     assert made == expected, "pfl trained other clients than the schedule"
-    return {"wall_s": wall, "cpu_s": cpu, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+    return {"wall_s": wall, "cpu_s": cpu, "round_s": [b - a for a, b in itertools.pairwise(ends)],
+            "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}  # fmt: skip

@@ -2,6 +2,7 @@
 # Create .venv-pfl, the pfl-research contender's own environment (benchmarks/flower.py --contenders pfl), next to .venv.
 #
 #   bash benchmarks/pfl_env.sh            # then: .venv-pfl/bin/python benchmarks/flower.py --data-root data
+#   PFL_VENV=.venv-flower bash benchmarks/pfl_env.sh   # pfl beside Flower: every contender in one run
 #
 # Apple's pfl (pfl-research) is installed only here, never into .venv: it is no dependency of lightning_fed. Its
 # `pytorch` extra adds nothing but torch (the `tf`, `mlx` and `trees` extras, which bring TensorFlow, MLX and
@@ -14,7 +15,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MAIN="$ROOT/.venv"
-PFL="$ROOT/.venv-pfl"
+PFL="$(realpath -m "${PFL_VENV:-$ROOT/.venv-pfl}")"
 PFL_SPEC="${PFL_SPEC:-pfl[pytorch]==0.6.0}"
 
 if [[ ! -x "$MAIN/bin/python" ]]; then

@@ -71,6 +71,8 @@ def test_pfl_contender_smoke():
         pfl = workload["results"]["pfl"]
         assert pfl["wall_s"] > 0
         assert 0.0 <= pfl["test_acc"] <= 1.0, key
+        assert len(pfl["round_s"]) == workload["workload"]["rounds"]
+        assert sum(pfl["round_s"]) <= pfl["wall_s"]
         assert {"min", "median", "max"} <= workload["ratios"]["pfl/plain"].keys()
     # workload B has no dropout: pfl trained the same clients on the same batches as plain, so the weights agree
     b = record["workloads"]["B"]["results"]
