@@ -11,11 +11,23 @@ takes its site's answer, in order. Every site starts from the same global model,
 sequential round gives (tested against the simulation). With simulated dropouts or stragglers the requests go one
 at a time, as the failures are decided step by step.
 
-What runs at a simulated worker beside its training (secure aggregation's masking, distributed DP noise, sample-level
-DP, SCAFFOLD's and FedProx's corrections) would have to run at the site too: such aggregators are refused here for
-now, naming the fix. Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work
-unchanged, and so does client-level DP with the server's noise (central DP: its clipping runs on the server, which
-that model trusts with the raw updates).
+**Secure aggregation** (``secure_aggregation=True`` around a server-side sum aggregator) runs its client side at
+the sites: the backend sets :attr:`SecureAggregator.round_factory` so that each round's protocol is a
+:class:`~lightning_fed.secure_aggregation.remote.RemoteSecureAggregationRound`. At the round's start every sampled
+site advertises its public keys and sends its encrypted shares (two small requests a site); its ``TrainRequest``
+carries its inbox of shares and its public sample weight, and the site answers with ``weight * update`` clipped,
+quantized and masked (an int64 vector of the model's size) and its clipped count, never its model: the server never
+loads a site's local model into the module; the unmasked sum goes to the inner aggregator's ``finalize_from_sum``
+after one unmasking request a survivor. A site left out in the key exchange or failing its training is that
+round's failure (``tolerate_failures``, ``min_clients``) and is recovered from the others' shares (at most
+``n - t``). A site refuses a seeded ``SecureAggregationConfig(seed=...)`` unless started with
+``--allow-seeded-secagg`` (tests only).
+
+What else runs at a simulated worker beside its training (distributed DP noise, sample-level DP, SCAFFOLD's and
+FedProx's corrections) would have to run at the site too: such aggregators are refused here for now, naming the fix.
+Server-side aggregators (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, robust rules) work unchanged, and so does
+client-level DP with the server's noise (central DP: its clipping runs on the server, which that model trusts with
+the raw updates).
 
 Example (sites started with ``lightning-fed worker --accept-model ...``; see docs/deployment.md)::
 
@@ -26,7 +38,7 @@ Example (sites started with ``lightning-fed worker --accept-model ...``; see doc
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -39,6 +51,8 @@ from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import DPAggregator
 from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregator
+from lightning_fed.secure_aggregation.remote import RemoteSecureAggregationRound
 from lightning_fed.transport.training import TrainRequest
 
 _WORKER_HOOKS = ("worker_start", "adjust_gradients", "worker_update")
@@ -54,19 +68,27 @@ class SiteWork(NamedTuple):
 def check_remote_aggregator(aggregator: Aggregator) -> None:
     """Refuse an aggregator chain that needs code at the worker beside its training (see the module docstring)."""
     for part in aggregator_chain(aggregator):
-        if central_dp(part):
+        if isinstance(part, SecureAggregator):
+            continue  # its client side runs at the sites (transport.secagg)
+        if central_dp(part):  # (DPAggregator refuses to wrap secure aggregation with the server's noise)
             continue  # its clipping runs on the server, which central DP trusts with the raw update anyway
         worker_side = isinstance(part, AggregatorWrapper) or any(
             getattr(type(part), hook) is not getattr(Aggregator, hook) for hook in _WORKER_HOOKS
         )
         if worker_side:
             raise FederatedConfigError(
-                f"aggregation={aggregator!r} runs code at each worker ({type(part).__name__}: masking, clipping, "
-                "noise or gradient corrections), and remote sites run only their training in this version: use a "
-                "server-side aggregator (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed mean, krum) "
-                "with remote sites (client-level DP with noise='server' too), or simulated workers for secure "
-                "aggregation, distributed-noise and sample-level DP, SCAFFOLD and FedProx."
+                f"aggregation={aggregator!r} runs code at each worker ({type(part).__name__}: clipping, noise or "
+                "gradient corrections), and remote sites run only their training and secure aggregation's masking "
+                "in this version: use a server-side aggregator (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, "
+                "median, trimmed mean, krum), alone, inside secure aggregation (secure_aggregation=True) or with "
+                "client-level DP with noise='server', or simulated workers for distributed-noise and sample-level "
+                "DP, SCAFFOLD and FedProx."
             )
+
+
+def find_secure(aggregator: Aggregator) -> SecureAggregator | None:
+    """The :class:`SecureAggregator` in ``aggregator``'s chain, if any."""
+    return next((part for part in aggregator_chain(aggregator) if isinstance(part, SecureAggregator)), None)
 
 
 def constructor_args(module: Any) -> dict[str, Any]:
@@ -91,6 +113,7 @@ class RemoteBackend(SequentialBackend):
         self.federation = uuid.uuid4().hex  # the sites keep one model and optimizer state per run
         self._pending: dict[Any, Future] = {}  # the round's requests in flight, by site id
         self._pool: ThreadPoolExecutor | None = None
+        self._secure: RemoteSecureAggregationRound | None = None  # the open round's protocol, under secure aggregation
 
     def process_dataloader(self, loader: Any) -> Any:
         check_remote_aggregator(self.rounds.aggregator)
@@ -100,7 +123,23 @@ class RemoteBackend(SequentialBackend):
                 "round in one request: leave deadline_steps=None with remote sites."
             )
         self._by_id = {w.id: w for w in loader.workers}
+        secure = find_secure(self.rounds.aggregator)
+        if secure is not None:  # each round's protocol runs with the sites: their secrets stay there
+            secure.round_factory = self._secure_round
         return super().process_dataloader(loader)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lightning-fed-sites")
+        return self._pool
+
+    def _secure_round(self, ids: list[Hashable], numel: int, config: SecureAggregationConfig,
+                      round_index: int) -> RemoteSecureAggregationRound:  # fmt: skip
+        """A round's protocol with its sites (rounds 0 and 1 now: keys and encrypted shares)."""
+        self._secure = RemoteSecureAggregationRound(ids, numel, config, round_index, sites=self._by_id,
+                                                    federation=self.federation, executor=self._executor(),
+                                                    tolerate_failures=self.tolerate_failures)  # fmt: skip
+        return self._secure
 
     def round_length(self, plan: RoundPlan) -> int:
         return len(plan.workers)  # one Lightning step per site
@@ -115,19 +154,22 @@ class RemoteBackend(SequentialBackend):
         super().begin_round(plan)
         if self.rounds.failures.enabled or len(plan.workers) < 2:
             return  # simulated failures are decided step by step: one request at a time
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lightning-fed-sites")
+        pool = self._executor()
         for work in self.round_batches(plan):  # every site starts from the global model: send them all now
             worker = self._by_id[work.worker]
-            self._pending[worker.id] = self._pool.submit(worker.train, self._request(work, plan))
+            if self._secure is not None and not self._secure.takes_part(worker.id):
+                continue  # left out of the key exchange: its step records this round's failure
+            self._pending[worker.id] = pool.submit(worker.train, self._request(work, plan))
 
     def _request(self, work: SiteWork, plan: RoundPlan) -> TrainRequest:
         module = self.calls.module()
+        secure = self._secure  # under secure aggregation: the site's shares and weight (raises if it was left out)
+        masking = None if secure is None else secure.train_input(work.worker, self.rounds.stats.samples(work.worker))
         return TrainRequest(
             self.federation, f"{type(module).__module__}.{type(module).__qualname__}", constructor_args(module),
             {k: v.detach().clone() for k, v in self.rounds.global_state(module.state_dict(keep_vars=True)).items()},
             self.loader.dataset_name, [list(b) for b in work.batches], plan.round_index,
-            self.rounds.optimizer_states.reset_each_round,
+            self.rounds.optimizer_states.reset_each_round, masking,
         )  # fmt: skip
 
     def batch_start(self, batch: Any) -> Any:
@@ -159,8 +201,11 @@ class RemoteBackend(SequentialBackend):
             rounds.reset_module()
             self.skip = True
             return self.calls.skipped_output()
-        with torch.no_grad():
-            module.load_state_dict(answer["state"])  # the site's local model, into the module's own tensors
+        if self._secure is not None:  # only the site's masked update came: the module keeps the global model
+            self._secure.receive(worker.id, answer.get("masked"), answer.get("clipped"))
+        else:
+            with torch.no_grad():
+                module.load_state_dict(answer["state"])  # the site's local model, into the module's own tensors
         rounds.local_steps = int(answer["steps"])
         rounds.stats.rows[worker.id]["steps"] += rounds.local_steps
         if answer.get("loss_sum") is not None and answer["samples"]:
@@ -179,6 +224,10 @@ class RemoteBackend(SequentialBackend):
 
     def teardown(self) -> None:
         super().teardown()
+        secure = find_secure(self.rounds.aggregator)
+        if secure is not None and secure.round_factory == self._secure_round:
+            secure.round_factory = None  # the aggregator may serve simulated workers next
+        self._secure = None
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()

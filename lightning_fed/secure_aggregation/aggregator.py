@@ -17,7 +17,10 @@ never sends); up to ``n - t`` dropouts are recovered, more raise
 :class:`~lightning_fed.secure_aggregation.SecureAggregationError` at ``finalize``.
 
 The sample weights stay public (the server needs ``total_weight``, and the strategy already knows each worker's sample
-count). In this one-process simulation the workers' parts run inside ``accumulate``, on the CPU.
+count). In this one-process simulation the workers' parts run inside ``accumulate``, on the CPU (:func:`worker_input`,
+then the client's mask). With remote sites a backend sets :attr:`SecureAggregator.round_factory` (see
+:mod:`.remote`): each site runs :func:`worker_input` and its mask at home, and ``accumulate`` only confirms the masked
+vector its site already sent (the ``update`` the server passes is not read: it holds no site's model).
 
 Example:
     >>> import torch
@@ -55,6 +58,44 @@ if TYPE_CHECKING:
     from lightning_fed.collective import Collective
 
 Finalizer = Callable[[Sequence[Tensor], list[Tensor], float], list[Tensor]]
+RoundFactory = Callable[[list[Hashable], int, SecureAggregationConfig, int], SecureAggregationRound]
+
+
+def flatten_update(update: Sequence[Tensor], dtypes: Sequence[torch.dtype]) -> Tensor:
+    """An update as one CPU vector: each tensor in its accumulation dtype (complex ones as real pairs), in order."""
+    if len(update) != len(dtypes):
+        raise LightningFedError(f"an update has {len(update)} tensors, the model {len(dtypes)}.")
+    parts = []
+    for u, dtype in zip(update, dtypes):
+        v = u.detach().to("cpu", dtype)
+        parts.append((torch.view_as_real(v) if dtype.is_complex else v).reshape(-1))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def worker_input(update: Sequence[Tensor], weight: float, dtypes: Sequence[torch.dtype],
+                 config: SecureAggregationConfig, generator: torch.Generator,
+                 worker_id: Hashable) -> tuple[Tensor, int]:  # fmt: skip
+    """A worker's part of a round before masking: ``weight * update`` flattened, clipped to ``[-clip, clip]`` and
+    quantized with the worker's own rounding ``generator``; returns the ring vector and how many coordinates were
+    clipped. The same function runs in simulation and at a remote site (so both give the same vector).
+
+    Example:
+        >>> config = SecureAggregationConfig(clip=2.0, fractional_bits=1, rounding="nearest")
+        >>> q, clipped = worker_input([torch.tensor([0.5, -3.0])], 2, [torch.float64], config, torch.Generator(), "a")
+        >>> q.tolist(), clipped  # 2 * [0.5, -3.0] = [1.0, -6.0], clipped to [1.0, -2.0], scaled by 2**1
+        ([2, -4], 1)
+    """
+    x = flatten_update(update, dtypes) * float(weight)
+    if not bool(torch.isfinite(x).all()):  # NaN would quantize to the ring's most negative value, silently
+        raise LightningFedError(
+            f"worker {worker_id!r}'s update (times its weight {weight}) is not finite (NaN or inf): secure "
+            "aggregation cannot quantize it. Leave the worker out of the round (drop(worker_id)) or fix its "
+            "training."
+        )
+    clipped = count_clipped(x, config.clip)
+    q = quantize(x, clip=config.clip, fractional_bits=config.fractional_bits, bits=config.bits,
+                 rounding=config.rounding, generator=generator)  # fmt: skip
+    return q, clipped
 
 
 def _owner(cls: type, name: str) -> type | None:
@@ -119,6 +160,7 @@ class SecureAggregator(AggregatorWrapper):
         self._round_index = 0
         self._clipped = 0
         self.last_round_clipped = 0  # coordinates clipped to [-clip, clip] over all updates of the last round
+        self.round_factory: RoundFactory | None = None  # how a round's protocol is made, when not in this process
 
     # -- round set-up ---------------------------------------------------------------------------------------------
     @override
@@ -149,7 +191,9 @@ class SecureAggregator(AggregatorWrapper):
         numel = sum(
             t.numel() * (2 if dtype.is_complex else 1) for t, (_, dtype, _) in zip(global_tensors, self._layout)
         )
-        if self._collective is not None and self._collective.world_size > 1:
+        if self.round_factory is not None:  # set by a backend whose workers are remote sites
+            self._round = self.round_factory(ids, numel, self.config, self._round_index)
+        elif self._collective is not None and self._collective.world_size > 1:
             self._round = DistributedSecureAggregationRound(
                 ids, numel, self.config, round_index=self._round_index, collective=self._collective
             )
@@ -166,20 +210,15 @@ class SecureAggregator(AggregatorWrapper):
     @override
     def accumulate(self, update: Sequence[Tensor], weight: float, worker_id: Hashable) -> None:
         protocol = self._require_round("accumulate")
+        if getattr(protocol, "masks_at_sites", False):  # a RemoteSecureAggregationRound: the site masked already
+            self._clipped += protocol.accept(worker_id, float(weight))  # ``update`` is the server's (zero) delta
+            self._weights[worker_id] = float(weight)
+            return
         client = protocol.client(worker_id)
         # the worker's part: weight * update, clipped and quantized with its own rounding, masked with its secrets
-        x = self._flatten(update) * float(weight)
-        if not bool(torch.isfinite(x).all()):  # NaN would quantize to the ring's most negative value, silently
-            raise LightningFedError(
-                f"worker {worker_id!r}'s update (times its weight {weight}) is not finite (NaN or inf): secure "
-                "aggregation cannot quantize it. Leave the worker out of the round (drop(worker_id)) or fix its "
-                "training."
-            )
-        self._clipped += count_clipped(x, self.config.clip)
-        cfg = self.config
-        q = quantize(x, clip=cfg.clip, fractional_bits=cfg.fractional_bits, bits=cfg.bits, rounding=cfg.rounding,
-                     generator=client.rounding_generator())  # fmt: skip
-        del x
+        q, clipped = worker_input(update, weight, [dtype for _, dtype, _ in self._layout], self.config,
+                                  client.rounding_generator(), worker_id)  # fmt: skip
+        self._clipped += clipped
         protocol.submit(worker_id, q)  # the server receives only the masked vector
         self._weights[worker_id] = float(weight)
 
@@ -234,15 +273,6 @@ class SecureAggregator(AggregatorWrapper):
         if self._round is None:
             raise LightningFedError(f"SecureAggregator.{what}() before begin_round(): the strategy drives this order.")
         return self._round
-
-    def _flatten(self, update: Sequence[Tensor]) -> Tensor:
-        if len(update) != len(self._layout):
-            raise LightningFedError(f"an update has {len(update)} tensors, the model {len(self._layout)}.")
-        parts = []
-        for u, (_, dtype, _) in zip(update, self._layout):
-            v = u.detach().to("cpu", dtype)
-            parts.append((torch.view_as_real(v) if dtype.is_complex else v).reshape(-1))
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
     def _unflatten(self, flat: Tensor) -> list[Tensor]:
         out, start = [], 0

@@ -46,6 +46,7 @@ from lightning_fed.exceptions import FederatedConfigError, WorkerError
 from lightning_fed.privacy.audit import AuditLog, AuditRecord
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.transport.secagg import SECAGG_MESSAGES, SecAggKeys, SecAggShares, SecAggUnmask
 from lightning_fed.transport.server import FULL_METHOD, PROTOCOL
 from lightning_fed.transport.tls import PathLike, check_insecure, load_credentials, split_address
 from lightning_fed.transport.training import TrainRequest
@@ -211,6 +212,16 @@ class RemoteWorker(BaseWorker):
     def train(self, request: TrainRequest) -> dict[str, Any]:
         """One FedAvg round's local work at the site: the global model down, the site's local model (and its loss,
         if its policy releases scalars) up. See :mod:`lightning_fed.transport.training`."""
+        if self._hello is None:
+            self.hello()
+        return self._request(request)
+
+    def secure_aggregation(self, request: SecAggKeys | SecAggShares | SecAggUnmask) -> Any:
+        """One step of a secure-aggregation round at the site (its keys, its encrypted shares, its unmasking shares;
+        see :mod:`lightning_fed.transport.secagg`), driven by
+        :class:`~lightning_fed.secure_aggregation.remote.RemoteSecureAggregationRound`."""
+        if type(request) not in SECAGG_MESSAGES:
+            raise WireError(f"{describe(request)} is not a secure-aggregation request.")
         if self._hello is None:
             self.hello()
         return self._request(request)

@@ -38,9 +38,11 @@ from typing import Any
 import grpc
 import torch
 
+from lightning_fed.aggregation.functional import accumulation_dtype
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError, WorkerError
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
+from lightning_fed.transport.secagg import SecAggKeys, SecAggShares, SecAggUnmask, SiteSecAgg
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
 from lightning_fed.transport.tls import Credentials, check_insecure
 from lightning_fed.transport.training import SiteTraining, TrainRequest
@@ -77,17 +79,19 @@ class SiteWorker:
         max_message_bytes: the largest request or answer frame this site handles.
         accepted_models: the LightningModule classes this site trains in FedAvg rounds, by name.
         state_dir: where the site keeps its training state between rounds (a restart goes on from it), or ``None``.
+        allow_seeded_secagg: take part in seeded secure-aggregation rounds (reproducible keys: tests only).
     """
 
     def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, accepted_models: Mapping[str, type] | None = None,
-                 state_dir: str | None = None) -> None:  # fmt: skip
+                 state_dir: str | None = None, allow_seeded_secagg: bool = False) -> None:  # fmt: skip
         if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
             raise FederatedConfigError(
                 f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
             )
         self.worker = VirtualWorker(id=id, policy=policy)
         self.training = SiteTraining(accepted_models or {}, state_dir)
+        self.secagg = SiteSecAgg(id, allow_seeded=allow_seeded_secagg)  # its clients' secrets, in memory only
         self.max_message_bytes = max_message_bytes
         self.datasets: dict[str, tuple[int, int]] = {}
         self._protected: set[int] = set()
@@ -156,6 +160,12 @@ class SiteWorker:
             return self.hello() if message.what == "hello" else self.audit()
         if kind is TrainRequest:
             return self._train(message)
+        if kind is SecAggKeys:
+            return self.secagg.advertise(message)
+        if kind is SecAggShares:
+            return self.secagg.share(message)
+        if kind is SecAggUnmask:
+            return self.secagg.unmask(message)
         if kind in (ObjectMessage, DatasetMessage) and message.obj_id in self._protected:
             raise WorkerError(
                 f"worker {self.id!r} refuses {describe(message)}: object {message.obj_id} is one of the site's "
@@ -178,19 +188,21 @@ class SiteWorker:
         return self.worker._recv(message)
 
     def _train(self, request: TrainRequest) -> dict[str, Any]:
-        """A round's local training on one of the site's datasets; its model and (if released) loss go back."""
+        """A round's local training on one of the site's datasets; its model (or, under secure aggregation, only its
+        masked update) and, if released, its loss go back."""
         policy = self.worker.policy
-        if not policy.release_model:
+        secure = request.secagg is not None
+        if not secure and not policy.release_model:
             raise PermissionDeniedError(
                 f"worker {self.id!r} keeps its model updates (release_model=False): it trains only under secure "
-                "aggregation, which over remote sites is a later step."
+                "aggregation (FederatedStrategy(secure_aggregation=True)), where its update leaves masked."
             )
         ids = self.datasets.get(request.dataset)
         if ids is None:
             raise WorkerError(f"worker {self.id!r} has no dataset {request.dataset!r}: it has {sorted(self.datasets)}.")
         data, targets = (self.worker.objects[i] for i in ids)
         try:
-            answer = self.training.train(request, data, targets, release_scalars=policy.release_scalars)
+            done = self.training.fit(request, data, targets)
         except Exception as err:
             if isinstance(err, LightningFedError) or policy.release_data:
                 raise
@@ -200,12 +212,22 @@ class SiteWorker:
                 f"worker {self.id!r} failed to train {request.model}: {type(err).__name__} (details withheld: it ran "
                 "on the site's data, and the message could contain its values; the site's log has them)."
             ) from None
-        numel = sum(t.numel() for t in answer["state"].values())
-        self.worker.audit_log.note(self.id, "update", "train", "release_model", (numel,))
-        if answer["loss_sum"] is not None:
+        loss = done.loss_sum if policy.release_scalars else None
+        answer: dict[str, Any] = {"steps": done.steps, "samples": done.samples, "loss_sum": loss}
+        if secure:
+            assert request.secagg is not None
+            dtypes = [accumulation_dtype(t.dtype) for t in done.start]
+            answer["masked"], answer["clipped"] = self.secagg.masked_input(request.federation, request.secagg,
+                                                                           done.update(), dtypes)  # fmt: skip
+            numel, rule, sent = answer["masked"].numel(), "secure_aggregation", "its masked update"
+        else:
+            answer["state"] = done.state
+            numel, rule, sent = sum(t.numel() for t in done.state.values()), "release_model", "its model"
+        self.worker.audit_log.note(self.id, "update", "train", rule, (numel,))
+        if loss is not None:
             self.worker.audit_log.note(self.id, "scalar", "train", "release_scalars", ())
-        log.info("round %d: trained %s for %d steps on %r; sent its model (%d values)", request.round_index,
-                 request.model, answer["steps"], request.dataset, numel)  # fmt: skip
+        log.info("round %d: trained %s for %d steps on %r; sent %s (%d values)", request.round_index,
+                 request.model, done.steps, request.dataset, sent, numel)  # fmt: skip
         return answer
 
     def _delete(self, obj_id: int) -> None:

@@ -36,12 +36,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_fed.aggregation.functional import model_delta
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+
+if TYPE_CHECKING:
+    from lightning_fed.transport.secagg import SecAggInput
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,25 @@ class TrainRequest:
     batches: list[list[int]]  # each local step's batch, as positions in that dataset
     round_index: int
     reset_optimizer: bool  # start the optimizer state afresh this round
+    secagg: SecAggInput | None = None  # under secure aggregation: the site answers with its masked update instead
+
+
+@dataclass
+class LocalRound:
+    """What a site's local training made of a request: the model's tensors (parameters, then buffers, as the
+    server's aggregator orders them) at the start and at the end, its state dict (empty under secure aggregation:
+    it never leaves the site), and the counts."""
+
+    start: list[Tensor]
+    end: list[Tensor]
+    state: dict[str, Tensor]
+    steps: int
+    samples: int
+    loss_sum: float
+
+    def update(self) -> list[Tensor]:
+        """``local - global`` per tensor, in accumulation dtype (the simulation's ``model_delta``)."""
+        return model_delta(self.end, self.start)
 
 
 def load_class(path: str) -> type:
@@ -110,12 +133,19 @@ class SiteTraining:
 
     def train(self, request: TrainRequest, data: Tensor, targets: Tensor, release_scalars: bool) -> dict[str, Any]:
         """Train on ``request.batches`` of ``(data, targets)`` from the global model; the answer the server gets."""
+        done = self.fit(request, data, targets)
+        return {"state": done.state, "steps": done.steps, "samples": done.samples,
+                "loss_sum": done.loss_sum if release_scalars else None}  # fmt: skip
+
+    def fit(self, request: TrainRequest, data: Tensor, targets: Tensor) -> LocalRound:
+        """The round's local training from the global model (see :meth:`train`), kept at the site."""
         model, optimizer = self._model(request)
         missing = set(model.state_dict()) ^ set(request.state)
         if missing:
             raise WorkerError(f"the global model's tensors do not match {request.model}: {sorted(missing)[:5]}.")
         with torch.no_grad():
             model.load_state_dict(request.state)
+        start = [t.detach().clone() for t in _model_tensors(model)]
         if request.reset_optimizer:
             optimizer.state.clear()
         model.train()
@@ -140,9 +170,15 @@ class SiteTraining:
             partial = saved.with_suffix(".tmp")
             torch.save({"model": request.model, "optimizer": optimizer.state_dict()}, partial)
             partial.replace(saved)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return {"state": state, "steps": len(request.batches), "samples": samples,
-                "loss_sum": loss_sum if release_scalars else None}  # fmt: skip
+        state = {} if request.secagg is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+        end = [t.detach().clone() for t in _model_tensors(model)]
+        return LocalRound(start, end, state, len(request.batches), samples, loss_sum)
+
+
+def _model_tensors(model: nn.Module) -> list[Tensor]:
+    """Every parameter, then every buffer, each object once: the order of the server's aggregator."""
+    seen: set[int] = set()
+    return [t for t in [*model.parameters(), *model.buffers()] if not (id(t) in seen or seen.add(id(t)))]
 
 
 def _one_optimizer(configured: Any, name: str) -> torch.optim.Optimizer:

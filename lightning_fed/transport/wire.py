@@ -7,8 +7,11 @@ message holds no tensor). A frame larger than the limit (64 MiB by default) is r
 receive it, with an error naming both sizes; the transport carries frames in 1 MiB chunks (:func:`chunks`).
 
 Requests are the worker messages of :mod:`lightning_fed.workers.messages` that a remote worker answers (object,
-get, delete, command, search, dataset) and :class:`SiteQuery`; a request also carries the ids of the objects whose
-pointers were dropped since the last request (deletes are batched: dropping a pointer costs no round trip).
+get, delete, command, search, dataset), :class:`SiteQuery`, a round's
+:class:`~lightning_fed.transport.training.TrainRequest` and the secure-aggregation requests of
+:mod:`lightning_fed.transport.secagg` (public keys, encrypted shares, unmasking shares: bytes). A request also
+carries the ids of the objects whose pointers were dropped since the last request (deletes are batched: dropping a
+pointer costs no round trip).
 ``MoveMessage`` (sites do not connect to one another) and ``PlanMessage`` (no code crosses the wire) are refused.
 An answer is a value, or an error that is raised again on the receiving side as the same exception type.
 
@@ -28,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -46,7 +50,9 @@ from lightning_fed.exceptions import (
     SealedStateError,
     WorkerError,
 )
+from lightning_fed.secure_aggregation.config import SecureAggregationError
 from lightning_fed.transport.errors import SiteRefusedError, SiteUnavailableError, WireError
+from lightning_fed.transport.secagg import SecAggInput, SecAggKeys, SecAggShares, SecAggUnmask
 from lightning_fed.transport.training import TrainRequest
 from lightning_fed.transport.values import ValueDecoder, ValueEncoder, type_name
 from lightning_fed.workers.messages import (
@@ -67,8 +73,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 CHUNK_BYTES = MIB
 _ERRORS: dict[str, type[Exception]] = {kind.__name__: kind for kind in (
     WorkerError, PermissionDeniedError, PointerError, FederatedConfigError, NotAWorkerError, SealedStateError,
-    WireError, SiteUnavailableError, SiteRefusedError)}  # fmt: skip
+    WireError, SiteUnavailableError, SiteRefusedError, SecureAggregationError)}  # fmt: skip
 _QUERIES = ("hello", "audit")
+_SECAGG: dict[type, str] = {SecAggKeys: "secagg-keys", SecAggShares: "secagg-shares", SecAggUnmask: "secagg-unmask"}
+_SECAGG_KINDS = tuple(_SECAGG.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +204,16 @@ def encode_request(message: Any, deletes: Sequence[int] = (), max_bytes: int = D
     elif kind is SiteQuery and message.what in _QUERIES:
         header = {"kind": message.what}
     elif kind is TrainRequest:
+        secagg = message.secagg
         header = {"kind": "train", "federation": message.federation, "model": message.model,
                   "hparams": enc.value(dict(message.hparams)), "state": enc.value(dict(message.state)),
                   "dataset": message.dataset, "batches": [[int(i) for i in b] for b in message.batches],
-                  "round": int(message.round_index), "reset": bool(message.reset_optimizer)}  # fmt: skip
+                  "round": int(message.round_index), "reset": bool(message.reset_optimizer),
+                  "secagg": None if secagg is None else enc.value(dataclasses.astuple(secagg))}  # fmt: skip
+    elif kind in _SECAGG:
+        header = {"kind": _SECAGG[kind], "federation": message.federation, "round": int(message.round_index),
+                  "body": enc.value((message.roster, None) if kind is SecAggShares
+                                    else dataclasses.astuple(message)[2:])}  # fmt: skip
     else:
         raise _refuse(message)
     header["deletes"] = [int(obj_id) for obj_id in deletes]
@@ -261,10 +275,48 @@ def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         if type(batches) is not list or not all(type(b) is list and all(type(i) is int for i in b) for b in batches):
             raise dec.bad(batches, "a train request's batches are lists of ints")
         message = TrainRequest(one("federation", (str,)), one("model", (str,)), hparams, state,
-                               one("dataset", (str,)), batches, one("round"), one("reset", (bool,)))  # fmt: skip
+                               one("dataset", (str,)), batches, one("round"), one("reset", (bool,)),
+                               _secagg_input(dec, header.get("secagg")))  # fmt: skip
+    elif kind in _SECAGG_KINDS:
+        message = _secagg_message(dec, kind, one("federation", (str,)), one("round"), header.get("body"))
     else:
         raise dec.bad(kind, "unknown message kind")
     return message, deletes
+
+
+def _secagg_input(dec: ValueDecoder, node: Any) -> SecAggInput | None:
+    if node is None:
+        return None
+    found = dec.value(node)
+    ok = type(found) is tuple and len(found) == 4
+    if ok:
+        round_index, inbox, weight, numel = found
+        ok = type(round_index) is int and type(numel) is int and type(weight) in (int, float)
+        ok = ok and type(inbox) is dict and all(type(k) is str and type(v) is bytes for k, v in inbox.items())
+    if not ok:
+        raise dec.bad(node, "a train request's secagg is (round, {site: ciphertext}, weight, numel)")
+    return SecAggInput(round_index, inbox, float(weight), numel)
+
+
+def _secagg_message(dec: ValueDecoder, kind: str, federation: str, round_index: int, node: Any) -> Any:
+    body = dec.value(node)
+    if type(body) is not tuple or len(body) != 2:
+        raise dec.bad(node, f"a {kind} request's body is a pair")
+    first, second = body
+
+    def names(value: Any) -> bool:
+        return type(value) is tuple and all(type(v) is str for v in value)
+
+    if kind == "secagg-keys" and names(first) and type(second) is dict and all(type(k) is str for k in second):
+        return SecAggKeys(federation, round_index, first, second)
+    if kind == "secagg-unmask" and names(first) and names(second):
+        return SecAggUnmask(federation, round_index, first, second)
+    if kind == "secagg-shares" and type(first) is dict and second is None:
+        keys = first.values()
+        if all(type(k) is tuple and len(k) == 3 and type(k[0]) is int and type(k[1]) is bytes and type(k[2]) is bytes
+               for k in keys) and all(type(site) is str for site in first):  # fmt: skip
+            return SecAggShares(federation, round_index, first)
+    raise dec.bad(node, f"not a valid {kind} request")
 
 
 # -- answers ------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.transport.secagg import SEEDED_FLAG
 from lightning_fed.transport.server import SiteServer, SiteWorker
 from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
 from lightning_fed.transport.tls import load_credentials
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=None,
                         help="a folder of this site's own where its training state (optimizer) is kept between "
                              "rounds, so a restart goes on from it")  # fmt: skip
+    parser.add_argument(SEEDED_FLAG, action="store_true",
+                        help="TESTS ONLY: take part in seeded secure-aggregation rounds (SecureAggregationConfig("
+                             "seed=...)); a seed chosen by the server lets it derive this site's keys and unmask "
+                             "its update, so a real site leaves this off (default: refused)")  # fmt: skip
     parser.add_argument("--allow-peer", action="append", default=None, metavar="NAME",
                         help="certificate common name allowed to connect (default: server); repeatable")  # fmt: skip
     return parser
@@ -73,7 +78,8 @@ def build_server(args: argparse.Namespace) -> SiteServer:
         specs += specs_from_config(load_config(args.config), f"--config {args.config}")
     accepted = {path: load_class(path) for path in args.accept_model}
     site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB),
-                      accepted_models=accepted, state_dir=args.state_dir)  # fmt: skip
+                      accepted_models=accepted, state_dir=args.state_dir,
+                      allow_seeded_secagg=args.allow_seeded_secagg)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
                       allowed_peers=tuple(args.allow_peer or ("server",)))  # fmt: skip
 
@@ -98,8 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = args.listen.rpartition(":")[0]
     mode = "plaintext, --insecure" if args.insecure else "mutual TLS"
     datasets = ", ".join(f"{name}" for name in server.site.datasets) or "none"
+    seeded = f"; {SEEDED_FLAG}: seeded secure aggregation allowed, TESTS ONLY" if args.allow_seeded_secagg else ""
     print(f"lightning-fed worker {args.id!r} listening on {host}:{port} ({mode}; datasets: {datasets}; "
-          f"policy: {args.policy})", flush=True)  # fmt: skip
+          f"policy: {args.policy}{seeded})", flush=True)  # fmt: skip
     try:
         while not stop.wait(0.5):
             pass

@@ -11,6 +11,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,52 @@ def stop(proc: subprocess.Popen) -> int:
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
+
+
+class RestartableSite:
+    """A plaintext site on a fixed loopback port that a test kills and restarts at the same address."""
+
+    def __init__(self, tmp_path: Path, num_train: int, seed: int, extra: tuple[str, ...] = (), timeout: float = 60,
+                 site_id: str = "dave", accept: str = "lightning_fed.models.MNISTClassifier") -> None:  # fmt: skip
+        from lightning_fed.transport import RemoteWorker
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        folder = tmp_path / site_id
+        write_mnist_raw(folder, num_train=num_train, num_test=4, seed=seed, gz=False)
+        self.id = site_id
+        self.args = ["--listen", f"127.0.0.1:{port}", "--data", f"mnist-train={folder}", "--insecure",
+                     "--accept-model", accept, *extra]  # fmt: skip
+        self.log = tmp_path / f"{site_id}.log"
+        self.procs = [self._start()]
+        self.worker = RemoteWorker(site_id, f"127.0.0.1:{port}", insecure=True, timeout=timeout)
+
+    def _start(self) -> subprocess.Popen:
+        proc = launch(self.id, self.args, self.log)
+        wait_listening(self.id, proc, self.log, time.monotonic() + STARTUP_S)
+        return proc
+
+    def kill(self) -> None:
+        self.procs[-1].kill()
+        self.procs[-1].wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start it again and wait until the server's channel reaches it (its backoff is about 2 s)."""
+        from lightning_fed.exceptions import LightningFedError
+
+        self.procs.append(self._start())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.worker.hello()
+                return
+            except LightningFedError:
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
 
 
 @pytest.fixture(scope="session")

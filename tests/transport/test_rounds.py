@@ -7,7 +7,6 @@ model-sized both ways; a site refuses a model class its operator did not accept.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -22,13 +21,13 @@ from lightning_fed.backends.remote import check_remote_aggregator
 from lightning_fed.data import FederatedDataLoader
 from lightning_fed.data.federated import FederatedDataset
 from lightning_fed.data.sites import SiteDataModule, SiteLoader
-from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError
+from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.privacy.dp import DPConfig
 from lightning_fed.transport import RemoteWorker
 from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
 from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
-from tests.transport.conftest import STARTUP_S, Site, launch, stop, wait_listening
+from tests.transport.conftest import STARTUP_S, RestartableSite, Site, launch, stop, wait_listening
 
 SEEDS = {"alice": 5, "bob": 6}
 SIZES = {"alice": 24, "bob": 16}
@@ -144,52 +143,10 @@ def test_remote_sites_refuse_aggregators_that_run_code_at_the_worker(training_si
     check_remote_aggregator(FederatedStrategy(aggregation="fedyogi").aggregator)  # server-side: accepted
 
 
-class _Dave:
-    """A plaintext site on a fixed loopback port that a test kills and restarts at the same address."""
-
-    def __init__(self, tmp_path, num_train: int, seed: int, extra: tuple[str, ...] = (), timeout: float = 60) -> None:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        folder = tmp_path / "dave"
-        write_mnist_raw(folder, num_train=num_train, num_test=4, seed=seed, gz=False)
-        self.args = ["--listen", f"127.0.0.1:{port}", "--data", f"mnist-train={folder}", "--insecure",
-                     "--accept-model", ACCEPTED, *extra]  # fmt: skip
-        self.log = tmp_path / "dave.log"
-        self.procs = [self._start()]
-        self.worker = RemoteWorker("dave", f"127.0.0.1:{port}", insecure=True, timeout=timeout)
-
-    def _start(self) -> subprocess.Popen:
-        proc = launch("dave", self.args, self.log)
-        wait_listening("dave", proc, self.log, time.monotonic() + STARTUP_S)
-        return proc
-
-    def kill(self) -> None:
-        self.procs[-1].kill()
-        self.procs[-1].wait(timeout=10)
-
-    def restart(self) -> None:
-        """Start it again and wait until the server's channel reaches it (its backoff is about 2 s)."""
-        self.procs.append(self._start())
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.worker.hello()
-                return
-            except LightningFedError:
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            stop(proc)
-
-
 def test_a_killed_site_is_left_out_and_rejoins_after_a_restart(training_sites, federation, tmp_path):
     """Dave is killed after round 0; round 1 completes with alice (min_clients=1, tolerate_failures=True). Dave
     restarts on its address before round 2 and trains in it again."""
-    dave = _Dave(tmp_path, num_train=16, seed=9, timeout=20)
+    dave = RestartableSite(tmp_path, num_train=16, seed=9, timeout=20)
     alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
 
     class Faults(pl.Callback):
@@ -221,7 +178,7 @@ def test_a_site_restarted_between_rounds_goes_on_from_its_own_state(training_sit
     optimizer state (momentum) from its own disk and the run equals the simulation; without, the momentum is lost and
     the run differs (the oracle can fail)."""
     extra = ("--state-dir", str(tmp_path / "dave-state")) if keep_state else ()
-    dave = _Dave(tmp_path, num_train=SIZES["bob"], seed=SEEDS["bob"], extra=extra)  # bob's data, as dave
+    dave = RestartableSite(tmp_path, num_train=SIZES["bob"], seed=SEEDS["bob"], extra=extra)  # bob's data, as dave
     alice = RemoteWorker("alice", training_sites["alice"].address, certs=federation, timeout=60)
 
     class Restart(pl.Callback):
