@@ -141,3 +141,11 @@ def test_the_cuda_marker_selects_every_test_that_asks_for_cuda():
 
 def test_docstring_examples():
     assert doctest.testmod(gpu).failed == 0
+
+
+def test_the_gpu_run_masks_a_seed_cnn_sized_update():
+    from lightning_fed.models import MNISTClassifier
+
+    assert gpu.GPU.secagg_numel == sum(p.numel() for p in MNISTClassifier().parameters())
+    assert gpu.GPU.clients == (10, 100, 1000) and gpu.GPU.device == "cuda" and gpu.DRY.device == "cpu"
+    assert sum(gpu.GPU.budgets.values()) <= gpu.LIMIT_S - 60  # a minute left for start-up and warm-ups
