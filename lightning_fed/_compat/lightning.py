@@ -55,7 +55,12 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.tuner.lr_finder", "_LRCallback"),
 )
 # private attributes read on Lightning objects: (class path, attribute)
-PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (("lightning.pytorch.core.module.LightningModule", "_trainer"),)
+PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("lightning.pytorch.core.module.LightningModule", "_trainer"),
+    ("lightning.pytorch.trainer.trainer.Trainer", "_results"),
+    ("lightning.pytorch.callbacks.ModelCheckpoint", "_every_n_train_steps"),
+    ("lightning.pytorch.callbacks.ModelCheckpoint", "_train_time_interval"),
+)
 
 
 def _private(module: str, name: str) -> Any:
@@ -88,6 +93,23 @@ def replays_batch_on_resume(trainer: Any) -> bool:
 def trainer_of(module: Any) -> Any:
     """The Trainer a LightningModule is attached to, or ``None`` (``module.trainer`` raises when there is none)."""
     return getattr(module, "_trainer", None) if module is not None else None
+
+
+def set_logging_batch(trainer: Any, batch: Any) -> None:
+    """Have ``self.log`` weigh the values a ``training_step`` logs by ``batch``'s size, as Lightning's loop does at
+    each batch's start (a fused local loop runs several batches inside one Lightning step)."""
+    results = getattr(trainer, "_results", None)
+    if results is not None:
+        results.batch = batch
+        results.batch_size = None
+
+
+def saves_within_epochs(checkpoint: Any) -> bool:
+    """Whether a ``ModelCheckpoint`` saves every n training steps or every time interval (not only at epochs' ends)."""
+    return (
+        bool(getattr(checkpoint, "_every_n_train_steps", 0))
+        or getattr(checkpoint, "_train_time_interval", None) is not None
+    )
 
 
 def tuner_running(trainer: Any) -> str | None:

@@ -78,6 +78,8 @@ class FederatedStrategy(FederatedParallelStrategy):
         privacy: a :class:`~lightning_fed.privacy.dp.DPConfig` (client-level DP-FedAvg or sample-level DP-SGD).
         accept_plain_checkpoint: ``fit`` from a plain Lightning checkpoint starts from its weights (else refused).
         vectorize: train each round's workers together under ``torch.vmap`` (:mod:`~lightning_fed.backends.vectorized`).
+        local_loop: ``"auto"``, ``"steps"`` or ``"fused"``: a worker's local batches as one Lightning step
+            (:mod:`~lightning_fed.backends.fused`).
         start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``:
             each process trains its share of the workers (:mod:`~lightning_fed.backends.distributed`).
     """
@@ -103,6 +105,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         secure_aggregation: bool | SecureAggregationConfig = False,
         privacy: DPConfig | None = None,
         vectorize: bool = False,
+        local_loop: str = "auto",
         accept_plain_checkpoint: bool = False,
         start_method: str = "popen",
         process_group_backend: str | None = None,
@@ -122,7 +125,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         self.mode = check_options(
             mode=mode, local_epochs=local_epochs, local_steps=local_steps, seed=seed,
             tolerate_failures=tolerate_failures, reset_optimizer_state=reset_optimizer_state, vectorize=vectorize,
-            accept_plain_checkpoint=accept_plain_checkpoint,
+            accept_plain_checkpoint=accept_plain_checkpoint, local_loop=local_loop,
             simulates_failures=failures.enabled or byzantine is not None,
         )  # fmt: skip
         check_secure_aggregation(secure_aggregation)
@@ -131,7 +134,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             reset_optimizer_state,
         )  # fmt: skip
         self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
-        self.vectorize = vectorize
+        self.vectorize, self.local_loop = vectorize, local_loop
         self.accept_plain_checkpoint = accept_plain_checkpoint
         self.local_epochs = local_epochs if local_epochs is not None else 1
         self.local_steps = local_steps
@@ -190,6 +193,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             self._backend.setup(trainer)
             glue.resume_open_round(self._backend, self._restored)
             glue.apply_limits(trainer, self._backend)
+            self._backend = glue.choose_local_loop(self.local_loop, self._backend, trainer)
         glue.add_privacy_monitor(trainer, self.aggregator, self._restored_callbacks)
 
     def _make_backend(self, trainer: pl.Trainer | None) -> Backend:

@@ -20,8 +20,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls
+from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
 from lightning_fed.exceptions import CheckpointMismatchError, FederatedConfigError
+from lightning_fed.logs import info
 from lightning_fed.privacy.dp import PrivacyMonitor, find_dp
 from lightning_fed.rounds.stats import capture_rng, restore_rng
 from lightning_fed.strategies.checkpoint import (
@@ -86,6 +88,28 @@ def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
         )
     assert isinstance(backend, SequentialBackend)
     return RemoteBackend(
+        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
+        step_schedulers=backend.step_schedulers,
+    )  # fmt: skip
+
+
+def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) -> Backend:
+    """The sequential backend with fused local loops where ``local_loop`` asks for them and the run allows
+    (:mod:`lightning_fed.backends.fused`); ``"fused"`` where it does not: an error naming what stands in the way."""
+    if local_loop == "steps" or type(backend) is not SequentialBackend:
+        return backend
+    blockers = fusion_blockers(trainer, trainer.lightning_module, backend)
+    if blockers:
+        if local_loop == "fused":
+            raise FederatedConfigError(
+                f"`local_loop='fused'` runs each worker's local batches as one Lightning step, but this run needs a "
+                f"Lightning step per batch for: {', '.join(blockers)}. Pass local_loop='steps' (or 'auto'), or "
+                "remove those."
+            )
+        info(f"FederatedStrategy: one Lightning step per local batch (local_loop='steps'), for {', '.join(blockers)}.")
+        return backend
+    assert isinstance(backend, SequentialBackend)
+    return FusedBackend(
         backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
         step_schedulers=backend.step_schedulers,
     )  # fmt: skip

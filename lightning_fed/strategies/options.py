@@ -46,6 +46,7 @@ def check_options(
     vectorize: bool,
     simulates_failures: bool,
     accept_plain_checkpoint: bool = False,
+    local_loop: str = "auto",
 ) -> str:
     """Check the strategy's own arguments together; returns the canonical mode (``"fedavg"`` or ``"follow"``)."""
     if mode not in MODES:
@@ -67,6 +68,11 @@ def check_options(
         ("accept_plain_checkpoint", accept_plain_checkpoint),
     ):
         check_flag(name, value)
+    if local_loop not in ("auto", "steps", "fused"):
+        raise FederatedConfigError(
+            f"`local_loop={local_loop!r}` is not valid: choose 'auto' (fuse each worker's local batches into one "
+            "Lightning step when nothing needs single batches), 'steps' (one Lightning step per batch) or 'fused'."
+        )
     follow = MODES[mode] == "follow"
     if follow and simulates_failures:
         raise FederatedConfigError(

@@ -72,7 +72,8 @@ def test_full_lightning_feature_set_runs_with_fedavg(tmp_path):
     assert torch.cat(preds).shape == (48,)
 
 
-def test_validation_runs_once_per_round_on_the_global_model_even_when_rounds_differ_in_length():
+@pytest.mark.parametrize("local_loop", ["steps", "fused"])
+def test_validation_runs_once_per_round_on_the_global_model_even_when_rounds_differ_in_length(local_loop):
     events = []
 
     class Recorder(Callback):
@@ -80,12 +81,13 @@ def test_validation_runs_once_per_round_on_the_global_model_even_when_rounds_dif
             events.append(("val", trainer.current_epoch, trainer.strategy.round_index, trainer.num_training_batches))
 
     data = FedDM(tiny_dataset(60), num_workers=4, batch_size=5, partition="quantity_skew", seed=7)
-    strategy = FederatedStrategy(clients_per_round=2)
+    strategy = FederatedStrategy(clients_per_round=2, local_loop=local_loop)
     t = trainer(max_epochs=4, strategy=strategy, callbacks=[Recorder()])
     t.fit(BoringClassifier(4, 3), datamodule=data)
     lengths = [t.strategy.round_plan(r).total_steps for r in range(4)]
-    assert len(set(lengths)) > 1  # the scenario under test: rounds of different lengths
-    assert events == [("val", r, r + 1, lengths[r]) for r in range(4)]
+    assert len(set(lengths)) > 1  # the scenario under test: rounds of different local work
+    steps = lengths if local_loop == "steps" else [2] * 4  # fused: one Lightning step per sampled worker
+    assert events == [("val", r, r + 1, steps[r]) for r in range(4)]
 
 
 def test_progress_bar_shows_round_and_worker(capfd):

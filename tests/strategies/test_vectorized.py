@@ -40,7 +40,8 @@ def _fit(vectorize: bool, *, optimizer: str = "sgd", rounds: int = 3, partition:
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_vectorized_fedavg_equals_sequential(optimizer, partition):
     start = _model(optimizer)
-    seq, seq_trainer = _fit(False, optimizer=optimizer, partition=partition, model=_model(optimizer))
+    seq, seq_trainer = _fit(False, optimizer=optimizer, partition=partition, model=_model(optimizer),
+                            local_loop="steps")  # fmt: skip
     vec, vec_trainer = _fit(True, optimizer=optimizer, partition=partition, model=_model(optimizer))
 
     assert max_abs_diff(seq, vec) < 1e-5

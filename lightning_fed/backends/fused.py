@@ -1,0 +1,204 @@
+"""FedAvg rounds with fused local loops: a worker's local batches run in a tight loop, 32 to a Lightning step.
+
+With many small clients the cost of a round is Lightning's per-batch machinery (the loop's hooks, progress, logging
+bookkeeping, the batch's trip through the data fetcher), not the model: on McMahan's 2NN with batches of 10, a plain
+``Trainer`` costs 2.6x a plain PyTorch loop (docs/benchmarks.md). A worker's local work rarely needs that machinery
+per batch, so this backend runs up to :data:`FUSED_BATCHES` of a worker's batches in one Lightning step::
+
+    for worker in plan.workers:
+        rounds.start_worker(worker)                   # from the global model, with its own optimizer state
+        for chunk in its local batches, 32 at a time: # one Lightning step each (the progress bar still moves)
+            for batch in chunk:                       # a tight loop, inside the worker's session:
+                training_step(real)                   #   your training_step (self.log weighs by this batch)
+                zero_grad(); backward()               #   on_before_backward / on_after_backward hooks
+                optimizer step                        #   on_before_optimizer_step, gradient clipping, AMP scaling
+        rounds.deliver(worker)
+    rounds.finalize()
+
+The numbers equal the per-batch path's (same batches, same order, same optimizer calls: tested), and so do the
+epoch means ``self.log`` gives. What changes is what a Lightning step is: up to 32 local batches of one worker, so
+``trainer.global_step`` counts those, an ``on_step`` metric shows the last batch of each, and
+``on_train_batch_start``/``on_train_batch_end`` run once per 32 batches. So ``FederatedStrategy(local_loop="auto")``
+(the default) fuses only when nothing observes single batches (:func:`fusion_blockers`: such hooks in the module or
+a callback, ``max_steps``, step-based validation or checkpoints, gradient accumulation, step-interval schedulers,
+sample-level DP, simulated failures) and logs why it did not; ``"steps"`` keeps one Lightning step per batch;
+``"fused"`` fuses or refuses, naming what stands in the way.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from torch.utils.data import TensorDataset
+    >>> from lightning_fed import FederatedDataModule, FederatedStrategy
+    >>> from lightning_fed.testing import BoringClassifier
+    >>> data = FederatedDataModule.from_datasets(TensorDataset(torch.randn(16, 4), torch.arange(16) % 2), workers=2,
+    ...                                          batch_size=4)
+    >>> trainer = pl.Trainer(strategy=FederatedStrategy(local_loop="fused"), max_epochs=2, logger=False,
+    ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(BoringClassifier(), datamodule=data)
+    >>> type(trainer.strategy.backend).__name__, trainer.global_step, trainer.strategy.round_index
+    ('FusedBackend', 4, 2)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar, Timer
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_fed._compat.lightning import saves_within_epochs, set_logging_batch
+from lightning_fed.backends.base import worker_of
+from lightning_fed.backends.sequential import SequentialBackend
+from lightning_fed.privacy.dp import DPSGDAggregator
+from lightning_fed.rounds.planning import RoundPlan
+from lightning_fed.workers.base import BaseWorker
+
+LOCAL_LOOPS = ("auto", "steps", "fused")
+FUSED_BATCHES = 32  # local batches per Lightning step: the progress bar still moves every few seconds
+
+# hooks Lightning's loop calls once per batch, outside the strategy: with fused loops, once per worker round
+BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "optimizer_zero_grad")
+# callbacks whose per-batch hooks stay right when a Lightning step is a worker's round
+_STEP_NEUTRAL = (ProgressBar, LearningRateMonitor, ModelSummary, Timer)
+
+
+class LocalBatches:
+    """One Lightning step of a fused round: ``count`` of ``worker``'s local batches, from its ``first``, of the
+    ``steps`` it trains in round ``round_index``."""
+
+    __slots__ = ("count", "first", "round_index", "steps", "worker")
+
+    def __init__(self, worker: BaseWorker, steps: int, first: int, count: int, round_index: int) -> None:
+        self.worker, self.steps, self.first, self.count, self.round_index = worker, steps, first, count, round_index
+
+    def __repr__(self) -> str:
+        return f"LocalBatches({self.worker.id!r}, {self.first}..{self.first + self.count} of {self.steps})"
+
+
+def _overrides(obj: Any, base: type, hook: str) -> bool:
+    return getattr(type(obj), hook, None) is not getattr(base, hook, None)
+
+
+def fusion_blockers(trainer: Any, module: LightningModule, backend: SequentialBackend) -> list[str]:
+    """What needs one Lightning step per batch in this run (empty: the local loops can be fused)."""
+    found = [f"{type(module).__name__}.{hook}" for hook in BATCH_HOOKS if _overrides(module, LightningModule, hook)]
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, _STEP_NEUTRAL):
+            continue
+        if isinstance(callback, ModelCheckpoint):
+            if saves_within_epochs(callback):
+                found.append("ModelCheckpoint(every_n_train_steps/train_time_interval)")
+            continue
+        found += [f"{type(callback).__name__}.{h}" for h in BATCH_HOOKS[:3] if _overrides(callback, Callback, h)]
+    if trainer is not None:
+        if trainer.max_steps not in (-1, None):
+            found.append(f"max_steps={trainer.max_steps}")
+        if trainer.accumulate_grad_batches != 1:
+            found.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches}")
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) or interval != 1.0 or trainer.check_val_every_n_epoch is None:
+            found.append(f"val_check_interval={interval}")
+    if backend.step_schedulers:
+        found.append("a step-interval LR scheduler")
+    if isinstance(backend.dp, DPSGDAggregator):
+        found.append("sample-level DP-SGD (its budget is spent batch by batch)")
+    if backend.rounds.failures.enabled:
+        found.append(f"simulated failures ({backend.rounds.failures.describe()})")
+    if backend.resume_state is not None:
+        found.append("a checkpoint saved in the middle of a round")
+    return found
+
+
+class FusedBackend(SequentialBackend):
+    """FedAvg rounds, worker after worker, each worker's local batches in one Lightning step (see the module
+    docstring)."""
+
+    name = "sequential, fused local loops"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._source: Iterator[Any] | None = None  # the active worker's local batches, across its Lightning steps
+        self._failed: Any = None  # the worker whose training_step raised this round (tolerate_failures)
+
+    def round_length(self, plan: RoundPlan) -> int:
+        return sum(-(-steps // FUSED_BATCHES) for steps in plan.steps)
+
+    def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
+        for worker, steps in zip(plan.workers, plan.steps):
+            for first in range(0, steps, FUSED_BATCHES):
+                yield LocalBatches(worker, steps, first, min(FUSED_BATCHES, steps - first), plan.round_index)
+
+    def batch_start(self, batch: Any) -> Any:
+        rounds = self.rounds
+        if not rounds.is_open:
+            self.begin_round(self.upcoming_plan())
+        assert self.planner is not None
+        self.batch = batch
+        rounds.steps_done += 1
+        if batch.first == 0:  # the worker's first Lightning step this round: it starts from the global model
+            rounds.start_worker(batch.worker, self.calls.optimizers(), self.step_schedulers)
+            self._source = iter(self.planner.worker_batches(batch.worker, batch.steps, batch.round_index))
+            self._failed = None
+        self.skip = batch.worker.id == self._failed
+        self.calls.progress("Round", batch.worker)
+        return batch
+
+    def training_step(self, args: tuple, kwargs: dict) -> Any:
+        work: LocalBatches = self.batch
+        if self.skip or self._source is None:
+            return self.calls.skipped_output()
+        (optimizer,) = self.calls.optimizers()  # automatic optimization: one optimizer
+        rounds, module, trainer = self.rounds, self.calls.module(), self.calls.trainer()
+        for batch_idx in range(work.first, work.first + work.count):
+            batch = next(self._source)
+            rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches (no simulated failures here)
+            rounds.stats.step(work.worker.id)
+            with self.at_worker(batch, worker_of(batch)) as session:
+                real = session.real
+                set_logging_batch(trainer, real)
+                self.stepping = True
+                try:
+                    self.calls.optimizer_step(optimizer, self._closure(real, batch_idx, optimizer), module)
+                except Exception as err:
+                    if not self.tolerate_failures:
+                        raise
+                    rounds.failures.record_failure(work.worker.id, err)  # it sits the rest of the round out
+                    rounds.reset_module()
+                    module.zero_grad(set_to_none=True)
+                    self._failed = work.worker.id
+                    return self.calls.skipped_output()
+                finally:
+                    self.stepping = False
+            rounds.local_steps += 1
+        return self.calls.skipped_output()  # nothing left for Lightning to back-propagate: the worker has trained
+
+    def _closure(self, real: Any, batch_idx: int, optimizer: Optimizer) -> Callable[[], Tensor | None]:
+        """Lightning's automatic-optimization closure for one local batch: training_step, zero_grad, backward."""
+
+        def closure() -> Tensor | None:
+            output = self.calls.training_step(real, batch_idx)
+            loss = output.get("loss") if isinstance(output, Mapping) else output
+            optimizer.zero_grad()
+            if loss is None:  # the user's training_step skipped this batch, as Lightning allows
+                return None
+            self.calls.backward(loss, optimizer)
+            self.record(self.rounds.active, output, real)
+            return loss.detach()
+
+        return closure
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
+        try:
+            with warnings.catch_warnings():  # the worker's round returns None to Lightning on purpose
+                warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+                out = closure()
+        finally:
+            self.batch = None
+        self.end_step()
+        return out
+
+    def describe(self) -> str:
+        return super().describe() + "; each worker's local batches run as one Lightning step (local_loop='fused')"
