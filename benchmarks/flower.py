@@ -389,11 +389,19 @@ def run_flower(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, A
 
 
 # -- lightning_fed -----------------------------------------------------------------------------------------------------
-def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool = False) -> dict[str, Any]:
+def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool = False,
+                      local_loop: str = "auto", log_steps: bool = False) -> dict[str, Any]:  # fmt: skip
+    """``log_steps=False``: the module logs nothing per step, as the other contenders' loops record nothing
+    (``MNISTClassifier``'s ``self.log("train_loss", on_step=True, on_epoch=True)`` is the ``log_steps=True`` run)."""
     import lightning.pytorch as pl
 
     from lightning_fed import FederatedDataModule, FederatedStrategy
     from lightning_fed.models import MNISTClassifier
+
+    class Unlogged(MNISTClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.nll_loss(self(x), y)
 
     parts = data.parts
 
@@ -401,10 +409,11 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
         return parts
 
     start, cpu_start = time.perf_counter(), time.thread_time()
+    cls = MNISTClassifier if log_steps else Unlogged
     if w.model in COPIES:
-        model = MNISTClassifier(architecture=w.model, lr=w.lr)
+        model = cls(architecture=w.model, lr=w.lr)
     else:  # a benchmark-only architecture (pfl's CNN): the same LightningModule around it
-        model = MNISTClassifier(lr=w.lr)
+        model = cls(lr=w.lr)
         model.net = MODELS[w.model]()
     model.net.load_state_dict(data.init_state)
     datamodule = FederatedDataModule.from_datasets(
@@ -412,7 +421,7 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
         seed=args.seed,
     )  # fmt: skip
     strategy = FederatedStrategy(clients_per_round=w.clients_per_round, local_epochs=w.local_epochs, seed=args.seed,
-                                 vectorize=vectorize)  # fmt: skip
+                                 vectorize=vectorize, local_loop=local_loop)  # fmt: skip
     trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, max_epochs=w.rounds, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
@@ -447,11 +456,15 @@ CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, A
     "pfl": run_pfl,
     "lightning_fed": run_lightning_fed,
     "lightning_fed_vectorized": lambda w, data, args: run_lightning_fed(w, data, args, vectorize=True),
+    # the sequential path with one Lightning step per batch (local_loop="steps"), and with per-step logging
+    "lightning_fed_steps": lambda w, data, args: run_lightning_fed(w, data, args, local_loop="steps"),
+    "lightning_fed_logged": lambda w, data, args: run_lightning_fed(w, data, args, log_steps=True),
     "plain": run_plain,
 }
 RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
           ("pfl", "plain"), ("flower", "pfl"), ("flower", "lightning_fed_vectorized"),
-          ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain")]  # fmt: skip
+          ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain"), ("lightning_fed_steps", "plain"),
+          ("lightning_fed_logged", "plain")]  # fmt: skip
 
 
 @torch.no_grad()

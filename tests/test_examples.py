@@ -38,9 +38,20 @@ def test_two_schools_example_trains_and_reports(tmp_path, capsys):
                            "--batch-size", "32", "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu"])  # fmt: skip
     out = capsys.readouterr().out
     assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
-    assert "Test accuracy after 2 rounds (fedavg, iid):" in out
+    assert "Test accuracy after 2 rounds (fedavg, iid, recipe fast):" in out
     assert "westside" in out and "grapevine" in out
+    assert re.search(r"round 1/2 took \dm\d\ds; \dm\d\ds elapsed, about \dm\d\ds left", out)
+    assert "round 2/2" in out and "about 0m00s left" in out
     assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_two_schools_recipes_fill_what_the_command_line_leaves_unset():
+    example = _load("mnist_two_schools")
+    fast, seed = example.parse_args([]), example.parse_args(["--recipe", "seed"])
+    assert (fast.epochs, fast.lr, fast.momentum) == (5, 0.02, 0.9)
+    assert (seed.epochs, seed.lr, seed.momentum, seed.batch_size) == (10, 0.01, 0.0, 64)  # the seed tutorial's own
+    mixed = example.parse_args(["--recipe", "seed", "--epochs", "3", "--momentum", "0.5"])
+    assert (mixed.epochs, mixed.lr, mixed.momentum) == (3, 0.01, 0.5)
 
 
 def test_dp_example_trains_with_calibrated_noise_and_spends_the_target_epsilon(tmp_path, capsys):

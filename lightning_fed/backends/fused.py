@@ -46,7 +46,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar, Timer
-from torch import Tensor
+from lightning.pytorch.plugins.precision import Precision
 from torch.optim import Optimizer
 
 from lightning_fed._compat.lightning import saves_within_epochs, set_logging_batch
@@ -59,8 +59,17 @@ from lightning_fed.workers.base import BaseWorker
 LOCAL_LOOPS = ("auto", "steps", "fused")
 FUSED_BATCHES = 32  # local batches per Lightning step: the progress bar still moves every few seconds
 
-# hooks Lightning's loop calls once per batch, outside the strategy: with fused loops, once per worker round
-BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "optimizer_zero_grad")
+# hooks Lightning's loop calls once per batch, outside the strategy: with fused loops, once per Lightning step
+BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_zero_grad",
+    "optimizer_zero_grad",
+    "optimizer_step",
+)
+# hooks the strategy and precision plugin call in each local step (callbacks have the first three)
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "backward",
+              "configure_gradient_clipping")  # fmt: skip
 # callbacks whose per-batch hooks stay right when a Lightning step is a worker's round
 _STEP_NEUTRAL = (ProgressBar, LearningRateMonitor, ModelSummary, Timer)
 
@@ -122,6 +131,7 @@ class FusedBackend(SequentialBackend):
         super().__init__(*args, **kwargs)
         self._source: Iterator[Any] | None = None  # the active worker's local batches, across its Lightning steps
         self._failed: Any = None  # the worker whose training_step raised this round (tolerate_failures)
+        self._direct_ok: bool | None = None
 
     def round_length(self, plan: RoundPlan) -> int:
         return sum(-(-steps // FUSED_BATCHES) for steps in plan.steps)
@@ -135,12 +145,15 @@ class FusedBackend(SequentialBackend):
         rounds = self.rounds
         if not rounds.is_open:
             self.begin_round(self.upcoming_plan())
-        assert self.planner is not None
+        assert self.planner is not None and self.loader is not None
+        if not isinstance(batch, LocalBatches):
+            worker_of(batch)  # a clear error: the train loader must be the federated one
         self.batch = batch
         rounds.steps_done += 1
         if batch.first == 0:  # the worker's first Lightning step this round: it starts from the global model
             rounds.start_worker(batch.worker, self.calls.optimizers(), self.step_schedulers)
-            self._source = iter(self.planner.worker_batches(batch.worker, batch.steps, batch.round_index))
+            positions = self.loader.batch_positions  # gathered at the worker, in its session: no pointer per batch
+            self._source = iter(self.planner.worker_batches(batch.worker, batch.steps, batch.round_index, positions))
             self._failed = None
         self.skip = batch.worker.id == self._failed
         self.calls.progress("Round", batch.worker)
@@ -148,37 +161,70 @@ class FusedBackend(SequentialBackend):
 
     def training_step(self, args: tuple, kwargs: dict) -> Any:
         work: LocalBatches = self.batch
-        if self.skip or self._source is None:
+        if self.skip or self._source is None or self.loader is None:
             return self.calls.skipped_output()
-        (optimizer,) = self.calls.optimizers()  # automatic optimization: one optimizer
-        rounds, module, trainer = self.rounds, self.calls.module(), self.calls.trainer()
-        for batch_idx in range(work.first, work.first + work.count):
-            batch = next(self._source)
-            rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches (no simulated failures here)
-            rounds.stats.step(work.worker.id)
-            with self.at_worker(batch, worker_of(batch)) as session:
-                real = session.real
-                set_logging_batch(trainer, real)
+        shard = self.loader.federated_dataset[work.worker.id]
+        step = self._direct_step if self._direct() else self._lightning_step
+        with self.at_worker(
+            shard, (shard, shard.location)
+        ) as session:  # one session for the chunk: the worker's own data
+            for batch_idx in range(work.first, work.first + work.count):
+                real = self.loader.gather(session.real, next(self._source))
+                self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
+                self.rounds.stats.step(work.worker.id)
+                set_logging_batch(self.calls.trainer(), real)
                 self.stepping = True
                 try:
-                    self.calls.optimizer_step(optimizer, self._closure(real, batch_idx, optimizer), module)
+                    step(real, batch_idx)
                 except Exception as err:
                     if not self.tolerate_failures:
                         raise
-                    rounds.failures.record_failure(work.worker.id, err)  # it sits the rest of the round out
-                    rounds.reset_module()
-                    module.zero_grad(set_to_none=True)
+                    self.rounds.failures.record_failure(work.worker.id, err)  # it sits the rest of the round out
+                    self.rounds.reset_module()
+                    self.calls.module().zero_grad(set_to_none=True)
                     self._failed = work.worker.id
                     return self.calls.skipped_output()
                 finally:
                     self.stepping = False
-            rounds.local_steps += 1
+                self.rounds.local_steps += 1
         return self.calls.skipped_output()  # nothing left for Lightning to back-propagate: the worker has trained
 
-    def _closure(self, real: Any, batch_idx: int, optimizer: Optimizer) -> Callable[[], Tensor | None]:
+    def _direct(self) -> bool:
+        """Whether a local step may skip Lightning's per-step hook calls: nothing overrides them, 32-bit precision,
+        no gradient clipping (the result is the same; the calls cost as much as a small model's step)."""
+        if self._direct_ok is None:
+            module, trainer = self.calls.module(), self.calls.trainer()
+            hooked = [c for c in trainer.callbacks if any(_overrides(c, Callback, h) for h in STEP_HOOKS[:3])]
+            self._direct_ok = (
+                type(self.calls.precision()) is Precision
+                and not hooked
+                and not any(_overrides(module, LightningModule, h) for h in STEP_HOOKS)
+                and not trainer.gradient_clip_val
+            )
+        return self._direct_ok
+
+    def _direct_step(self, real: Any, batch_idx: int) -> None:
+        """One local step as Lightning's automatic optimization does it, without its (empty) hooks."""
+        (optimizer,) = self.calls.optimizers()
+        output = self.calls.training_step(real, batch_idx)
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        optimizer.zero_grad()
+        if loss is None:  # the user's training_step skipped this batch, as Lightning allows
+            return
+        loss.backward()
+        self.post_backward()
+        self.record(self.rounds.active, output, real)
+        optimizer.step()
+
+    def _lightning_step(self, real: Any, batch_idx: int) -> None:
+        """One local step through the strategy and precision plugin: every per-step hook, clipping, AMP scaling."""
+        (optimizer,) = self.calls.optimizers()
+        self.calls.optimizer_step(optimizer, self._closure(real, batch_idx, optimizer), self.calls.module())
+
+    def _closure(self, real: Any, batch_idx: int, optimizer: Optimizer) -> Callable[[], Any]:
         """Lightning's automatic-optimization closure for one local batch: training_step, zero_grad, backward."""
 
-        def closure() -> Tensor | None:
+        def closure() -> Any:
             output = self.calls.training_step(real, batch_idx)
             loss = output.get("loss") if isinstance(output, Mapping) else output
             optimizer.zero_grad()

@@ -204,13 +204,24 @@ class FederatedDataLoader:
 
     def worker_batches(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[Any]:
         """The batches (pointer pairs) of one worker for ``epoch`` (default: the loader's current epoch)."""
-        worker_id = _worker_id(worker)
-        shard = self.federated_dataset[worker_id]
-        order = self._shard_order(self._position(worker_id), len(shard), self._epoch(epoch))
-        for start in self._batch_starts(len(order)):
+        shard = self.federated_dataset[_worker_id(worker)]
+        for positions in self.batch_positions(worker, epoch):
             # the positions travel as one tensor, not a list the worker would walk item by item looking for refs
-            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), order[start : start + self.batch_size]))
+            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), positions))
             yield pointers_from(me._send(message, shard.location), shard.location)
+
+    def batch_positions(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[torch.Tensor]:
+        """Each batch of ``worker`` in ``epoch`` as positions in its shard (what :meth:`worker_batches` gathers)."""
+        worker_id = _worker_id(worker)
+        order = self._shard_order(self._position(worker_id), len(self.federated_dataset[worker_id]), self._epoch(epoch))
+        for start in self._batch_starts(len(order)):
+            yield order[start : start + self.batch_size]
+
+    def gather(self, shard: Any, positions: torch.Tensor) -> Any:
+        """The batch at ``positions`` of ``shard``, the worker's own dataset: for code that runs at the worker, in
+        its session (``with worker.session(shard_pointer) as shard:``), as a fused local loop does. Nothing is
+        stored at the worker and no pointer is made: the batch lives as long as the code that uses it."""
+        return _make_batch(shard, positions, collate_fn=self.collate_fn)
 
     def _position(self, worker_id: Hashable) -> int:
         self.federated_dataset[worker_id]  # a clear KeyError for an unknown worker

@@ -159,13 +159,16 @@ class RoundPlanner:
             for batch in self.worker_batches(worker, steps, plan.round_index):
                 yield worker, batch
 
-    def worker_batches(self, worker: BaseWorker, steps: int, round_index: int) -> Iterator[Any]:
-        """``worker``'s ``steps`` batches of round ``round_index``, cycling its shard (reshuffled each pass)."""
+    def worker_batches(self, worker: BaseWorker, steps: int, round_index: int,
+                       source: Callable[[BaseWorker, int], Iterator[Any]] | None = None) -> Iterator[Any]:  # fmt: skip
+        """``worker``'s ``steps`` batches of round ``round_index``, cycling its shard (reshuffled each pass);
+        ``source``: where an epoch's batches come from (default :attr:`batch_source`)."""
+        source = self.batch_source if source is None else source
         per_pass = self.loader.num_batches(worker)
         passes = math.ceil(steps / per_pass)
         produced = 0
         for local_pass in range(passes):
-            for batch in self.batch_source(worker, round_index * passes + local_pass):
+            for batch in source(worker, round_index * passes + local_pass):
                 if produced == steps:
                     return
                 produced += 1

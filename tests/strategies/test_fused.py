@@ -36,13 +36,21 @@ def _fit(local_loop: str, *, optimizer: str = "sgd", rounds: int = 3, partition:
 
 
 # -- the oracle: fused == one Lightning step per batch ----------------------------------------------------------------
+class AfterBackward(Callback):
+    def on_after_backward(self, trainer, pl_module):
+        pass
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
-def test_fused_local_loops_equal_one_lightning_step_per_batch(optimizer, partition):
+@pytest.mark.parametrize("path", ["direct", "lightning"])  # without per-step hooks / through Lightning's
+def test_fused_local_loops_equal_one_lightning_step_per_batch(optimizer, partition, path):
+    kw = {"trainer_kw": {"callbacks": [AfterBackward()]}} if path == "lightning" else {}
     steps, steps_trainer = _fit("steps", optimizer=optimizer, partition=partition, clients_per_round=3)
-    fused, fused_trainer = _fit("fused", optimizer=optimizer, partition=partition, clients_per_round=3)
+    fused, fused_trainer = _fit("fused", optimizer=optimizer, partition=partition, clients_per_round=3, **kw)
     assert type(steps_trainer.strategy.backend) is SequentialBackend
     assert type(fused_trainer.strategy.backend) is FusedBackend
+    assert fused_trainer.strategy.backend._direct() is (path == "direct")
     assert max_abs_diff(steps, fused) == 0.0  # the same operations in the same order
     assert max_abs_diff(_model(optimizer), fused) > 1e-3  # it trained
     assert steps_trainer.strategy.worker_summary() == fused_trainer.strategy.worker_summary()
