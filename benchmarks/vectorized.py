@@ -12,7 +12,12 @@ holding ``--samples-per-client`` images. Contenders, timed interleaved in one ru
 Then time per round as the workers per round grow (``--scaling``), vectorized vs sequential. The final models of
 the two strategies are compared (max abs difference) so the speed is not bought with a different result.
 
+Then ``vectorize="auto"`` (``--auto-models``, default McMahan's CNN and the 2NN, on the same clients): sequential,
+vectorized and auto, interleaved, ``--auto-rounds`` rounds each; per model the path auto chose, its measurement's
+timings, and auto's time over the faster of the other two in the same repeat (the acceptance: at most 1.05).
+
     python benchmarks/vectorized.py --data-root data
+    python benchmarks/vectorized.py --data-root data --auto-only        # only the vectorize="auto" table
     python benchmarks/vectorized.py --smoke
 """
 
@@ -63,16 +68,17 @@ def load_data(args: argparse.Namespace, num_clients: int) -> TensorDataset:
 def fit_strategy(
     dataset: TensorDataset,
     args: argparse.Namespace,
-    vectorize: bool,
+    vectorize: bool | str,
     clients: int,
     per_round: int,
     rounds: int,
     trainer_kw: dict[str, Any] | None = None,
+    architecture: str = "mcmahan_2nn",
 ) -> tuple[float, pl.LightningModule]:
     """Fit FedAvg on ``dataset``; ``trainer_kw`` overrides the Trainer's arguments (``accelerator``, ``callbacks``)."""
     data = FederatedDataModule.from_datasets(dataset, workers=clients, batch_size=args.batch_size, seed=0)
     torch.manual_seed(0)
-    model = Classifier(architecture="mcmahan_2nn", lr=args.lr)
+    model = Classifier(architecture=architecture, lr=args.lr)
     trainer = pl.Trainer(**{
         "strategy": FederatedStrategy(clients_per_round=per_round, vectorize=vectorize, seed=0), "accelerator": "cpu",
         "devices": 1, "max_epochs": rounds, "logger": False, "enable_checkpointing": False,
@@ -128,16 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", type=int, nargs="*", default=[10, 50, 100],
                         help="workers per round for the scaling table (all clients take part)")  # fmt: skip
     parser.add_argument("--scaling-rounds", type=int, default=2)
+    parser.add_argument("--auto-models", nargs="*", default=["mcmahan_cnn", "mcmahan_2nn"],
+                        help="models for the vectorize='auto' table (none: skip it)")  # fmt: skip
+    parser.add_argument("--auto-rounds", type=int, default=2)
+    parser.add_argument("--auto-only", action="store_true", help="only the vectorize='auto' table")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the tables, not fit banners
     if args.smoke:
         args.clients, args.per_round, args.samples_per_client, args.rounds, args.repeats = 6, 3, 20, 1, 1
-        args.scaling, args.scaling_rounds, args.data_root = [2, 4], 1, None
+        args.scaling, args.scaling_rounds, args.data_root, args.auto_rounds = [2, 4], 1, None, 1
     info = machine_info()
     print_machine(info)
     dataset = load_data(args, max(args.clients, *args.scaling) if args.scaling else args.clients)
     b, k, r = args.clients, args.per_round, args.rounds
+    if args.auto_only:
+        auto = auto_table(dataset, args)
+        print_json_line({"benchmark": "vectorized_auto", "machine": info, "config": vars(args), "auto": auto})
+        return 0
     models: dict[str, Any] = {}
 
     def timed(name: str, vectorize: bool) -> float:
@@ -181,12 +195,50 @@ def main(argv: list[str] | None = None) -> int:
             [[s["workers_per_round"], s["sequential_s_per_round"], s["vectorized_s_per_round"], s["speedup"],
               s["max_abs_diff"]] for s in scaling],
         ))  # fmt: skip
+    auto = auto_table(dataset, args)
     print_json_line({
         "benchmark": "vectorized", "machine": info, "config": vars(args),
         "times": {name: summary(v) for name, v in times.items()}, "speedups": speedups,
-        "max_abs_diff": f"{difference:.2e}", "scaling": scaling,
+        "max_abs_diff": f"{difference:.2e}", "scaling": scaling, "auto": auto,
     })  # fmt: skip
     return 0
+
+
+def auto_table(dataset: TensorDataset, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Sequential, vectorized and ``vectorize="auto"`` per model in ``--auto-models``, interleaved; prints a table
+    with auto's time over the faster of the other two (per repeat, then the median) and what auto chose."""
+    rows, out = [], []
+    b, k, r = args.clients, args.per_round, args.auto_rounds
+    for architecture in args.auto_models:
+        choices: list[Any] = []
+
+        def timed(vectorize: bool | str, architecture: str = architecture, choices: list = choices) -> float:
+            seconds, model = fit_strategy(dataset, args, vectorize, b, k, r, architecture=architecture)
+            if vectorize == "auto":
+                choices.append(model.trainer.strategy.vectorize_choice)
+            return seconds
+
+        times = interleaved({"sequential": lambda: timed(False), "vectorized": lambda: timed(True),
+                             "auto": lambda: timed("auto")}, args.repeats)  # fmt: skip
+        faster = [min(s, v) for s, v in zip(times["sequential"], times["vectorized"])]
+        over = ratios(times["auto"], faster)
+        picked = ", ".join(sorted({"vectorized" if c.vectorize else "sequential" for c in choices}))
+        speedups = [c.speedup for c in choices if c.speedup is not None]
+        measured = max(c.measure_s for c in choices)
+        median = {name: summary(values)["median"] / r for name, values in times.items()}
+        rows.append([architecture, median["sequential"], median["vectorized"], median["auto"], picked,
+                     f"{min(speedups):.2f}-{max(speedups):.2f}" if speedups else "-", measured,
+                     f"{over['median']:.3f} ({over['min']:.3f}-{over['max']:.3f})"])  # fmt: skip
+        out.append({"model": architecture, "times": {n: summary(v) for n, v in times.items()}, "auto_over_faster": over,
+                    "chose": picked, "measure_s": measured, "choices": [str(c) for c in choices]})  # fmt: skip
+    if rows:
+        print(f"\nvectorize='auto': {b} clients x {args.samples_per_client} images, {k} a round, batch "
+              f"{args.batch_size}, {r} rounds, {args.repeats} interleaved repeats (s/round: medians)")  # fmt: skip
+        print(format_table(
+            ["model", "sequential", "vectorized", "auto", "auto chose", "measured seq/vec", "measure s",
+             "auto / faster (min-max)"], rows,
+        ))  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from typing_extensions import override
 from lightning_fed._compat.lightning import trainer_of, tuner_running
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends import Backend, DistributedBackend, FollowBackend, SequentialBackend, VectorizedBackend
+from lightning_fed.backends.vectorized.choose import VectorizeChoice, choose_backend
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.privacy.dp import DPConfig
@@ -77,7 +78,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         secure_aggregation: ``True`` or a :class:`~lightning_fed.secure_aggregation.SecureAggregationConfig`.
         privacy: a :class:`~lightning_fed.privacy.dp.DPConfig` (client-level DP-FedAvg or sample-level DP-SGD).
         accept_plain_checkpoint: ``fit`` from a plain Lightning checkpoint starts from its weights (else refused).
-        vectorize: train each round's workers together under ``torch.vmap`` (:mod:`~lightning_fed.backends.vectorized`).
+        vectorize: ``True``: each round's workers train together under ``torch.vmap``; ``"auto"``: if measured faster.
         local_loop: ``"auto"``, ``"steps"`` or ``"fused"``: a worker's local batches as one Lightning step
             (:mod:`~lightning_fed.backends.fused`).
         start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``:
@@ -85,6 +86,7 @@ class FederatedStrategy(FederatedParallelStrategy):
     """
 
     strategy_name = "federated"
+    vectorize_choice: VectorizeChoice | None = None  # vectorize="auto": what the first round's measurement chose
 
     def __init__(
         self,
@@ -104,7 +106,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         byzantine: ByzantineWorkers | dict[Hashable, Any] | None = None,
         secure_aggregation: bool | SecureAggregationConfig = False,
         privacy: DPConfig | None = None,
-        vectorize: bool = False,
+        vectorize: bool | str = False,
         local_loop: str = "auto",
         accept_plain_checkpoint: bool = False,
         start_method: str = "popen",
@@ -208,7 +210,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         kwargs = {"tolerate_failures": self.tolerate_failures, "step_schedulers": step_schedulers}
         if self.is_distributed:
             return DistributedBackend(calls, self._rounds, planning, processes=self.processes(), **kwargs)
-        if self.vectorize and trainer is not None and trainer.training:
+        if self.vectorize is True and trainer is not None and trainer.training:
             return VectorizedBackend(calls, self._rounds, planning, **kwargs)
         return SequentialBackend(calls, self._rounds, planning, **kwargs)
 
@@ -230,6 +232,8 @@ class FederatedStrategy(FederatedParallelStrategy):
             return self._tuning.process_dataloader(dataloader)
         if getattr(dataloader, "remote", False) and not getattr(self._backend, "remote", False):
             self._backend = glue.remote_backend(self, self._backend)  # the sites' data: rounds run at the sites
+        if self.vectorize == "auto" and self.vectorize_choice is None:  # before the first round: measured once
+            self._backend, self.vectorize_choice = choose_backend(self._backend, dataloader)
         return self._backend.process_dataloader(dataloader)
 
     # -- the training step: each hook hands off to the backend ----------------------------------------------------

@@ -26,6 +26,28 @@ def check_flag(name: str, value: Any) -> None:
         raise FederatedConfigError(f"`{name}={value!r}` is not valid: pass True or False.")
 
 
+VECTORIZE = (True, False, "auto")
+
+
+def check_vectorize(value: Any) -> None:
+    """``vectorize`` is True, False or ``"auto"`` (not 1, not ``"yes"``).
+
+    Example:
+        >>> check_vectorize("auto")
+        >>> check_vectorize(1)
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: `vectorize=1` is not valid: pass True or False, or 'auto' ...
+    """
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+        return
+    raise FederatedConfigError(
+        f"`vectorize={value!r}` is not valid: pass True or False, or 'auto' (True: each round's workers train "
+        "together under torch.vmap; False: one after another; 'auto': whichever a short measurement at the first "
+        "round finds faster)."
+    )
+
+
 def check_count(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -43,7 +65,7 @@ def check_options(
     seed: int | None,
     tolerate_failures: bool,
     reset_optimizer_state: bool,
-    vectorize: bool,
+    vectorize: bool | str,
     simulates_failures: bool,
     accept_plain_checkpoint: bool = False,
     local_loop: str = "auto",
@@ -64,10 +86,10 @@ def check_options(
     for name, value in (
         ("tolerate_failures", tolerate_failures),
         ("reset_optimizer_state", reset_optimizer_state),
-        ("vectorize", vectorize),
         ("accept_plain_checkpoint", accept_plain_checkpoint),
     ):
         check_flag(name, value)
+    check_vectorize(vectorize)
     if local_loop not in ("auto", "steps", "fused"):
         raise FederatedConfigError(
             f"`local_loop={local_loop!r}` is not valid: choose 'auto' (fuse each worker's local batches into one "
@@ -79,12 +101,12 @@ def check_options(
             "`dropout_rate`, `deadline_steps` and `byzantine` simulate failures in federated rounds: use them with "
             "mode='fedavg', not mode='follow'."
         )
-    if vectorize and follow:
+    if vectorize is True and follow:  # "auto" simply chooses the sequential path where vectorizing cannot run
         raise FederatedConfigError(
             "`vectorize=True` trains a round's workers together: it needs mode='fedavg', got mode='follow' (where "
             "one model follows the batches one after another)."
         )
-    if vectorize and tolerate_failures:
+    if vectorize is True and tolerate_failures:
         raise FederatedConfigError(
             "`vectorize=True` cannot tell which worker's training_step raised, so it cannot be combined with "
             "`tolerate_failures=True`: pass one of them."
@@ -100,7 +122,7 @@ def check_secure_aggregation(value: Any) -> None:
         )
 
 
-def check_process_options(mode: str, vectorize: bool, where: str) -> None:
+def check_process_options(mode: str, vectorize: bool | str, where: str) -> None:
     """Refuse what cannot run over several processes (``where`` says how many): follow mode and vectorized workers."""
     if mode != "fedavg":
         raise FederatedConfigError(
@@ -108,7 +130,7 @@ def check_process_options(mode: str, vectorize: bool, where: str) -> None:
             f"runs in one process, and got {where}. Pass devices=1, num_nodes=1, or mode='fedavg' (rounds, "
             "whose workers can train in parallel processes)."
         )
-    if vectorize:
+    if vectorize is True:  # "auto" over several processes: each trains its workers sequentially
         raise FederatedConfigError(
             f"FederatedStrategy(vectorize=True) trains a round's workers together in one process, and got {where}: "
             "pass vectorize=False to spread the workers over processes, or devices=1, num_nodes=1."

@@ -81,6 +81,27 @@ _REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean"
                                "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
 
 
+def recreate_optimizer(optimizer: Optimizer, params: Sequence[Tensor]) -> Optimizer:
+    """A fresh optimizer of ``optimizer``'s class and hyper-parameters over ``params`` (one for each of its
+    parameters, in its order); the state is not copied."""
+    groups, position = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append({**{key: v for key, v in group.items() if key != "params"},
+                       "params": list(params[position:position + n])})  # fmt: skip
+        position += n
+    try:
+        return type(optimizer)(groups)
+    except TypeError:
+        try:
+            return type(optimizer)(groups, **optimizer.defaults)
+        except TypeError as err:
+            raise FederatedConfigError(
+                f"`vectorize=True` could not re-create your optimizer {type(optimizer).__name__} over the "
+                f"stacked parameters ({err}): pass vectorize=False."
+            ) from err
+
+
 # -- the stacked workers of one cohort --------------------------------------------------------------------------------
 class VectorizedWorkers:
     """Trains the cohorts of a run: stacked parameters, the user's optimizer re-created over them, masked steps.
@@ -107,6 +128,7 @@ class VectorizedWorkers:
         self.clip_val = clip_val
         self.clip_algorithm = clip_algorithm or "norm"
         self.use_vmap = True
+        self.dry_run = False  # a measurement (vectorize="auto"): nothing is logged, no fallback to loop mode
         self._call = TrainingStepCall(module)
         named = {id(p): f"module.{n}" for n, p in module.named_parameters()}  # names under TrainingStepCall
         self.user_params = optimizer_params(optimizer)
@@ -133,22 +155,7 @@ class VectorizedWorkers:
         with torch.no_grad():
             stacked = [p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())) for p in self.user_params]
         self.stacked = [t.requires_grad_(True) for t in stacked]  # leaves: autograd fills each worker's slice
-        groups, position = [], 0
-        for group in self.optimizer.param_groups:
-            n = len(group["params"])
-            groups.append({**{key: v for key, v in group.items() if key != "params"},
-                           "params": self.stacked[position:position + n]})  # fmt: skip
-            position += n
-        try:
-            self.stacked_optimizer = type(self.optimizer)(groups)
-        except TypeError:
-            try:
-                self.stacked_optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
-            except TypeError as err:
-                raise FederatedConfigError(
-                    f"`vectorize=True` could not re-create your optimizer {type(self.optimizer).__name__} over the "
-                    f"stacked parameters ({err}): pass vectorize=False."
-                ) from err
+        self.stacked_optimizer = recreate_optimizer(self.optimizer, self.stacked)
         self._load_states(cohort)
         self.cohort = cohort
         self.counts = [0] * k
@@ -222,7 +229,7 @@ class VectorizedWorkers:
             try:
                 losses = self._compute_vmap(batches, positions, batch_idx)
             except Exception as err:
-                if not is_vmap_error(err):
+                if not is_vmap_error(err) or self.dry_run:
                     raise
                 warn(
                     f"FederatedStrategy(vectorize=True): your training_step cannot run under torch.vmap ({err}). "
@@ -289,7 +296,8 @@ class VectorizedWorkers:
             grads = torch.autograd.grad(total, self.stacked, allow_unused=True)
             for t, g in zip(self.stacked, grads):
                 t.grad = g
-        self._log_merged(pending_logs)  # after the gradient: a bad log call cannot leave half a step behind
+        if not self.dry_run:
+            self._log_merged(pending_logs)  # after the gradient: a bad log call cannot leave half a step behind
         return losses
 
     def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:

@@ -1,0 +1,229 @@
+"""``FederatedStrategy(vectorize="auto")``: vectorized or sequential workers, whichever a short measurement finds
+faster.
+
+When the train loader first reaches the strategy (before the first round), one real batch of the round's first
+worker is read in that worker's session and the model's local step is timed both ways, on copies:
+
+* **sequential**: ``training_step``, backward and the optimizer step of one worker (the arithmetic of the
+  sequential path, whose fused local loops add little to it), the fastest of ``steps`` after one warm-up;
+* **vectorized**: one step of all ``K`` workers of the round together
+  (:class:`~lightning_fed.backends.vectorized.workers.VectorizedWorkers`, the same code the vectorized path runs),
+  after one warm-up step, divided by ``K``.
+
+That costs ``steps + 1`` worker steps plus two vectorized steps (about ``2K + 3`` worker steps, once per run). The
+module's parameters, buffers and gradients, the optimizer and its state, the random number generators and
+Lightning's logged values are left as they were. The faster path trains the run; the decision and both timings are
+logged and kept as ``strategy.vectorize_choice``. Where the vectorized path cannot run (follow mode, several
+processes, remote sites, ``tolerate_failures``, what :func:`check_vectorizable` refuses, a ``training_step`` that
+cannot run under ``vmap``), "auto" means sequential, without a measurement.
+
+Example:
+    >>> choice = decide(sequential_s=0.020, vectorized_s=0.012, workers=10)
+    >>> choice.vectorize, round(choice.speedup, 2)
+    (True, 1.67)
+    >>> print(choice)  # doctest: +ELLIPSIS
+    vectorize='auto' chose the vectorized path: a worker's local step took 20.00 ms sequentially and 12.00 ms ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import chain
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from torch.optim import Optimizer
+
+from lightning_fed.backends.base import Backend
+from lightning_fed.backends.fused import FusedBackend
+from lightning_fed.backends.sequential import SequentialBackend
+from lightning_fed.backends.vectorized.backend import VectorizedBackend
+from lightning_fed.backends.vectorized.checks import check_vectorizable
+from lightning_fed.backends.vectorized.cohorts import Cohort
+from lightning_fed.backends.vectorized.functional import (
+    LogRecorder,
+    MetricUnderVmap,
+    TrainingStepCall,
+    guarded_metrics,
+    is_vmap_error,
+    loss_of,
+    patched_log,
+)
+from lightning_fed.backends.vectorized.workers import VectorizedWorkers, recreate_optimizer
+from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.logs import info
+from lightning_fed.rounds.stats import capture_rng, restore_rng
+from lightning_fed.rounds.worker_state import optimizer_params
+
+clock = time.perf_counter  # what the measurement reads (a test may replace it)
+SEQUENTIAL_STEPS = 3  # timed sequential worker steps (after one warm-up); the vectorized side times one K-step
+
+
+@dataclass(frozen=True)
+class VectorizeChoice:
+    """What ``vectorize="auto"`` chose and why: ``sequential_s`` / ``vectorized_s`` are seconds per worker step
+    (``None`` where nothing was measured), ``measure_s`` what the measurement took."""
+
+    vectorize: bool
+    reason: str
+    sequential_s: float | None = None
+    vectorized_s: float | None = None
+    workers: int = 0
+    measure_s: float = 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        """Sequential time over vectorized time (above 1: vectorized is faster)."""
+        if not self.sequential_s or not self.vectorized_s:
+            return None
+        return self.sequential_s / self.vectorized_s
+
+    def __str__(self) -> str:
+        path = "vectorized" if self.vectorize else "sequential"
+        return f"vectorize='auto' chose the {path} path: {self.reason}"
+
+
+def decide(sequential_s: float, vectorized_s: float, workers: int) -> VectorizeChoice:
+    """The faster path from two timings (seconds per worker step); a tie keeps the sequential path."""
+    reason = (
+        f"a worker's local step took {1e3 * sequential_s:.2f} ms sequentially and {1e3 * vectorized_s:.2f} ms "
+        f"vectorized ({workers} workers at once)"
+    )
+    return VectorizeChoice(vectorized_s < sequential_s, reason, sequential_s, vectorized_s, workers)
+
+
+# -- the two timings ---------------------------------------------------------------------------------------------------
+def _clip(grads: list[torch.Tensor], clip_val: float | None, algorithm: str | None) -> None:
+    if not clip_val:
+        return
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(grads, clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(grads, clip_val)
+
+
+def time_sequential(
+    module: Any, optimizer: Optimizer, batch: Any, steps: int = SEQUENTIAL_STEPS,
+    clip_val: float | None = None, clip_algorithm: str | None = None,
+) -> float:  # fmt: skip
+    """Seconds of one worker's local step (the fastest of ``steps`` after one warm-up): ``training_step``, backward,
+    clipping and a step of a fresh copy of ``optimizer``, on copies of the module's parameters and buffers."""
+    call = TrainingStepCall(module)
+    tensors = {f"module.{n}": t.detach().clone() for n, t in chain(module.named_parameters(), module.named_buffers())}
+    names = {id(p): f"module.{n}" for n, p in module.named_parameters()}
+    trained = [tensors[names[id(p)]].requires_grad_(True) for p in optimizer_params(optimizer)]
+    local = recreate_optimizer(optimizer, trained)
+    times = []
+    with patched_log(module, LogRecorder()), guarded_metrics(module):  # a metric's update raises before it changes
+        for step in range(steps + 1):
+            start = clock()
+            loss = loss_of(functional_call(call, tensors, (batch, step)))
+            local.zero_grad()
+            loss.backward()
+            _clip([t.grad for t in trained if t.grad is not None], clip_val, clip_algorithm)
+            local.step()
+            times.append(clock() - start)
+    return min(times[1:])
+
+
+def time_vectorized(
+    module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
+    clip_val: float | None = None, clip_algorithm: str | None = None,
+) -> float:  # fmt: skip
+    """Seconds per worker of one vectorized step of all ``workers`` (``batch`` for each), after one warm-up step."""
+    vector = VectorizedWorkers(module, optimizer, {}, clip_val, clip_algorithm)  # {}: every worker starts fresh
+    vector.dry_run = True
+    k = len(workers)
+    vector.start(Cohort(0, tuple(workers), (2,) * k))
+    times = []
+    for step in range(2):
+        start = clock()
+        vector.compute([batch] * k, [True] * k, step)
+        vector.step()
+        times.append(clock() - start)
+    return times[1] / k
+
+
+def measure(
+    module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
+    clip_val: float | None = None, clip_algorithm: str | None = None,
+) -> VectorizeChoice:  # fmt: skip
+    """Time both paths on ``batch`` (see the module docstring) and choose; the module's buffers and the RNGs are
+    restored (its parameters, gradients and ``optimizer`` are never touched: the timings run on copies)."""
+    rng = capture_rng()
+    buffers = [b.detach().clone() for b in module.buffers()]
+    start = clock()
+    try:
+        try:
+            sequential = time_sequential(module, optimizer, batch, SEQUENTIAL_STEPS, clip_val, clip_algorithm)
+        except MetricUnderVmap as err:  # the vectorized path would run each worker's forward apart (loop mode)
+            return VectorizeChoice(False, f"training_step updates a metric ({err})", workers=len(workers))
+        try:
+            vectorized = time_vectorized(module, optimizer, batch, workers, clip_val, clip_algorithm)
+        except Exception as err:
+            if not (is_vmap_error(err) or isinstance(err, FederatedConfigError)):
+                raise
+            return VectorizeChoice(False, f"the vectorized step cannot run ({err})", sequential, None, len(workers))
+    finally:
+        restore_rng(rng)
+        with torch.no_grad():
+            for b, saved in zip(module.buffers(), buffers):
+                b.copy_(saved)
+    return replace(decide(sequential, vectorized, len(workers)), measure_s=clock() - start)
+
+
+# -- the thin call site: the strategy's backend, before the first round ------------------------------------------------
+def sequential_only(backend: Backend, loader: Any) -> str | None:
+    """Why this run trains sequentially whatever a measurement says (``None``: the vectorized path may run)."""
+    if type(backend) not in (SequentialBackend, FusedBackend):
+        return f"the {backend.name} backend runs this fit (mode='follow', several processes, or remote sites)"
+    assert isinstance(backend, SequentialBackend)
+    if getattr(loader, "remote", False):
+        return "remote sites train the rounds"
+    if backend.tolerate_failures:
+        return "tolerate_failures=True (a vectorized step cannot tell which worker's training_step raised)"
+    if backend.resume_state is not None:
+        return "a checkpoint saved in the middle of a round is being resumed"
+    try:
+        check_vectorizable(backend.calls.module(), backend.calls.trainer(), backend.rounds.aggregator)
+    except FederatedConfigError as err:
+        return f"the vectorized path cannot train this run exactly ({err})"
+    return None
+
+
+def choose_backend(backend: Backend, loader: Any) -> tuple[Backend, VectorizeChoice | None]:
+    """For ``vectorize="auto"``: ``backend`` (the sequential one the strategy set up) or, where the measurement finds
+    it faster, a vectorized backend over the same rounds and planning, set up; and the choice (``None`` outside
+    ``fit``'s training: nothing chosen yet)."""
+    trainer = backend.calls.trainer()
+    if trainer is None or not trainer.training:
+        return backend, None
+    reason = sequential_only(backend, loader)
+    if reason is None:
+        assert isinstance(backend, SequentialBackend)
+        plan = backend.make_planner(loader).plan(backend.rounds.index)
+        if len(plan.workers) < 2:
+            reason = f"{len(plan.workers)} worker a round: nothing to train together"
+    if reason is not None:
+        choice = VectorizeChoice(False, reason)
+        info(f"FederatedStrategy: {choice}.")
+        return backend, choice
+    worker = plan.workers[0]
+    shard = loader.federated_dataset[worker.id]
+    positions = next(iter(loader.batch_positions(worker, 0)))
+    with backend.at_worker(shard, (shard, shard.location)) as session:  # the worker's own batch, at the worker
+        batch = loader.gather(session.real, positions)
+        choice = measure(backend.calls.module(), backend.calls.optimizers()[0], batch, plan.workers,
+                         trainer.gradient_clip_val, trainer.gradient_clip_algorithm)  # fmt: skip
+    info(f"FederatedStrategy: {choice} (measured in {choice.measure_s:.2f} s).")
+    if not choice.vectorize:
+        return backend, choice
+    vectorized = VectorizedBackend(
+        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
+        step_schedulers=backend.step_schedulers,
+    )  # fmt: skip
+    vectorized.setup(trainer)
+    return vectorized, choice
