@@ -19,6 +19,7 @@ timings, and auto's time over the faster of the other two in the same repeat (th
     python benchmarks/vectorized.py --data-root data
     python benchmarks/vectorized.py --data-root data --auto-only        # only the vectorize="auto" table
     python benchmarks/vectorized.py --smoke
+    python benchmarks/vectorized.py --profile mcmahan_cnn    # where a step's time goes, sequential vs vectorized
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="models for the vectorize='auto' table (none: skip it)")  # fmt: skip
     parser.add_argument("--auto-rounds", type=int, default=2)
     parser.add_argument("--auto-only", action="store_true", help="only the vectorize='auto' table")
+    parser.add_argument("--profile", default=None, metavar="MODEL",
+                        help="only the top operators of a local step, sequential vs vectorized")  # fmt: skip
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the tables, not fit banners
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         args.scaling, args.scaling_rounds, args.data_root, args.auto_rounds = [2, 4], 1, None, 1
     info = machine_info()
     print_machine(info)
+    if args.profile:
+        profile_step(args.profile, args.per_round, args.batch_size)
+        return 0
     dataset = load_data(args, max(args.clients, *args.scaling) if args.scaling else args.clients)
     b, k, r = args.clients, args.per_round, args.rounds
     if args.auto_only:
@@ -204,11 +210,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def profile_step(architecture: str, workers: int, batch_size: int, rows: int = 12) -> None:
+    """torch.profiler's top operators (self CPU time) of ``workers`` local steps of one worker after another and of two
+    vectorized steps of ``workers`` workers (the first a warm-up), with the timings ``vectorize="auto"`` measures."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lightning_fed.backends.vectorized import choose
+
+    torch.manual_seed(0)
+    model = Classifier(architecture=architecture, lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,)))
+    ids = [argparse.Namespace(id=f"w{i}") for i in range(workers)]
+    choice = choose.measure(model, optimizer, batch, ids)
+    print(f"{architecture}, {workers} workers, batch {batch_size}: {choice} (measured in {choice.measure_s:.2f} s)")
+    for name, run in (("sequential", lambda: choose.time_sequential(model, optimizer, batch, steps=workers - 1)),
+                      ("vectorized", lambda: choose.time_vectorized(model, optimizer, batch, ids))):  # fmt: skip
+        run()  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        print(f"\n{name}: " + ("one worker after another" if name == "sequential" else "a warm-up step and one step"))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def auto_table(dataset: TensorDataset, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Sequential, vectorized and ``vectorize="auto"`` per model in ``--auto-models``, interleaved; prints a table
     with auto's time over the faster of the other two (per repeat, then the median) and what auto chose."""
     rows, out = [], []
     b, k, r = args.clients, args.per_round, args.auto_rounds
+    dataset = TensorDataset(*(t[: b * args.samples_per_client] for t in dataset.tensors))  # b clients' images
     for architecture in args.auto_models:
         choices: list[Any] = []
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -74,8 +75,10 @@ class VectorizedBackend(SequentialBackend):
         return sum(c.length for c in self.cohorts(plan))
 
     def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
-        assert self.planner is not None
-        yield from cohort_steps(self.cohorts(plan), self.planner, plan.round_index)
+        assert self.planner is not None and self.loader is not None
+        loader = self.loader  # plain batches: positions, gathered at each worker in its session (no pointer per batch)
+        source = loader.batch_positions if self.planner.batch_source == loader.worker_batches else None
+        yield from cohort_steps(self.cohorts(plan), self.planner, plan.round_index, source)
 
     def begin_round(self, plan: RoundPlan) -> None:
         self._cohorts = None  # the cohorts of the round being begun, from the workers' states now
@@ -116,13 +119,10 @@ class VectorizedBackend(SequentialBackend):
             return self.calls.skipped_output()
         assert self.vector is not None
         batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
-        real = []
-        for pointers, active in zip(step.batches, self.active):
-            if not active:
-                real.append(None)
-                continue
-            with pointers[0].location.session(pointers) as batch:  # each worker's batch, from its own store
-                real.append(batch)
+        real = [
+            self._real_batch(worker, batch) if active else None
+            for worker, batch, active in zip(step.cohort.workers, step.batches, self.active)
+        ]
         losses = self.vector.compute(real, self.active, batch_idx)
         workers = step.cohort.workers
         total, count = 0.0, 0
@@ -133,6 +133,16 @@ class VectorizedBackend(SequentialBackend):
                 self.rounds.stats.loss(workers[k].id, loss)
             total, count = total + loss * (size or 1), count + (size or 1)
         return total / count  # for Lightning's progress bar; `backward` skips it (the gradients are computed)
+
+    def _real_batch(self, worker: Any, batch: Any) -> Any:
+        """A worker's batch, read in its session: positions gathered from its shard, or a pointer batch resolved."""
+        if type(batch) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
+            assert self.loader is not None
+            shard = self.loader.federated_dataset[worker.id]
+            with self.at_worker(shard, (shard, shard.location)) as session:
+                return self.loader.gather(session.real, batch)
+        with batch[0].location.session(batch) as real:  # each worker's batch, from its own store
+            return real
 
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
         if isinstance(self.batch, VectorStep):

@@ -56,11 +56,12 @@ class VectorStep:
         return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
 
 
-def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int) -> Iterator[VectorStep]:
+def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int, source: Any = None) -> Iterator[VectorStep]:
     """The round's vectorized steps: for each cohort, step ``t`` holds every worker's ``t``-th batch (the batches
-    ``planner.worker_batches`` gives the sequential path, in the same order)."""
+    ``planner.worker_batches`` gives the sequential path, in the same order; ``source``: as there, e.g. the
+    loader's ``batch_positions`` for positions gathered at the worker instead of pointer batches)."""
     for cohort in cohorts:
-        streams = [planner.worker_batches(w, n, round_index) for w, n in zip(cohort.workers, cohort.steps)]
+        streams = [planner.worker_batches(w, n, round_index, source) for w, n in zip(cohort.workers, cohort.steps)]
         for step in range(cohort.length):
             yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
 
