@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def profile_step(architecture: str, workers: int, batch_size: int, rows: int = 12) -> None:
-    """torch.profiler's top operators (self CPU time) of ``workers`` local steps of one worker after another and of two
-    vectorized steps of ``workers`` workers (the first a warm-up), with the timings ``vectorize="auto"`` measures."""
+    """torch.profiler's top operators (self CPU time) of ``workers`` local steps of one worker after another and of one
+    vectorized step of ``workers`` workers (after warm-ups), with the timings ``vectorize="auto"`` measures."""
     from torch.profiler import ProfilerActivity, profile
 
     from lightning_fed.backends.vectorized import choose
@@ -224,12 +224,14 @@ def profile_step(architecture: str, workers: int, batch_size: int, rows: int = 1
     ids = [argparse.Namespace(id=f"w{i}") for i in range(workers)]
     choice = choose.measure(model, optimizer, batch, ids)
     print(f"{architecture}, {workers} workers, batch {batch_size}: {choice} (measured in {choice.measure_s:.2f} s)")
-    for name, run in (("sequential", lambda: choose.time_sequential(model, optimizer, batch, steps=workers - 1)),
-                      ("vectorized", lambda: choose.time_vectorized(model, optimizer, batch, ids))):  # fmt: skip
-        run()  # warm
+    sequential = choose.sequential_step(model, optimizer, batch)
+    vectorized = choose.vectorized_step(model, optimizer, batch, ids)
+    sequential(0), vectorized(0)  # warm-ups
+    for name, run in (("sequential", lambda: [sequential(i) for i in range(workers)]),
+                      ("vectorized", lambda: vectorized(1))):  # fmt: skip
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run()
-        print(f"\n{name}: " + ("one worker after another" if name == "sequential" else "a warm-up step and one step"))
+        print(f"\n{name}: " + (f"{workers} steps of one worker" if name == "sequential" else f"one step of {workers}"))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 

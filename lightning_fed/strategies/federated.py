@@ -44,7 +44,7 @@ from typing_extensions import override
 from lightning_fed._compat.lightning import trainer_of, tuner_running
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends import Backend, DistributedBackend, FollowBackend, SequentialBackend, VectorizedBackend
-from lightning_fed.backends.vectorized.choose import VectorizeChoice, choose_backend
+from lightning_fed.backends.vectorized.choose import VectorizeChoice, choose_backend, chosen
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.privacy.dp import DPConfig
@@ -86,7 +86,7 @@ class FederatedStrategy(FederatedParallelStrategy):
     """
 
     strategy_name = "federated"
-    vectorize_choice: VectorizeChoice | None = None  # vectorize="auto": what the first round's measurement chose
+    vectorize_choice: VectorizeChoice | None = None  # vectorize="auto": what the last fit's measurement chose
 
     def __init__(
         self,
@@ -232,7 +232,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             return self._tuning.process_dataloader(dataloader)
         if getattr(dataloader, "remote", False) and not getattr(self._backend, "remote", False):
             self._backend = glue.remote_backend(self, self._backend)  # the sites' data: rounds run at the sites
-        if self.vectorize == "auto" and self.vectorize_choice is None:  # before the first round: measured once
+        if self.vectorize == "auto" and chosen(self._backend) is None:  # before a fit's first round: measured once
             self._backend, self.vectorize_choice = choose_backend(self._backend, dataloader)
         return self._backend.process_dataloader(dataloader)
 

@@ -34,20 +34,15 @@ def _fit(vectorize: Any, model: BoringClassifier | None = None, partition: str =
     return model, fit
 
 
-def _timings(monkeypatch: pytest.MonkeyPatch, sequential_s: float, vectorized_s: float) -> list[str]:
-    """Replace the two timers: each side "takes" the given seconds per worker step; returns the calls made."""
-    calls: list[str] = []
+def _timings(monkeypatch: pytest.MonkeyPatch, sequential_s: float, vectorized_s: float) -> list[int]:
+    """Replace the timer: each side "takes" the given seconds per worker step; returns the workers of each call."""
+    calls: list[int] = []
 
-    def seq(*args: Any, **kwargs: Any) -> float:
-        calls.append("sequential")
-        return sequential_s
+    def time_both(module: Any, optimizer: Any, batch: Any, workers: list, *args: Any) -> tuple[float, float]:
+        calls.append(len(workers))
+        return sequential_s, vectorized_s
 
-    def vec(*args: Any, **kwargs: Any) -> float:
-        calls.append("vectorized")
-        return vectorized_s
-
-    monkeypatch.setattr(choose, "time_sequential", seq)
-    monkeypatch.setattr(choose, "time_vectorized", vec)
+    monkeypatch.setattr(choose, "time_both", time_both)
     return calls
 
 
@@ -57,7 +52,7 @@ def test_auto_picks_the_faster_side_and_trains_as_that_path(monkeypatch, sequent
     calls = _timings(monkeypatch, sequential_s, vectorized_s)
     auto, auto_fit = _fit("auto")
     choice = auto_fit.strategy.vectorize_choice
-    assert calls == ["sequential", "vectorized"]  # measured once, for the whole run
+    assert calls == [4]  # measured once, for the whole run, with the round's 4 workers
     assert choice.vectorize is vectorize
     assert (choice.sequential_s, choice.vectorized_s, choice.workers) == (sequential_s, vectorized_s, 4)
     assert isinstance(auto_fit.strategy.backend, VectorizedBackend) is vectorize
@@ -66,6 +61,18 @@ def test_auto_picks_the_faster_side_and_trains_as_that_path(monkeypatch, sequent
     assert max_abs_diff(auto, explicit) < 1e-6
     assert auto_fit.global_step == explicit_fit.global_step
     assert max_abs_diff(auto, _model()) > 1e-3  # it trained
+
+
+@pytest.mark.parametrize(("sequential_s", "vectorized_s", "vectorize"), [(2e-3, 1e-3, True), (1e-3, 2e-3, False)])
+def test_a_fit_measures_once_and_keeps_its_choice_over_rounds(monkeypatch, sequential_s, vectorized_s, vectorize):
+    calls = _timings(monkeypatch, sequential_s, vectorized_s)
+    strategy = FederatedStrategy(vectorize="auto", seed=1, clients_per_round=2)  # unequal rounds: a loader a round
+    data = FedDM(tiny_dataset(60), num_workers=4, batch_size=5, seed=3, partition="quantity_skew")
+    fit = trainer(max_epochs=3, strategy=strategy)
+    fit.fit(_model(), datamodule=data)
+    assert fit.reload_dataloaders_every_n_epochs == 1  # the train loader reached the strategy every round
+    assert calls == [2]
+    assert isinstance(strategy.backend, VectorizedBackend) is vectorize and strategy.round_index == 3
 
 
 def test_auto_with_a_real_measurement_equals_the_path_it_chose():
@@ -137,13 +144,15 @@ class _Worker:
         self.id = f"w{i}"
 
 
-def test_sequential_timer_reads_the_clock_and_skips_the_warm_up(monkeypatch):
-    readings = iter([0.0, 5.0, 5.0, 6.0, 6.0, 8.0, 8.0, 9.5])  # steps of 5 s (warm-up), 1 s, 2 s, 1.5 s
+def test_the_timer_reads_the_clock_around_the_timed_steps_only_and_keeps_the_fastest(monkeypatch):
+    # after the warm-ups (not timed), twice: two sequential steps, then one vectorized step of the 2 workers
+    readings = iter([0, 3, 3, 4, 4, 14, 14, 16, 16, 21, 21, 27])  # seq 3, 1; vec 10; seq 2, 5; vec 6
     monkeypatch.setattr(choose, "clock", lambda: next(readings))
     module = _model()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
     batch = (torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
-    assert choose.time_sequential(module, optimizer, batch, steps=3) == 1.0
+    assert choose.time_both(module, optimizer, batch, [_Worker(0), _Worker(1)]) == (1, 3)  # vec: 6 s / 2 workers
+    assert next(readings, None) is None
 
 
 def test_decide_keeps_sequential_on_a_tie():

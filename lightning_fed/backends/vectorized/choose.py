@@ -2,20 +2,23 @@
 faster.
 
 When the train loader first reaches the strategy (before the first round), one real batch of the round's first
-worker is read in that worker's session and the model's local step is timed both ways, on copies:
+worker is read in that worker's session and the model's local step is timed both ways, on copies
+(:func:`time_both`):
 
 * **sequential**: ``training_step``, backward and the optimizer step of one worker (the arithmetic of the
-  sequential path, whose fused local loops add little to it), the fastest of ``steps`` after one warm-up;
+  sequential path, whose fused local loops add little to it);
 * **vectorized**: one step of all ``K`` workers of the round together
-  (:class:`~lightning_fed.backends.vectorized.workers.VectorizedWorkers`, the same code the vectorized path runs),
-  after one warm-up step, divided by ``K``.
+  (:class:`~lightning_fed.backends.vectorized.workers.VectorizedWorkers`, the code the vectorized path runs),
+  divided by ``K``.
 
-That costs ``steps + 1`` worker steps plus two vectorized steps (about ``2K + 3`` worker steps, once per run). The
-module's parameters, buffers and gradients, the optimizer and its state, the random number generators and
-Lightning's logged values are left as they were. The faster path trains the run; the decision and both timings are
-logged and kept as ``strategy.vectorize_choice``. Where the vectorized path cannot run (follow mode, several
-processes, remote sites, ``tolerate_failures``, what :func:`check_vectorizable` refuses, a ``training_step`` that
-cannot run under ``vmap``), "auto" means sequential, without a measurement.
+After a warm-up of each (the vectorized one with 2 of the K workers training), two sequential steps and one
+vectorized step are timed, twice, interleaved so that a slow spell of a busy machine hits both; the fastest of each
+counts. That costs about 2K + 7 worker steps, once per fit. The module's parameters, buffers and gradients, the
+optimizer and its state, the random number generators and Lightning's logged values are left as they were. The
+faster path trains the run; the decision and both timings are logged and kept as ``strategy.vectorize_choice``.
+Where the vectorized path cannot run (follow mode, several processes, remote sites, ``tolerate_failures``, what
+:func:`check_vectorizable` refuses, a ``training_step`` that cannot run under ``vmap`` or updates a metric),
+"auto" means sequential.
 
 Example:
     >>> choice = decide(sequential_s=0.020, vectorized_s=0.012, workers=10)
@@ -28,7 +31,8 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
@@ -59,7 +63,7 @@ from lightning_fed.rounds.stats import capture_rng, restore_rng
 from lightning_fed.rounds.worker_state import optimizer_params
 
 clock = time.perf_counter  # what the measurement reads (a test may replace it)
-SEQUENTIAL_STEPS = 3  # timed sequential worker steps (after one warm-up); the vectorized side times one K-step
+REPEATS = 2  # timed rounds of (two sequential steps, one vectorized step), after the warm-ups
 
 
 @dataclass(frozen=True)
@@ -105,68 +109,95 @@ def _clip(grads: list[torch.Tensor], clip_val: float | None, algorithm: str | No
         torch.nn.utils.clip_grad_norm_(grads, clip_val)
 
 
-def time_sequential(
-    module: Any, optimizer: Optimizer, batch: Any, steps: int = SEQUENTIAL_STEPS,
-    clip_val: float | None = None, clip_algorithm: str | None = None,
-) -> float:  # fmt: skip
-    """Seconds of one worker's local step (the fastest of ``steps`` after one warm-up): ``training_step``, backward,
-    clipping and a step of a fresh copy of ``optimizer``, on copies of the module's parameters and buffers."""
+class VectorizedStepError(RuntimeError):
+    """The vectorized step cannot run this module (a vmap error, or what ``vectorize=True`` refuses)."""
+
+
+def sequential_step(
+    module: Any, optimizer: Optimizer, batch: Any, clip_val: float | None = None, clip_algorithm: str | None = None
+) -> Callable[[int], None]:
+    """One worker's local step as a function of ``batch_idx``: ``training_step``, backward, clipping and a step of a
+    fresh copy of ``optimizer``, on copies of the module's parameters and buffers (kept from call to call)."""
     call = TrainingStepCall(module)
     tensors = {f"module.{n}": t.detach().clone() for n, t in chain(module.named_parameters(), module.named_buffers())}
     names = {id(p): f"module.{n}" for n, p in module.named_parameters()}
     trained = [tensors[names[id(p)]].requires_grad_(True) for p in optimizer_params(optimizer)]
     local = recreate_optimizer(optimizer, trained)
-    times = []
-    with patched_log(module, LogRecorder()), guarded_metrics(module):  # a metric's update raises before it changes
-        for step in range(steps + 1):
-            start = clock()
-            loss = loss_of(functional_call(call, tensors, (batch, step)))
+
+    def step(batch_idx: int) -> None:
+        with patched_log(module, LogRecorder()), guarded_metrics(module):  # a metric update raises before it changes
+            loss = loss_of(functional_call(call, tensors, (batch, batch_idx)))
             local.zero_grad()
             loss.backward()
             _clip([t.grad for t in trained if t.grad is not None], clip_val, clip_algorithm)
             local.step()
-            times.append(clock() - start)
-    return min(times[1:])
+
+    return step
 
 
-def time_vectorized(
+def vectorized_step(
     module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
     clip_val: float | None = None, clip_algorithm: str | None = None,
-) -> float:  # fmt: skip
-    """Seconds per worker of one vectorized step of all ``workers`` (``batch`` for each), after one warm-up step."""
+) -> Callable[[int, int], None]:  # fmt: skip
+    """One vectorized step of ``workers`` (``batch`` for each) as a function of ``batch_idx`` and how many of them
+    train (the others are masked, as a worker without a batch left is)."""
     vector = VectorizedWorkers(module, optimizer, {}, clip_val, clip_algorithm)  # {}: every worker starts fresh
     vector.dry_run = True
     k = len(workers)
-    vector.start(Cohort(0, tuple(workers), (2,) * k))
-    times = []
-    for step in range(2):
-        start = clock()
-        vector.compute([batch] * k, [True] * k, step)
+    vector.start(Cohort(0, tuple(workers), (4,) * k))
+
+    def step(batch_idx: int, active: int = k) -> None:
+        vector.compute([batch] * k, [i < active for i in range(k)], batch_idx)
         vector.step()
-        times.append(clock() - start)
-    return times[1] / k
+
+    return step
+
+
+def time_both(
+    module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
+    clip_val: float | None = None, clip_algorithm: str | None = None, repeats: int = REPEATS,
+) -> tuple[float, float]:  # fmt: skip
+    """Seconds of one worker's local step, sequential and vectorized: warm-ups (a sequential step; a vectorized step
+    in which 2 of the workers train, which also lays the stacks out), then ``repeats`` times two sequential steps
+    and one vectorized step of all workers, interleaved so a slow spell of the machine hits both; the fastest of
+    each (the vectorized one divided by the number of workers). Raises :class:`VectorizedStepError` where the
+    vectorized step cannot run."""
+    sequential = sequential_step(module, optimizer, batch, clip_val, clip_algorithm)
+    sequential(0)
+    try:
+        vectorized = vectorized_step(module, optimizer, batch, workers, clip_val, clip_algorithm)
+        vectorized(0, 2)
+    except Exception as err:
+        if is_vmap_error(err) or isinstance(err, FederatedConfigError):
+            raise VectorizedStepError(str(err)) from err
+        raise
+    seq, vec = float("inf"), float("inf")
+    for r in range(repeats):
+        for i in (1, 2):
+            start = clock()
+            sequential(2 * r + i)
+            seq = min(seq, clock() - start)
+        start = clock()
+        vectorized(r + 1)
+        vec = min(vec, (clock() - start) / len(workers))
+    return seq, vec
 
 
 def measure(
     module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
     clip_val: float | None = None, clip_algorithm: str | None = None,
 ) -> VectorizeChoice:  # fmt: skip
-    """Time both paths on ``batch`` (see the module docstring) and choose; the module's buffers and the RNGs are
-    restored (its parameters, gradients and ``optimizer`` are never touched: the timings run on copies)."""
+    """Time both paths on ``batch`` (:func:`time_both`) and choose; the module's buffers and the RNGs are restored
+    (its parameters, gradients and ``optimizer`` are never touched: the timings run on copies)."""
     rng = capture_rng()
     buffers = [b.detach().clone() for b in module.buffers()]
     start = clock()
     try:
-        try:
-            sequential = time_sequential(module, optimizer, batch, SEQUENTIAL_STEPS, clip_val, clip_algorithm)
-        except MetricUnderVmap as err:  # the vectorized path would run each worker's forward apart (loop mode)
-            return VectorizeChoice(False, f"training_step updates a metric ({err})", workers=len(workers))
-        try:
-            vectorized = time_vectorized(module, optimizer, batch, workers, clip_val, clip_algorithm)
-        except Exception as err:
-            if not (is_vmap_error(err) or isinstance(err, FederatedConfigError)):
-                raise
-            return VectorizeChoice(False, f"the vectorized step cannot run ({err})", sequential, None, len(workers))
+        sequential, vectorized = time_both(module, optimizer, batch, workers, clip_val, clip_algorithm)
+    except MetricUnderVmap as err:  # the vectorized path would run each worker's forward apart (loop mode)
+        return VectorizeChoice(False, f"training_step updates a metric ({err})", workers=len(workers))
+    except VectorizedStepError as err:
+        return VectorizeChoice(False, f"the vectorized step cannot run ({err})", workers=len(workers))
     finally:
         restore_rng(rng)
         with torch.no_grad():
@@ -194,6 +225,15 @@ def sequential_only(backend: Backend, loader: Any) -> str | None:
     return None
 
 
+_CHOSEN: weakref.WeakKeyDictionary[Backend, VectorizeChoice] = weakref.WeakKeyDictionary()
+
+
+def chosen(backend: Backend | None) -> VectorizeChoice | None:
+    """What :func:`choose_backend` chose for the fit ``backend`` belongs to (``None``: not chosen yet; a new fit
+    sets up a new backend, so it measures again)."""
+    return _CHOSEN.get(backend) if backend is not None else None
+
+
 def choose_backend(backend: Backend, loader: Any) -> tuple[Backend, VectorizeChoice | None]:
     """For ``vectorize="auto"``: ``backend`` (the sequential one the strategy set up) or, where the measurement finds
     it faster, a vectorized backend over the same rounds and planning, set up; and the choice (``None`` outside
@@ -201,6 +241,12 @@ def choose_backend(backend: Backend, loader: Any) -> tuple[Backend, VectorizeCho
     trainer = backend.calls.trainer()
     if trainer is None or not trainer.training:
         return backend, None
+    chosen_backend, choice = _choose(backend, loader, trainer)
+    _CHOSEN[backend] = _CHOSEN[chosen_backend] = choice
+    return chosen_backend, choice
+
+
+def _choose(backend: Backend, loader: Any, trainer: Any) -> tuple[Backend, VectorizeChoice]:
     reason = sequential_only(backend, loader)
     if reason is None:
         assert isinstance(backend, SequentialBackend)
@@ -211,6 +257,7 @@ def choose_backend(backend: Backend, loader: Any) -> tuple[Backend, VectorizeCho
         choice = VectorizeChoice(False, reason)
         info(f"FederatedStrategy: {choice}.")
         return backend, choice
+    assert isinstance(backend, SequentialBackend)
     worker = plan.workers[0]
     shard = loader.federated_dataset[worker.id]
     positions = next(iter(loader.batch_positions(worker, 0)))
