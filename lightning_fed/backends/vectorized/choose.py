@@ -11,11 +11,11 @@ worker is read in that worker's session and the model's local step is timed both
   (:class:`~lightning_fed.backends.vectorized.workers.VectorizedWorkers`, the code the vectorized path runs),
   divided by ``K``.
 
-After a warm-up of each (the vectorized one with 2 of the K workers training), two sequential steps and one
-vectorized step are timed, twice, interleaved so that a slow spell of a busy machine hits both; the fastest of each
-counts. That costs about 2K + 7 worker steps, once per fit. The module's parameters, buffers and gradients, the
-optimizer and its state, the random number generators and Lightning's logged values are left as they were. The
-faster path trains the run; the decision and both timings are logged and kept as ``strategy.vectorize_choice``.
+After a sequential warm-up step, two sequential steps and one vectorized step are timed, twice, interleaved so
+that a slow spell of a busy machine hits both; the fastest of each counts. That costs about 2K + 5 worker steps,
+once per fit. The module's parameters, buffers and gradients, the optimizer and its state, the random number
+generators and Lightning's logged values are left as they were. The faster path trains the run; the decision and
+both timings are logged and kept as ``strategy.vectorize_choice``.
 Where the vectorized path cannot run (follow mode, several processes, remote sites, ``tolerate_failures``, what
 :func:`check_vectorizable` refuses, a ``training_step`` that cannot run under ``vmap`` or updates a metric),
 "auto" means sequential.
@@ -30,9 +30,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
@@ -138,39 +139,44 @@ def sequential_step(
 def vectorized_step(
     module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
     clip_val: float | None = None, clip_algorithm: str | None = None,
-) -> Callable[[int, int], None]:  # fmt: skip
-    """One vectorized step of ``workers`` (``batch`` for each) as a function of ``batch_idx`` and how many of them
-    train (the others are masked, as a worker without a batch left is)."""
+) -> Callable[[int], None]:  # fmt: skip
+    """One vectorized step of all ``workers`` (``batch`` for each) as a function of ``batch_idx``."""
     vector = VectorizedWorkers(module, optimizer, {}, clip_val, clip_algorithm)  # {}: every worker starts fresh
     vector.dry_run = True
     k = len(workers)
     vector.start(Cohort(0, tuple(workers), (4,) * k))
 
-    def step(batch_idx: int, active: int = k) -> None:
-        vector.compute([batch] * k, [i < active for i in range(k)], batch_idx)
+    def step(batch_idx: int) -> None:
+        vector.compute([batch] * k, [True] * k, batch_idx)
         vector.step()
 
     return step
+
+
+@contextlib.contextmanager
+def _vectorized_errors() -> Iterator[None]:
+    """Within the block, a vmap error or what ``vectorize=True`` refuses leaves as :class:`VectorizedStepError`."""
+    try:
+        yield
+    except Exception as err:
+        if is_vmap_error(err) or isinstance(err, FederatedConfigError):
+            raise VectorizedStepError(str(err)) from err
+        raise
 
 
 def time_both(
     module: Any, optimizer: Optimizer, batch: Any, workers: Sequence[Any],
     clip_val: float | None = None, clip_algorithm: str | None = None, repeats: int = REPEATS,
 ) -> tuple[float, float]:  # fmt: skip
-    """Seconds of one worker's local step, sequential and vectorized: warm-ups (a sequential step; a vectorized step
-    in which 2 of the workers train, which also lays the stacks out), then ``repeats`` times two sequential steps
-    and one vectorized step of all workers, interleaved so a slow spell of the machine hits both; the fastest of
-    each (the vectorized one divided by the number of workers). Raises :class:`VectorizedStepError` where the
-    vectorized step cannot run."""
+    """Seconds of one worker's local step, sequential and vectorized: after a sequential warm-up step, ``repeats``
+    times two sequential steps and one vectorized step of all workers, interleaved so that a slow spell of the
+    machine hits both; the fastest of each (the vectorized one divided by the number of workers; its first step, the
+    one that lays the stacks out, rarely counts). Raises :class:`VectorizedStepError` where the vectorized step
+    cannot run."""
     sequential = sequential_step(module, optimizer, batch, clip_val, clip_algorithm)
     sequential(0)
-    try:
+    with _vectorized_errors():
         vectorized = vectorized_step(module, optimizer, batch, workers, clip_val, clip_algorithm)
-        vectorized(0, 2)
-    except Exception as err:
-        if is_vmap_error(err) or isinstance(err, FederatedConfigError):
-            raise VectorizedStepError(str(err)) from err
-        raise
     seq, vec = float("inf"), float("inf")
     for r in range(repeats):
         for i in (1, 2):
@@ -178,7 +184,8 @@ def time_both(
             sequential(2 * r + i)
             seq = min(seq, clock() - start)
         start = clock()
-        vectorized(r + 1)
+        with _vectorized_errors():
+            vectorized(r)
         vec = min(vec, (clock() - start) / len(workers))
     return seq, vec
 
