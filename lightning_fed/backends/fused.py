@@ -247,4 +247,4 @@ class FusedBackend(SequentialBackend):
         return out
 
     def describe(self) -> str:
-        return super().describe() + "; each worker's local batches run as one Lightning step (local_loop='fused')"
+        return super().describe() + f"; up to {FUSED_BATCHES} of a worker's local batches per Lightning step (fused)"

@@ -18,8 +18,8 @@ Example:
     >>> from lightning_fed.testing import BoringClassifier
     >>> data = FederatedDataModule.from_datasets(TensorDataset(torch.randn(8, 4), torch.arange(8) % 2), workers=2,
     ...                                          batch_size=4)
-    >>> trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=2, logger=False, enable_checkpointing=False,
-    ...                      enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer = pl.Trainer(strategy=FederatedStrategy(local_loop="steps"), max_epochs=2, logger=False,
+    ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     >>> trainer.fit(BoringClassifier(), datamodule=data)
     >>> type(trainer.strategy.backend).__name__, trainer.strategy.round_index
     ('SequentialBackend', 2)

@@ -80,7 +80,7 @@ def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
     """The backend for a :class:`~lightning_fed.data.sites.SiteLoader`: rounds at remote sites, one request each."""
     from lightning_fed.backends.remote import RemoteBackend  # imports the transport (gRPC) only when deployed
 
-    if strategy.mode != "fedavg" or strategy.vectorize or strategy.is_distributed:
+    if strategy.mode != "fedavg" or strategy.vectorize is True or strategy.is_distributed:
         raise FederatedConfigError(
             f"remote sites train FedAvg rounds in one process: got mode={strategy.mode!r}, "
             f"vectorize={strategy.vectorize}, {strategy.world_size} processes. Use mode='fedavg', vectorize=False "
