@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 from torchvision import transforms
 from torchvision.datasets import MNIST
 from typing_extensions import override
@@ -36,6 +36,27 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 _STAGES = ("fit", "validate", "test", "predict")
+
+
+def normalized_tensors(mnist: MNIST) -> TensorDataset:
+    """``mnist``'s images as one float tensor ``(N, 1, 28, 28)``, scaled to [0, 1] and normalised once, with its labels:
+    the values ``ToTensor()`` + ``Normalize(MNIST_MEAN, MNIST_STD)`` give image by image (the same float32 operations
+    in the same order), without decoding an image per sample in every epoch. ``targets`` is kept, so labels are read
+    without touching images.
+
+    Example:
+        >>> import torch
+        >>> class Tiny:  # what torchvision's MNIST holds: uint8 images and int64 labels
+        ...     data, targets = torch.tensor([[[0, 255]]], dtype=torch.uint8), torch.tensor([7])
+        >>> ds = normalized_tensors(Tiny())
+        >>> ds[0][0].shape, round(float(ds[0][0][0, 0, 1]), 4), int(ds[0][1]), ds.targets.tolist()
+        (torch.Size([1, 1, 2]), 2.8215, 7, [7])
+    """
+    images = mnist.data.to(torch.float32).div(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    targets = mnist.targets.to(torch.long)
+    dataset = TensorDataset(images, targets)
+    dataset.targets = targets  # type: ignore[attr-defined]
+    return dataset
 
 
 def _check_int(name: str, value: object, minimum: int, fix: str) -> None:
@@ -126,7 +147,7 @@ class MNISTDataModule(LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
-        self._test_set: MNIST | None = None
+        self._test_set: TensorDataset | None = None
 
     @property
     def raw_folder(self) -> Path:
@@ -171,16 +192,16 @@ class MNISTDataModule(LightningDataModule):
                 self._missing_message(missing, f"Downloading them failed ({type(err).__name__}: {err}).")
             ) from err
 
-    def _load(self, train: bool) -> MNIST:
+    def _load(self, train: bool) -> TensorDataset:
         if not self._legacy_exists() and (missing := self._missing_files()):
             raise FederatedConfigError(
                 self._missing_message(
                     missing, "Call `prepare_data()` first (a Trainer does) to extract or download them."
                 )
             )
-        return MNIST(self.root, train=train, transform=self.transform, download=False)
+        return normalized_tensors(MNIST(self.root, train=train, download=False))
 
-    def _get_test_set(self) -> MNIST:
+    def _get_test_set(self) -> TensorDataset:
         if self._test_set is None:
             self._test_set = self._load(train=False)
         return self._test_set

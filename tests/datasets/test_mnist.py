@@ -84,6 +84,18 @@ def test_train_batch_is_normalised(tmp_path: Path, no_network: None) -> None:
     assert label == 5
 
 
+def test_images_equal_torchvisions_transform_bit_for_bit(tmp_path: Path, no_network: None) -> None:
+    write_mnist_raw(tmp_path)
+    dm = _ready(tmp_path)
+    dm.setup("test")
+    reference = MNIST(tmp_path, train=True, transform=dm.transform, download=False)  # ToTensor + Normalize per image
+    for i in range(len(reference)):
+        image, label = reference[i]
+        mine, my_label = dm.train_dataset[i]
+        assert torch.equal(mine, image) and int(my_label) == label
+    assert type(dm.train_dataset).__name__ == "TensorDataset"  # what the federated loader gathers by indexing
+
+
 def test_val_is_test_set_by_default(tmp_path: Path, no_network: None) -> None:
     write_mnist_raw(tmp_path)
     dm = _ready(tmp_path, test_batch_size=10)
