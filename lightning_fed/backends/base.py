@@ -85,6 +85,17 @@ class Backend:
             finally:
                 self.session = None
 
+    @contextmanager
+    def at_shard(self, worker: BaseWorker, loader: FederatedDataLoader | None = None) -> Iterator[Any]:
+        """``worker``'s own training dataset (its shard of ``loader``'s, default this backend's, federated train set),
+        in the worker's session: for code that gathers the worker's batches there (:meth:`FederatedDataLoader.gather`)
+        instead of a pointer batch."""
+        loader = loader if loader is not None else self.loader
+        assert loader is not None
+        shard = loader.federated_dataset[worker.id]
+        with self.at_worker(shard, (shard, shard.location)) as session:
+            yield session.real
+
     def record(self, worker: BaseWorker, output: Any, real_batch: Any) -> None:
         """The step's loss, into the per-worker statistics (logged once a round), unless the worker's policy keeps
         its scalars (``release_scalars=False``)."""

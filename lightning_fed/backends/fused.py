@@ -163,19 +163,18 @@ class FusedBackend(SequentialBackend):
         work: LocalBatches = self.batch
         if self.skip or self._source is None or self.loader is None:
             return self.calls.skipped_output()
-        shard = self.loader.federated_dataset[work.worker.id]
+        (optimizer,) = self.calls.optimizers()  # automatic optimization: one optimizer
         step = self._direct_step if self._direct() else self._lightning_step
-        with self.at_worker(
-            shard, (shard, shard.location)
-        ) as session:  # one session for the chunk: the worker's own data
+        trainer = self.calls.trainer()
+        with self.at_shard(work.worker) as shard:  # one session for the chunk: the worker's own data
             for batch_idx in range(work.first, work.first + work.count):
-                real = self.loader.gather(session.real, next(self._source))
+                real = self.loader.gather(shard, next(self._source))
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
                 self.rounds.stats.step(work.worker.id)
-                set_logging_batch(self.calls.trainer(), real)
+                set_logging_batch(trainer, real)
                 self.stepping = True
                 try:
-                    step(real, batch_idx)
+                    step(self._closure(real, batch_idx, optimizer), optimizer)
                 except Exception as err:
                     if not self.tolerate_failures:
                         raise
@@ -203,26 +202,19 @@ class FusedBackend(SequentialBackend):
             )
         return self._direct_ok
 
-    def _direct_step(self, real: Any, batch_idx: int) -> None:
+    def _direct_step(self, closure: Callable[[], Any], optimizer: Optimizer) -> None:
         """One local step as Lightning's automatic optimization does it, without its (empty) hooks."""
-        (optimizer,) = self.calls.optimizers()
-        output = self.calls.training_step(real, batch_idx)
-        loss = output.get("loss") if isinstance(output, Mapping) else output
-        optimizer.zero_grad()
-        if loss is None:  # the user's training_step skipped this batch, as Lightning allows
-            return
-        loss.backward()
-        self.post_backward()
-        self.record(self.rounds.active, output, real)
-        optimizer.step()
+        if closure() is not None:
+            optimizer.step()
 
-    def _lightning_step(self, real: Any, batch_idx: int) -> None:
+    def _lightning_step(self, closure: Callable[[], Any], optimizer: Optimizer) -> None:
         """One local step through the strategy and precision plugin: every per-step hook, clipping, AMP scaling."""
-        (optimizer,) = self.calls.optimizers()
-        self.calls.optimizer_step(optimizer, self._closure(real, batch_idx, optimizer), self.calls.module())
+        self.calls.optimizer_step(optimizer, closure, self.calls.module())
 
     def _closure(self, real: Any, batch_idx: int, optimizer: Optimizer) -> Callable[[], Any]:
-        """Lightning's automatic-optimization closure for one local batch: training_step, zero_grad, backward."""
+        """Lightning's automatic-optimization closure for one local batch: training_step, zero_grad, backward
+        (through the strategy where :meth:`_direct` says hooks may run, else ``loss.backward()`` and the
+        aggregator's gradient corrections)."""
 
         def closure() -> Any:
             output = self.calls.training_step(real, batch_idx)
@@ -230,7 +222,11 @@ class FusedBackend(SequentialBackend):
             optimizer.zero_grad()
             if loss is None:  # the user's training_step skipped this batch, as Lightning allows
                 return None
-            self.calls.backward(loss, optimizer)
+            if self._direct():
+                loss.backward()
+                self.post_backward()
+            else:
+                self.calls.backward(loss, optimizer)
             self.record(self.rounds.active, output, real)
             return loss.detach()
 

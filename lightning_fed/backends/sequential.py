@@ -78,6 +78,11 @@ class SequentialBackend(Backend):
         self._stash: list[torch.Tensor] | None = None
         self.resume_state: dict[str, Any] | None = None  # a checkpoint's open round, continued at its next batch
 
+    def rebuilt_as(self, cls: type[SequentialBackend]) -> SequentialBackend:
+        """A backend of ``cls`` (fused, vectorized, remote) over this one's calls, rounds, planning and options."""
+        return cls(self.calls, self.rounds, self.planning, tolerate_failures=self.tolerate_failures,
+                   step_schedulers=self.step_schedulers)  # fmt: skip
+
     # -- the federation's data ------------------------------------------------------------------------------------
     def planner_args(self, loader: FederatedDataLoader) -> dict[str, Any]:
         """The planner's arguments; without a seed of its own the strategy takes the loader's (one seed per run)."""

@@ -87,10 +87,7 @@ def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
             "and devices=1 with a SiteDataModule."
         )
     assert isinstance(backend, SequentialBackend)
-    return RemoteBackend(
-        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
-        step_schedulers=backend.step_schedulers,
-    )  # fmt: skip
+    return backend.rebuilt_as(RemoteBackend)
 
 
 def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) -> Backend:
@@ -109,10 +106,7 @@ def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) ->
         info(f"FederatedStrategy: one Lightning step per local batch (local_loop='steps'), for {', '.join(blockers)}.")
         return backend
     assert isinstance(backend, SequentialBackend)
-    return FusedBackend(
-        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
-        step_schedulers=backend.step_schedulers,
-    )  # fmt: skip
+    return backend.rebuilt_as(FusedBackend)
 
 
 def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_fed.backends.fused import LOCAL_LOOPS
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 
@@ -90,7 +91,7 @@ def check_options(
     ):
         check_flag(name, value)
     check_vectorize(vectorize)
-    if local_loop not in ("auto", "steps", "fused"):
+    if local_loop not in LOCAL_LOOPS:
         raise FederatedConfigError(
             f"`local_loop={local_loop!r}` is not valid: choose 'auto' (fuse each worker's local batches into one "
             "Lightning step when nothing needs single batches), 'steps' (one Lightning step per batch) or 'fused'."

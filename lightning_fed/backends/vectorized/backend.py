@@ -138,9 +138,8 @@ class VectorizedBackend(SequentialBackend):
         """A worker's batch, read in its session: positions gathered from its shard, or a pointer batch resolved."""
         if type(batch) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
             assert self.loader is not None
-            shard = self.loader.federated_dataset[worker.id]
-            with self.at_worker(shard, (shard, shard.location)) as session:
-                return self.loader.gather(session.real, batch)
+            with self.at_shard(worker) as shard:
+                return self.loader.gather(shard, batch)
         with batch[0].location.session(batch) as real:  # each worker's batch, from its own store
             return real
 

@@ -266,18 +266,14 @@ def _choose(backend: Backend, loader: Any, trainer: Any) -> tuple[Backend, Vecto
         return backend, choice
     assert isinstance(backend, SequentialBackend)
     worker = plan.workers[0]
-    shard = loader.federated_dataset[worker.id]
     positions = next(iter(loader.batch_positions(worker, 0)))
-    with backend.at_worker(shard, (shard, shard.location)) as session:  # the worker's own batch, at the worker
-        batch = loader.gather(session.real, positions)
+    with backend.at_shard(worker, loader) as shard:  # the worker's own batch, at the worker
+        batch = loader.gather(shard, positions)
         choice = measure(backend.calls.module(), backend.calls.optimizers()[0], batch, plan.workers,
                          trainer.gradient_clip_val, trainer.gradient_clip_algorithm)  # fmt: skip
     info(f"FederatedStrategy: {choice} (measured in {choice.measure_s:.2f} s).")
     if not choice.vectorize:
         return backend, choice
-    vectorized = VectorizedBackend(
-        backend.calls, backend.rounds, backend.planning, tolerate_failures=backend.tolerate_failures,
-        step_schedulers=backend.step_schedulers,
-    )  # fmt: skip
+    vectorized = backend.rebuilt_as(VectorizedBackend)
     vectorized.setup(trainer)
     return vectorized, choice
