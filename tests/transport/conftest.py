@@ -16,13 +16,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from lightning_fed.transport.certificates import make_federation
-from tests.helpers.mnist_files import write_mnist_raw
+from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
+from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
 
 STARTUP_S = 120.0  # importing torch and Lightning in three processes on two shared cores
 LISTENING = re.compile(r"listening on (\S+):(\d+) ")
@@ -125,6 +129,33 @@ class RestartableSite:
     def stop(self) -> None:
         for proc in self.procs:
             stop(proc)
+
+
+@contextmanager
+def mnist_sites(root: Path, sizes: dict[str, int], seeds: dict[str, int], args: list[str]) -> Iterator[dict[str, Site]]:
+    """One site process per id in ``sizes``, each serving its own tiny MNIST training split (``sizes[id]`` images
+    drawn with ``seeds[id]``) as ``mnist-train`` with ``args``; started together, stopped at the end."""
+    procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        for site_id, size in sizes.items():
+            folder = root / site_id
+            write_mnist_raw(folder, num_train=size, num_test=4, seed=seeds[site_id], gz=False)
+            log = root / f"{site_id}.log"
+            procs[site_id] = (launch(site_id, ["--listen", "127.0.0.1:0", "--data", f"mnist-train={folder}", *args],
+                                     log), log)  # fmt: skip
+        deadline = time.monotonic() + STARTUP_S
+        yield {s: Site(s, p, wait_listening(s, p, log, deadline), log) for s, (p, log) in procs.items()}
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)
+
+
+def site_tensors(size: int, seed: int) -> TensorDataset:
+    """What a site started by :func:`mnist_sites` serves, normalised as the site normalises it: the simulation's
+    oracle, built from the generator's seed (not from the site's files)."""
+    images, labels = make_mnist_arrays(size, seed=seed)  # what write_mnist_raw wrote
+    x = torch.from_numpy(images).to(torch.float32).div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return TensorDataset(x.contiguous(), torch.from_numpy(labels).to(torch.int64))
 
 
 @pytest.fixture(scope="session")

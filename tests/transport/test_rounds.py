@@ -7,7 +7,6 @@ model-sized both ways; a site refuses a model class its operator did not accept.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import lightning.pytorch as pl
@@ -25,9 +24,7 @@ from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.privacy.dp import DPConfig
 from lightning_fed.transport import RemoteWorker
-from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
-from tests.helpers.mnist_files import make_mnist_arrays, write_mnist_raw
-from tests.transport.conftest import STARTUP_S, RestartableSite, Site, launch, stop, wait_listening
+from tests.transport.conftest import RestartableSite, Site, mnist_sites, site_tensors
 
 SEEDS = {"alice": 5, "bob": 6}
 SIZES = {"alice": 24, "bob": 16}
@@ -37,21 +34,10 @@ ACCEPTED = "lightning_fed.models.MNISTClassifier"
 @pytest.fixture(scope="module")
 def training_sites(tmp_path_factory: pytest.TempPathFactory, federation) -> Iterator[dict[str, Site]]:
     """alice and bob, mutual TLS, each serving its own MNIST folder and accepting MNISTClassifier."""
-    root = tmp_path_factory.mktemp("training-sites")
-    procs = {}
-    try:
-        for site_id, seed in SEEDS.items():
-            folder = root / site_id
-            write_mnist_raw(folder, num_train=SIZES[site_id], num_test=4, seed=seed, gz=False)
-            log = root / f"{site_id}.log"
-            args = ["--listen", "127.0.0.1:0", "--data", f"mnist-train={folder}", "--certs", str(federation),
-                    "--accept-model", ACCEPTED]  # fmt: skip
-            procs[site_id] = (launch(site_id, args, log), log)
-        deadline = time.monotonic() + STARTUP_S
-        yield {s: Site(s, p, wait_listening(s, p, log, deadline), log) for s, (p, log) in procs.items()}
-    finally:
-        for proc, _ in procs.values():
-            stop(proc)
+    sizes = {s: SIZES[s] for s in ("alice", "bob")}
+    args = ["--certs", str(federation), "--accept-model", ACCEPTED]
+    with mnist_sites(tmp_path_factory.mktemp("training-sites"), sizes, SEEDS, args) as started:
+        yield started
 
 
 def _remote(sites: dict[str, Site], federation) -> list[RemoteWorker]:
@@ -59,9 +45,7 @@ def _remote(sites: dict[str, Site], federation) -> list[RemoteWorker]:
 
 
 def _tensors(site_id: str) -> TensorDataset:
-    images, labels = make_mnist_arrays(SIZES[site_id], seed=SEEDS[site_id])  # what write_mnist_raw wrote
-    x = torch.from_numpy(images).to(torch.float32).div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
-    return TensorDataset(x.contiguous(), torch.from_numpy(labels).to(torch.int64))
+    return site_tensors(SIZES[site_id], SEEDS[site_id])
 
 
 class _Simulated(pl.LightningDataModule):
