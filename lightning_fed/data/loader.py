@@ -223,6 +223,16 @@ class FederatedDataLoader:
         stored at the worker and no pointer is made: the batch lives as long as the code that uses it."""
         return _make_batch(shard, positions, collate_fn=self.collate_fn)
 
+    def gather_batches(self, shard: Any, positions: list[torch.Tensor]) -> list[Any]:
+        """:meth:`gather` of each of ``positions``, with one indexing of the shard for all of them where its batches
+        are rows of a ``TensorDataset`` (the same values as one :meth:`gather` each)."""
+        if len(positions) > 1 and self.collate_fn is default_collate:
+            rows = _tensor_rows(shard, torch.cat(positions).tolist())
+            if rows is not None:
+                sizes = [len(p) for p in positions]
+                return [list(parts) for parts in zip(*(t.split(sizes) for t in rows))]
+        return [self.gather(shard, p) for p in positions]
+
     def _position(self, worker_id: Hashable) -> int:
         self.federated_dataset[worker_id]  # a clear KeyError for an unknown worker
         return self.federated_dataset.worker_ids.index(worker_id)

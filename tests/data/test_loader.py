@@ -254,3 +254,23 @@ def test_tensor_dataset_fast_path_equals_default_collate_per_sample():
 
     doubled = Doubled(torch.ones(4, 2), torch.arange(4))
     assert torch.equal(_make_batch(doubled, torch.tensor([1, 2]), collate_fn=default_collate)[0], 2 * torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("collate", ["default", "custom"])
+def test_gather_batches_equals_one_gather_per_batch(fed, collate):
+    # a vectorized chunk reads each worker's batches in one visit: the same batches as one gather each
+    from torch.utils.data import default_collate
+
+    collate_fn = default_collate if collate == "default" else (lambda samples: {"x": default_collate(samples)[0]})
+    loader = FederatedDataLoader(fed, batch_size=4, shuffle=True, seed=1, collate_fn=collate_fn)
+    worker = fed.workers[0]
+    positions = list(loader.batch_positions(worker, epoch=0))  # 4, 4, 3 positions: a short last batch
+    assert [len(p) for p in positions] == [4, 4, 3]
+    pointer = fed[worker.id]
+    with pointer.location.session(pointer) as shard:  # at the worker, as the vectorized backend reads it
+        together = loader.gather_batches(shard, positions)
+        apart = [loader.gather(shard, p) for p in positions]
+    assert len(together) == len(apart) == 3
+    for a, b in zip(together, apart):
+        assert type(a) is type(b) and list(leaves(a))
+        assert all(torch.equal(u, v) for u, v in zip(leaves(a), leaves(b), strict=True))

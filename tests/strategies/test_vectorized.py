@@ -52,6 +52,31 @@ def test_vectorized_fedavg_equals_sequential(optimizer, partition):
     assert {w: s["steps"] for w, s in vec_trainer.strategy.worker_summary().items()} == steps
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 32])
+def test_chunks_of_steps_gathered_at_once_equal_sequential(monkeypatch, chunk):
+    # each worker's batches are gathered once per chunk of steps: chunk boundaries inside a cohort whose workers
+    # have different numbers of steps (quantity skew) must not change a number
+    from lightning_fed.backends.vectorized import cohorts
+    from lightning_fed.data.loader import FederatedDataLoader
+
+    monkeypatch.setattr(cohorts, "CHUNK_STEPS", chunk)
+    kw = dict(optimizer="momentum", partition="quantity_skew", rounds=2, n=90)
+    seq, _ = _fit(False, local_loop="steps", **kw)
+    visits = []
+    gather_batches = FederatedDataLoader.gather_batches
+
+    def counted(self, shard, positions):
+        visits.append(len(positions))
+        return gather_batches(self, shard, positions)
+
+    monkeypatch.setattr(FederatedDataLoader, "gather_batches", counted)
+    vec, vec_trainer = _fit(True, **kw)
+    assert max_abs_diff(seq, vec) < 1e-5
+    steps = sum(s["steps"] for s in vec_trainer.strategy.worker_summary().values())
+    assert sum(visits) == steps  # every batch gathered exactly once, a worker's chunk in one visit
+    assert max(visits) <= chunk and (chunk == 1 or len(visits) < steps)
+
+
 def test_unequal_shards_with_adam_state_kept_across_rounds_train_in_cohorts():
     # shards of different lengths leave Adam's scalar `step` different per worker after round 1: the workers
     # cannot share one stacked optimizer, so they form cohorts of equal step count (still == sequential)

@@ -53,6 +53,7 @@ class VectorizedBackend(SequentialBackend):
         )  # fmt: skip
         self._cohorts: tuple[int, list[Cohort]] | None = None
         self.active: list[bool] = []  # which workers of the current vectorized step train
+        self._chunk: tuple[list[list[Any]], list[list[Any] | None]] | None = None  # a chunk's batches, as gathered
 
     # -- the round's steps ----------------------------------------------------------------------------------------
     def cohorts(self, plan: RoundPlan) -> list[Cohort]:
@@ -119,10 +120,7 @@ class VectorizedBackend(SequentialBackend):
             return self.calls.skipped_output()
         assert self.vector is not None
         batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
-        real = [
-            self._real_batch(worker, batch) if active else None
-            for worker, batch, active in zip(step.cohort.workers, step.batches, self.active)
-        ]
+        real = self._real_batches(step)
         losses = self.vector.compute(real, self.active, batch_idx)
         workers = step.cohort.workers
         total, count = 0.0, 0
@@ -134,14 +132,29 @@ class VectorizedBackend(SequentialBackend):
             total, count = total + loss * (size or 1), count + (size or 1)
         return total / count  # for Lightning's progress bar; `backward` skips it (the gradients are computed)
 
-    def _real_batch(self, worker: Any, batch: Any) -> Any:
-        """A worker's batch, read in its session: positions gathered from its shard, or a pointer batch resolved."""
-        if type(batch) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
-            assert self.loader is not None
-            with self.at_shard(worker) as shard:
-                return self.loader.gather(shard, batch)
-        with batch[0].location.session(batch) as real:  # each worker's batch, from its own store
-            return real
+    def _real_batches(self, step: VectorStep) -> list[Any]:
+        """Each active worker's batch of ``step``, read in its session (``None`` for the others). Positions are
+        gathered from the worker's shard once a chunk of steps, in one visit; pointer batches resolve one by one."""
+        assert self.loader is not None
+        if self._chunk is None or self._chunk[0] is not step.chunk:
+            gathered: list[list[Any] | None] = []
+            for worker, batches in zip(step.cohort.workers, step.chunk):
+                if batches and type(batches[0]) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
+                    with self.at_shard(worker) as shard:
+                        gathered.append(self.loader.gather_batches(shard, batches))
+                else:
+                    gathered.append(None)
+            self._chunk = (step.chunk, gathered)
+        real: list[Any] = []
+        for mine, batch, active in zip(self._chunk[1], step.batches, self.active):
+            if not active:
+                real.append(None)
+            elif mine is not None:
+                real.append(mine[step.step - step.chunk_start])
+            else:
+                with batch[0].location.session(batch) as resolved:  # each worker's batch, from its own store
+                    real.append(resolved)
+        return real
 
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
         if isinstance(self.batch, VectorStep):
@@ -167,6 +180,7 @@ class VectorizedBackend(SequentialBackend):
     def finish_cohort(self) -> None:
         """Every worker of the cohort delivers its update (at the worker, as in the sequential backend)."""
         assert self.vector is not None
+        self._chunk = None  # the cohort's batches are spent
         rounds = self.rounds
         buffers = [t.detach() for t in rounds.tensors[rounds.num_params :]]  # not trained here: the global values
         optimizers = self.calls.optimizers()

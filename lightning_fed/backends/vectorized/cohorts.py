@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,19 +42,28 @@ class Cohort:
 class VectorStep:
     """One vectorized step: the next pointer batch of each of the cohort's workers (``None``: it has none left).
 
-    A plain object (not a collection), so Lightning's batch transfer leaves it alone.
+    ``chunk`` holds every worker's batches of the :data:`CHUNK_STEPS` steps from ``chunk_start`` (this one among
+    them), so a worker's batches can be gathered in one visit to its session. A plain object (not a collection), so
+    Lightning's batch transfer leaves it alone.
     """
 
-    __slots__ = ("batches", "cohort", "step")
+    __slots__ = ("batches", "chunk", "chunk_start", "cohort", "step")
 
-    def __init__(self, cohort: Cohort, step: int, batches: list[Any]) -> None:
+    def __init__(
+        self, cohort: Cohort, step: int, batches: list[Any], chunk: list[list[Any]] | None = None, chunk_start: int = 0
+    ) -> None:
         self.cohort = cohort
         self.step = step
         self.batches = batches
+        self.chunk = chunk if chunk is not None else [[b] if b is not None else [] for b in batches]
+        self.chunk_start = step if chunk is None else chunk_start
 
     def __repr__(self) -> str:
         present = sum(b is not None for b in self.batches)
         return f"VectorStep(cohort={self.cohort.index}, step={self.step}, batches={present}/{len(self.batches)})"
+
+
+CHUNK_STEPS = 32  # steps whose batches a worker's session gathers at once: 32 batches of each worker in memory
 
 
 def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int, source: Any = None) -> Iterator[VectorStep]:
@@ -62,8 +72,12 @@ def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int, sour
     loader's ``batch_positions`` for positions gathered at the worker instead of pointer batches)."""
     for cohort in cohorts:
         streams = [planner.worker_batches(w, n, round_index, source) for w, n in zip(cohort.workers, cohort.steps)]
-        for step in range(cohort.length):
-            yield VectorStep(cohort, step, [next(s) if step < n else None for s, n in zip(streams, cohort.steps)])
+        for start in range(0, cohort.length, CHUNK_STEPS):
+            end = min(start + CHUNK_STEPS, cohort.length)
+            chunk = [list(itertools.islice(s, max(0, min(end, n) - start))) for s, n in zip(streams, cohort.steps)]
+            for step in range(start, end):
+                batches = [mine[step - start] if step - start < len(mine) else None for mine in chunk]
+                yield VectorStep(cohort, step, batches, chunk, start)
 
 
 # -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
