@@ -22,6 +22,7 @@ from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
+from lightning_fed.backends.vectorized import VectorizedBackend
 from lightning_fed.exceptions import CheckpointMismatchError, FederatedConfigError
 from lightning_fed.logs import info
 from lightning_fed.privacy.dp import PrivacyMonitor, find_dp
@@ -93,8 +94,10 @@ def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
 def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) -> Backend:
     """The sequential backend with fused local loops where ``local_loop`` asks for them and the run allows
     (:mod:`lightning_fed.backends.fused`); ``"fused"`` where it does not: an error naming what stands in the way."""
-    if local_loop == "steps" or type(backend) is not SequentialBackend:
+    vectorized = isinstance(backend, VectorizedBackend)
+    if local_loop == "steps" or (type(backend) is not SequentialBackend and not vectorized):
         return backend
+    assert isinstance(backend, SequentialBackend)
     blockers = fusion_blockers(trainer, trainer.lightning_module, backend)
     if blockers:
         if local_loop == "fused":
@@ -105,7 +108,9 @@ def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) ->
             )
         info(f"FederatedStrategy: one Lightning step per local batch (local_loop='steps'), for {', '.join(blockers)}.")
         return backend
-    assert isinstance(backend, SequentialBackend)
+    if isinstance(backend, VectorizedBackend):
+        backend.fused = True  # chunks of vectorized steps
+        return backend
     return backend.rebuilt_as(FusedBackend)
 
 

@@ -77,6 +77,44 @@ def test_chunks_of_steps_gathered_at_once_equal_sequential(monkeypatch, chunk):
     assert max(visits) <= chunk and (chunk == 1 or len(visits) < steps)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_chunks_of_vectorized_steps_equal_one_lightning_step_each(optimizer):
+    # local_loop="auto" (the default) runs up to CHUNK_STEPS vectorized steps in one Lightning step where nothing
+    # observes single batches: the numbers are those of one Lightning step per vectorized step, bit for bit
+    from lightning_fed.backends.vectorized.cohorts import CHUNK_STEPS
+
+    kw = dict(optimizer=optimizer, partition="quantity_skew", n=400, rounds=2)  # a 310-sample worker: 62 steps
+    seq, _ = _fit(False, local_loop="steps", **kw)
+    per_step, per_step_fit = _fit(True, local_loop="steps", **kw)
+    fused, fused_fit = _fit(True, **kw)
+    backend = fused_fit.strategy.backend
+    assert backend.fused and not per_step_fit.strategy.backend.fused
+    assert "(fused)" in fused_fit.strategy.summary()
+    assert max_abs_diff(per_step, fused) == 0.0
+    assert max_abs_diff(seq, fused) < 1e-5
+    if optimizer == "sgd":  # no optimizer state: one cohort a round (Adam's cohorts follow its per-worker state)
+        lengths = [c.length for r in (0, 1) for c in backend.cohorts(fused_fit.strategy.round_plan(r))]
+        assert max(lengths) > CHUNK_STEPS  # a cohort crosses a chunk boundary
+        assert per_step_fit.global_step == sum(lengths)
+        assert fused_fit.global_step == sum(-(-n // CHUNK_STEPS) for n in lengths)
+    assert 0 < fused_fit.global_step < per_step_fit.global_step
+    steps = {w: s["steps"] for w, s in per_step_fit.strategy.worker_summary().items()}
+    assert {w: s["steps"] for w, s in fused_fit.strategy.worker_summary().items()} == steps
+
+
+def test_a_callback_that_watches_batches_keeps_one_lightning_step_per_vectorized_step():
+    from lightning.pytorch import Callback
+
+    class Watches(Callback):
+        def on_train_batch_end(self, *args, **kwargs):
+            pass
+
+    _, fit = _fit(True, trainer_kw={"callbacks": [Watches()]})
+    assert not fit.strategy.backend.fused
+    with pytest.raises(FederatedConfigError, match=r"local_loop='fused'.*Watches\.on_train_batch_end"):
+        _fit(True, local_loop="fused", trainer_kw={"callbacks": [Watches()]})
+
+
 def test_unequal_shards_with_adam_state_kept_across_rounds_train_in_cohorts():
     # shards of different lengths leave Adam's scalar `step` different per worker after round 1: the workers
     # cannot share one stacked optimizer, so they form cohorts of equal step count (still == sequential)

@@ -3,7 +3,10 @@
 The round loader yields :class:`~lightning_fed.backends.vectorized.cohorts.VectorStep` s (the next batch of every
 worker of a cohort); each is one Lightning step whose ``training_step`` computes every worker's gradients at once
 and whose optimizer step moves every worker's slice (see :mod:`~lightning_fed.backends.vectorized.workers`). At the
-end of a cohort each worker delivers its update, as in the sequential backend.
+end of a cohort each worker delivers its update, as in the sequential backend. Where nothing observes single batches
+(``local_loop="auto"``, as for :mod:`~lightning_fed.backends.fused`), a Lightning step is a
+:class:`~lightning_fed.backends.vectorized.cohorts.VectorChunk`: up to 32 vectorized steps, with the same numbers
+(below: 4 workers x 2 batches, 2 vectorized steps in one Lightning step).
 
 Example:
     >>> import torch, lightning.pytorch as pl
@@ -15,12 +18,13 @@ Example:
     >>> trainer = pl.Trainer(strategy=FederatedStrategy(vectorize=True), max_epochs=1, logger=False,
     ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     >>> trainer.fit(BoringClassifier(), datamodule=data)
-    >>> type(trainer.strategy.backend).__name__, trainer.global_step   # 4 workers x 2 batches: 2 vectorized steps
-    ('VectorizedBackend', 2)
+    >>> type(trainer.strategy.backend).__name__, trainer.strategy.backend.fused, trainer.global_step
+    ('VectorizedBackend', True, 1)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,7 +34,16 @@ from torch.optim import Optimizer
 
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.backends.vectorized.checks import check_vectorizable
-from lightning_fed.backends.vectorized.cohorts import Cohort, VectorStep, cohort_steps, plan_cohorts
+from lightning_fed.backends.vectorized.cohorts import (
+    CHUNK_STEPS,
+    Cohort,
+    VectorChunk,
+    VectorStep,
+    chunk_count,
+    chunked,
+    cohort_steps,
+    plan_cohorts,
+)
 from lightning_fed.backends.vectorized.workers import VectorizedWorkers
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.releases import releases_scalars
@@ -43,6 +56,7 @@ class VectorizedBackend(SequentialBackend):
 
     name = "vectorized"
     vector: VectorizedWorkers | None = None
+    fused = False  # a chunk of steps per Lightning step (set where the run allows: glue.choose_local_loop)
 
     def setup(self, trainer: Any) -> None:
         module = self.calls.module()
@@ -73,13 +87,15 @@ class VectorizedBackend(SequentialBackend):
 
     def round_length(self, plan: RoundPlan) -> int:
         self.calls.restore()  # cohorts depend on the workers' optimizer states: a resume must load them first
-        return sum(c.length for c in self.cohorts(plan))
+        cohorts = self.cohorts(plan)
+        return chunk_count(cohorts) if self.fused else sum(c.length for c in cohorts)
 
     def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
         assert self.planner is not None and self.loader is not None
         loader = self.loader  # plain batches: positions, gathered at each worker in its session (no pointer per batch)
         source = loader.batch_positions if self.planner.batch_source == loader.worker_batches else None
-        yield from cohort_steps(self.cohorts(plan), self.planner, plan.round_index, source)
+        steps = cohort_steps(self.cohorts(plan), self.planner, plan.round_index, source)
+        yield from chunked(steps) if self.fused else steps
 
     def begin_round(self, plan: RoundPlan) -> None:
         self._cohorts = None  # the cohorts of the round being begun, from the workers' states now
@@ -87,39 +103,56 @@ class VectorizedBackend(SequentialBackend):
 
     # -- one vectorized step --------------------------------------------------------------------------------------
     def batch_start(self, batch: Any) -> Any:
-        if not isinstance(batch, VectorStep):
+        if not isinstance(batch, (VectorStep, VectorChunk)):
             return super().batch_start(batch)
+        if not self.rounds.is_open:
+            self.begin_round(self.upcoming_plan())
+        self.batch = batch
+        self.rounds.steps_done += 1
+        first = batch if isinstance(batch, VectorStep) else batch.steps[0]
+        self._begin_step(first)
+        self.calls.progress("Round", first.cohort.workers[0])
+        return batch
+
+    def _begin_step(self, step: VectorStep) -> None:
+        """The step's cohort trains (the previous one delivers first); which of its workers have a batch."""
         rounds, vector = self.rounds, self.vector
         assert vector is not None
-        if not rounds.is_open:
-            self.begin_round(self.upcoming_plan())
-        if vector.cohort is not batch.cohort:
+        if vector.cohort is not step.cohort:
             if vector.cohort is not None:
                 self.finish_cohort()
-            vector.start(batch.cohort)
-            for worker in batch.cohort.workers:
+            vector.start(step.cohort)
+            for worker in step.cohort.workers:
                 rounds.aggregator.worker_start(worker.id, rounds.global_)
-        self.batch = batch
-        rounds.steps_done += 1
         self.active = [
             b is not None and not rounds.failures.skip_batch(worker.id)
-            for worker, b in zip(batch.cohort.workers, batch.batches)
+            for worker, b in zip(step.cohort.workers, step.batches)
         ]
         self.skip = not any(self.active)
-        for worker, active in zip(batch.cohort.workers, self.active):
+        for worker, active in zip(step.cohort.workers, self.active):
             if active:
                 rounds.stats.step(worker.id)
-        self.calls.progress("Round", batch.cohort.workers[0])
-        return batch
 
     def training_step(self, args: tuple, kwargs: dict) -> Any:
         step = args[0] if args else kwargs.get("batch")
+        if isinstance(step, VectorChunk):  # fused: every step of the chunk, the optimizer's included
+            assert self.vector is not None
+            for i, one in enumerate(step.steps):
+                if i:
+                    self._begin_step(one)
+                if not self.skip:
+                    self._vector_step(one, one.step)
+                    self.vector.step()
+            return self.calls.skipped_output()
         if not isinstance(step, VectorStep):
             return super().training_step(args, kwargs)
         if self.skip:
             return self.calls.skipped_output()
+        return self._vector_step(step, args[1] if len(args) > 1 else kwargs.get("batch_idx", 0))
+
+    def _vector_step(self, step: VectorStep, batch_idx: int) -> Tensor:
+        """Every active worker's forward and gradients for ``step``; the mean loss (for Lightning's progress bar)."""
         assert self.vector is not None
-        batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
         real = self._real_batches(step)
         losses = self.vector.compute(real, self.active, batch_idx)
         workers = step.cohort.workers
@@ -130,7 +163,7 @@ class VectorizedBackend(SequentialBackend):
                 self.rounds.losses.add(workers[k].id, loss, size)
                 self.rounds.stats.loss(workers[k].id, loss)
             total, count = total + loss * (size or 1), count + (size or 1)
-        return total / count  # for Lightning's progress bar; `backward` skips it (the gradients are computed)
+        return total / count  # `backward` skips it (the gradients are computed)
 
     def _real_batches(self, step: VectorStep) -> list[Any]:
         """Each active worker's batch of ``step``, read in its session (``None`` for the others). Positions are
@@ -157,21 +190,24 @@ class VectorizedBackend(SequentialBackend):
         return real
 
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
-        if isinstance(self.batch, VectorStep):
+        if isinstance(self.batch, (VectorStep, VectorChunk)):
             return loss
         return super().backward(loss, optimizer, *args, **kwargs)
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
-        step = self.batch
-        if not isinstance(step, VectorStep):
+        batch = self.batch
+        if not isinstance(batch, (VectorStep, VectorChunk)):
             return super().optimizer_step(optimizer, closure, model, kwargs)
         assert self.vector is not None
         try:
-            out = closure()  # runs training_step: the vectorized forward and gradients (backward is skipped)
-            if not self.skip:
+            with warnings.catch_warnings():  # a fused chunk returns None to Lightning on purpose: it has stepped
+                warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+                out = closure()  # runs training_step: the vectorized forward and gradients (backward is skipped)
+            if isinstance(batch, VectorStep) and not self.skip:
                 self.vector.step()
         finally:
             self.batch = None
+        step = batch if isinstance(batch, VectorStep) else batch.steps[-1]
         if step.step == step.cohort.length - 1:
             self.finish_cohort()
         self.end_step()
@@ -187,6 +223,10 @@ class VectorizedBackend(SequentialBackend):
         lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0
         for worker, params, steps in self.vector.finish():
             rounds.deliver(worker, params + buffers, steps, lr)
+
+    def describe(self) -> str:
+        fused = f"; up to {CHUNK_STEPS} vectorized steps per Lightning step (fused)" if self.fused else ""
+        return super().describe() + fused
 
     def finalize_round(self) -> None:
         if self.vector is not None and self.vector.cohort is not None and self.rounds.is_open:

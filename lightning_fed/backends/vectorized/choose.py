@@ -275,5 +275,6 @@ def _choose(backend: Backend, loader: Any, trainer: Any) -> tuple[Backend, Vecto
     if not choice.vectorize:
         return backend, choice
     vectorized = backend.rebuilt_as(VectorizedBackend)
+    vectorized.fused = isinstance(backend, FusedBackend)  # the run allows chunks of steps (glue.choose_local_loop)
     vectorized.setup(trainer)
     return vectorized, choice

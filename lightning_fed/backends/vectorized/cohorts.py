@@ -80,6 +80,30 @@ def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int, sour
                 yield VectorStep(cohort, step, batches, chunk, start)
 
 
+class VectorChunk:
+    """One Lightning step of a fused vectorized round: a chunk of one cohort's consecutive :class:`VectorStep` s."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: list[VectorStep]) -> None:
+        self.steps = steps
+
+    def __repr__(self) -> str:
+        first, last = self.steps[0], self.steps[-1]
+        return f"VectorChunk(cohort={first.cohort.index}, steps={first.step}..{last.step})"
+
+
+def chunked(steps: Iterator[VectorStep]) -> Iterator[VectorChunk]:
+    """``steps`` (from :func:`cohort_steps`) grouped by their chunk: one :class:`VectorChunk` per chunk."""
+    for _, group in itertools.groupby(steps, key=lambda step: (step.cohort.index, step.chunk_start)):
+        yield VectorChunk(list(group))
+
+
+def chunk_count(cohorts: Sequence[Cohort]) -> int:
+    """How many :class:`VectorChunk` s :func:`chunked` makes of the cohorts' steps."""
+    return sum(-(-cohort.length // CHUNK_STEPS) for cohort in cohorts)
+
+
 # -- cohorts by optimizer-state signature -----------------------------------------------------------------------------
 def _elementwise(value: Any, shape: torch.Size) -> bool:
     """Whether an optimizer-state entry is a tensor shaped like its parameter (``shape``): one value per element,

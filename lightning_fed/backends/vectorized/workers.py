@@ -39,8 +39,8 @@ Example:
     >>> trainer = pl.Trainer(strategy=FederatedStrategy(vectorize=True), max_epochs=2, logger=False,
     ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     >>> trainer.fit(BoringClassifier(), datamodule=data)
-    >>> trainer.strategy.round_index, trainer.global_step  # 2 rounds of 2 vectorized steps (8 workers x 2 batches)
-    (2, 4)
+    >>> trainer.strategy.round_index, trainer.global_step  # 2 rounds of 2 vectorized steps, fused into 1 Lightning step
+    (2, 2)
 """
 
 from __future__ import annotations
