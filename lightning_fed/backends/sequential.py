@@ -35,6 +35,7 @@ from torch.optim import Optimizer
 
 from lightning_fed.backends.base import Backend, LightningCalls, with_batch, worker_of
 from lightning_fed.backends.round_loader import RoundLoader
+from lightning_fed.backends.threads import ThreadGovernor
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.logs import info, warn
@@ -53,6 +54,7 @@ class SequentialBackend(Backend):
         planning: the :class:`~lightning_fed.rounds.RoundPlanner` arguments (clients per round, local work, seed).
         tolerate_failures: leave a worker whose ``training_step`` raises out of the round instead of stopping.
         step_schedulers: the step-interval LR schedulers (kept per worker).
+        threads: torch's thread count, re-checked at each round's start (:mod:`~lightning_fed.backends.threads`).
     """
 
     name = "sequential"
@@ -64,11 +66,13 @@ class SequentialBackend(Backend):
         planning: dict[str, Any],
         tolerate_failures: bool = False,
         step_schedulers: list[Any] | None = None,
+        threads: ThreadGovernor | None = None,
     ) -> None:
         super().__init__(calls, rounds)
         self.planning = planning
         self.tolerate_failures = tolerate_failures
         self.step_schedulers = step_schedulers or []
+        self.threads = threads
         self.dp = find_dp(rounds.aggregator)
         self.planner: RoundPlanner | None = None
         self.batch: Any = None  # the batch of the current step
@@ -81,7 +85,7 @@ class SequentialBackend(Backend):
     def rebuilt_as(self, cls: type[SequentialBackend]) -> SequentialBackend:
         """A backend of ``cls`` (fused, vectorized, remote) over this one's calls, rounds, planning and options."""
         return cls(self.calls, self.rounds, self.planning, tolerate_failures=self.tolerate_failures,
-                   step_schedulers=self.step_schedulers)  # fmt: skip
+                   step_schedulers=self.step_schedulers, threads=self.threads)  # fmt: skip
 
     # -- the federation's data ------------------------------------------------------------------------------------
     def planner_args(self, loader: FederatedDataLoader) -> dict[str, Any]:
@@ -152,6 +156,8 @@ class SequentialBackend(Backend):
 
     # -- the round ------------------------------------------------------------------------------------------------
     def begin_round(self, plan: RoundPlan) -> None:
+        if self.threads is not None:  # every backend's rounds begin here: the thread count follows the load
+            self.threads.round_start(plan.round_index)
         resume, self.resume_state = self.resume_state, None
         accumulate = self.calls.trainer().accumulate_grad_batches
         failures = self.rounds.failures
@@ -295,6 +301,7 @@ class SequentialBackend(Backend):
             f"FedAvg rounds ({self.name}) with {rounds.aggregator!r}, local_epochs={planning['local_epochs']}, "
             f"local_steps={planning['local_steps']}, {clients}, {rounds.failures.describe()}"
             + (f", {rounds.byzantine!r}" if rounds.byzantine is not None else "")
+            + (f", {self.threads.describe()}" if self.threads is not None else "")
         )
 
 

@@ -44,6 +44,7 @@ from typing_extensions import override
 from lightning_fed._compat.lightning import trainer_of, tuner_running
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends import Backend, DistributedBackend, FollowBackend, SequentialBackend, VectorizedBackend
+from lightning_fed.backends.threads import ThreadGovernor
 from lightning_fed.backends.vectorized.choose import VectorizeChoice, choose_backend, chosen
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
@@ -81,6 +82,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         vectorize: ``True``: each round's workers train together under ``torch.vmap``; ``"auto"``: if measured faster.
         local_loop: ``"auto"``, ``"steps"`` or ``"fused"``: a worker's local batches as one Lightning step
             (:mod:`~lightning_fed.backends.fused`).
+        num_threads: torch threads in fit: ``"auto"`` (the cores others leave free, each round), a count, or ``None``.
         start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``:
             each process trains its share of the workers (:mod:`~lightning_fed.backends.distributed`).
     """
@@ -108,6 +110,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         privacy: DPConfig | None = None,
         vectorize: bool | str = False,
         local_loop: str = "auto",
+        num_threads: int | str | None = "auto",
         accept_plain_checkpoint: bool = False,
         start_method: str = "popen",
         process_group_backend: str | None = None,
@@ -127,7 +130,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         self.mode = check_options(
             mode=mode, local_epochs=local_epochs, local_steps=local_steps, seed=seed,
             tolerate_failures=tolerate_failures, reset_optimizer_state=reset_optimizer_state, vectorize=vectorize,
-            accept_plain_checkpoint=accept_plain_checkpoint, local_loop=local_loop,
+            accept_plain_checkpoint=accept_plain_checkpoint, local_loop=local_loop, num_threads=num_threads,
             simulates_failures=failures.enabled or byzantine is not None,
         )  # fmt: skip
         check_secure_aggregation(secure_aggregation)
@@ -136,13 +139,10 @@ class FederatedStrategy(FederatedParallelStrategy):
             reset_optimizer_state,
         )  # fmt: skip
         self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
-        self.vectorize, self.local_loop = vectorize, local_loop
-        self.accept_plain_checkpoint = accept_plain_checkpoint
-        self.local_epochs = local_epochs if local_epochs is not None else 1
-        self.local_steps = local_steps
-        self.clients_per_round = clients_per_round
-        self.client_fraction = client_fraction
-        self.seed = seed
+        self.vectorize, self.local_loop, self.accept_plain_checkpoint = vectorize, local_loop, accept_plain_checkpoint
+        self.threads = ThreadGovernor(num_threads)  # torch's thread count during fit (backends.threads)
+        self.local_epochs, self.local_steps = (local_epochs if local_epochs is not None else 1), local_steps
+        self.clients_per_round, self.client_fraction, self.seed = clients_per_round, client_fraction, seed
         self._backend: Backend | None = None
         self._tuning: Backend | None = None  # Lightning's lr_find runs its range test on one continuous stream
         self._restored: dict[str, Any] | None = None
@@ -192,6 +192,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         self._rounds.attach(model_tensors(module), len(list(module.parameters())), module)
         self._backend = self._make_backend(trainer)
         if trainer.training:
+            self.threads.start()
             self._backend.setup(trainer)
             glue.resume_open_round(self._backend, self._restored)
             glue.apply_limits(trainer, self._backend)
@@ -202,12 +203,10 @@ class FederatedStrategy(FederatedParallelStrategy):
         calls = glue.lightning_calls(self)
         if self.mode == "follow":
             return FollowBackend(calls, self._rounds)
-        planning = {
-            "clients_per_round": self.clients_per_round, "client_fraction": self.client_fraction,
-            "local_epochs": self.local_epochs, "local_steps": self.local_steps, "seed": self.seed,
-        }  # fmt: skip
-        step_schedulers = per_worker_schedulers(trainer) if trainer is not None else []
-        kwargs = {"tolerate_failures": self.tolerate_failures, "step_schedulers": step_schedulers}
+        planning = {"clients_per_round": self.clients_per_round, "client_fraction": self.client_fraction,
+                    "local_epochs": self.local_epochs, "local_steps": self.local_steps, "seed": self.seed}  # fmt: skip
+        kwargs = {"tolerate_failures": self.tolerate_failures, "threads": self.threads,
+                  "step_schedulers": per_worker_schedulers(trainer) if trainer is not None else []}  # fmt: skip
         if self.is_distributed:
             return DistributedBackend(calls, self._rounds, planning, processes=self.processes(), **kwargs)
         if self.vectorize is True and trainer is not None and trainer.training:
@@ -295,6 +294,7 @@ class FederatedStrategy(FederatedParallelStrategy):
 
     @override
     def teardown(self) -> None:
+        self.threads.stop()
         if self._backend is not None:
             self._backend.teardown()
         super().teardown()

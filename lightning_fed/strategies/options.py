@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lightning_fed.backends.fused import LOCAL_LOOPS
+from lightning_fed.backends.threads import check_num_threads
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 
@@ -70,6 +71,7 @@ def check_options(
     simulates_failures: bool,
     accept_plain_checkpoint: bool = False,
     local_loop: str = "auto",
+    num_threads: Any = "auto",
 ) -> str:
     """Check the strategy's own arguments together; returns the canonical mode (``"fedavg"`` or ``"follow"``)."""
     if mode not in MODES:
@@ -96,6 +98,7 @@ def check_options(
             f"`local_loop={local_loop!r}` is not valid: choose 'auto' (fuse each worker's local batches into one "
             "Lightning step when nothing needs single batches), 'steps' (one Lightning step per batch) or 'fused'."
         )
+    check_num_threads(num_threads)
     follow = MODES[mode] == "follow"
     if follow and simulates_failures:
         raise FederatedConfigError(
