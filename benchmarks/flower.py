@@ -389,7 +389,7 @@ def run_flower(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, A
 
 
 # -- lightning_fed -----------------------------------------------------------------------------------------------------
-def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool = False,
+def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool | str = False,
                       local_loop: str = "auto", log_steps: bool = False) -> dict[str, Any]:  # fmt: skip
     """``log_steps=False``: the module logs nothing per step, as the other contenders' loops record nothing
     (``MNISTClassifier``'s ``self.log("train_loss", on_step=True, on_epoch=True)`` is the ``log_steps=True`` run)."""
@@ -456,6 +456,8 @@ CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, A
     "pfl": run_pfl,
     "lightning_fed": run_lightning_fed,
     "lightning_fed_vectorized": lambda w, data, args: run_lightning_fed(w, data, args, vectorize=True),
+    # vectorize="auto": a short measurement at the first round picks the faster path (its cost is in the time)
+    "lightning_fed_auto": lambda w, data, args: run_lightning_fed(w, data, args, vectorize="auto"),
     # the sequential path with one Lightning step per batch (local_loop="steps"), and with per-step logging
     "lightning_fed_steps": lambda w, data, args: run_lightning_fed(w, data, args, local_loop="steps"),
     "lightning_fed_logged": lambda w, data, args: run_lightning_fed(w, data, args, log_steps=True),
@@ -464,7 +466,8 @@ CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, A
 RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
           ("pfl", "plain"), ("flower", "pfl"), ("flower", "lightning_fed_vectorized"),
           ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain"), ("lightning_fed_steps", "plain"),
-          ("lightning_fed_logged", "plain")]  # fmt: skip
+          ("lightning_fed_logged", "plain"), ("flower", "lightning_fed_auto"),
+          ("pfl", "lightning_fed_auto")]  # fmt: skip
 
 
 @torch.no_grad()

@@ -40,6 +40,24 @@ def model_delta(local: Sequence[Tensor], reference: Sequence[Tensor]) -> list[Te
     return [x.to(accumulation_dtype(x.dtype)) - r.to(accumulation_dtype(r.dtype)) for x, r in zip(local, reference)]
 
 
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every floating-point value of ``tensors`` is finite (no NaN or inf), with one device sync: one sum per
+    tensor decides (a NaN or inf makes the sum non-finite); only a non-finite sum (which a huge finite tensor can also
+    give) is checked value by value.
+
+    Example:
+        >>> import torch
+        >>> all_finite([torch.ones(3), torch.arange(3)]), all_finite([torch.tensor([1.0, float("nan")])])
+        (True, False)
+        >>> all_finite([torch.full((4,), 3e38)])  # the sum overflows, the values are finite
+        True
+    """
+    floating = [t for t in tensors if t.is_floating_point()]
+    if not floating or bool(torch.isfinite(torch.stack([t.sum() for t in floating])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in floating)
+
+
 def accumulate_(sums: list[Tensor], update: Sequence[Tensor], weight: float) -> None:
     """``sums += weight * update``, in place."""
     torch._foreach_add_(sums, [u.to(s.dtype) for s, u in zip(sums, update)], alpha=float(weight))

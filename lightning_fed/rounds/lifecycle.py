@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_fed.aggregation import Aggregator
-from lightning_fed.aggregation.functional import model_delta
+from lightning_fed.aggregation.functional import all_finite, model_delta
 from lightning_fed.exceptions import SealedStateError
 from lightning_fed.rounds.byzantine import ByzantineWorkers
 from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
@@ -155,8 +155,7 @@ class Rounds:
         late under ``straggler_policy="drop"``). A worker whose model is not finite (NaN or inf) sends nothing: with
         ``tolerate_failures`` it is that round's failure, otherwise :class:`NonFiniteUpdateError` names it."""
         local = [t.detach() for t in self.tensors] if tensors is None else tensors
-        floating = [torch.isfinite(t).all() for t in local if t.is_floating_point()]
-        if floating and not bool(torch.stack(floating).all()):  # one device sync per delivery
+        if not all_finite(local):  # one device sync per delivery
             error = NonFiniteUpdateError(
                 f"worker {worker.id!r}'s model is not finite (NaN or inf) at the end of its local training in round "
                 f"{self.plan.round_index if self.plan is not None else '?'}: its update is kept from the aggregation. "

@@ -112,3 +112,22 @@ def test_robust_aggregators_stay_near_the_honest_aggregate_under_a_scaled_update
         assert np.abs(got - honest_mean).max() <= spread + 1e-6, agg
     fedavg = _aggregate(FedAvg(), attacked, weights)[0].numpy()
     assert np.abs(fedavg - honest_mean).max() > 10 * spread
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0], True),
+        ([float("nan"), 1.0], False),
+        ([float("inf"), 1.0], False),
+        ([float("-inf"), float("inf")], False),  # the sum is NaN, not 0
+        ([3e38, 3e38, -1e38], True),  # the float32 sum overflows: the values decide
+        ([3e38, 3e38, float("nan")], False),
+    ],
+)
+def test_all_finite_agrees_with_checking_every_value(values, finite):
+    from lightning_fed.aggregation.functional import all_finite
+
+    tensors = [torch.tensor(values, dtype=torch.float32), torch.arange(3), torch.zeros(2, 2, dtype=torch.float64)]
+    assert all_finite(tensors) is finite is all(bool(torch.isfinite(t).all()) for t in tensors)
+    assert all_finite([torch.arange(4)]) and all_finite([])
