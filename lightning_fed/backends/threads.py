@@ -1,15 +1,15 @@
 """Torch's intra-op thread count from the cores the machine has free: ``FederatedStrategy(num_threads="auto")``.
 
-OpenMP threads on cores another job keeps busy multiply a step's cost (2 cores shared with a 2-thread job: a
-benchmark's FedAvg rounds took 3.4x as long with torch's 2 threads as with 1). So by default, at each round's start,
-the strategy measures how many cores *other* processes kept busy since the last check (the machine's busy CPU time
-less this process's own, over the wall time) and gives torch the cores left, never more than it had at the start::
+OpenMP threads on cores another job keeps busy multiply a step's cost (2 cores shared with a 2-thread job: FedAvg
+rounds took 3.4x to 30x as long with torch's 2 threads as with 1). So by default the strategy measures how many cores
+*other* processes keep busy (the machine's busy CPU time less this process's own, over the wall time) and gives torch
+the cores left, never more than it had: at fit start over 0.1 s while this process waits, then at each round's start
+over the interval since the last check::
 
     busy = (machine busy seconds - own busy seconds) / wall seconds     # /proc/stat and os.times()
     threads = max(1, min(usable, round(usable - busy)))                  # usable: this process's CPU affinity
 
-Without ``/proc/stat`` (macOS, Windows) the 1-minute load average stands in (``load - 1``: this process counts as
-one core); without that either, "auto" keeps the count it has.
+Without ``/proc/stat`` (macOS, Windows), the 1-minute load average less one core (this process) stands in.
 
 Example:
     >>> [pick_threads(usable=2, busy=b) for b in (1.0, 0.2, 3.0)]
@@ -34,6 +34,7 @@ from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.logs import info
 
 MIN_INTERVAL_S = 0.05  # shorter intervals measure the jiffies' rounding, not the load
+START_WINDOW_S = 0.1  # "auto"'s first look at the load, at fit start, before anything runs with torch's count
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -47,9 +48,7 @@ class CpuSnapshot(NamedTuple):
 
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
@@ -61,8 +60,7 @@ def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
         ticks = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, AttributeError):
         return None
-    busy = user + nice + system + irq + softirq + steal  # jiffies; idle and iowait are not busy
-    return busy / ticks if line.startswith("cpu ") and ticks > 0 else None
+    return (user + nice + system + irq + softirq + steal) / ticks if line.startswith("cpu ") and ticks > 0 else None
 
 
 def cpu_snapshot() -> CpuSnapshot | None:
@@ -77,6 +75,11 @@ def busy_elsewhere(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
     if wall < MIN_INTERVAL_S:
         return None
     return max(0.0, ((after.machine - before.machine) - (after.own - before.own)) / wall)
+
+
+def measured_busy(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """:func:`busy_elsewhere` between two snapshots, or the load average where ``/proc/stat`` is missing."""
+    return loadavg_busy() if before is None or after is None else busy_elsewhere(before, after)
 
 
 def loadavg_busy() -> float | None:
@@ -94,10 +97,8 @@ def pick_threads(usable: int, busy: float) -> int:
 
 def check_num_threads(value: Any) -> int | str | None:
     """``num_threads`` is ``"auto"``, an integer >= 1 or ``None``; returns it."""
-    if value is None or (isinstance(value, str) and value == "auto"):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
+    if value is None or (isinstance(value, str) and value == "auto") or (type(value) is int and value >= 1):
+        return value  # a bool is not a count
     raise FederatedConfigError(
         f"`num_threads={value!r}` is not valid: pass 'auto' (torch's thread count from the cores other processes "
         "leave free, checked every round), an integer >= 1 (that many torch threads during fit) or None (leave "
@@ -113,21 +114,18 @@ def auto_blocker(env: Mapping[str, str], threads: int, defaults: set[int], deter
             return f"{name}={env[name]} is set"
     if threads not in defaults:
         return f"torch.set_num_threads({threads}) was called"
-    if deterministic:
-        return "deterministic algorithms are on: the results must not depend on the load"
-    return None
+    return "deterministic algorithms are on: the results must not depend on the load" if deterministic else None
 
 
 class ThreadGovernor:
     """Torch's intra-op thread count during fit (see the module docstring): :meth:`start` at the strategy's setup,
     :meth:`round_start` at each round's start, :meth:`stop` at teardown (torch's count from before ``start`` again).
 
-    ``setting``: ``"auto"``, a count, or ``None`` (leave torch alone). "auto" respects a choice the user made: it
-    does nothing where ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set, where torch's count is not one torch picks
-    by itself (the usable CPUs, or the size of its inter-op pool, which it sizes alike: physical cores), or where
-    deterministic algorithms are on (``Trainer(deterministic=True)``: the thread count changes how reductions round,
-    so the numbers would depend on the load). ``torch.set_num_threads(n)`` with ``n`` equal to torch's own default
-    cannot be told apart from the default and leaves "auto" in control: pass ``num_threads=n`` or ``None`` instead.
+    ``setting``: ``"auto"``, a count, or ``None`` (leave torch alone). "auto" respects the user's choice: it does
+    nothing where ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is set, where torch's count is not one torch picks itself
+    (the usable CPUs, or its inter-op pool's size, sized alike), or under ``Trainer(deterministic=True)`` (the count
+    changes how reductions round: results would depend on the load). ``torch.set_num_threads(n)`` with torch's default
+    ``n`` cannot be told from the default: "auto" stays in control (pass ``num_threads=n`` or ``None`` instead).
 
     Example:
         >>> governor = ThreadGovernor(1)
@@ -144,15 +142,11 @@ class ThreadGovernor:
         self._original: int | None = None  # torch's count before start (None: nothing to restore)
         self._ceiling = 1
         self._last: CpuSnapshot | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether "auto" chooses the count now (between :meth:`start` and :meth:`stop`, where not blocked)."""
-        return self.setting == "auto" and self._original is not None
+        self._pending: tuple[int, float] | None = None  # the start's change, recorded at the first round's index
 
     def start(self) -> None:
-        """Fit starts: a count applies now; "auto" checks it may act, then takes its first snapshot."""
-        self.changes, self.blocker = [], None
+        """Fit starts: a count applies now; "auto" checks it may act, then sets the count from a first look."""
+        self.changes, self.blocker, self._pending = [], None, None
         if self.setting is None:
             return
         current = torch.get_num_threads()
@@ -163,26 +157,34 @@ class ThreadGovernor:
             if self.blocker is not None:  # the user's choice: left as it is, not even restored at stop
                 info(f"FederatedStrategy(num_threads='auto'): torch keeps its {current} threads ({self.blocker}).")
                 return
-            self._ceiling, self._last = current, cpu_snapshot()
+            before, self._ceiling = cpu_snapshot(), current
+            time.sleep(START_WINDOW_S if before is not None else 0.0)  # this process idle: all busy time is others'
+            self._last = cpu_snapshot()
+            busy = measured_busy(before, self._last)
+            self._pending = None if busy is None else self._choose(busy)
         else:
             torch.set_num_threads(int(self.setting))
         self._original = current
 
     def round_start(self, round_index: int) -> None:
         """A round starts: with "auto", torch gets the cores other processes left free since the last check."""
-        if not self.active:
+        if self.setting != "auto" or self._original is None:  # not "auto", blocked, or not in a fit
             return
-        now = cpu_snapshot()
-        busy = loadavg_busy() if now is None or self._last is None else busy_elsewhere(self._last, now)
-        if busy is None:  # nothing measured: keep the count, and the older snapshot (a longer interval next time)
-            self._last = self._last or now
-            return
+        change, self._pending = self._pending, None
+        busy = measured_busy(self._last, now := cpu_snapshot())
+        if busy is not None:  # else too short to tell: the count stays, the older snapshot too (a longer interval)
+            change, self._last = self._choose(busy) or change, now
+        if change is not None:
+            self.changes.append((round_index, *change))
+            info(f"FederatedStrategy: {change[0]} torch threads at round {round_index} ({change[1]:.1f} CPUs busy)")
+
+    def _choose(self, busy: float) -> tuple[int, float] | None:
+        """Sets torch's count for ``busy`` cores busy elsewhere; ``(threads, busy)`` where that changed it."""
         threads = min(self._ceiling, pick_threads(usable_cpus(), busy))
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-            self.changes.append((round_index, threads, busy))
-            info(f"FederatedStrategy: {threads} torch threads at round {round_index} ({busy:.1f} CPUs busy elsewhere)")
-        self._last = now
+        if threads == torch.get_num_threads():
+            return None
+        torch.set_num_threads(threads)
+        return threads, busy
 
     def stop(self) -> None:
         """Fit ends: torch's count from before :meth:`start` again."""
@@ -192,9 +194,7 @@ class ThreadGovernor:
 
     def describe(self) -> str:
         """The setting and what it did, for the strategy's summary."""
-        if self.setting != "auto":
-            return f"num_threads={self.setting}"
-        if self.blocker is not None:
-            return f"num_threads='auto' (inactive: {self.blocker})"
+        if self.setting != "auto" or self.blocker is not None:
+            return f"num_threads={self.setting!r}" + (f" (inactive: {self.blocker})" if self.blocker else "")
         moves = ", ".join(f"{t} from round {r} ({b:.1f} CPUs busy elsewhere)" for r, t, b in self.changes)
         return f"num_threads='auto' (torch threads: {moves or torch.get_num_threads()})"

@@ -39,6 +39,7 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)  # set, they make "auto" stand aside
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "START_WINDOW_S", 0.0)  # the start's look at the load: no wait in tests
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(False)
     try:
@@ -50,7 +51,7 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def fake_load(monkeypatch: pytest.MonkeyPatch, busy: list[float]) -> list[CpuSnapshot]:
     """``cpu_snapshot`` replaced: 1 s apart, this process using 1 core, other processes ``busy[i]`` cores in the
-    interval before the i-th check after the first snapshot (the last value repeats)."""
+    interval before the i-th look at the load (0: the start's, 1: round 0's, ...; the last value repeats)."""
     taken: list[CpuSnapshot] = []
     clock = count()
 
@@ -158,25 +159,28 @@ def test_good_settings_pass(value):
 
 # -- the governor ---------------------------------------------------------------------------------------------------------
 def test_auto_follows_the_load_round_by_round_and_restores_at_stop(two_cores, monkeypatch, caplog):
-    fake_load(monkeypatch, busy=[1.0, 1.3, 0.2, 0.2, 3.0])
+    taken = fake_load(monkeypatch, busy=[1.0, 1.3, 0.2, 0.2, 3.0])
     calls = spy_set_num_threads(monkeypatch)
+    slept: list[float] = []
+    monkeypatch.setattr(threads, "START_WINDOW_S", 0.25)
+    monkeypatch.setattr(threads.time, "sleep", slept.append)
     governor = ThreadGovernor("auto")
-    governor.start()
-    assert torch.get_num_threads() == 2 and calls == []  # nothing measured yet: torch keeps its count
-    seen = []
     with caplog.at_level(logging.INFO, logger="lightning_fed"):
-        for round_index in range(5):
+        governor.start()  # a first look, over a short wait: what runs before round 0 has the right count too
+        assert (len(taken), slept, torch.get_num_threads(), calls) == (2, [0.25], 1, [1])
+        seen = []
+        for round_index in range(4):
             governor.round_start(round_index)
             seen.append(torch.get_num_threads())
-    assert seen == [1, 1, 2, 2, 1]
+    assert seen == [1, 2, 2, 1]
     assert calls == [1, 2, 1]  # set only when the count changes
-    assert governor.changes == [(0, 1, pytest.approx(1.0)), (2, 2, pytest.approx(0.2)), (4, 1, pytest.approx(3.0))]
-    assert "1 torch threads at round 0 (1.0 CPUs busy elsewhere)" in caplog.text
-    assert "2 torch threads at round 2 (0.2 CPUs busy elsewhere)" in caplog.text
-    assert "1 from round 0 (1.0 CPUs busy elsewhere)" in governor.describe()
+    assert governor.changes == [(0, 1, pytest.approx(1.0)), (1, 2, pytest.approx(0.2)), (3, 1, pytest.approx(3.0))]
+    assert "1 torch threads at round 0 (1.0 CPUs busy)" in caplog.text  # the start's change, named by its round
+    assert "2 torch threads at round 1 (0.2 CPUs busy)" in caplog.text
+    assert "1 from round 0 (1.0 CPUs busy elsewhere), 2 from round 1" in governor.describe()
     governor.stop()
     assert torch.get_num_threads() == 2
-    governor.round_start(5)  # after stop: nothing
+    governor.round_start(4)  # after stop: nothing
     assert calls == [1, 2, 1, 2]
 
 
@@ -185,22 +189,22 @@ def test_auto_never_goes_above_the_count_torch_started_with(two_cores, monkeypat
     monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 2)
     fake_load(monkeypatch, busy=[0.0, 3.0])
     governor = ThreadGovernor("auto")
-    governor.start()
+    governor.start()  # 4 usable CPUs, none busy elsewhere: still torch's 2
+    assert torch.get_num_threads() == 2
     governor.round_start(0)
-    assert torch.get_num_threads() == 2 and governor.changes == []
-    governor.round_start(1)
-    assert torch.get_num_threads() == 1 and governor.changes == [(1, 1, pytest.approx(3.0))]
+    assert torch.get_num_threads() == 1 and governor.changes == [(0, 1, pytest.approx(3.0))]
     governor.stop()
 
 
 def test_a_too_short_interval_keeps_the_count_and_the_older_snapshot(two_cores, monkeypatch):
-    snapshots = iter([CpuSnapshot(0.0, 0.0, 0.0), CpuSnapshot(0.01, 0.0, 0.01), CpuSnapshot(2.0, 1.0, 1.0)])
+    snapshots = iter([CpuSnapshot(0.0, 0.0, 0.0), CpuSnapshot(0.0, 0.0, 0.1),  # start: 0.1 s, nothing busy
+                      CpuSnapshot(0.01, 0.0, 0.11), CpuSnapshot(2.0, 1.0, 1.1)])  # fmt: skip
     monkeypatch.setattr(threads, "cpu_snapshot", lambda: next(snapshots))
     governor = ThreadGovernor("auto")
     governor.start()
     governor.round_start(0)  # 10 ms after start: not measured
     assert torch.get_num_threads() == 2 and governor.changes == []
-    governor.round_start(1)  # measured from the first snapshot: 1 core busy elsewhere over 1 s
+    governor.round_start(1)  # measured from the start's snapshot: 1 core busy elsewhere over 1 s
     assert governor.changes == [(1, 1, pytest.approx(1.0))]
     governor.stop()
 
@@ -210,11 +214,11 @@ def test_without_proc_stat_the_load_average_decides(two_cores, monkeypatch):
     monkeypatch.setattr(threads, "loadavg_busy", lambda: 1.2)
     governor = ThreadGovernor("auto")
     governor.start()
-    governor.round_start(0)
     assert torch.get_num_threads() == 1
+    governor.round_start(0)
     monkeypatch.setattr(threads, "loadavg_busy", lambda: None)  # no load average either: the count stays
     governor.round_start(1)
-    assert torch.get_num_threads() == 1 and len(governor.changes) == 1
+    assert torch.get_num_threads() == 1 and governor.changes == [(0, 1, pytest.approx(1.2))]
     governor.stop()
     assert torch.get_num_threads() == 2
 
@@ -277,11 +281,16 @@ def test_none_leaves_torch_alone_and_a_count_holds_for_the_whole_fit(two_cores, 
 
 # -- wired into fit -------------------------------------------------------------------------------------------------------
 class ThreadRecorder(BoringClassifier):
-    """Records ``(round, torch threads)`` at every training step."""
+    """Records ``(round, torch threads)`` at every training step, and the count at ``on_train_start`` (before the
+    first round)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: set[tuple[int, int]] = set()
+        self.at_train_start: int | None = None
+
+    def on_train_start(self) -> None:
+        self.at_train_start = torch.get_num_threads()
 
     def training_step(self, batch, batch_idx):
         self.seen.add((self.current_epoch, torch.get_num_threads()))
@@ -301,17 +310,17 @@ def fit(strategy: FederatedStrategy, rounds: int = 2) -> ThreadRecorder:
 
 def test_a_fixed_count_holds_inside_training_step_and_is_restored_after_fit(two_cores):
     model = fit(FederatedStrategy(num_threads=1))
-    assert model.seen == {(0, 1), (1, 1)}
+    assert model.seen == {(0, 1), (1, 1)} and model.at_train_start == 1
     assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("options", [{"local_loop": "steps"}, {"local_loop": "fused"}, {"vectorize": True}],
                          ids=["steps", "fused", "vectorized"])  # fmt: skip
 def test_auto_rechecks_at_every_round_in_every_backend(two_cores, monkeypatch, options):
-    fake_load(monkeypatch, busy=[1.0, 0.0])  # round 0: 1 of the 2 cores busy elsewhere; round 1: none
+    fake_load(monkeypatch, busy=[1.0, 1.0, 0.0])  # at the start and round 0: 1 of the 2 cores busy elsewhere
     strategy = FederatedStrategy(num_threads="auto", **options)
     model = fit(strategy)
-    assert model.seen == {(0, 1), (1, 2)}
+    assert model.at_train_start == 1 and model.seen == {(0, 1), (1, 2)}
     assert strategy.threads.changes == [(0, 1, pytest.approx(1.0)), (1, 2, pytest.approx(0.0))]
     assert torch.get_num_threads() == 2
 
@@ -322,3 +331,4 @@ def test_auto_keeps_out_of_a_fit_that_sets_the_thread_variable(two_cores, monkey
     strategy = FederatedStrategy()  # "auto" by default
     model = fit(strategy)
     assert model.seen == {(0, 2), (1, 2)} and strategy.threads.changes == []
+    assert "OMP_NUM_THREADS=2 is set" in strategy.summary()
