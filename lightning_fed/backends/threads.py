@@ -3,8 +3,9 @@
 OpenMP threads on cores another job keeps busy multiply a step's cost (2 cores shared with a 2-thread job: FedAvg
 rounds took 3.4x to 30x as long with torch's 2 threads as with 1). So by default the strategy measures how many cores
 *other* processes keep busy (the machine's busy CPU time less this process's own, over the wall time) and gives torch
-the cores left, never more than it had: at fit start over 0.1 s while this process waits, then at each round's start
-over the interval since the last check::
+the cores left, never more than it had: at fit start over 0.1 s while this process waits (skipped where no other
+process has a thread runnable in a few looks at ``/proc/loadavg``), then at each round's start over the interval
+since the last check::
 
     busy = (machine busy seconds - own busy seconds) / wall seconds     # /proc/stat and os.times()
     threads = max(1, min(usable, round(usable - busy)))                  # usable: this process's CPU affinity
@@ -75,6 +76,25 @@ def busy_elsewhere(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
     if wall < MIN_INTERVAL_S:
         return None
     return max(0.0, ((after.machine - before.machine) - (after.own - before.own)) / wall)
+
+
+def others_runnable(looks: int = 5, gap_s: float = 0.002, path: str = "/proc/loadavg") -> int | None:
+    """The fewest threads of other processes the kernel had runnable in ``looks`` looks ``gap_s`` apart (``/proc/
+    loadavg``'s running count, less this reading thread); ``None``: unreadable. A CPU-bound job is runnable in every
+    look, a passing one is not: 0 means no other job needs a core now."""
+    fewest: int | None = None
+    for look in range(looks):
+        try:
+            with open(path) as loadavg:
+                running = int(loadavg.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        fewest = running - 1 if fewest is None else min(fewest, running - 1)
+        if fewest <= 0:
+            return 0
+        if look < looks - 1:
+            time.sleep(gap_s)
+    return fewest
 
 
 def measured_busy(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
@@ -158,9 +178,12 @@ class ThreadGovernor:
                 info(f"FederatedStrategy(num_threads='auto'): torch keeps its {current} threads ({self.blocker}).")
                 return
             before, self._ceiling = cpu_snapshot(), current
-            time.sleep(START_WINDOW_S if before is not None else 0.0)  # this process idle: all busy time is others'
-            self._last = cpu_snapshot()
-            busy = measured_busy(before, self._last)
+            if before is not None and others_runnable() == 0:  # no other job wants a core: nothing to measure
+                self._last, busy = before, 0.0
+            else:  # this process idle for the window: all busy time in it is others'
+                time.sleep(START_WINDOW_S if before is not None else 0.0)
+                self._last = cpu_snapshot()
+                busy = measured_busy(before, self._last)
             self._pending = None if busy is None else self._choose(busy)
         else:
             torch.set_num_threads(int(self.setting))

@@ -23,6 +23,7 @@ from lightning_fed.backends.threads import (
     check_num_threads,
     loadavg_busy,
     machine_busy_seconds,
+    others_runnable,
     pick_threads,
     usable_cpus,
 )
@@ -40,6 +41,7 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)  # set, they make "auto" stand aside
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
     monkeypatch.setattr(threads, "START_WINDOW_S", 0.0)  # the start's look at the load: no wait in tests
+    monkeypatch.setattr(threads, "others_runnable", lambda: 1)  # another job wants a core: the start measures
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(False)
     try:
@@ -115,6 +117,45 @@ def test_usable_cpus_follows_the_affinity_mask_else_the_cpu_count(monkeypatch):
     assert usable_cpus() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert usable_cpus() == 1
+
+
+@pytest.mark.parametrize(("line", "expected"), [("0.1 0.2 0.3 1/80 9", 0), ("2.0 1.5 1.2 3/120 9", 2), ("x", None)])
+def test_others_runnable_reads_the_running_count_less_the_reader(tmp_path, line, expected):
+    path = tmp_path / "loadavg"
+    path.write_text(line + "\n")
+    assert others_runnable(looks=3, gap_s=0.0, path=str(path)) == expected
+    assert others_runnable(path=str(tmp_path / "missing")) is None
+
+
+def test_others_runnable_takes_the_fewest_of_its_looks(monkeypatch):
+    counts = iter(["3/90", "1/90", "3/90"])  # a passing process in some looks only: nobody needs a core
+
+    class Reading:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return f"0.0 0.0 0.0 {next(counts)} 1"
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Reading())
+    assert others_runnable(looks=3, gap_s=0.0) == 0
+
+
+def test_on_a_quiet_machine_the_start_measures_nothing_and_waits_for_nothing(two_cores, monkeypatch):
+    monkeypatch.setattr(threads, "others_runnable", lambda: 0)
+    taken = fake_load(monkeypatch, [2.0])  # were the window measured, it would find 2 cores busy
+    slept: list[float] = []
+    monkeypatch.setattr(threads.time, "sleep", slept.append)
+    governor = ThreadGovernor("auto")
+    governor.start()
+    assert (len(taken), slept, torch.get_num_threads()) == (1, [], 2)
+    governor.round_start(0)  # the round measures from the start's snapshot: the 2 busy cores now count
+    assert torch.get_num_threads() == 1 and governor.changes == [(0, 1, 2.0)]
+    governor.stop()
+    assert torch.get_num_threads() == 2
 
 
 def test_loadavg_stands_in_without_proc_stat(monkeypatch):
