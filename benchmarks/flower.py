@@ -28,9 +28,10 @@ All contenders start from the same initial weights, train on the same client par
 (``lightning_fed.rounds.planning.sample_clients``). Flower's server sends each round's messages to as many
 simulated SuperNodes, and each message names the partition its client trains on (a ``partition-id`` in the
 message's config instead of the node's ``node_config``), so Flower trains the very same clients each round; pfl
-draws its cohorts from a user sampler that hands out the same schedule. Flower, pfl and plain also shuffle each
-client's batches with the same seeds, so they end with (nearly) the same weights where the model has no dropout (A,
-B; C's dropout masks come from each process's own random stream); lightning_fed shuffles with its own seeded streams.
+draws its cohorts from a user sampler that hands out the same schedule. Every contender also visits each client's
+samples in the same order, lightning_fed's (``shuffle_generator`` seeds the others' shuffles as lightning_fed's loader
+does; one local epoch), so all end with (nearly) the same weights where the model has no dropout (A, B; C's dropout
+masks come from each process's own random stream); ``max |weight difference| ... vs plain`` says how near.
 
 Timed: each contender's whole training call (model, data module and Trainer construction included; data loading
 from disk and the test evaluation not). Flower's time is split into start-up (``run_simulation`` called -> first
@@ -223,21 +224,26 @@ def prepare(w: Workload, mnist: tuple[torch.Tensor, ...] | None, args: argparse.
 
 # -- the client's work, shared by Flower's ClientApp and the plain loop ------------------------------------------------
 def shuffle_generator(seed: int, round_index: int, client: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0]))
+    """The generator of a client's shuffle in a round: seeded as lightning_fed's ``FederatedDataLoader`` seeds a
+    worker's shuffle in an epoch (``mix_seed(seed, epoch, worker position)``, written out here so that Flower's actors
+    need not import lightning_fed). With one local epoch, round ``r`` is the loader's epoch ``r`` and client ``k`` its
+    worker ``k``."""
+    mixed = np.random.SeedSequence([seed, round_index, client]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)
+    return torch.Generator().manual_seed(int(mixed))
 
 
 def shuffled_order(n: int, seed: int, round_index: int, client: int) -> torch.Tensor:
-    """The order in which ``local_train``'s DataLoader visits a client's ``n`` samples in that round (its shuffling
-    draws from the generator as the DataLoader itself does: the DataLoader is used)."""
-    loader = DataLoader(range(n), batch_size=max(n, 1), shuffle=True,
-                        generator=shuffle_generator(seed, round_index, client))  # fmt: skip
-    return torch.cat(list(loader)) if n else torch.zeros(0, dtype=torch.long)
+    """The order in which every contender visits a client's ``n`` samples in a round: lightning_fed's (its loader's
+    ``torch.randperm`` from :func:`shuffle_generator`; tests/benchmarks checks it against the loader)."""
+    return torch.randperm(n, generator=shuffle_generator(seed, round_index, client))
 
 
 def local_train(model: nn.Module, dataset: TensorDataset, *, batch_size: int, lr: float, epochs: int,
-                generator: torch.Generator) -> None:  # fmt: skip
-    """Flower's PyTorch quickstart's ``train``: a DataLoader, SGD, the loss, backward, step (no momentum)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+                order: torch.Tensor) -> None:  # fmt: skip
+    """Flower's PyTorch quickstart's ``train``: a DataLoader, SGD, the loss, backward, step (no momentum); the
+    DataLoader visits the samples in ``order`` (:func:`shuffled_order`) instead of drawing its own shuffle (every
+    workload here trains one local epoch)."""
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order.tolist())
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
@@ -288,9 +294,9 @@ def flower_train(msg: Any, context: Any) -> Any:
     t_data = time.time()
     model = MODELS[str(config["model"])]()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    generator = shuffle_generator(int(config["seed"]), int(config["server-round"]) - 1, partition)
+    order = shuffled_order(len(dataset), int(config["seed"]), int(config["server-round"]) - 1, partition)
     local_train(model, dataset, batch_size=int(config["batch-size"]), lr=float(config["lr"]),
-                epochs=int(config["local-epochs"]), generator=generator)  # fmt: skip
+                epochs=int(config["local-epochs"]), order=order)  # fmt: skip
     metrics = {"num-examples": len(dataset), "t-start": t_start, "t-end": time.time(), "load-s": t_data - t_start,
                "cpu-s": time.thread_time() - cpu_start, "torch-threads": torch.get_num_threads(),
                "pid": os.getpid()}  # fmt: skip
@@ -429,7 +435,10 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
     wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     planned = [[int(wk.id.removeprefix("worker_")) for wk in strategy.round_plan(r).workers] for r in range(w.rounds)]
     assert planned == data.schedule, "lightning_fed sampled other clients than the schedule"
-    return {"wall_s": wall, "cpu_s": cpu, "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
+    out = {"wall_s": wall, "cpu_s": cpu, "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
+    if strategy.vectorize_choice is not None:  # vectorize="auto": what it measured and chose
+        out["vectorize_choice"] = str(strategy.vectorize_choice)
+    return out
 
 
 # -- plain PyTorch -----------------------------------------------------------------------------------------------------
@@ -443,7 +452,7 @@ def run_plain(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, An
         for k in clients:
             model.load_state_dict(state)
             local_train(model, datasets[k], batch_size=w.batch_size, lr=w.lr, epochs=w.local_epochs,
-                        generator=shuffle_generator(args.seed, r, k))  # fmt: skip
+                        order=shuffled_order(len(datasets[k]), args.seed, r, k))  # fmt: skip
             states.append({key: v.detach().clone() for key, v in model.state_dict().items()})
             weights.append(len(datasets[k]))
         state = fedavg(states, weights)
@@ -507,8 +516,8 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
         results[name].update({k: v for k, v in runs[-1].items() if k not in ("wall_s", "test_acc")})
         if name == "flower":  # the same, without Ray's and the actors' start-up
             results[name]["after_startup_s_all"] = [r["wall_s"] - r["startup_s"] for r in runs]
-    for name in ("flower", "pfl"):  # same clients, batches and sums as plain: the weights should agree
-        if name in names and "plain" in names:
+    for name in names:  # same clients, batches and sums as plain: the weights should agree (dropout aside)
+        if name != "plain" and "plain" in names:
             diff = max(float((states[name][k] - v).abs().max()) for k, v in states["plain"].items())
             results[name]["max_abs_diff_vs_plain"] = f"{diff:.2g}"  # a string: the JSON line rounds floats
     out: dict[str, Any] = {"workload": dataclasses.asdict(w), "data": data.source, "train_samples": len(data.x),
@@ -558,12 +567,14 @@ def print_workload(record: dict[str, Any]) -> None:
             detail = (f"start-up {r['startup_s']:.1f} s, rounds {r['rounds_s']:.1f} s (in the clients' train "
                       f"function {r['client_busy_s']:.1f} s, {r['client_cpu_s']:.1f} s of it on the CPU), shut-down "
                       f"{r['shutdown_s']:.1f} s")  # fmt: skip
+        if "vectorize_choice" in r:
+            detail += f"; {r['vectorize_choice']}"
         rows.append([name, r["wall_s"], f"{100 * r['test_acc']:.2f}%", detail])
     print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes (last repeat)"], rows))
     for key, r in record["ratios"].items():
         print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f})")
-    for name in ("flower", "pfl"):
-        if name in res and "plain" in res:
+    for name in res:
+        if name != "plain" and "plain" in res:
             print(f"max |weight difference| {name} vs plain: {res[name].get('max_abs_diff_vs_plain')}")
 
 

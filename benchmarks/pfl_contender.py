@@ -16,8 +16,8 @@ The same as every contender:
   of a cohort, one after another; :class:`ScheduleSampler` hands out ``data.schedule`` in order, so round ``r`` trains
   exactly the clients of ``data.schedule[r]`` (checked after the run: pfl's uniform sampler is not used);
 * **batches**: pfl's ``Dataset`` cuts a user's data into batches in its stored order and never shuffles, so the
-  user dataset of (round ``r``, client ``k``) is built in the order the plain loop's ``DataLoader`` shuffles it in
-  (``shuffled_order`` with the same seeds): pfl, plain and Flower train the very same batches.
+  user dataset of (round ``r``, client ``k``) is built in the order every contender visits it in (``shuffled_order``:
+  lightning_fed's loader's order): pfl, plain, Flower and lightning_fed train the very same batches.
 
 Differences, all pfl's own behaviour, all inside its timed run: at its first iteration pfl always evaluates each
 user's data before and after local training (``FederatedNNAlgorithm``: ``iteration % evaluation_frequency == 0``; the

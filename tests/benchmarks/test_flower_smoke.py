@@ -28,6 +28,9 @@ def test_flower_benchmark_smoke():
             assert results[name]["wall_s"] > 0
             assert 0.0 <= results[name]["test_acc"] <= 1.0
         assert {"min", "median", "max"} <= workload["ratios"]["lightning_fed/plain"].keys()
+        if workload["workload"]["model"] != "pfl_cnn":  # no dropout: the same batches give the plain loop's weights
+            for name in ("lightning_fed", "lightning_fed_vectorized"):
+                assert float(results[name]["max_abs_diff_vs_plain"]) < 1e-5, (name, workload["workload"]["name"])
         # every contender trained the same clients each round
         assert len(workload["schedule"]) == workload["workload"]["rounds"]
         assert all(len(clients) == workload["workload"]["clients_per_round"] for clients in workload["schedule"])

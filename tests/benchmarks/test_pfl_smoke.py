@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import TensorDataset
 
-from benchmarks.flower import PflCNN, shuffle_generator, shuffled_order
+from benchmarks.flower import PflCNN, local_train, shuffled_order
 from benchmarks.pfl_contender import ScheduleSampler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +31,38 @@ def test_schedule_sampler_hands_out_the_rounds_in_order_then_refuses():
 
 
 @pytest.mark.parametrize("n", [1, 10, 23])
-def test_shuffled_order_is_the_order_local_train_visits(n):
-    # local_train's loader: the client's samples, shuffled by the same generator, in batches of 10
-    loader = DataLoader(torch.arange(n), batch_size=10, shuffle=True, generator=shuffle_generator(0, 2, 5))
-    visited = torch.cat(list(loader))
-    assert torch.equal(shuffled_order(n, 0, 2, 5), visited)
-    assert sorted(visited.tolist()) == list(range(n))
-    assert not torch.equal(shuffled_order(n, 0, 3, 5), visited) or n == 1  # another round, another order
+def test_local_train_visits_the_samples_in_shuffled_order(n):
+    visited: list[int] = []
+
+    class Recorded(TensorDataset):
+        def __getitem__(self, i):
+            visited.append(i)
+            return super().__getitem__(i)
+
+    order = shuffled_order(n, 0, 2, 5)
+    local_train(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LogSoftmax(1)),
+                Recorded(torch.randn(n, 3), torch.arange(n) % 2), batch_size=10, lr=0.1, epochs=1, order=order)  # fmt: skip
+    assert visited == order.tolist() and sorted(visited) == list(range(n))
+    assert not torch.equal(shuffled_order(n, 0, 3, 5), order) or n == 1  # another round, another order
+
+
+@pytest.mark.parametrize(("seed", "round_index", "client", "n"), [(0, 0, 0, 7), (0, 3, 5, 23), (11, 2, 1, 60)])
+def test_every_contender_visits_a_client_in_lightning_feds_order(seed, round_index, client, n):
+    # lightning_fed's loader, one local epoch: round r is its epoch r, client k its worker k; the other contenders'
+    # DataLoaders visit the samples in shuffled_order, which must be that very order
+    from lightning_fed import FederatedDataModule
+
+    sizes = [n] * (client + 1)
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(list(range(start, start + size)))
+        start += size
+    data = FederatedDataModule.from_datasets(TensorDataset(torch.arange(start)), workers=len(parts), batch_size=4,
+                                             partition=lambda num_samples, num_workers: parts, seed=seed)  # fmt: skip
+    data.setup("fit")
+    loader = data.train_dataloader()
+    positions = torch.cat(list(loader.batch_positions(loader.workers[client], epoch=round_index)))
+    assert torch.equal(positions, shuffled_order(n, seed, round_index, client))
 
 
 def test_pfl_cnn_is_pfls_benchmark_cnn_for_mnist():
