@@ -264,15 +264,21 @@ def test_without_proc_stat_the_load_average_decides(two_cores, monkeypatch):
     assert torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
-def test_auto_stands_aside_when_a_thread_variable_is_set(two_cores, monkeypatch, variable):
-    monkeypatch.setenv(variable, "2")
-    fake_load(monkeypatch, busy=[1.5])
+def one_round_of_auto(monkeypatch: pytest.MonkeyPatch, busy: float) -> tuple[ThreadGovernor, list[int]]:
+    """An "auto" governor through start, one round and stop under ``busy`` cores busy elsewhere; the counts it set."""
+    fake_load(monkeypatch, busy=[busy])
     calls = spy_set_num_threads(monkeypatch)
     governor = ThreadGovernor("auto")
     governor.start()
     governor.round_start(0)
     governor.stop()
+    return governor, calls
+
+
+@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
+def test_auto_stands_aside_when_a_thread_variable_is_set(two_cores, monkeypatch, variable):
+    monkeypatch.setenv(variable, "2")
+    governor, calls = one_round_of_auto(monkeypatch, busy=1.5)
     assert calls == [] and torch.get_num_threads() == 2
     assert governor.describe() == f"num_threads='auto' (inactive: {variable}=2 is set)"
 
@@ -281,12 +287,7 @@ def test_auto_stands_aside_when_the_user_set_a_count(two_cores, monkeypatch):
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
     monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 4)
     torch.set_num_threads(3)  # not a count torch picks by itself here
-    fake_load(monkeypatch, busy=[2.0])
-    calls = spy_set_num_threads(monkeypatch)
-    governor = ThreadGovernor("auto")
-    governor.start()
-    governor.round_start(0)
-    governor.stop()
+    governor, calls = one_round_of_auto(monkeypatch, busy=2.0)
     assert calls == [] and torch.get_num_threads() == 3
     assert "torch.set_num_threads(3) was called" in governor.describe()
 
