@@ -278,10 +278,7 @@ class DistributedBackend(SequentialBackend):
     def batch_start(self, batch: Any) -> Any:
         if not isinstance(batch, IdleBatch):
             return super().batch_start(batch)
-        if not self.rounds.is_open:  # this process waits for the busiest one: count the step, train nothing
-            self.begin_round(self.upcoming_plan())
-        self.batch = batch
-        self.rounds.steps_done += 1
+        self.open_step(batch)  # this process waits for the busiest one: count the step, train nothing
         self.skip = True
         return batch
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule
@@ -72,6 +73,15 @@ STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_st
               "configure_gradient_clipping")  # fmt: skip
 # callbacks whose per-batch hooks stay right when a Lightning step is a worker's round
 _STEP_NEUTRAL = (ProgressBar, LearningRateMonitor, ModelSummary, Timer)
+
+
+@contextmanager
+def stepped_already() -> Iterator[None]:
+    """Lightning's warning that ``training_step`` returned ``None``, silenced: a fused step returns ``None`` on
+    purpose, having run its local batches' optimizer steps itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+        yield
 
 
 class LocalBatches:
@@ -143,13 +153,10 @@ class FusedBackend(SequentialBackend):
 
     def batch_start(self, batch: Any) -> Any:
         rounds = self.rounds
-        if not rounds.is_open:
-            self.begin_round(self.upcoming_plan())
-        assert self.planner is not None and self.loader is not None
         if not isinstance(batch, LocalBatches):
             worker_of(batch)  # a clear error: the train loader must be the federated one
-        self.batch = batch
-        rounds.steps_done += 1
+        self.open_step(batch)
+        assert self.planner is not None and self.loader is not None
         if batch.first == 0:  # the worker's first Lightning step this round: it starts from the global model
             rounds.start_worker(batch.worker, self.calls.optimizers(), self.step_schedulers)
             positions = self.loader.batch_positions  # gathered at the worker, in its session: no pointer per batch
@@ -234,8 +241,7 @@ class FusedBackend(SequentialBackend):
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any, kwargs: dict) -> Any:
         try:
-            with warnings.catch_warnings():  # the worker's round returns None to Lightning on purpose
-                warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+            with stepped_already():
                 out = closure()
         finally:
             self.batch = None

@@ -174,11 +174,8 @@ class RemoteBackend(SequentialBackend):
 
     def batch_start(self, batch: Any) -> Any:
         rounds = self.rounds
-        if not rounds.is_open:
-            self.begin_round(self.upcoming_plan())
         worker = self._by_id[batch.worker]
-        self.batch = batch
-        rounds.steps_done += 1
+        self.open_step(batch)
         rounds.start_worker(worker, self.calls.optimizers(), self.step_schedulers)
         self.skip = rounds.failures.skip_batch(worker.id)
         self.calls.progress("Round", worker)

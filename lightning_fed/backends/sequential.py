@@ -174,14 +174,18 @@ class SequentialBackend(Backend):
         else:
             self.rounds.begin(plan, self.round_length(plan))
 
+    def open_step(self, batch: Any) -> None:
+        """A Lightning step begins with ``batch``: the round opens if this is its first step, and the step counts."""
+        if not self.rounds.is_open:
+            self.begin_round(self.upcoming_plan())
+        self.batch = batch
+        self.rounds.steps_done += 1
+
     def batch_start(self, batch: Any) -> Any:
         rounds = self.rounds
-        if not rounds.is_open:
-            self.begin_round(self.upcoming_plan())
         self.target = worker_of(batch)  # read once a step: the session opens from it
         worker = self.target[1]
-        self.batch = batch
-        rounds.steps_done += 1
+        self.open_step(batch)
         if worker is not rounds.active:
             rounds.start_worker(worker, self.calls.optimizers(), self.step_schedulers)
         self.skip = rounds.failures.skip_batch(worker.id)

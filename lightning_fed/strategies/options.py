@@ -28,9 +28,6 @@ def check_flag(name: str, value: Any) -> None:
         raise FederatedConfigError(f"`{name}={value!r}` is not valid: pass True or False.")
 
 
-VECTORIZE = (True, False, "auto")
-
-
 def check_vectorize(value: Any) -> None:
     """``vectorize`` is True, False or ``"auto"`` (not 1, not ``"yes"``).
 
