@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_fed.backends.fused import stepped_already
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.backends.vectorized.checks import check_vectorizable
 from lightning_fed.backends.vectorized.cohorts import (
@@ -105,10 +105,7 @@ class VectorizedBackend(SequentialBackend):
     def batch_start(self, batch: Any) -> Any:
         if not isinstance(batch, (VectorStep, VectorChunk)):
             return super().batch_start(batch)
-        if not self.rounds.is_open:
-            self.begin_round(self.upcoming_plan())
-        self.batch = batch
-        self.rounds.steps_done += 1
+        self.open_step(batch)
         first = batch if isinstance(batch, VectorStep) else batch.steps[0]
         self._begin_step(first)
         self.calls.progress("Round", first.cohort.workers[0])
@@ -200,8 +197,7 @@ class VectorizedBackend(SequentialBackend):
             return super().optimizer_step(optimizer, closure, model, kwargs)
         assert self.vector is not None
         try:
-            with warnings.catch_warnings():  # a fused chunk returns None to Lightning on purpose: it has stepped
-                warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+            with stepped_already():  # a fused chunk returns None to Lightning: it has stepped
                 out = closure()  # runs training_step: the vectorized forward and gradients (backward is skipped)
             if isinstance(batch, VectorStep) and not self.skip:
                 self.vector.step()
