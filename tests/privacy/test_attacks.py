@@ -306,7 +306,8 @@ FEATURES = 4
 class _DM(pl.LightningDataModule):
     """One private sample per worker (the attacker's best case: an update or a buffer is one sample's gradient)."""
 
-    def __init__(self, ids=("w0", "w1", "w2"), policy=None, n_per_worker: int = 1, seed: int = 0) -> None:
+    def __init__(self, ids=("w0", "w1", "w2"), policy=None, n_per_worker: int = 1, seed: int = 0,
+                 batch_size: int | None = None) -> None:  # fmt: skip
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         n = len(ids) * n_per_worker
@@ -314,7 +315,7 @@ class _DM(pl.LightningDataModule):
         self.y = torch.arange(n) % 2
         self.workers = [sy.VirtualWorker(id=i, policy=policy or "strict") for i in ids]
         fed = federate(TensorDataset(self.x, self.y), self.workers, "iid", seed=seed)
-        self.loader = FederatedDataLoader(fed, batch_size=n_per_worker, shuffle=False, seed=seed)
+        self.loader = FederatedDataLoader(fed, batch_size=batch_size or n_per_worker, shuffle=False, seed=seed)
 
     def train_dataloader(self) -> FederatedDataLoader:
         return self.loader
@@ -477,6 +478,53 @@ def test_per_worker_losses_stay_when_the_policy_keeps_scalars(tmp_path, vectoriz
     assert stats["w1"]["last_loss"] is None and stats["w2"]["last_loss"] is None
     w0_log = data.workers[0].audit_log
     assert [r.rule for r in w0_log if r.command == "log"] == ["release_scalars"] * 2  # once a round, audited
+
+
+def _holds_a_sample(obj: Any, samples: torch.Tensor, depth: int = 8, seen: set[int] | None = None) -> bool:
+    """Whether ``obj`` (an object's attributes, lists, dicts, tuples, ``depth`` levels down, each object once) holds
+    a tensor with a row equal to one of ``samples``: a worker's batch kept where the attacker can read it."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        if obj.numel() == 0 or obj.numel() % samples.shape[1] or not obj.is_floating_point():
+            return False
+        rows = obj.detach().reshape(-1, samples.shape[1])
+        return bool((rows[:, None, :] == samples[None]).all(-1).any())
+    if depth == 0:
+        return False
+    if isinstance(obj, dict):
+        return any(_holds_a_sample(v, samples, depth - 1, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_a_sample(v, samples, depth - 1, seen) for v in obj)
+    return hasattr(obj, "__dict__") and _holds_a_sample(vars(obj), samples, depth - 1, seen)
+
+
+def test_vectorized_workers_keep_no_gathered_batch_after_fit(tmp_path):
+    """Vectorized workers read a chunk of each worker's batches at once, in its session: after the fit (finished,
+    or stopped in the middle of a cohort) neither the backend nor the checkpoint holds one of those samples."""
+    data = _DM(n_per_worker=3, batch_size=1)  # 3 vectorized steps: one chunk
+    strategy = FederatedStrategy(vectorize=True)
+    _fit(tmp_path, data, strategy, 1)
+    assert strategy.backend.fused
+    assert not _holds_a_sample(strategy.backend, data.x)
+    assert not _holds_a_sample(torch.load(tmp_path / "last.ckpt", weights_only=False), data.x)
+
+    stopped_data, stopped = _DM(n_per_worker=3, batch_size=1), FederatedStrategy(vectorize=True)
+    held_mid_cohort: list[bool] = []
+
+    class StopsAtStep(BoringClassifier):  # raises at its second local step, after looking for its samples
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if batch_idx == 1:
+                held_mid_cohort.append(_holds_a_sample(self.trainer.strategy.backend, stopped_data.x))
+                raise ValueError("stopped in the middle of a cohort")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match="stopped in the middle of a cohort"):
+        _fit(tmp_path, stopped_data, stopped, 1, model=StopsAtStep(FEATURES, 2, lr=0.1))
+    assert held_mid_cohort == [True]  # the oracle can fail: mid-cohort the gathered chunk holds the samples
+    assert not _holds_a_sample(stopped.backend, stopped_data.x)
 
 
 def test_every_update_that_leaves_a_worker_is_audited_with_its_rule(tmp_path):

@@ -220,6 +220,10 @@ class VectorizedBackend(SequentialBackend):
         for worker, params, steps in self.vector.finish():
             rounds.deliver(worker, params + buffers, steps, lr)
 
+    def teardown(self) -> None:
+        self._chunk = None  # no worker's gathered batches outlive the fit, even one that stopped mid-cohort
+        super().teardown()
+
     def describe(self) -> str:
         fused = f"; up to {CHUNK_STEPS} vectorized steps per Lightning step (fused)" if self.fused else ""
         return super().describe() + fused
