@@ -48,6 +48,10 @@ class Aggregator(ABC):
     # whether an open round can be saved and continued (False: its state is a live protocol, not values)
     resumable_mid_round: ClassVar[bool] = True
     name: ClassVar[str] = "aggregator"
+    # True: worker_update() and accumulate() read the update during the call and keep no reference to its tensors,
+    # so the caller may reuse their storage for the next worker. Counts only where a class declares it itself (see
+    # reads_update_once()): a subclass that stores updates does not inherit it by mistake.
+    reads_update_once: ClassVar[bool] = False
     num_params: int | None = None  # the model's first ``num_params`` tensors are parameters (see ``setup_model``)
 
     def setup(self, worker_ids: Sequence[Hashable]) -> None:
@@ -154,3 +158,16 @@ class Aggregator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def reads_update_once(aggregator: Aggregator) -> bool:
+    """Whether ``aggregator``'s own class declares ``reads_update_once = True`` (inherited declarations do not count).
+
+    Example:
+        >>> from lightning_fed.aggregation import FedAvg, FedMedian
+        >>> class Keeping(FedAvg):  # a user's subclass might store updates: it must opt in itself
+        ...     pass
+        >>> reads_update_once(FedAvg()), reads_update_once(Keeping()), reads_update_once(FedMedian())
+        (True, False, False)
+    """
+    return bool(vars(type(aggregator)).get("reads_update_once", False))

@@ -22,6 +22,7 @@ class FedAdagrad(FedOpt):
     """
 
     name = "fedadagrad"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     second_moment = staticmethod(adagrad_second_moment)
 
     def __init__(

@@ -20,4 +20,5 @@ class FedAdam(FedOpt):
     """
 
     name = "fedadam"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     second_moment = staticmethod(adam_second_moment)

@@ -34,6 +34,7 @@ class FedAvg(Aggregator):
     """
 
     name = "fedavg"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     round_state = ("_sums", "_total", "_count")
 
     def __init__(self) -> None:

@@ -37,6 +37,7 @@ class FedAvgM(FedAvg):
     """
 
     name = "fedavgm"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
         super().__init__()

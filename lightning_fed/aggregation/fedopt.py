@@ -63,6 +63,7 @@ class FedOpt(FedAvg):
     """
 
     name = "fedopt"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     second_moment: ClassVar[Callable[[Tensor, Tensor, float], Tensor]]
 
     def __init__(

@@ -34,6 +34,7 @@ class FedProx(FedAvg):
     """
 
     name = "fedprox"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
 
     def __init__(self, mu: float = 0.01) -> None:
         super().__init__()

@@ -20,6 +20,7 @@ class FedYogi(FedOpt):
     """
 
     name = "fedyogi"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     second_moment = staticmethod(yogi_second_moment)
 
     def __init__(

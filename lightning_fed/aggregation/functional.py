@@ -40,6 +40,23 @@ def model_delta(local: Sequence[Tensor], reference: Sequence[Tensor]) -> list[Te
     return [x.to(accumulation_dtype(x.dtype)) - r.to(accumulation_dtype(r.dtype)) for x, r in zip(local, reference)]
 
 
+def model_delta_(out: Sequence[Tensor], local: Sequence[Tensor], reference: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`model_delta` written into ``out`` (tensors in accumulation dtype, reused from worker to worker): the
+    same values bit for bit, without allocating a model-sized float64 copy per worker (large allocations that the C
+    allocator hands back to the OS and page-faults in again cost more than the arithmetic).
+
+    Example:
+        >>> import torch
+        >>> out = zeros_like_sums([torch.zeros(2)])
+        >>> model_delta_(out, [torch.tensor([1.5, 2.0])], [torch.tensor([0.5, 3.0])])
+        [tensor([ 1., -1.], dtype=torch.float64)]
+    """
+    for o, x, r in zip(out, local, reference):
+        o.copy_(x)
+        o.sub_(r.to(o.dtype) if r.dtype == torch.bool else r)  # r is widened element by element: exact
+    return list(out)
+
+
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every floating-point value of ``tensors`` is finite (no NaN or inf), with one device sync: one sum per
     tensor decides (a NaN or inf makes the sum non-finite); only a non-finite sum (which a huge finite tensor can also

@@ -53,6 +53,7 @@ class SCAFFOLD(FedAvg):
     """
 
     name = "scaffold"
+    reads_update_once = True  # worker_update and accumulate keep no reference to the update
     round_state = (*FedAvg.round_state, "_dc_sum")
 
     def __init__(self) -> None:

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -37,7 +38,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_fed.aggregation import Aggregator
-from lightning_fed.aggregation.functional import all_finite, model_delta
+from lightning_fed.aggregation.base import reads_update_once
+from lightning_fed.aggregation.functional import (
+    accumulation_dtype,
+    all_finite,
+    model_delta,
+    model_delta_,
+    zeros_like_sums,
+)
 from lightning_fed.exceptions import SealedStateError
 from lightning_fed.rounds.byzantine import ByzantineWorkers
 from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
@@ -88,6 +96,9 @@ class Rounds:
         self.module_is_global = True
         self._module: nn.Module | None = None
         self._attributes: dict[tuple[int, str], Any] = {}
+        self._delta_buffers: list[Tensor] = []  # each worker's update, where the aggregator allows reuse (update_of)
+        self._global_wide: list[Tensor] = []  # the round's global model in accumulation dtype, for update_of
+        self._global_wide_stale = True
         self.sync: Callable[[Rounds], None] | None = None  # combines the round across processes
         self.seed = 0  # the federation's seed: drives dropouts
         self.tolerate_failures = False  # a failing worker (an error, a non-finite model) sits the round out
@@ -113,6 +124,7 @@ class Rounds:
             self.global_ = [t.detach().clone() for t in self.tensors]
         else:
             torch._foreach_copy_(self.global_, [t.detach() for t in self.tensors])
+        self._global_wide_stale = True
         self._attributes = plain_tensor_attributes(self._module) if self._module is not None else {}
         set_participants = getattr(self.aggregator, "set_participants", None)
         if callable(set_participants):  # secure aggregation exchanges keys with the round's workers up front
@@ -172,13 +184,33 @@ class Rounds:
             return
         with nullcontext() if getattr(worker, "remote", False) else worker.session():  # a site trained at home
             with torch.no_grad():
-                update = model_delta(local, self.global_)
+                update = self.update_of(local)
                 num_steps = self.local_steps if steps is None else steps
                 update = self.aggregator.worker_update(worker.id, update, num_steps, lr)
                 if self.byzantine is not None:
                     update = self.byzantine(worker.id, update, self.global_)
             self.aggregator.accumulate(update, weight=self.stats.samples(worker.id), worker_id=worker.id)
         audit(worker, "update", "aggregate", self.update_rule, (sum(t.numel() for t in update),))
+
+    def update_of(self, local: Sequence[Tensor]) -> list[Tensor]:
+        """``local - global`` in accumulation dtype. On the CPU, where the aggregator reads each update once and no
+        Byzantine transform sees it (:func:`~lightning_fed.aggregation.base.reads_update_once`), it is written into
+        buffers kept from worker to worker, against a float64 copy of the round's global model made once a round:
+        the same values bit for bit, without a model-sized float64 allocation (and its page faults) per worker."""
+        if (
+            self.byzantine is not None
+            or not reads_update_once(self.aggregator)
+            or any(t.device.type != "cpu" for t in local)
+        ):
+            return model_delta(local, self.global_)
+        layout = [(t.shape, accumulation_dtype(t.dtype)) for t in local]
+        if [(b.shape, b.dtype) for b in self._delta_buffers] != layout:
+            self._delta_buffers, self._global_wide = zeros_like_sums(local), zeros_like_sums(self.global_)
+            self._global_wide_stale = True
+        if self._global_wide_stale:
+            torch._foreach_copy_(self._global_wide, self.global_)
+            self._global_wide_stale = False
+        return model_delta_(self._delta_buffers, local, self._global_wide)
 
     def is_complete(self, limit: int | float) -> bool:
         """Whether the open round has taken all its steps (or the ``limit`` Lightning allows an epoch)."""
@@ -202,6 +234,7 @@ class Rounds:
                 new = self.aggregator.finalize(self.global_)
                 with torch.no_grad():
                     torch._foreach_copy_(self.global_, new)
+                self._global_wide_stale = True
                 self.index += 1
         finally:
             self.reset_module()
@@ -359,7 +392,12 @@ def _tensor_like(value: Any) -> bool:
 
 def is_metric(value: Any) -> bool:
     """Whether ``value`` is a torchmetrics ``Metric`` (without importing torchmetrics)."""
-    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(value).__mro__)
+    return _is_metric_class(type(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _is_metric_class(cls: type) -> bool:
+    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in cls.__mro__)
 
 
 def _cloned(value: Any) -> Any:
