@@ -30,3 +30,15 @@ def info(message: str) -> None:
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     if _rank == 0:
         warnings.warn(message, category, stacklevel=2)
+
+
+def listed(items: list[str], limit: int = 10) -> str:
+    """``items`` joined with commas, the first ``limit`` of a longer list and how many more (a 1,000-worker summary
+    stays one readable line).
+
+    Example:
+        >>> listed(["a", "b"]), listed([f"w{i}" for i in range(30)], limit=3)
+        ('a, b', 'w0, w1, w2, ... and 27 more')
+    """
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... and {len(items) - limit} more"

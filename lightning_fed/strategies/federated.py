@@ -48,6 +48,7 @@ from lightning_fed.backends.threads import ThreadGovernor
 from lightning_fed.backends.vectorized.choose import VectorizeChoice, choose_backend, chosen
 from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.logs import listed
 from lightning_fed.privacy.dp import DPConfig
 from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Rounds
 from lightning_fed.rounds.stats import worker_table
@@ -302,7 +303,7 @@ class FederatedStrategy(FederatedParallelStrategy):
     def summary(self) -> str:
         """The configuration, as logged at fit start."""
         rows = self._rounds.stats.rows
-        workers = ", ".join(f"{w.id} ({rows.get(w.id, {}).get('samples', '?')} samples)" for w in self.workers)
+        workers = listed([f"{w.id} ({rows.get(w.id, {}).get('samples', '?')} samples)" for w in self.workers])
         follow = "the model follows each batch to its worker (the seed's way)"
         how = self.backend.describe() if self.mode == "fedavg" and self.backend is not None else follow
         return f"FederatedStrategy: {len(self.workers)} workers [{workers}]; {how}."

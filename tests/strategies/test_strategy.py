@@ -108,6 +108,17 @@ def test_summary_and_worker_table_are_logged(caplog):
     assert "last loss" in text and "clinic1" in text
 
 
+def test_summary_of_many_workers_stays_one_short_line(caplog):
+    data = FedDM(tiny_dataset(48), num_workers=12, batch_size=4, prefix="site")
+    with caplog.at_level("INFO"):
+        trainer(max_epochs=1, strategy=FederatedStrategy(clients_per_round=2)).fit(
+            BoringClassifier(4, 3), datamodule=data
+        )
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FederatedStrategy: ")]
+    assert "FederatedStrategy: 12 workers [site0 (4 samples), site1 (4 samples)," in line
+    assert "site9 (4 samples), ... and 2 more]" in line and "site10" not in line
+
+
 # -- errors ---------------------------------------------------------------------------------------------------------
 class _PlainDM(pl.LightningDataModule):
     def train_dataloader(self):
