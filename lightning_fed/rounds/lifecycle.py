@@ -195,8 +195,9 @@ class Rounds:
     def update_of(self, local: Sequence[Tensor]) -> list[Tensor]:
         """``local - global`` in accumulation dtype. On the CPU, where the aggregator reads each update once and no
         Byzantine transform sees it (:func:`~lightning_fed.aggregation.base.reads_update_once`), it is written into
-        buffers kept from worker to worker, against a float64 copy of the round's global model made once a round:
-        the same values bit for bit, without a model-sized float64 allocation (and its page faults) per worker."""
+        buffers kept from worker to worker within the round (released when it closes), against a float64 copy of the
+        round's global model made once a round: the same values bit for bit, without a model-sized float64
+        allocation (and its page faults) per worker."""
         if (
             self.byzantine is not None
             or not reads_update_once(self.aggregator)
@@ -238,6 +239,7 @@ class Rounds:
                 self.index += 1
         finally:
             self.reset_module()
+            self._delta_buffers, self._global_wide = [], []  # no worker's update outlives its round in memory
             self.is_open = False
             self.optimizer_states.end_round()
             if self.optimizer_states.reset_each_round:
