@@ -28,15 +28,44 @@ class WorkerLosses:
 
     def __init__(self) -> None:
         self._sums: dict[Hashable, list[Any]] = {}
+        self._pending: list[tuple[tuple[Hashable, ...], Tensor, list[int]]] = []  # add_many's, not yet folded
 
     def add(self, worker_id: Hashable, loss: Tensor, batch_size: int | None) -> None:
-        weight = batch_size or 1
+        self._add(worker_id, loss.float() * (batch_size or 1), batch_size or 1)
+
+    def _add(self, worker_id: Hashable, weighted: Tensor, weight: int) -> None:
         entry = self._sums.get(worker_id)
         if entry is None:
-            self._sums[worker_id] = [loss.float() * weight, weight]
+            self._sums[worker_id] = [weighted, weight]
         else:
-            entry[0] = entry[0] + loss.float() * weight
+            entry[0] = entry[0] + weighted
             entry[1] += weight
+
+    def add_many(self, worker_ids: Sequence[Hashable], losses: Tensor, batch_sizes: Sequence[int | None]) -> None:
+        """:meth:`add` for several workers at once (``losses[i]`` is ``worker_ids[i]``'s): one multiplication a call,
+        folded into the per-worker sums when they are read (a vectorized step records K workers' losses).
+
+        Example:
+            >>> losses = WorkerLosses()
+            >>> losses.add_many(["a", "b"], torch.tensor([1.0, 4.0]), [2, 2])
+            >>> losses.add_many(["a", "b"], torch.tensor([3.0, 0.0]), [2, None])
+            >>> losses.means_by_worker()  # a: (1*2 + 3*2) / 4, b: (4*2 + 0*1) / 3
+            {'a': 2.0, 'b': 2.6666667461395264}
+        """
+        weights = [b or 1 for b in batch_sizes]
+        weighted = losses.detach().float() * torch.tensor(weights, dtype=torch.float32, device=losses.device)
+        self._pending.append((tuple(worker_ids), weighted, weights))
+
+    def _fold(self) -> None:
+        """Fold :meth:`add_many`'s records into the per-worker sums: one sum per set of workers."""
+        groups: dict[tuple[Hashable, ...], list[tuple[Tensor, list[int]]]] = {}
+        for ids, weighted, weights in self._pending:
+            groups.setdefault(ids, []).append((weighted, weights))
+        self._pending.clear()
+        for ids, records in groups.items():
+            totals = torch.stack([weighted for weighted, _ in records]).sum(0)
+            for i, worker_id in enumerate(ids):
+                self._add(worker_id, totals[i], sum(weights[i] for _, weights in records))
 
     def means(self) -> dict[str, float]:
         """``{"train_loss/<worker>": mean}`` since the last call; starts afresh."""
@@ -44,16 +73,19 @@ class WorkerLosses:
 
     def means_by_worker(self) -> dict[Hashable, float]:
         """``{worker_id: mean}`` since the last call; starts afresh."""
+        self._fold()
         means = {w: float(total / count) for w, (total, count) in self._sums.items()}
         self._sums.clear()
         return means
 
     def report(self) -> dict[Hashable, tuple[float, int]]:
         """This process's sums, for :meth:`merge` in every process."""
+        self._fold()
         return {w: (float(total), count) for w, (total, count) in self._sums.items()}
 
     def merge(self, reports: Sequence[dict[Hashable, tuple[float, int]]]) -> None:
         """Take the other processes' sums for workers this process has none of."""
+        self._fold()
         for report in reports:
             for w, (total, count) in report.items():
                 if w not in self._sums:

@@ -52,6 +52,20 @@ def test_vectorized_fedavg_equals_sequential(optimizer, partition):
     assert {w: s["steps"] for w, s in vec_trainer.strategy.worker_summary().items()} == steps
 
 
+@pytest.mark.parametrize("local_loop", ["auto", "steps"])  # fused chunks of vectorized steps / one Lightning step each
+def test_vectorized_logs_each_workers_loss_and_last_loss_as_sequential(local_loop):
+    """Shards of unequal size (quantity skew, batches of 4: a last smaller batch, workers masked at the end)."""
+    _, seq = _fit(False, partition="quantity_skew", batch_size=4, local_loop="steps", rounds=2)
+    _, vec = _fit(True, partition="quantity_skew", batch_size=4, local_loop=local_loop, rounds=2)
+    keys = [k for k in seq.callback_metrics if k.startswith("train_loss/")]
+    assert len(keys) == 4
+    for key in keys:  # the mean of the last round's losses, weighted by batch size
+        assert float(vec.callback_metrics[key]) == pytest.approx(float(seq.callback_metrics[key]), abs=1e-5), key
+    seq_last = {w: float(s["last_loss"]) for w, s in seq.strategy.worker_summary().items()}
+    vec_last = {w: float(s["last_loss"]) for w, s in vec.strategy.worker_summary().items()}
+    assert vec_last == pytest.approx(seq_last, abs=1e-5)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 32])
 def test_chunks_of_steps_gathered_at_once_equal_sequential(monkeypatch, chunk):
     # each worker's batches are gathered once per chunk of steps: chunk boundaries inside a cohort whose workers

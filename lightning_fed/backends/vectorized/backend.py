@@ -138,7 +138,7 @@ class VectorizedBackend(SequentialBackend):
                 if i:
                     self._begin_step(one)
                 if not self.skip:
-                    self._vector_step(one, one.step)
+                    self._vector_step(one, one.step, mean=False)
                     self.vector.step()
             return self.calls.skipped_output()
         if not isinstance(step, VectorStep):
@@ -147,20 +147,29 @@ class VectorizedBackend(SequentialBackend):
             return self.calls.skipped_output()
         return self._vector_step(step, args[1] if len(args) > 1 else kwargs.get("batch_idx", 0))
 
-    def _vector_step(self, step: VectorStep, batch_idx: int) -> Tensor:
-        """Every active worker's forward and gradients for ``step``; the mean loss (for Lightning's progress bar)."""
+    def _vector_step(self, step: VectorStep, batch_idx: int, mean: bool = True) -> Tensor | None:
+        """Every active worker's forward and gradients for ``step``; the mean loss for Lightning's progress bar
+        (``mean=False``: a fused chunk, whose Lightning step shows none)."""
         assert self.vector is not None
         real = self._real_batches(step)
         losses = self.vector.compute(real, self.active, batch_idx)
+        if not losses:
+            return None
         workers = step.cohort.workers
-        total, count = 0.0, 0
-        for k, loss in losses:
-            size = batch_size_of(real[k])
-            if releases_scalars(workers[k]):  # a worker whose policy keeps its scalars: no per-worker loss
-                self.rounds.losses.add(workers[k].id, loss, size)
-                self.rounds.stats.loss(workers[k].id, loss)
-            total, count = total + loss * (size or 1), count + (size or 1)
-        return total / count  # `backward` skips it (the gradients are computed)
+        sizes = [batch_size_of(real[k]) for k, _ in losses]
+        values = torch.stack([loss.reshape(()) for _, loss in losses])
+        released = [i for i, (k, _) in enumerate(losses) if releases_scalars(workers[k])]  # else no per-worker loss
+        if len(released) == len(losses):
+            self.rounds.losses.add_many([workers[k].id for k, _ in losses], values, sizes)
+        else:
+            for i in released:
+                self.rounds.losses.add(workers[losses[i][0]].id, losses[i][1], sizes[i])
+        for i in released:
+            self.rounds.stats.loss(workers[losses[i][0]].id, losses[i][1])
+        if not mean:
+            return None
+        weights = [size or 1 for size in sizes]
+        return (values.float() * values.new_tensor(weights, dtype=torch.float32)).sum() / sum(weights)
 
     def _real_batches(self, step: VectorStep) -> list[Any]:
         """Each active worker's batch of ``step``, read in its session (``None`` for the others). Positions are
