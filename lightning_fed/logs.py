@@ -42,3 +42,18 @@ def listed(items: list[str], limit: int = 10) -> str:
     """
     shown = ", ".join(items[:limit])
     return shown if len(items) <= limit else f"{shown}, ... and {len(items) - limit} more"
+
+
+def clipped(rows: list[str], max_rows: int | None, more: str) -> list[str]:
+    """``rows``, or the first ``max_rows`` of them and one line saying how many ``more`` there are (a table of 1,000
+    workers printed at every fit would bury the log).
+
+    Example:
+        >>> clipped(["a", "b", "c"], 2, "workers")
+        ['a', 'b', '... and 1 more workers']
+        >>> clipped(["a", "b"], None, "workers")
+        ['a', 'b']
+    """
+    if max_rows is None or len(rows) <= max_rows:
+        return rows
+    return [*rows[:max_rows], f"... and {len(rows) - max_rows} more {more}"]

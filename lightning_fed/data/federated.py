@@ -46,6 +46,7 @@ from lightning_fed.data.checks import apply_policy, check_not_empty, check_polic
 from lightning_fed.data.partition import get_partitioner, is_label_based, label_histogram, partition_dataset_indices
 from lightning_fed.data.partition.functional import _as_labels
 from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.logs import clipped
 from lightning_fed.workers.base import BaseWorker, VirtualWorker, me
 from lightning_fed.workers.messages import DatasetMessage, DeleteMessage, ObjectMessage
 from lightning_fed.workers.store import new_object_id
@@ -316,18 +317,19 @@ class FederatedDataset:
         except KeyError:
             raise KeyError(f"no worker {worker_id!r} in this FederatedDataset; workers: {self.worker_ids}") from None
 
-    def summary(self) -> str:
-        """A text table: samples per worker and, when labels are known, the label histogram."""
+    def summary(self, max_rows: int | None = 20) -> str:
+        """A text table: samples per worker and, when labels are known, the label histogram; the first ``max_rows``
+        workers and how many more (``None``: every worker)."""
         header = f"{'worker':>12} {'samples':>8}"
         if self.label_histogram is not None:
             header += "  " + " ".join(f"{c:>5}" for c in range(self.num_classes or 0))
-        lines = [header]
+        lines = []
         for k, worker in enumerate(self.workers):
             line = f"{worker.id!s:>12} {len(self.shards[worker.id]):>8}"
             if self.label_histogram is not None:
                 line += "  " + " ".join(f"{int(n):>5}" for n in self.label_histogram[k])
             lines.append(line)
-        return "\n".join(lines)
+        return "\n".join([header, *clipped(lines, max_rows, "workers (FederatedDataset.summary(max_rows=None): all)")])
 
     def __repr__(self) -> str:
         return f"FederatedDataset({len(self)} samples over workers {self.worker_ids})"

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_fed.logs import clipped
+
 
 class WorkerLosses:
     """Each worker's sample-weighted mean training loss, accumulated on its device, logged once a round.
@@ -158,16 +160,17 @@ def worker_summary(stats: dict[Hashable, dict[str, Any]], failures: Any) -> dict
     return out
 
 
-def worker_table(summary: dict[Hashable, dict[str, Any]]) -> str:
-    """A per-worker summary as a text table."""
-    rows = [f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10} {'failed':>7} {'dropped':>8} {'late':>5}"]
+def worker_table(summary: dict[Hashable, dict[str, Any]], max_rows: int | None = 20) -> str:
+    """A per-worker summary as a text table: the first ``max_rows`` workers and how many more (``None``: all)."""
+    header = f"{'worker':>14} {'samples':>8} {'steps':>7} {'last loss':>10} {'failed':>7} {'dropped':>8} {'late':>5}"
+    rows = []
     for worker_id, s in summary.items():
         loss = f"{s['last_loss']:.4f}" if s["last_loss"] is not None else "-"
         rows.append(
             f"{worker_id!s:>14} {s['samples']:>8} {s['steps']:>7} {loss:>10} {s['failed']:>7} {s['dropped']:>8} "
             f"{s['late']:>5}"
         )
-    return "\n".join(rows)
+    return "\n".join([header, *clipped(rows, max_rows, "workers (strategy.worker_summary(): all)")])
 
 
 def capture_rng() -> dict[str, Any]:

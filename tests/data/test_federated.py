@@ -90,6 +90,18 @@ def test_summary_is_a_table_of_samples_and_labels(workers):
     assert no_labels.summary().splitlines()[1:] == ["       alice        5", "         bob        7"]
 
 
+def test_summary_of_many_workers_shows_the_first_rows_and_how_many_more():
+    many = make_workers([f"site{i}" for i in range(25)])
+    data = labelled(50, classes=2)
+    fed = FederatedDataset(data, many, [[2 * i, 2 * i + 1] for i in range(25)], labels=data.tensors[1])
+    lines = fed.summary().splitlines()
+    assert len(lines) == 1 + 20 + 1 and lines[20].split()[0] == "site19"
+    assert lines[-1] == "... and 5 more workers (FederatedDataset.summary(max_rows=None): all)"
+    everything = fed.summary(max_rows=None).splitlines()
+    assert len(everything) == 26 and everything[-1].split()[:2] == ["site24", "2"]
+    assert fed.summary(max_rows=3).splitlines()[-1].startswith("... and 22 more workers")
+
+
 def test_dataset_federate_through_the_hook(workers):
     hook = sy.TorchHook(torch)
     try:

@@ -108,6 +108,17 @@ def test_summary_and_worker_table_are_logged(caplog):
     assert "last loss" in text and "clinic1" in text
 
 
+def test_the_end_of_fit_worker_table_shows_20_workers_and_how_many_more(caplog):
+    data = FedDM(tiny_dataset(100), num_workers=25, batch_size=4, prefix="site")
+    with caplog.at_level("INFO"):
+        fit = trainer(max_epochs=1, strategy=FederatedStrategy(clients_per_round=3))
+        fit.fit(BoringClassifier(4, 3), datamodule=data)
+    table = fit.strategy.worker_table().splitlines()
+    assert len(table) == 1 + 20 + 1 and table[-1] == "... and 5 more workers (strategy.worker_summary(): all)"
+    assert "\n".join(table) in caplog.text
+    assert len(fit.strategy.worker_summary()) == 25  # every worker is still there
+
+
 def test_summary_of_many_workers_stays_one_short_line(caplog):
     data = FedDM(tiny_dataset(48), num_workers=12, batch_size=4, prefix="site")
     with caplog.at_level("INFO"):
