@@ -40,11 +40,10 @@ def listed(items: list[str], limit: int = 10) -> str:
         >>> listed(["a", "b"]), listed([f"w{i}" for i in range(30)], limit=3)
         ('a, b', 'w0, w1, w2, ... and 27 more')
     """
-    shown = ", ".join(items[:limit])
-    return shown if len(items) <= limit else f"{shown}, ... and {len(items) - limit} more"
+    return ", ".join(clipped(items, limit))
 
 
-def clipped(rows: list[str], max_rows: int | None, more: str) -> list[str]:
+def clipped(rows: list[str], max_rows: int | None, more: str = "") -> list[str]:
     """``rows``, or the first ``max_rows`` of them and one line saying how many ``more`` there are (a table of 1,000
     workers printed at every fit would bury the log).
 
@@ -56,4 +55,4 @@ def clipped(rows: list[str], max_rows: int | None, more: str) -> list[str]:
     """
     if max_rows is None or len(rows) <= max_rows:
         return rows
-    return [*rows[:max_rows], f"... and {len(rows) - max_rows} more {more}"]
+    return [*rows[:max_rows], f"... and {len(rows) - max_rows} more" + (f" {more}" if more else "")]

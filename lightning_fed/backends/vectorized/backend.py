@@ -159,11 +159,10 @@ class VectorizedBackend(SequentialBackend):
         sizes = [batch_size_of(real[k]) for k, _ in losses]
         values = torch.stack([loss.reshape(()) for _, loss in losses])
         released = [i for i, (k, _) in enumerate(losses) if releases_scalars(workers[k])]  # else no per-worker loss
-        if len(released) == len(losses):
-            self.rounds.losses.add_many([workers[k].id for k, _ in losses], values, sizes)
-        else:
-            for i in released:
-                self.rounds.losses.add(workers[losses[i][0]].id, losses[i][1], sizes[i])
+        if released:
+            mine = values if len(released) == len(losses) else values[released]
+            ids = [workers[losses[i][0]].id for i in released]
+            self.rounds.losses.add_many(ids, mine, [sizes[i] for i in released])
         for i in released:
             self.rounds.stats.loss(workers[losses[i][0]].id, losses[i][1])
         if not mean:
