@@ -108,3 +108,25 @@ def test_a_byzantine_transform_sees_new_tensors():
     run_rounds(FedAvg(), byzantine=byzantine, rounds_count=1)
     assert len({u[0].data_ptr() for u in seen}) == 3
     assert not torch.equal(seen[0][0], seen[1][0])
+
+
+@pytest.mark.parametrize(
+    "secure, privacy",
+    [(True, None), (False, "client"), (True, "client"), (False, "sample")],
+    ids=["secure_aggregation", "client_dp", "both", "sample_dp"],
+)
+def test_secure_aggregation_and_dp_chains_keep_no_plaintext_update_buffer(secure, privacy):
+    """An attacker reading the server's Rounds must not find a worker's unmasked, unclipped update left in reusable
+    buffers: only the FedAvg family reuses them, never a chain that masks, clips or noises updates."""
+    from lightning_fed.privacy.dp import DPConfig
+    from lightning_fed.secure_aggregation import SecureAggregationConfig
+    from lightning_fed.strategies.parts import build_aggregator
+
+    noise = {"noise": "distributed"} if secure and privacy == "client" else {}  # secure sums take distributed noise
+    dp = DPConfig(level=privacy, noise_multiplier=1.0, clip_norm=1.0, **noise) if privacy else None
+    chain = build_aggregator("fedavg", SecureAggregationConfig(seed=0) if secure else False, dp, "fedavg")
+    assert not reads_update_once(chain)
+    rounds = Rounds(chain)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    rounds.attach([weight], num_params=1)
+    assert rounds.update_of([torch.ones(3)]) is not rounds._delta_buffers and rounds._delta_buffers == []
