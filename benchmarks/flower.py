@@ -396,7 +396,8 @@ def run_flower(w: Workload, data: Data, args: argparse.Namespace) -> dict[str, A
 
 # -- lightning_fed -----------------------------------------------------------------------------------------------------
 def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectorize: bool | str = False,
-                      local_loop: str = "auto", log_steps: bool = False) -> dict[str, Any]:  # fmt: skip
+                      local_loop: str = "auto", log_steps: bool = False, parallel_workers: int = 1,
+                      ) -> dict[str, Any]:  # fmt: skip
     """``log_steps=False``: the module logs nothing per step, as the other contenders' loops record nothing
     (``MNISTClassifier``'s ``self.log("train_loss", on_step=True, on_epoch=True)`` is the ``log_steps=True`` run)."""
     import lightning.pytorch as pl
@@ -427,7 +428,8 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
         seed=args.seed,
     )  # fmt: skip
     strategy = FederatedStrategy(clients_per_round=w.clients_per_round, local_epochs=w.local_epochs, seed=args.seed,
-                                 vectorize=vectorize, local_loop=local_loop)  # fmt: skip
+                                 vectorize=vectorize, local_loop=local_loop,
+                                 parallel_workers=parallel_workers)  # fmt: skip
     trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, max_epochs=w.rounds, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
@@ -467,6 +469,8 @@ CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, A
     "lightning_fed_vectorized": lambda w, data, args: run_lightning_fed(w, data, args, vectorize=True),
     # vectorize="auto": a short measurement at the first round picks the faster path (its cost is in the time)
     "lightning_fed_auto": lambda w, data, args: run_lightning_fed(w, data, args, vectorize="auto"),
+    # two workers at once, one thread each (parallel_workers=2; cpu_s then counts the main thread's time only)
+    "lightning_fed_threads": lambda w, data, args: run_lightning_fed(w, data, args, parallel_workers=2),
     # the sequential path with one Lightning step per batch (local_loop="steps"), and with per-step logging
     "lightning_fed_steps": lambda w, data, args: run_lightning_fed(w, data, args, local_loop="steps"),
     "lightning_fed_logged": lambda w, data, args: run_lightning_fed(w, data, args, log_steps=True),
@@ -476,7 +480,8 @@ RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed
           ("pfl", "plain"), ("flower", "pfl"), ("flower", "lightning_fed_vectorized"),
           ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain"), ("lightning_fed_steps", "plain"),
           ("lightning_fed_logged", "plain"), ("flower", "lightning_fed_auto"),
-          ("pfl", "lightning_fed_auto")]  # fmt: skip
+          ("pfl", "lightning_fed_auto"), ("pfl", "lightning_fed_threads"), ("flower", "lightning_fed_threads"),
+          ("lightning_fed", "lightning_fed_threads")]  # fmt: skip
 
 
 @torch.no_grad()

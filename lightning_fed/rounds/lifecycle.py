@@ -436,3 +436,14 @@ def restore_plain_tensor_attributes(module: nn.Module, saved: dict[tuple[int, st
                 setattr(sub, name, _cloned(saved[key]))
             else:
                 delattr(sub, name)
+
+
+def model_tensors(module: torch.nn.Module) -> list[Tensor]:
+    """The tensors FedAvg averages: every parameter and buffer (floating and integer), each object once."""
+    seen: set[int] = set()
+    tensors = []
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            tensors.append(t)
+    return tensors

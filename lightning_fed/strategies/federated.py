@@ -50,13 +50,13 @@ from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.logs import listed
 from lightning_fed.privacy.dp import DPConfig
-from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Rounds
+from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Rounds, model_tensors
 from lightning_fed.rounds.stats import worker_table
 from lightning_fed.secure_aggregation import SecureAggregationConfig
 from lightning_fed.strategies import glue
 from lightning_fed.strategies.options import check_options, check_process_options, check_secure_aggregation
 from lightning_fed.strategies.parallel import FederatedParallelStrategy
-from lightning_fed.strategies.parts import build_aggregator, model_tensors, per_worker_schedulers
+from lightning_fed.strategies.parts import build_aggregator, per_worker_schedulers
 from lightning_fed.workers.base import BaseWorker
 
 
@@ -81,8 +81,8 @@ class FederatedStrategy(FederatedParallelStrategy):
         privacy: a :class:`~lightning_fed.privacy.dp.DPConfig` (client-level DP-FedAvg or sample-level DP-SGD).
         accept_plain_checkpoint: ``fit`` from a plain Lightning checkpoint starts from its weights (else refused).
         vectorize: ``True``: each round's workers train together under ``torch.vmap``; ``"auto"``: if measured faster.
-        local_loop: ``"auto"``, ``"steps"`` or ``"fused"``: a worker's local batches as one Lightning step
-            (:mod:`~lightning_fed.backends.fused`).
+        local_loop: ``"auto"``, ``"steps"`` or ``"fused"``: a worker's local batches as one Lightning step (fused).
+        parallel_workers: how many of a round's workers train at once, one thread each (``backends.threaded``).
         num_threads: torch threads in fit: ``"auto"`` (the cores others leave free, each round), a count, or ``None``.
         start_method, process_group_backend, timeout, cluster_environment: for ``Trainer(devices=N, num_nodes=M)``:
             each process trains its share of the workers (:mod:`~lightning_fed.backends.distributed`).
@@ -111,6 +111,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         privacy: DPConfig | None = None,
         vectorize: bool | str = False,
         local_loop: str = "auto",
+        parallel_workers: int = 1,
         num_threads: int | str | None = "auto",
         accept_plain_checkpoint: bool = False,
         start_method: str = "popen",
@@ -132,15 +133,14 @@ class FederatedStrategy(FederatedParallelStrategy):
             mode=mode, local_epochs=local_epochs, local_steps=local_steps, seed=seed,
             tolerate_failures=tolerate_failures, reset_optimizer_state=reset_optimizer_state, vectorize=vectorize,
             accept_plain_checkpoint=accept_plain_checkpoint, local_loop=local_loop, num_threads=num_threads,
-            simulates_failures=failures.enabled or byzantine is not None,
+            simulates_failures=failures.enabled or byzantine is not None, parallel_workers=parallel_workers,
         )  # fmt: skip
         check_secure_aggregation(secure_aggregation)
-        self._rounds = Rounds(
-            build_aggregator(aggregation, secure_aggregation, privacy, self.mode), failures, byzantine,
-            reset_optimizer_state,
-        )  # fmt: skip
+        aggregator = build_aggregator(aggregation, secure_aggregation, privacy, self.mode)
+        self._rounds = Rounds(aggregator, failures, byzantine, reset_optimizer_state)
         self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
-        self.vectorize, self.local_loop, self.accept_plain_checkpoint = vectorize, local_loop, accept_plain_checkpoint
+        self.vectorize, self.local_loop, self.parallel_workers = vectorize, local_loop, parallel_workers
+        self.accept_plain_checkpoint = accept_plain_checkpoint
         self.threads = ThreadGovernor(num_threads)  # torch's thread count during fit (backends.threads)
         self.local_epochs, self.local_steps = (local_epochs if local_epochs is not None else 1), local_steps
         self.clients_per_round, self.client_fraction, self.seed = clients_per_round, client_fraction, seed
@@ -197,7 +197,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             self._backend.setup(trainer)
             glue.resume_open_round(self._backend, self._restored)
             glue.apply_limits(trainer, self._backend)
-            self._backend = glue.choose_local_loop(self.local_loop, self._backend, trainer)
+            self._backend = glue.choose_local_loop(self.local_loop, self._backend, trainer, self.parallel_workers)
         glue.add_privacy_monitor(trainer, self.aggregator, self._restored_callbacks)
 
     def _make_backend(self, trainer: pl.Trainer | None) -> Backend:
@@ -216,7 +216,7 @@ class FederatedStrategy(FederatedParallelStrategy):
 
     @override
     def check_processes(self, where: str) -> None:
-        check_process_options(self.mode, self.vectorize, where)
+        check_process_options(self.mode, self.vectorize, where, self.parallel_workers)
         self.aggregator.check_processes()
 
     @override

@@ -22,6 +22,7 @@ from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
+from lightning_fed.backends.threaded import ThreadedBackend, thread_blockers
 from lightning_fed.backends.vectorized import VectorizedBackend
 from lightning_fed.exceptions import CheckpointMismatchError, FederatedConfigError
 from lightning_fed.logs import info
@@ -81,24 +82,30 @@ def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:
     """The backend for a :class:`~lightning_fed.data.sites.SiteLoader`: rounds at remote sites, one request each."""
     from lightning_fed.backends.remote import RemoteBackend  # imports the transport (gRPC) only when deployed
 
-    if strategy.mode != "fedavg" or strategy.vectorize is True or strategy.is_distributed:
+    threads = strategy.parallel_workers
+    if strategy.mode != "fedavg" or strategy.vectorize is True or strategy.is_distributed or threads > 1:
         raise FederatedConfigError(
             f"remote sites train FedAvg rounds in one process: got mode={strategy.mode!r}, "
-            f"vectorize={strategy.vectorize}, {strategy.world_size} processes. Use mode='fedavg', vectorize=False "
-            "and devices=1 with a SiteDataModule."
+            f"vectorize={strategy.vectorize}, parallel_workers={threads}, {strategy.world_size} processes. Use "
+            "mode='fedavg', vectorize=False, parallel_workers=1 (each site trains at home) and devices=1 with a "
+            "SiteDataModule."
         )
     assert isinstance(backend, SequentialBackend)
     return backend.rebuilt_as(RemoteBackend)
 
 
-def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) -> Backend:
+def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer, parallel_workers: int = 1) -> Backend:
     """The sequential backend with fused local loops where ``local_loop`` asks for them and the run allows
-    (:mod:`lightning_fed.backends.fused`); ``"fused"`` where it does not: an error naming what stands in the way."""
+    (:mod:`lightning_fed.backends.fused`), ``parallel_workers`` of them at once in threads
+    (:mod:`lightning_fed.backends.threaded`); ``"fused"`` or threads where the run does not allow them: an error naming
+    what stands in the way."""
     vectorized = isinstance(backend, VectorizedBackend)
-    if local_loop == "steps" or (type(backend) is not SequentialBackend and not vectorized):
+    if (local_loop == "steps" and parallel_workers == 1) or (type(backend) is not SequentialBackend and not vectorized):
         return backend
     assert isinstance(backend, SequentialBackend)
     blockers = fusion_blockers(trainer, trainer.lightning_module, backend)
+    if parallel_workers > 1:
+        return threaded_backend(backend, trainer, parallel_workers, blockers)
     if blockers:
         if local_loop == "fused":
             raise FederatedConfigError(
@@ -112,6 +119,24 @@ def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer) ->
         backend.fused = True  # chunks of vectorized steps
         return backend
     return backend.rebuilt_as(FusedBackend)
+
+
+def threaded_backend(backend: SequentialBackend, trainer: pl.Trainer, count: int, blockers: list[str]) -> Backend:
+    """``count`` workers at once in threads, set up; an error naming what stands in the way (also what stops fused
+    local loops, which each thread runs)."""
+    blockers = blockers + thread_blockers(trainer, trainer.lightning_module, backend.rounds.aggregator,
+                                          backend.calls.precision())  # fmt: skip
+    if blockers:
+        raise FederatedConfigError(
+            f"`parallel_workers={count}` trains {count} workers at once, each running its local batches in one tight "
+            f"loop in its own thread, but this run needs: {'; '.join(blockers)}. Pass parallel_workers=1, or remove "
+            "those."
+        )
+    threaded = backend.rebuilt_as(ThreadedBackend)
+    assert isinstance(threaded, ThreadedBackend)
+    threaded.parallel_workers = count
+    threaded.setup(trainer)
+    return threaded
 
 
 def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:

@@ -69,6 +69,7 @@ def check_options(
     accept_plain_checkpoint: bool = False,
     local_loop: str = "auto",
     num_threads: Any = "auto",
+    parallel_workers: int = 1,
 ) -> str:
     """Check the strategy's own arguments together; returns the canonical mode (``"fedavg"`` or ``"follow"``)."""
     if mode not in MODES:
@@ -112,7 +113,40 @@ def check_options(
             "`vectorize=True` cannot tell which worker's training_step raised, so it cannot be combined with "
             "`tolerate_failures=True`: pass one of them."
         )
+    check_parallel_workers(parallel_workers, mode=MODES[mode], vectorize=vectorize, local_loop=local_loop)
     return MODES[mode]
+
+
+def check_parallel_workers(value: Any, *, mode: str, vectorize: bool | str, local_loop: str) -> None:
+    """``parallel_workers`` is an integer >= 1, and above 1 only with what runs workers in threads.
+
+    Example:
+        >>> check_parallel_workers(2, mode="fedavg", vectorize=False, local_loop="auto")
+        >>> check_parallel_workers(2, mode="fedavg", vectorize=True, local_loop="auto")
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: `parallel_workers=2` and `vectorize=True` are two ways ...
+    """
+    check_count("parallel_workers", value)
+    if value == 1:
+        return
+    if mode != "fedavg":
+        raise FederatedConfigError(
+            f"`parallel_workers={value}` trains a round's workers at once: it needs mode='fedavg', got mode={mode!r} "
+            "(where one model follows the batches one after another). Pass parallel_workers=1."
+        )
+    if vectorize is not False:
+        raise FederatedConfigError(
+            f"`parallel_workers={value}` and `vectorize={vectorize!r}` are two ways to train a round's workers at "
+            "once (threads, or one batched computation; 'auto' measures the batched one against one worker at a "
+            "time): pass vectorize=False to use threads, or parallel_workers=1."
+        )
+    if local_loop == "steps":
+        raise FederatedConfigError(
+            f"`parallel_workers={value}` runs each worker's local batches as one tight loop in its thread, but "
+            "`local_loop='steps'` asks for one Lightning step per batch: pass local_loop='auto', or "
+            "parallel_workers=1."
+        )
 
 
 def check_secure_aggregation(value: Any) -> None:
@@ -123,8 +157,9 @@ def check_secure_aggregation(value: Any) -> None:
         )
 
 
-def check_process_options(mode: str, vectorize: bool | str, where: str) -> None:
-    """Refuse what cannot run over several processes (``where`` says how many): follow mode and vectorized workers."""
+def check_process_options(mode: str, vectorize: bool | str, where: str, parallel_workers: int = 1) -> None:
+    """Refuse what cannot run over several processes (``where`` says how many): follow mode, vectorized workers and
+    workers in threads."""
     if mode != "fedavg":
         raise FederatedConfigError(
             f"FederatedStrategy(mode={mode!r}) moves one model from worker to worker, one after another: it "
@@ -135,4 +170,10 @@ def check_process_options(mode: str, vectorize: bool | str, where: str) -> None:
         raise FederatedConfigError(
             f"FederatedStrategy(vectorize=True) trains a round's workers together in one process, and got {where}: "
             "pass vectorize=False to spread the workers over processes, or devices=1, num_nodes=1."
+        )
+    if parallel_workers > 1:
+        raise FederatedConfigError(
+            f"FederatedStrategy(parallel_workers={parallel_workers}) trains a round's workers in threads of one "
+            f"process, and got {where}: pass parallel_workers=1 to spread the workers over processes, or devices=1, "
+            "num_nodes=1."
         )

@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from torch import Tensor
 
 from lightning_fed.aggregation import AGGREGATORS, Aggregator
 from lightning_fed.exceptions import FederatedConfigError
@@ -68,14 +66,3 @@ def per_worker_schedulers(trainer: pl.Trainer) -> list[Any]:
             "per epoch), which would fight over the learning rate: use one kind."
         )
     return step
-
-
-def model_tensors(module: torch.nn.Module) -> list[Tensor]:
-    """The tensors FedAvg averages: every parameter and buffer (floating and integer), each object once."""
-    seen: set[int] = set()
-    tensors = []
-    for t in [*module.parameters(), *module.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
-            tensors.append(t)
-    return tensors

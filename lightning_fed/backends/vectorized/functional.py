@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,19 +89,24 @@ class MetricUnderVmap(RuntimeError):
     changed anything); the message names vmap, so the backend falls back to loop mode."""
 
 
+def _under_vmap(name: str) -> Exception:
+    return MetricUnderVmap(
+        f"torchmetrics metric {name!r} updates its state in place, which torch.vmap cannot batch over workers"
+    )
+
+
 @contextlib.contextmanager
-def guarded_metrics(module: nn.Module) -> Iterator[None]:
-    """Within the block, calling or updating any torchmetrics metric of ``module`` raises :class:`MetricUnderVmap`
-    before the metric changes: its state updates in place and cannot be batched over workers under ``vmap``."""
+def guarded_metrics(module: nn.Module, error: Callable[[str], Exception] = _under_vmap) -> Iterator[None]:
+    """Within the block, calling or updating any torchmetrics metric of ``module`` raises ``error(its name)`` (default
+    :class:`MetricUnderVmap`) before the metric changes: its state updates in place and cannot be batched over
+    workers under ``vmap`` (nor updated from several threads at once)."""
     saved = []
     for name, sub in module.named_modules():
         if not is_metric(sub):
             continue
 
         def refuse(*args: Any, _name: str = name or "<root>", **kwargs: Any) -> Any:
-            raise MetricUnderVmap(
-                f"torchmetrics metric {_name!r} updates its state in place, which torch.vmap cannot batch over workers"
-            )
+            raise error(_name)
 
         saved.append((sub, vars(sub).get("forward"), vars(sub).get("update")))
         sub.forward = refuse
