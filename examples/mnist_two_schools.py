@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--momentum", type=float, default=None)
+    parser.add_argument("--parallel-workers", type=int, default=1,
+                        help="schools that train at the same time, one thread each (FederatedStrategy("
+                             "parallel_workers=...), fedavg mode only). Default 1: one school after the other, the "
+                             "seed's way; on this project's 2-core CPU, 2 at a time gained little for the seed's "
+                             "CNN (docs/benchmarks.md)")  # fmt: skip
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of each round (smoke runs)")
@@ -145,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         seed=args.seed,
     )
     model = MNISTClassifier(lr=args.lr, momentum=args.momentum)
+    parallel = args.parallel_workers if args.mode == "fedavg" else 1
     trainer = pl.Trainer(
-        strategy=FederatedStrategy(mode=args.mode, seed=args.seed),
+        strategy=FederatedStrategy(mode=args.mode, seed=args.seed, parallel_workers=parallel),
         accelerator=args.accelerator,
         devices=1,
         max_epochs=args.epochs,
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     schools = ", ".join(str(w.id) for w in data.workers)  # their table was logged once, at the end of fit
     print(f"\nTest accuracy after {args.epochs} {'rounds' if args.mode == 'fedavg' else 'epochs'} "
           f"({args.mode}, {args.partition}, recipe {args.recipe}): {100 * result['test_acc']:.2f}%  (fit: "
-          f"{fit_seconds:.0f} s; schools: {schools})")  # fmt: skip
+          f"{fit_seconds:.0f} s; schools: {schools}; {parallel} at a time)")  # fmt: skip
     return {"test_acc": float(result["test_acc"]), "fit_seconds": fit_seconds}
 
 

@@ -39,10 +39,26 @@ def test_two_schools_example_trains_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
     assert "Test accuracy after 2 rounds (fedavg, iid, recipe fast):" in out
-    assert "westside" in out and "grapevine" in out
+    assert "westside" in out and "grapevine" in out and "1 at a time" in out  # the seed's way by default
     assert re.search(r"round 1/2 took \dm\d\ds; \dm\d\ds elapsed, about \dm\d\ds left", out)
     assert "round 2/2" in out and "about 0m00s left" in out
     assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_two_schools_train_at_once_with_the_same_result(tmp_path, capsys):
+    source = tmp_path / "shared"
+    write_mnist_raw(source, num_train=128, num_test=64)
+    example = _load("mnist_two_schools")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each school's thread runs at one torch thread: the one-after-the-other run does too
+    try:
+        results = [example.main(["--data-root", str(tmp_path / "data"), "--mnist-from", str(source), "--epochs", "2",
+                                 "--batch-size", "32", "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu",
+                                 "--parallel-workers", count]) for count in ("1", "2")]  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert "2 at a time" in capsys.readouterr().out
+    assert results[0]["test_acc"] == results[1]["test_acc"]
 
 
 def test_two_schools_recipes_fill_what_the_command_line_leaves_unset():
