@@ -67,7 +67,12 @@ from lightning_fed.backends.fused import FUSED_BATCHES, STEP_HOOKS, FusedBackend
 from lightning_fed.backends.vectorized.functional import guarded_metrics
 from lightning_fed.backends.vectorized.workers import recreate_optimizer
 from lightning_fed.exceptions import FederatedConfigError, WorkerError
-from lightning_fed.rounds.lifecycle import is_metric, model_tensors, plain_tensor_attributes
+from lightning_fed.rounds.lifecycle import (
+    is_metric,
+    model_tensors,
+    plain_tensor_attributes,
+    restore_plain_tensor_attributes,
+)
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
@@ -198,12 +203,11 @@ class Replica:
 
 def copy_plain_tensor_attributes(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """The tensors ``source``'s modules keep in plain attributes (an LSTM's ``self.hidden``), cloned into ``target``'s
-    modules at the same positions (what the sequential path restores at each worker's start)."""
-    saved = plain_tensor_attributes(source)
-    for sub, twin in zip(source.modules(), target.modules()):
-        for (owner, name), value in saved.items():
-            if owner == id(sub):
-                setattr(twin, name, value)
+    modules at the same positions, and those ``target`` set that ``source`` lacks removed: what the sequential path
+    restores at each worker's start."""
+    twin_of = {id(sub): twin for sub, twin in zip(source.modules(), target.modules())}
+    saved = {(id(twin_of[owner]), name): value for (owner, name), value in plain_tensor_attributes(source).items()}
+    restore_plain_tensor_attributes(target, saved)
 
 
 # -- what threads need -------------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ class GroupChunk:
 class ThreadedBackend(FusedBackend):
     """FedAvg rounds, ``parallel_workers`` workers at once, one thread each (see the module docstring)."""
 
-    name = "sequential, workers in parallel threads"
+    name = "workers in parallel threads"
     parallel_workers = 2
 
     def setup(self, trainer: Any) -> None:

@@ -105,6 +105,24 @@ def test_threads_equal_sequential_for_a_cnn_with_batchnorm_and_server_side_aggre
     assert max_abs_diff(_model("momentum", ConvNet).net[2], many.net[2]) > 1e-3  # BatchNorm's statistics moved
 
 
+class CountsInAnAttribute(BoringClassifier):
+    """Keeps a tensor in a plain attribute across its steps: the sequential path restores such attributes at each
+    worker's start, so the count a worker reaches is its own steps, never another worker's."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        previous = getattr(self, "count", None)
+        self.count = torch.tensor(1.0) if previous is None else previous + 1
+        self.log("count", self.count, reduce_fx="max", on_epoch=True)
+        return super().training_step(batch, batch_idx)
+
+
+def test_plain_tensor_attributes_start_afresh_for_every_worker_as_in_the_sequential_path():
+    _, one = _fit(1, model=_model(cls=CountsInAnAttribute), rounds=2, partition="quantity_skew")
+    _, many = _fit(2, model=_model(cls=CountsInAnAttribute), rounds=2, partition="quantity_skew")
+    most = max(row["steps"] for row in one.strategy.worker_summary().values()) / 2  # a worker's steps in a round
+    assert float(many.callback_metrics["count"]) == float(one.callback_metrics["count"]) == most
+
+
 def test_gradient_clipping_and_workers_of_more_than_32_batches():
     def fit(parallel_workers: int, clip: float | None):
         model = _model("momentum")
