@@ -388,6 +388,8 @@ class DPAggregator(AggregatorWrapper):
 
     @override
     def __repr__(self) -> str:
+        if "config" not in vars(self):  # a constructor that raised (a traceback or debugger prints the object)
+            return "DPAggregator(<not constructed>)"
         c = self.config
         return (
             f"DPAggregator({self.inner!r}, noise_multiplier={self.noise_multiplier}, clip_norm={self.clip_norm:.4g}, "

@@ -332,6 +332,8 @@ class DPSGDAggregator(AggregatorWrapper):
 
     @override
     def __repr__(self) -> str:
+        if "config" not in vars(self):  # a constructor that raised (a traceback or debugger prints the object)
+            return "DPSGDAggregator(<not constructed>)"
         c = self.config
         return (
             f"DPSGDAggregator({self.inner!r}, noise_multiplier={c.noise_multiplier}, max_grad_norm={c.clip_norm}, "

@@ -211,6 +211,17 @@ def test_setup_without_opacus_names_the_extra(monkeypatch):
         DPAggregator(FedAvg(), DPConfig(noise_multiplier=1.0, clip_norm=1.0)).setup(["a"])
 
 
+def test_an_aggregator_whose_constructor_raised_can_be_printed_in_its_traceback():
+    from lightning_fed.privacy.dp import DPSGDAggregator
+    from lightning_fed.secure_aggregation import SecureAggregator
+
+    with pytest.raises(FederatedConfigError) as caught:
+        DPAggregator(SecureAggregator(FedAvg()), DPConfig(noise_multiplier=1.0, clip_norm=1.0))
+    half_built = caught.traceback[-1].locals["self"]  # what a traceback with locals or a debugger shows
+    assert repr(half_built) == "DPAggregator(<not constructed>)"
+    assert repr(object.__new__(DPSGDAggregator)) == "DPSGDAggregator(<not constructed>)"
+
+
 def test_distributed_noise_composes_with_secure_aggregation():
     from lightning_fed.secure_aggregation import SecureAggregator
 
