@@ -4,6 +4,7 @@ from lightning_fed.backends.base import Backend, LightningCalls
 from lightning_fed.backends.distributed import DistributedBackend, Processes
 from lightning_fed.backends.follow import FollowBackend
 from lightning_fed.backends.sequential import SequentialBackend
+from lightning_fed.backends.threaded import ThreadedBackend
 from lightning_fed.backends.vectorized import VectorizedBackend
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "LightningCalls",
     "Processes",
     "SequentialBackend",
+    "ThreadedBackend",
     "VectorizedBackend",
 ]

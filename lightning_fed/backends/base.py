@@ -9,6 +9,7 @@ as :class:`LightningCalls`: backends never reach into the Trainer's internals.
 
 Backends: :class:`~lightning_fed.backends.follow.FollowBackend` (the seed's way: one model follows the batches),
 :class:`~lightning_fed.backends.sequential.SequentialBackend` (FedAvg rounds, one worker after another, the default),
+:class:`~lightning_fed.backends.threaded.ThreadedBackend` (``parallel_workers`` of them at once, one thread each),
 :class:`~lightning_fed.backends.vectorized.VectorizedBackend` (a round's workers under ``torch.vmap``) and
 :class:`~lightning_fed.backends.distributed.DistributedBackend` (workers spread over processes).
 """
