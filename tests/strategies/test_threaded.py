@@ -139,7 +139,7 @@ def test_gradient_clipping_and_workers_of_more_than_32_batches():
     assert many_fit.global_step == 2 * 2  # 2 rounds x (32 + 3 batches of both workers at once)
 
 
-def test_a_round_starts_from_the_global_model_in_every_replica_and_resumes_exactly(tmp_path):
+def test_resume_from_a_rounds_end_equals_the_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     whole, _ = _fit(2, rounds=4, optimizer="adam", clients_per_round=3)
