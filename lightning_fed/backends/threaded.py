@@ -26,6 +26,9 @@ aggregator in the plan's order, so a run equals ``parallel_workers=1, num_thread
   local step: no overridden ``backward``/``on_*_backward``/``on_before_optimizer_step`` hooks (in the module or a
   callback), 32-bit precision, one optimizer, no aggregator that edits gradients at the workers (FedProx,
   SCAFFOLD). Anything else is refused at setup, naming it (:func:`thread_blockers`).
+* **The threads share torch's thread budget**: no more workers train at once than torch's thread count in the
+  main thread, which ``num_threads="auto"`` (the default) sets each round to the cores other processes leave free.
+  On a 2-core machine with a busy core, a round's workers train one after another, at one torch thread each.
 * ``training_step`` runs on a replica: ``self`` is not the module the Trainer holds (``self.log`` and
   ``self.trainer`` work as usual; attributes it sets stay on the replica). The replicas share the module's
   torchmetrics metrics (validation's work as usual); a ``training_step`` that updates one is stopped before it
@@ -309,9 +312,12 @@ class ThreadedBackend(FusedBackend):
             with self.at_shard(worker) as shard:  # the worker's batches, read in its session
                 source = self._sources[worker.id]
                 work.append((worker, replica, self.loader.gather_batches(shard, [next(source) for _ in range(count)])))
+        at_once = max(1, torch.get_num_threads())  # the torch thread budget (num_threads): one a worker thread
+        results = []
         with guarded_metrics(self.calls.module(), metric_in_thread):  # the replicas share the module's metrics
-            jobs = [(w, self.pool.submit(r.train, w, batches, group.first)) for w, r, batches in work]
-            results = [(worker, future.result()) for worker, future in jobs]
+            for start in range(0, len(work), at_once):
+                jobs = [(w, self.pool.submit(r.train, w, b, group.first)) for w, r, b in work[start : start + at_once]]
+                results += [(worker, future.result()) for worker, future in jobs]
         for worker, result in results:  # in plan order: logs, losses and failures as the sequential path has them
             self._replay(worker, result)
         return self.calls.skipped_output()
@@ -380,4 +386,7 @@ class ThreadedBackend(FusedBackend):
         super().teardown()
 
     def describe(self) -> str:
-        return super().describe() + f"; {self.parallel_workers} workers at once, one thread each"
+        return (
+            super().describe() + f"; {self.parallel_workers} workers at once, one thread each (no more than torch's "
+            "thread count)"
+        )

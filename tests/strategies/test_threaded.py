@@ -172,7 +172,7 @@ class Meeting(BoringClassifier):
 def test_two_workers_train_at_the_same_time_each_in_its_own_session_and_thread():
     Meeting.seen, Meeting.timeout = [], 10.0
     Meeting.barrier.reset()
-    _fit(2, model=_model(cls=Meeting), rounds=1, workers=2, n=40)  # equal shards: both take 4 steps
+    _fit(2, model=_model(cls=Meeting), rounds=1, workers=2, n=40, num_threads=2)  # equal shards: 4 steps each
     assert len(Meeting.seen) == 8
     assert {worker for worker, _ in Meeting.seen} == {"w0", "w1"}
     assert all(name.startswith("lightning_fed-worker") for _, name in Meeting.seen)
@@ -181,7 +181,10 @@ def test_two_workers_train_at_the_same_time_each_in_its_own_session_and_thread()
     Meeting.barrier.reset()
     Meeting.timeout = 0.5
     with pytest.raises(WorkerError, match=r"w0.*BrokenBarrierError"):  # the oracle: one after another never meets
-        _fit(1, model=_model(cls=Meeting), rounds=1, workers=2, n=40)
+        _fit(1, model=_model(cls=Meeting), rounds=1, workers=2, n=40, num_threads=2)
+    Meeting.barrier.reset()
+    with pytest.raises(WorkerError, match=r"w0.*BrokenBarrierError"):  # a budget of one torch thread: one at a time
+        _fit(2, model=_model(cls=Meeting), rounds=1, workers=2, n=40, num_threads=1)
 
 
 def test_torch_thread_counts_are_left_as_they_were():
