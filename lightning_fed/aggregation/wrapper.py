@@ -131,3 +131,10 @@ class AggregatorWrapper(Aggregator):
         """A wrapper that only passes hooks on keeps no state of its own: the inner aggregator combines the round.
         A wrapper that does keep some (in ``accumulate``) must combine it here too."""
         self.inner.sync_round(collective)
+
+
+def gradient_editors(aggregator: Aggregator | None) -> list[Aggregator]:
+    """The aggregators in ``aggregator``'s chain that edit gradients at the workers (their own ``adjust_gradients``:
+    FedProx, SCAFFOLD, sample-level DP), outermost first."""
+    plain = (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients)
+    return [agg for agg in aggregator_chain(aggregator) if type(agg).adjust_gradients not in plain]

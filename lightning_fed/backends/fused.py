@@ -131,6 +131,14 @@ def fusion_blockers(trainer: Any, module: LightningModule, backend: SequentialBa
     return found
 
 
+def step_hooks_overridden(trainer: Any, module: LightningModule) -> list[str]:
+    """The per-local-step hooks (:data:`STEP_HOOKS`) that ``module`` or a callback overrides, as ``Class.hook``."""
+    found = [f"{type(module).__name__}.{hook}" for hook in STEP_HOOKS if _overrides(module, LightningModule, hook)]
+    for callback in getattr(trainer, "callbacks", []):
+        found += [f"{type(callback).__name__}.{h}" for h in STEP_HOOKS[:3] if _overrides(callback, Callback, h)]
+    return found
+
+
 class FusedBackend(SequentialBackend):
     """FedAvg rounds, worker after worker, each worker's local batches in one Lightning step (see the module
     docstring)."""
@@ -199,12 +207,10 @@ class FusedBackend(SequentialBackend):
         """Whether a local step may skip Lightning's per-step hook calls: nothing overrides them, 32-bit precision,
         no gradient clipping (the result is the same; the calls cost as much as a small model's step)."""
         if self._direct_ok is None:
-            module, trainer = self.calls.module(), self.calls.trainer()
-            hooked = [c for c in trainer.callbacks if any(_overrides(c, Callback, h) for h in STEP_HOOKS[:3])]
+            trainer = self.calls.trainer()
             self._direct_ok = (
                 type(self.calls.precision()) is Precision
-                and not hooked
-                and not any(_overrides(module, LightningModule, h) for h in STEP_HOOKS)
+                and not step_hooks_overridden(trainer, self.calls.module())
                 and not trainer.gradient_clip_val
             )
         return self._direct_ok

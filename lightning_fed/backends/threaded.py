@@ -58,24 +58,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_fed._compat.lightning import set_logging_batch
 from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
-from lightning_fed.backends.fused import FUSED_BATCHES, STEP_HOOKS, FusedBackend, _overrides, stepped_already
+from lightning_fed.aggregation.wrapper import gradient_editors
+from lightning_fed.backends.fused import FUSED_BATCHES, FusedBackend, step_hooks_overridden, stepped_already
 from lightning_fed.backends.vectorized.functional import guarded_metrics
 from lightning_fed.backends.vectorized.workers import recreate_optimizer
 from lightning_fed.exceptions import FederatedConfigError, WorkerError
-from lightning_fed.rounds.lifecycle import (
-    is_metric,
-    model_tensors,
-    plain_tensor_attributes,
-    restore_plain_tensor_attributes,
-)
+from lightning_fed.rounds.lifecycle import is_metric, model_tensors, restore_plain_tensor_attributes
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
@@ -107,11 +102,10 @@ class LogCalls:
 
 @dataclass
 class LocalStep:
-    """One local batch a worker trained: its batch, the loss (``None``: ``training_step`` skipped it), the output
-    and what it logged."""
+    """One local batch a worker trained: its batch, the loss (``None``: ``training_step`` skipped it) and what it
+    logged."""
 
     batch: Any
-    output: Any
     loss: Tensor | None
     logged: list[tuple[str, Any, tuple, dict]]
 
@@ -146,14 +140,21 @@ class Replica:
         self.params = [replica_params[positions[id(p)]] for p in self.user_params]
         self.optimizer = recreate_optimizer(optimizer, self.params)
         self.clip_val, self.clip_algorithm = clip_val, clip_algorithm or "norm"
+        self._twin_of = {id(sub): twin for sub, twin in zip(module.modules(), self.module.modules())}
         self.module.log = LogCalls()  # an instance attribute shadows LightningModule.log (and log_dict's calls)
 
-    def start(self, global_model: Sequence[Tensor], state: Sequence[Mapping] | None) -> None:
-        """The global model into the replica; the worker's optimizer state (``None``: fresh) into its optimizer, with
-        the user's optimizer's hyper-parameters as they are now (LR schedulers move them between rounds)."""
+    def start(
+        self, global_model: Sequence[Tensor], attributes: Mapping[tuple[int, str], Any], state: Sequence[Mapping] | None
+    ) -> None:
+        """The global model into the replica, and the module's plain tensor attributes as the round began
+        (``attributes``: :attr:`Rounds.attributes <lightning_fed.rounds.Rounds.attributes>`, keyed by the module's
+        submodules; what the replica set that they lack is removed, as the sequential path restores the module at
+        each worker's start); the worker's optimizer state (``None``: fresh) into its optimizer, with the user's
+        optimizer's hyper-parameters as they are now (LR schedulers move them between rounds)."""
         with torch.no_grad():
             torch._foreach_copy_(self.tensors, list(global_model))
-        copy_plain_tensor_attributes(self.source, self.module)
+        mine = {(id(self._twin_of[owner]), name): value for (owner, name), value in attributes.items()}
+        restore_plain_tensor_attributes(self.module, mine)
         for user_group, group in zip(self.user_optimizer.param_groups, self.optimizer.param_groups):
             group.update({key: value for key, value in user_group.items() if key != "params"})
         mine: defaultdict = defaultdict(dict)
@@ -190,7 +191,7 @@ class Replica:
                         self._clip()
                         self.optimizer.step()
                         loss = loss.detach()
-                    result.steps.append(LocalStep(real, output, loss, log.calls))
+                    result.steps.append(LocalStep(real, loss, log.calls))
         except Exception as err:  # the session named the worker; the main thread decides (raise or sit out)
             result.error = err
         return result
@@ -204,34 +205,15 @@ class Replica:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_val)
 
 
-def copy_plain_tensor_attributes(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """The tensors ``source``'s modules keep in plain attributes (an LSTM's ``self.hidden``), cloned into ``target``'s
-    modules at the same positions, and those ``target`` set that ``source`` lacks removed: what the sequential path
-    restores at each worker's start."""
-    twin_of = {id(sub): twin for sub, twin in zip(source.modules(), target.modules())}
-    saved = {(id(twin_of[owner]), name): value for (owner, name), value in plain_tensor_attributes(source).items()}
-    restore_plain_tensor_attributes(target, saved)
-
-
 # -- what threads need -------------------------------------------------------------------------------------------------
-def _edits_gradients(aggregator: Aggregator) -> list[str]:
-    return [
-        type(agg).__name__
-        for agg in aggregator_chain(aggregator)
-        if type(agg).adjust_gradients not in (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients)
-    ]
-
-
 def thread_blockers(trainer: Any, module: LightningModule, aggregator: Aggregator, precision: Any) -> list[str]:
     """What stops a run's workers from training in threads (empty: they can); fused local loops are checked apart."""
-    found = [f"{type(module).__name__}.{hook}" for hook in STEP_HOOKS if _overrides(module, LightningModule, hook)]
-    for callback in getattr(trainer, "callbacks", []):
-        found += [f"{type(callback).__name__}.{h}" for h in STEP_HOOKS[:3] if _overrides(callback, Callback, h)]
+    found = step_hooks_overridden(trainer, module)
     if type(precision) is not Precision:
         found.append(f"precision={trainer.precision!r} (threads run 32-bit steps)")
     if len(trainer.optimizers) != 1:
         found.append(f"{len(trainer.optimizers)} optimizers (threads step one)")
-    found += [f"{name}, which edits gradients at the workers" for name in _edits_gradients(aggregator)]
+    found += [f"{type(agg).__name__}, which edits gradients at the workers" for agg in gradient_editors(aggregator)]
     dropout = [name for name, sub in module.named_modules() if isinstance(sub, torch.nn.modules.dropout._DropoutNd)]
     if dropout and torch.are_deterministic_algorithms_enabled():
         found.append(f"Trainer(deterministic=True) with dropout modules {dropout} (their masks would depend on which "
@@ -293,7 +275,7 @@ class ThreadedBackend(FusedBackend):
             positions = self.loader.batch_positions
             for worker, steps, replica in zip(batch.workers, batch.steps, self.replicas):
                 rounds.aggregator.worker_start(worker.id, rounds.global_)
-                replica.start(rounds.global_, rounds.optimizer_states.get(worker.id))
+                replica.start(rounds.global_, rounds.attributes, rounds.optimizer_states.get(worker.id))
                 batches = self.planner.worker_batches(worker, steps, batch.round_index, positions)
                 self._sources[worker.id], self._done[worker.id] = iter(batches), 0
             self._group = batch
@@ -331,7 +313,7 @@ class ThreadedBackend(FusedBackend):
             for name, value, args, kwargs in step.logged:
                 module.log(name, value, *args, **kwargs)
             if step.loss is not None:
-                self.record(worker, step.output, step.batch)
+                self.record(worker, step.loss, step.batch)
             self._done[worker.id] += 1  # as the fused path counts: a batch training_step skipped is a local step
         if result.error is not None:  # the batch that raised counts, as in the fused path
             rounds.failures.skip_batch(worker.id)

@@ -95,7 +95,7 @@ class Rounds:
         self.local_steps = 0  # the active worker's steps so far
         self.module_is_global = True
         self._module: nn.Module | None = None
-        self._attributes: dict[tuple[int, str], Any] = {}
+        self.attributes: dict[tuple[int, str], Any] = {}  # the module's plain tensor attributes as the round began
         self._delta_buffers: list[Tensor] = []  # each worker's update, where the aggregator allows reuse (update_of)
         self._global_wide: list[Tensor] = []  # the round's global model in accumulation dtype, for update_of
         self._global_wide_stale = True
@@ -125,7 +125,7 @@ class Rounds:
         else:
             torch._foreach_copy_(self.global_, [t.detach() for t in self.tensors])
         self._global_wide_stale = True
-        self._attributes = plain_tensor_attributes(self._module) if self._module is not None else {}
+        self.attributes = plain_tensor_attributes(self._module) if self._module is not None else {}
         set_participants = getattr(self.aggregator, "set_participants", None)
         if callable(set_participants):  # secure aggregation exchanges keys with the round's workers up front
             set_participants([w.id for w in plan.workers])
@@ -251,7 +251,7 @@ class Rounds:
         with torch.no_grad():
             torch._foreach_copy_(self.tensors, self.global_)
         if self._module is not None:
-            restore_plain_tensor_attributes(self._module, self._attributes)
+            restore_plain_tensor_attributes(self._module, self.attributes)
         self.module_is_global = True
 
     def show_global(self) -> list[Tensor] | None:

@@ -100,7 +100,7 @@ def choose_local_loop(local_loop: str, backend: Backend, trainer: pl.Trainer, pa
     (:mod:`lightning_fed.backends.threaded`); ``"fused"`` or threads where the run does not allow them: an error naming
     what stands in the way."""
     vectorized = isinstance(backend, VectorizedBackend)
-    if (local_loop == "steps" and parallel_workers == 1) or (type(backend) is not SequentialBackend and not vectorized):
+    if local_loop == "steps" or (type(backend) is not SequentialBackend and not vectorized):  # steps: 1 worker at once
         return backend
     assert isinstance(backend, SequentialBackend)
     blockers = fusion_blockers(trainer, trainer.lightning_module, backend)

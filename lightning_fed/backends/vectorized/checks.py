@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_fed.aggregation.base import Aggregator
-from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
+from lightning_fed.aggregation.wrapper import gradient_editors
 from lightning_fed.exceptions import FederatedConfigError
 
 _HOOKS_NOT_CALLED = (
@@ -68,10 +68,9 @@ def check_vectorizable(module: Any, trainer: Any, aggregator: Aggregator) -> Non
             f"`vectorize=True` keeps no per-worker LR schedule: step-interval schedulers {step_schedulers} are not "
             f"supported; use interval='epoch' (one step a round) or {fix}."
         )
-    for agg in aggregator_chain(aggregator):
-        hook = type(agg).adjust_gradients
-        if hook not in (Aggregator.adjust_gradients, AggregatorWrapper.adjust_gradients):
-            raise FederatedConfigError(
-                f"`vectorize=True` does not support {type(agg).__name__}, which edits gradients at the workers: "
-                f"use FedAvg, FedAvgM, FedOpt, robust aggregators, secure aggregation or client-level DP, or {fix}."
-            )
+    editors = gradient_editors(aggregator)
+    if editors:
+        raise FederatedConfigError(
+            f"`vectorize=True` does not support {type(editors[0]).__name__}, which edits gradients at the workers: "
+            f"use FedAvg, FedAvgM, FedOpt, robust aggregators, secure aggregation or client-level DP, or {fix}."
+        )
