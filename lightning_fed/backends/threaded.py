@@ -164,6 +164,15 @@ class Replica:
                     mine[param] = state[0][user_param]  # by reference, as the sequential path moves states
         self.optimizer.state = mine
 
+    def clear(self, global_model: Sequence[Tensor]) -> None:
+        """Hold the global model again and no worker's gradients, optimizer state or logged values: nothing a worker
+        computed stays in the replica past its round (under secure aggregation the server never sees a local model)."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, list(global_model))
+        self.optimizer.state = defaultdict(dict)
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients came from the worker's data
+        self.module.log.calls = []  # type: ignore[union-attr]
+
     def state(self) -> list[defaultdict]:
         """The worker's optimizer state, keyed by the module's parameters (as the strategy keeps it)."""
         out: defaultdict = defaultdict(dict)
@@ -355,7 +364,13 @@ class ThreadedBackend(FusedBackend):
     def finalize_round(self) -> None:
         if self._group is not None and self.rounds.is_open:  # fit stopped between a group's steps: it delivers
             self._deliver(self._group)
-        super().finalize_round()
+        closing = self.rounds.is_open
+        try:
+            super().finalize_round()
+        finally:
+            if closing:  # the last group's local models leave the replicas with their round (even one that failed)
+                for replica in self.replicas:
+                    replica.clear(self.rounds.global_)
 
     def teardown(self) -> None:
         if getattr(self, "pool", None) is not None:

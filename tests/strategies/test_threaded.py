@@ -201,6 +201,29 @@ def test_torch_thread_counts_are_left_as_they_were():
         torch.set_num_threads(before)
 
 
+class ReplicasAtRoundEnd(Callback):
+    """At each round's end: whether every thread's copy holds the new global model and no optimizer state."""
+
+    def __init__(self) -> None:
+        self.clean: list[bool] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        module = [t.detach() for t in [*pl_module.parameters(), *pl_module.buffers()]]
+        for replica in trainer.strategy.backend.replicas:
+            same = all(torch.equal(a, b) for a, b in zip(replica.tensors, module))
+            no_grads = all(p.grad is None for p in replica.params)
+            self.clean.append(same and no_grads and not replica.optimizer.state)
+
+
+def test_no_workers_local_model_stays_in_a_thread_copy_past_its_round():
+    """An attacker on the server reading the copies after a round (under secure aggregation the server must never see
+    a worker's unmasked local model) finds the global model, and no worker's gradients or momentum."""
+    seen = ReplicasAtRoundEnd()
+    _fit(2, optimizer="momentum", rounds=2, trainer_kw={"callbacks": [seen]},
+         secure_aggregation=SecureAggregationConfig(seed=0))  # fmt: skip
+    assert seen.clean == [True, True, True, True]  # 2 rounds x 2 copies
+
+
 # -- failures -----------------------------------------------------------------------------------------------------------
 class FailsAtW1(BoringClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
