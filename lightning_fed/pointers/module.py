@@ -125,7 +125,7 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
                     copy.grad = tensor.grad.detach().clone()
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, copy), worker)
-            ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
+            ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
             try:
                 _swap(name, tensor, ptr)
             except PointerError:

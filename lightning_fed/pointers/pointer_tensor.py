@@ -88,8 +88,10 @@ class PointerTensor(torch.Tensor):
 
     @classmethod
     def _make(cls, location: BaseWorker, id_at_location: int, shape: torch.Size, dtype: torch.dtype,
-              device: torch.device, owner: BaseWorker = me) -> PointerTensor:  # fmt: skip
+              device: torch.device, owner: BaseWorker = me, layout: torch.layout = torch.strided,
+              ) -> PointerTensor:  # fmt: skip
         ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device)
+        ptr._layout = layout  # never changes at the worker: is_sparse and layout are answered here
         ptr.location = location
         ptr.id_at_location = id_at_location
         ptr.owner = owner
@@ -161,14 +163,14 @@ class PointerTensor(torch.Tensor):
         if worker is self.location or worker is self.owner:
             return self
         shape, dtype, device = self.shape, self.dtype, self.device  # asked at the worker: exact after in-place ops
-        held = PointerTensor._make(self.location, self.id_at_location, shape, dtype, device, worker)
+        held = PointerTensor._make(self.location, self.id_at_location, shape, dtype, device, worker, self._layout)
         held.__dict__.update(_metadata(self))
         new_id = new_object_id()
         self.owner._send(ObjectMessage(new_id, held), worker)
         self._state = _SENT  # `held` is the one pointer to the data now: dropping this one frees nothing
         self.__dict__.pop("_kept_grad", None)
         self._sent_to = worker.id
-        chained = PointerTensor._make(worker, new_id, shape, dtype, device, self.owner)
+        chained = PointerTensor._make(worker, new_id, shape, dtype, device, self.owner, self._layout)
         chained.__dict__.update(_metadata(self))
         return chained
 
@@ -300,7 +302,13 @@ class _Call:
         kind = type(response)
         if kind is TensorDescriptor:
             return PointerTensor._make(
-                self.location, response.obj_id, response.shape, response.dtype, response.device, self.owner
+                self.location,
+                response.obj_id,
+                response.shape,
+                response.dtype,
+                response.device,
+                self.owner,
+                response.layout,
             )
         if kind is ObjectRef:
             return self.pointers[response.obj_id]
@@ -339,7 +347,15 @@ def _reduce_ex(self: PointerTensor, protocol: int) -> Any:
     )
 
 
+def _layout(self: PointerTensor) -> torch.layout:
+    self._check_live()  # as the worker would: a fetched or deleted pointer answers nothing
+    return self._layout
+
+
 _LOCAL_FUNCTIONS: dict[Any, Any] = {
+    torch.Tensor.layout.__get__: _layout,  # metadata that never changes at the worker: no round trip
+    torch.Tensor.is_sparse.__get__: lambda self: _layout(self) is torch.sparse_coo,
+    torch.Tensor.is_sparse_csr.__get__: lambda self: _layout(self) is torch.sparse_csr,
     torch.Tensor.__repr__: _repr,
     torch.Tensor.__str__: _repr,
     torch.Tensor.__format__: _format,
@@ -403,7 +419,7 @@ def search_pointers(worker: BaseWorker, query: tuple[str, ...], owner: BaseWorke
     found = []
     for result in owner._send(SearchMessage(query), worker):
         desc = result.descriptor
-        ptr = PointerTensor._make(worker, desc.obj_id, desc.shape, desc.dtype, desc.device, owner)
+        ptr = PointerTensor._make(worker, desc.obj_id, desc.shape, desc.dtype, desc.device, owner, desc.layout)
         ptr._frees = False  # the worker keeps the tensor for whoever sent it; this pointer only found it
         ptr.tags, ptr.description = set(result.tags), result.description
         found.append(ptr)

@@ -31,6 +31,6 @@ def send_tensor(tensor: torch.Tensor, worker: BaseWorker) -> PointerTensor:
     copy.__dict__.update(metadata)
     obj_id = new_object_id()
     me._send(ObjectMessage(obj_id, copy), worker)
-    ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me)
+    ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
     ptr.__dict__.update(metadata)
     return ptr

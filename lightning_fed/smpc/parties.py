@@ -222,7 +222,7 @@ class Parties:
         for worker, value in zip(self.workers, values):
             obj_id = new_object_id()
             sender._send(ObjectMessage(obj_id, value), worker)
-            ptrs.append(PointerTensor._make(worker, obj_id, value.shape, value.dtype, value.device, me))
+            ptrs.append(PointerTensor._make(worker, obj_id, value.shape, value.dtype, value.device, me, value.layout))
         return Shares(ptrs)
 
     def share(self, value: Tensor) -> Shares:

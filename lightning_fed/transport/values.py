@@ -146,7 +146,8 @@ class ValueEncoder:
     def descriptor(self, desc: TensorDescriptor) -> dict[str, Any]:
         return {"id": _int(desc.obj_id, "TensorDescriptor.obj_id", self.what), "shape": list(desc.shape),
                 "dtype": str(desc.dtype).removeprefix("torch."), "device": str(desc.device),
-                "requires_grad": bool(desc.requires_grad)}  # fmt: skip
+                "requires_grad": bool(desc.requires_grad),
+                "layout": str(desc.layout).removeprefix("torch.")}  # fmt: skip
 
     def add_tensor(self, tensor: torch.Tensor) -> int:
         if tensor.layout is not torch.strided:
@@ -259,9 +260,13 @@ class ValueDecoder:
         dtype = _DTYPES.get(body["dtype"])
         if dtype is None:
             raise self.bad(body, f"{body['dtype']!r} is not a torch dtype")
+        name = body.get("layout", "strided")  # a peer from before layouts were sent: dense
+        layout = _LAYOUTS.get(name) if type(name) is str else None
+        if layout is None:
+            raise self.bad(body, f"{name!r} is not a torch layout")
         shape = torch.Size([_int(n, "shape", self.what) for n in _list(body["shape"])])
         return TensorDescriptor(_int(body["id"], "id", self.what), shape, dtype, torch.device(str(body["device"])),
-                                bool(body["requires_grad"]))  # fmt: skip
+                                bool(body["requires_grad"]), layout)  # fmt: skip
 
     def _at(self, index: Any) -> torch.Tensor:
         i = _int(index, "tensor index", self.what)

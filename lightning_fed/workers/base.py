@@ -307,7 +307,7 @@ class BaseWorker:
             tags = frozenset(obj.__dict__.get("tags") or ())
             description = obj.__dict__.get("description")
             if message.matches(obj_id, tags, description):
-                descriptor = TensorDescriptor(obj_id, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+                descriptor = TensorDescriptor(obj_id, obj.shape, obj.dtype, obj.device, obj.requires_grad, obj.layout)
                 found.append(SearchResult(descriptor, tags, description))
         return tuple(found)
 
@@ -367,7 +367,9 @@ class BaseWorker:
                 return ObjectRef(existing)
             obj_id = self._store.new_id()
             self._store.set(obj_id, result)
-            return TensorDescriptor(obj_id, result.shape, result.dtype, result.device, result.requires_grad)
+            return TensorDescriptor(
+                obj_id, result.shape, result.dtype, result.device, result.requires_grad, result.layout
+            )
         kind = type(result)
         if kind is tuple or kind is list:
             return kind(self._register(item, inputs, command) for item in result)

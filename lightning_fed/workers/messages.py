@@ -30,13 +30,18 @@ class ObjectRef:
 
 @dataclass(frozen=True, slots=True)
 class TensorDescriptor:
-    """What a worker tells the sender about a tensor it stored: enough to build a pointer, never the values."""
+    """What a worker tells the sender about a tensor it stored: enough to build a pointer, never the values.
+
+    ``layout`` never changes for a stored tensor (torch refuses to turn a dense tensor sparse in place, through
+    ``.data``, ``set_`` or ``copy_``), so a pointer answers ``is_sparse`` and ``layout`` from it without asking.
+    """
 
     obj_id: int
     shape: torch.Size
     dtype: torch.dtype
     device: torch.device
     requires_grad: bool
+    layout: torch.layout = torch.strided
 
 
 @dataclass(frozen=True, slots=True)

@@ -613,3 +613,53 @@ def test_cuda_runs_at_the_worker(alice: VirtualWorker) -> None:
     assert out.device.type == "cpu"
     assert torch.equal(out.get(), torch.tensor([2.0, 4.0]))
     assert g.get().device.type == "cuda"
+
+
+# -- metadata answered by the pointer ----------------------------------------------------------------------------------
+def _messages_to(worker: VirtualWorker) -> list[object]:
+    """Every message ``worker`` receives from now on (shadowing ``_recv`` on the instance)."""
+    seen: list[object] = []
+    original = worker._recv
+
+    def recording(message: object) -> object:
+        seen.append(message)
+        return original(message)
+
+    worker._recv = recording
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("make", "layout"),
+    [
+        (lambda ptr: ptr, torch.strided),
+        (lambda ptr: ptr.to_sparse(), torch.sparse_coo),  # made at the worker: the layout comes in its descriptor
+        (lambda ptr: ptr.to_sparse(layout=torch.sparse_csr), torch.sparse_csr),
+        (lambda ptr: ptr.to_sparse().to_dense(), torch.strided),
+    ],
+)
+def test_layout_reads_are_answered_without_a_message(alice: VirtualWorker, make, layout) -> None:
+    ptr = make(sy.send(torch.eye(3), alice))
+    seen = _messages_to(alice)
+    assert (ptr.layout, ptr.is_sparse, ptr.is_sparse_csr) == (layout, layout is torch.sparse_coo,
+                                                              layout is torch.sparse_csr)  # fmt: skip
+    assert seen == []
+    assert remote(ptr).layout is layout  # what the worker holds
+
+
+def test_a_sent_sparse_tensor_and_a_chain_keep_their_layout(alice: VirtualWorker, bob: VirtualWorker) -> None:
+    ptr = sy.send(torch.eye(2).to_sparse(), bob)
+    chained = ptr.send(alice)
+    with pytest.raises(PointerError, match="was sent to worker 'alice'"):  # only the chain speaks for it now
+        ptr.is_sparse
+    assert chained.is_sparse and chained.layout is torch.sparse_coo
+    assert torch.equal(chained.get().get().to_dense(), torch.eye(2))
+
+
+def test_a_fetched_pointer_answers_no_layout(alice: VirtualWorker) -> None:
+    ptr = sy.send(torch.eye(2), alice)
+    ptr.get()
+    with pytest.raises(PointerError, match=r"already fetched with \.get\(\)"):
+        ptr.is_sparse
+    with pytest.raises(PointerError, match=r"already fetched with \.get\(\)"):
+        ptr.layout

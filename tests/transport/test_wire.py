@@ -253,3 +253,15 @@ def test_values_nest_within_a_bound():
         ValueEncoder("a test").value(deep)
     with pytest.raises(WireError, match="malformed: values nest more than 64 levels"):
         ValueDecoder([], "a test").value(json.loads("[" * 100 + "]" * 100))
+
+
+def test_a_descriptor_carries_the_layout_and_an_older_peers_means_dense():
+    desc = TensorDescriptor(3, torch.Size([2, 2]), torch.float32, torch.device("cpu"), False, torch.sparse_coo)
+    assert decode_answer(encode_answer(desc)) == desc
+    body = ValueEncoder("a test").value(desc)["desc"]
+    assert body["layout"] == "sparse_coo"
+    del body["layout"]  # what a peer from before layouts were sent writes
+    assert ValueDecoder([], "a test").value({"desc": body}).layout is torch.strided
+    for bad in ("sparse_cube", ["strided"]):
+        with pytest.raises(WireError, match=r"a test is malformed: .* is not a torch layout"):
+            ValueDecoder([], "a test").value({"desc": {**body, "layout": bad}})
