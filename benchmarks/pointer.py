@@ -183,6 +183,35 @@ def resident_loop(model: nn.Module, optimizer: optim.Optimizer, batches: list, d
     model.get()
 
 
+def alternating_blocks(plain: Any, fed: Any, steps: int, block: int, passes: int) -> dict[str, Any]:
+    """The fed/plain ratio from blocks of ``block`` steps, plain and federated taking turns (the first of each pair
+    alternates): a machine that changes speed over seconds then slows both sides of a pair alike.
+
+    ``plain(i, j)`` and ``fed(i, j)`` run steps ``i..j-1``. Returns the ratio of the summed times and the median of
+    the per-pair ratios.
+    """
+    plain_s, fed_s, pair_ratios = 0.0, 0.0, []
+    turn = 0
+    for _ in range(passes):
+        for i in range(0, steps, block):
+            j = min(i + block, steps)
+            times = {}
+            for name in ("plain", "fed") if turn % 2 == 0 else ("fed", "plain"):
+                run = plain if name == "plain" else fed
+                times[name] = time_once_s(lambda run=run, i=i, j=j: run(i, j))
+            turn += 1
+            plain_s += times["plain"]
+            fed_s += times["fed"]
+            pair_ratios.append(times["fed"] / times["plain"])
+    return {
+        "block": block,
+        "pairs": len(pair_ratios),
+        "ratio_of_sums": fed_s / plain_s,
+        "pair_ratio": summary(pair_ratios),
+        "plain_ms_per_step": plain_s / (passes * steps) * 1e3,
+    }
+
+
 def make_batches(steps: int, batch_size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
@@ -249,7 +278,7 @@ def split_worker_time(workers: list[sy.VirtualWorker], fn: Any, runs: int) -> li
 
 
 def train_loop(
-    workers: list[sy.VirtualWorker], steps: int, batch_size: int, repeats: int, profile: int
+    workers: list[sy.VirtualWorker], steps: int, batch_size: int, repeats: int, profile: int, block: int = 3
 ) -> dict[str, Any]:
     device = torch.device("cpu")
     batches = make_batches(steps, batch_size)
@@ -323,6 +352,11 @@ def train_loop(
         "messages_by_kind": dict(sorted(messages.items(), key=lambda kv: -kv[1])),
     }
     result["meets_goal"] = result["ratio"]["median"] <= GOAL_RATIO
+    result["alternating_blocks"] = alternating_blocks(
+        lambda i, j: plain_loop(models["plain"], opts["plain"], batches[i:j], device),
+        lambda i, j: fed_loop(models["fed"], opts["fed"], fed_batches[i:j], device),
+        steps, block, max(1, repeats // 3),
+    )  # fmt: skip
     if profile:
         result["profile"] = profile_loop(models["fed"], opts["fed"], fed_batches, device, profile)
     return result
@@ -353,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's own default)"
     )
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile rows of the loop")
+    parser.add_argument("--block", type=int, default=3, help="steps a turn in the alternating-blocks ratio (default 3)")
     args = parser.parse_args(argv)
     defaults = (
         {"repeats": 2, "steps": 2, "batch_size": 8, "iters": 50, "model_iters": 2}
@@ -362,8 +397,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.steps < 2 or args.repeats < 1 or args.iters < 1 or args.model_iters < 1 or args.batch_size < 1:
-        parser.error("--steps must be >= 2 (two workers); --repeats, --iters, --model-iters, --batch-size >= 1")
+    if args.steps < 2 or min(args.repeats, args.iters, args.model_iters, args.batch_size, args.block) < 1:
+        parser.error(
+            "--steps must be >= 2 (two workers); --repeats, --iters, --model-iters, --batch-size, --block: >= 1"
+        )
     return args
 
 
@@ -396,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## per op (µs/op, median of {args.repeats} interleaved repeats)")
         print(format_table(["op", "pointer µs", "plain µs", "overhead µs", "overhead min / max", "plain is"], rows))
 
-        train = train_loop([grapevine, westside], args.steps, args.batch_size, args.repeats, args.profile)
+        train = train_loop([grapevine, westside], args.steps, args.batch_size, args.repeats, args.profile, args.block)
         ms = train["step_ms"]
         print(
             f"\n## seed loop: {args.steps} batches of {args.batch_size}, 2 workers, SGD lr 0.01 "
@@ -426,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{train['messages_per_step']} messages/step. Fed and plain weights differ by at most "
             f"{train['max_param_diff_fed_vs_plain']:.2e}."
         )
+        blocks = train["alternating_blocks"]
+        print(
+            f"alternating blocks of {blocks['block']} steps ({blocks['pairs']} plain/fed pairs, plain "
+            f"{blocks['plain_ms_per_step']:.1f} ms/step): fed/plain = {blocks['ratio_of_sums']:.3f} (ratio of the "
+            f"summed times); per pair median {blocks['pair_ratio']['median']:.3f} (min "
+            f"{blocks['pair_ratio']['min']:.3f}, max {blocks['pair_ratio']['max']:.3f})"
+        )
         sp = train["split_ms_per_step"]
         print(
             "split of a step (fastest of 3 runs), ms: "
@@ -449,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "config": {
                 k: getattr(args, k)
-                for k in ("smoke", "repeats", "steps", "batch_size", "iters", "model_iters", "threads")
+                for k in ("smoke", "repeats", "steps", "batch_size", "iters", "model_iters", "threads", "block")
             },
             "ops": ops,
             "train": train,
