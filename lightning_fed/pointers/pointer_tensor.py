@@ -4,7 +4,8 @@ Every torch function, operator, tensor method and property getter/setter applied
 :meth:`PointerTensor.__torch_function__`, which sends the command to the owning worker and wraps each tensor the
 worker returns in a new pointer (or returns the input pointer itself for in-place operations). Non-tensor results
 (shapes, dtypes, ``None``) come back as plain values. Dropping the last reference to a pointer frees the object at
-the worker.
+the worker. A pointer answers two kinds of reads itself: its layout (``layout``, ``is_sparse``), which never changes
+at the worker, and its last ``.grad`` answer while nothing could have changed it (:mod:`lightning_fed.pointers.grads`).
 
 Example:
     >>> import torch, lightning_fed as sy
@@ -88,8 +89,8 @@ class PointerTensor(torch.Tensor):
 
     @classmethod
     def _make(cls, location: BaseWorker, id_at_location: int, shape: torch.Size, dtype: torch.dtype,
-              device: torch.device, owner: BaseWorker = me, layout: torch.layout = torch.strided,
-              ) -> PointerTensor:  # fmt: skip
+              device: torch.device, owner: BaseWorker = me,
+              layout: torch.layout = torch.strided) -> PointerTensor:  # fmt: skip
         ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device)
         ptr._layout = layout  # never changes at the worker: is_sparse and layout are answered here
         ptr.location = location
@@ -347,15 +348,15 @@ def _reduce_ex(self: PointerTensor, protocol: int) -> Any:
     )
 
 
-def _layout(self: PointerTensor) -> torch.layout:
+def _layout_of(self: PointerTensor) -> torch.layout:
     self._check_live()  # as the worker would: a fetched or deleted pointer answers nothing
     return self._layout
 
 
 _LOCAL_FUNCTIONS: dict[Any, Any] = {
-    torch.Tensor.layout.__get__: _layout,  # metadata that never changes at the worker: no round trip
-    torch.Tensor.is_sparse.__get__: lambda self: _layout(self) is torch.sparse_coo,
-    torch.Tensor.is_sparse_csr.__get__: lambda self: _layout(self) is torch.sparse_csr,
+    torch.Tensor.layout.__get__: _layout_of,  # metadata that never changes at the worker: no round trip
+    torch.Tensor.is_sparse.__get__: lambda self: _layout_of(self) is torch.sparse_coo,
+    torch.Tensor.is_sparse_csr.__get__: lambda self: _layout_of(self) is torch.sparse_csr,
     torch.Tensor.__repr__: _repr,
     torch.Tensor.__str__: _repr,
     torch.Tensor.__format__: _format,
