@@ -72,7 +72,7 @@ from lightning_fed.backends.vectorized.workers import recreate_optimizer
 from lightning_fed.exceptions import FederatedConfigError, WorkerError
 from lightning_fed.rounds.lifecycle import is_metric, model_tensors, restore_plain_tensor_attributes
 from lightning_fed.rounds.planning import RoundPlan
-from lightning_fed.rounds.worker_state import optimizer_params
+from lightning_fed.rounds.worker_state import delivery_lr, optimizer_params
 from lightning_fed.workers.base import BaseWorker
 
 
@@ -153,8 +153,8 @@ class Replica:
         optimizer's hyper-parameters as they are now (LR schedulers move them between rounds)."""
         with torch.no_grad():
             torch._foreach_copy_(self.tensors, list(global_model))
-        mine = {(id(self._twin_of[owner]), name): value for (owner, name), value in attributes.items()}
-        restore_plain_tensor_attributes(self.module, mine)
+        here = {(id(self._twin_of[owner]), name): value for (owner, name), value in attributes.items()}
+        restore_plain_tensor_attributes(self.module, here)
         for user_group, group in zip(self.user_optimizer.param_groups, self.optimizer.param_groups):
             group.update({key: value for key, value in user_group.items() if key != "params"})
         mine: defaultdict = defaultdict(dict)
@@ -261,12 +261,9 @@ class ThreadedBackend(FusedBackend):
         self._group: GroupChunk | None = None  # the group training now (delivers after its last chunk)
 
     def round_length(self, plan: RoundPlan) -> int:
-        return sum(1 for _ in self._chunks(plan))
+        return sum(1 for _ in self.round_batches(plan))
 
-    def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
-        yield from self._chunks(plan)
-
-    def _chunks(self, plan: RoundPlan) -> Iterator[GroupChunk]:
+    def round_batches(self, plan: RoundPlan) -> Iterator[GroupChunk]:
         n = self.parallel_workers
         for start in range(0, len(plan.workers), n):
             workers, steps = plan.workers[start : start + n], plan.steps[start : start + n]
@@ -350,7 +347,7 @@ class ThreadedBackend(FusedBackend):
     def _deliver(self, group: GroupChunk) -> None:
         """Each worker of the group delivers its update, in plan order; its optimizer state goes back to it."""
         rounds = self.rounds
-        lr = float(self.calls.optimizers()[0].param_groups[0]["lr"])
+        lr = delivery_lr(self.calls.optimizers())
         for worker, replica in zip(group.workers, self.replicas):
             failed = worker.id in self._failed_ids
             tensors = rounds.global_ if failed else [t.detach() for t in replica.tensors]

@@ -52,7 +52,7 @@ from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.releases import audit, update_rule
 from lightning_fed.rounds.stats import WorkerLosses, WorkerStats
-from lightning_fed.rounds.worker_state import WorkerOptimizerStates, WorkerSchedulerStates
+from lightning_fed.rounds.worker_state import WorkerOptimizerStates, WorkerSchedulerStates, delivery_lr
 from lightning_fed.workers.base import BaseWorker
 
 STATE_VERSION = 3  # 3: each worker's state sealed for it (worker_states), a fingerprint
@@ -155,7 +155,7 @@ class Rounds:
         worker = self.active
         if worker is None:
             return
-        self.deliver(worker, lr=float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0)
+        self.deliver(worker, lr=delivery_lr(optimizers))
         self.optimizer_states.deactivate(optimizers)
         self.active = None
 

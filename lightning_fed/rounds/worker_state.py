@@ -33,6 +33,16 @@ def optimizer_params(optimizer: Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def delivery_lr(optimizers: Sequence[Optimizer]) -> float:
+    """The learning rate a worker's update is delivered with: the first optimizer's first group's (0 without one).
+
+    Example:
+        >>> delivery_lr([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)]), delivery_lr([])
+        (0.5, 0.0)
+    """
+    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0
+
+
 class WorkerOptimizerStates:
     """Holds each worker's optimizer state dicts and swaps them into the optimizers."""
 

@@ -48,6 +48,7 @@ from lightning_fed.backends.vectorized.workers import VectorizedWorkers
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.releases import releases_scalars
 from lightning_fed.rounds.stats import batch_size_of
+from lightning_fed.rounds.worker_state import delivery_lr
 
 
 class VectorizedBackend(SequentialBackend):
@@ -223,8 +224,7 @@ class VectorizedBackend(SequentialBackend):
         self._chunk = None  # the cohort's batches are spent
         rounds = self.rounds
         buffers = [t.detach() for t in rounds.tensors[rounds.num_params :]]  # not trained here: the global values
-        optimizers = self.calls.optimizers()
-        lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else 0.0
+        lr = delivery_lr(self.calls.optimizers())
         for worker, params, steps in self.vector.finish():
             rounds.deliver(worker, params + buffers, steps, lr)
 
