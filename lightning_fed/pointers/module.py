@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import PointerError
+from lightning_fed.pointers.grads import can_defer_grad, defer_grad
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
@@ -119,10 +120,12 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
             if isinstance(tensor, PointerTensor):
                 tensor.move(worker)
                 continue
+            grad = tensor.grad
+            deferred = grad is not None and can_defer_grad(grad, worker)
             with torch.no_grad():
                 copy = _like(tensor, tensor.detach().clone())
-                if tensor.grad is not None:
-                    copy.grad = tensor.grad.detach().clone()
+                if grad is not None:
+                    copy.grad = None if deferred else grad.detach().clone()
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, copy), worker)
             ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
@@ -132,6 +135,8 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
                 ptr._state = "deleted"
                 me._send(DeleteMessage(obj_id), worker)
                 raise
+            if deferred:  # `tensor` is the pointer now (swapped); the gradient follows it, kept aside at the worker
+                defer_grad(tensor, grad)
             done.append((name, tensor))
     except BaseException:
         for name, tensor in done:  # leave the module as it was

@@ -31,6 +31,7 @@ from lightning_fed.workers.epoch import bump_grad_epoch, changes_grads
 from lightning_fed.workers.messages import (
     CommandMessage,
     DatasetMessage,
+    DeferredGradMessage,
     DeleteMessage,
     GetMessage,
     MoveMessage,
@@ -42,6 +43,7 @@ from lightning_fed.workers.messages import (
     TensorDescriptor,
     summary,
 )
+from lightning_fed.workers.outbox import GradOutbox, handle_deferred_grad
 from lightning_fed.workers.session import WorkerSession
 from lightning_fed.workers.store import ObjectStore
 
@@ -49,9 +51,7 @@ if TYPE_CHECKING:  # the privacy layer sits below the workers: imported for type
     from lightning_fed.privacy.audit import AuditLog
     from lightning_fed.privacy.policy import DataAccessPolicy
 
-_current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar(
-    "lightning_fed_worker", default=None
-)
+_current_worker: contextvars.ContextVar[BaseWorker | None] = contextvars.ContextVar("lf_worker", default=None)
 
 
 def current_worker() -> BaseWorker | None:
@@ -112,6 +112,7 @@ class BaseWorker:
         self.hook = hook
         self.verbose = bool(getattr(hook, "verbose", False)) if verbose is None else verbose
         self._store = ObjectStore()
+        self._grad_outbox = GradOutbox()  # gradients that arrived with their parameters, not yet attached
         self._plans: dict[str, Callable[..., Any]] = {}
         self._guard: Any = None  # a privacy.policy.WorkerGuard; it holds no reference to self
         if policy is not None or not isinstance(self, LocalWorker):
@@ -122,20 +123,17 @@ class BaseWorker:
     # -- the store, as PySyft showed it --------------------------------------------------------------------------
     @property
     def objects(self) -> dict[int, Any]:
-        """The worker's objects, ``id -> object``."""
+        """The worker's objects, ``id -> object`` (gradients kept aside attached first: workers/outbox.py)."""
+        self._grad_outbox.deliver(self)
         return self._store.objects
 
-    @property
-    def _objects(self) -> dict[int, Any]:  # the seed tutorial prints `worker._objects`
-        return self._store.objects
-
-    @property
-    def _tensors(self) -> dict[int, Any]:  # PySyft's Part 09 prints `bob._tensors` (its later name for the store)
-        return self._store.objects
+    _objects = objects  # the seed tutorial prints `worker._objects`
+    _tensors = objects  # PySyft's Part 09 prints `bob._tensors` (its later name for the store)
 
     def clear_objects(self) -> None:
         """Forget every object this worker holds."""
         bump_grad_epoch()
+        self._grad_outbox.drop_all()
         self._store.clear()
         if self._guard is not None:
             self._guard.forget_all()
@@ -163,14 +161,14 @@ class BaseWorker:
 
     def _recv(self, message: Any) -> Any:
         """Answer a message addressed to this worker, through the dispatch table."""
-        elsewhere = getattr(self, "_elsewhere", None)
-        if elsewhere is not None:
-            raise PointerError(elsewhere)
+        self.check_reachable()
         if self.verbose:
             print(f"worker {self.id!r} received {summary(message)}")
         handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
+        if self._grad_outbox:  # gradients kept aside: attached first if this message could see them
+            self._grad_outbox.before(self, message)
         if not changes_grads(message):
             return handler(self, message)
         bump_grad_epoch()  # pointers forget the .grad they kept (workers/epoch.py), before and after
@@ -182,6 +180,7 @@ class BaseWorker:
     def place_elsewhere(self, reason: str | None) -> None:
         """This worker lives in another process for now (a run over several processes): refuse every message with
         :class:`~lightning_fed.exceptions.PointerError` ``reason``; ``None`` accepts messages again."""
+        self._grad_outbox.deliver(self)
         bump_grad_epoch()
         self._elsewhere = reason
 
@@ -203,7 +202,8 @@ class BaseWorker:
 
     def enter(self) -> Any:
         """Make this worker the current one; returns the token :meth:`leave` takes."""
-        bump_grad_epoch()  # code running at the worker may change any .grad
+        self._grad_outbox.deliver(self)  # code running at the worker may read any .grad, and change it
+        bump_grad_epoch()
         return _current_worker.set(self)
 
     def leave(self, token: Any) -> None:
@@ -399,6 +399,7 @@ BaseWorker._routes = {
     GetMessage: BaseWorker._handle_get,
     MoveMessage: BaseWorker._handle_move,
     DeleteMessage: BaseWorker._handle_delete,
+    DeferredGradMessage: handle_deferred_grad,
     CommandMessage: BaseWorker._handle_command,
     PlanMessage: BaseWorker._handle_plan,
     SearchMessage: BaseWorker._handle_search,

@@ -56,6 +56,15 @@ class ObjectMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferredGradMessage:
+    """Keep ``grad``, the gradient object ``param_id`` carried when it was sent, aside until something at the worker
+    could see it (:mod:`lightning_fed.workers.outbox`); answered with the delivery's handle. In-process workers only."""
+
+    param_id: int
+    grad: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
 class GetMessage:
     """Hand object ``obj_id`` back to the sender and forget it (``get``); ``keep=True`` hands a copy and keeps it."""
 
@@ -139,6 +148,8 @@ def summary(message: Any) -> str:
     detail = getattr(message, "command", None) or getattr(message, "plan", None)
     if detail is None and hasattr(message, "obj_id"):
         detail = f"object {message.obj_id}"
+    if detail is None and hasattr(message, "param_id"):
+        detail = f"gradient of object {message.param_id}"
     if detail is None and hasattr(message, "query"):
         detail = f"query {list(message.query)}"
     return type(message).__name__ + (f" {detail}" if detail is not None else "")
