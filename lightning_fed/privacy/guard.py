@@ -2,7 +2,8 @@
 
 ``BaseWorker`` calls it around every command (:meth:`WorkerGuard.before` / :meth:`WorkerGuard.after`) and on every
 request that would take an object out (:meth:`WorkerGuard.check` / :meth:`WorkerGuard.commit`). A command on
-unlabelled (public) inputs costs one storage lookup per input and nothing else.
+unlabelled (public) inputs costs one storage lookup per input and nothing else; on labelled ones, that same lookup
+also gives the first labelled input and the tensors whose in-place writes :meth:`WorkerGuard.after` checks.
 
 Example:
     >>> import torch
@@ -84,25 +85,25 @@ class WorkerGuard:
                kwargs: dict) -> _Pending | None:  # fmt: skip
         """Called before a command runs on the objects ``input_ids``: ``None`` when none carries a label (nothing to
         track); raises :class:`PermissionDeniedError` when its result shape would reveal private values."""
-        of, by_storage, tensor = self.labels.of, self.labels.by_storage, torch.Tensor
-        bits = 0
-        try:
-            for obj_id in input_ids:  # the fast path: one storage lookup per input
-                obj = objects[obj_id]
-                bits |= by_storage.get(id(obj.untyped_storage()), 0) if type(obj) is tensor else of(obj_id, obj)
-        except (RuntimeError, NotImplementedError):  # a plain tensor without storage (sparse): the careful lookup
-            for obj_id in input_ids:
-                bits |= of(obj_id, objects[obj_id])
+        of, by_storage = self.labels.of, self.labels.by_storage
+        bits, first_id, tracked = 0, 0, []
+        for obj_id in input_ids:  # one storage lookup per input
+            obj = objects[obj_id]
+            storage = storage_of(obj)
+            found = by_storage.get(id(storage), 0) if storage is not None else of(obj_id, obj)
+            if found and not bits:
+                first_id = obj_id
+            bits |= found
+            if storage is not None:
+                tracked.append(obj)
         if not bits:
             return None
-        tracked = [objects[obj_id] for obj_id in input_ids]
-        first_id = next(obj_id for obj_id in input_ids if of(obj_id, objects[obj_id]))
         pending = _Pending(bits, first_id)
         if bits & PRIVATE:
             reason = shape_reason(label, args, kwargs, self._is_private)
             if reason is not None:
                 pending.shape_rule = self._decide_command(pending, label, "shape", reason, SHAPE_FIX)
-        pending.versions = [(t, t._version) for t in tracked if storage_of(t) is not None]
+        pending.versions = [(t, t._version) for t in tracked]
         if label in _BACKWARD:
             roots = list(tensors_in(args[:1])) + list(tensors_in(kwargs.get("tensors")))
             pending.leaves = _leaves(roots)
@@ -112,8 +113,11 @@ class WorkerGuard:
               objects: Mapping[int, Any]) -> None:  # fmt: skip
         """Label what a command on labelled inputs made or wrote; refuse a plain value computed from private ones."""
         bits, add = pending.bits, self.labels.add_tensor
-        for tensor in tensors_in(result):
-            add(tensor, bits)
+        if type(result) is torch.Tensor:  # the common case: one new tensor
+            add(result, bits)
+        else:
+            for tensor in tensors_in(result):
+                add(tensor, bits)
         for tensor, version in pending.versions:  # in-place writes: copy_, add_, x[i] = ..., out=, _foreach_*_
             if tensor._version != version:
                 add(tensor, bits)
