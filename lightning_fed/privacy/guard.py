@@ -138,7 +138,8 @@ class WorkerGuard:
         """After ``backward()`` on labelled inputs: every gradient it wrote is a model update (private as well when
         it is the gradient of a private tensor: a gradient with respect to data is not a model update)."""
         of, add = self.labels.of_tensor, self.labels.add_tensor
-        retained = [t for t in objects.values() if storage_of(t) is not None and t.retains_grad]
+        plain = torch.Tensor  # a plain tensor answers at once; anything else (a pointer held here) only with storage
+        retained = [t for t in objects.values() if (type(t) is plain or storage_of(t) is not None) and t.retains_grad]
         for tensor in leaves + retained:
             grad = tensor.grad
             if grad is not None:
