@@ -5,7 +5,9 @@
 built before ``send``, a tied weight) now points to the worker. ``get_module`` does the reverse. An optimizer then
 steps the worker's tensors through the pointers; its per-element state (momentum buffers, Adam moments: the state
 tensors shaped like their parameter) follows the parameter from worker to worker and home again, while scalar
-state such as Adam's ``step`` stays with the optimizer.
+state such as Adam's ``step`` stays with the optimizer. A parameter's gradient travels with it; a worker in this
+process keeps it aside until something there could see it (:mod:`lightning_fed.workers.outbox`), so the
+``optimizer.zero_grad()`` that follows ``model.send()`` in the seed's loop costs no command.
 
 Example:
     >>> import torch, lightning_fed as sy

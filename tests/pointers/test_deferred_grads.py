@@ -215,3 +215,19 @@ def test_training_matches_plain_pytorch_exactly(alice: VirtualWorker) -> None:
         plain_opt.step()
     for a, b in zip(fed.parameters(), plain.parameters(), strict=True):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+
+
+class Relay(VirtualWorker):
+    """A worker that answers through its own ``_recv`` (as a remote site's proxy does): nothing is kept aside."""
+
+    def _recv(self, message: object) -> object:
+        return super()._recv(message)
+
+
+def test_a_worker_that_answers_elsewhere_gets_the_gradient_attached() -> None:
+    relay = Relay(id="relay")
+    model = trained_model()
+    sent = model.weight.grad.clone()
+    sy.send(model, relay)
+    assert "_grad_delivery" not in model.weight.__dict__ and not relay._grad_outbox
+    assert torch.equal(relay._store.objects[model.weight.id_at_location].grad, sent)
