@@ -38,7 +38,7 @@ from lightning_fed.pointers.pointer_tensor import _LIVE, _LOCAL_FUNCTIONS, Point
 from lightning_fed.workers.base import BaseWorker
 from lightning_fed.workers.epoch import EPOCH
 from lightning_fed.workers.messages import DeferredGradMessage
-from lightning_fed.workers.outbox import PENDING, SNAPSHOTS, GradDelivery
+from lightning_fed.workers.outbox import PENDING, GradDelivery
 from lightning_fed.workers.store import new_object_id
 
 _GRAD_GET = torch.Tensor.grad.__get__
@@ -59,10 +59,10 @@ def can_defer_grad(grad: torch.Tensor, worker: BaseWorker) -> bool:
     return plain and answers_here(worker)
 
 
-def defer_grad(ptr: PointerTensor, grad: torch.Tensor) -> None:
-    """Send a copy of ``grad``, the gradient of the tensor ``ptr`` now points to, to be kept aside at its worker."""
-    delivery = ptr.owner._send(DeferredGradMessage(ptr.id_at_location, SNAPSHOTS.copy_of(grad)), ptr.location)
-    ptr.__dict__[_DELIVERY] = delivery
+def defer_grad(ptr: PointerTensor, copy: torch.Tensor) -> None:
+    """Send ``copy`` (:meth:`SnapshotPool.copy_of <lightning_fed.workers.outbox.SnapshotPool.copy_of>` of the
+    gradient of the tensor ``ptr`` now points to) to be kept aside at its worker."""
+    ptr.__dict__[_DELIVERY] = ptr.owner._send(DeferredGradMessage(ptr.id_at_location, copy), ptr.location)
 
 
 def _kept_aside(ptr: PointerTensor, delivery: GradDelivery) -> PointerTensor:

@@ -39,6 +39,7 @@ from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
 from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
+from lightning_fed.workers.outbox import SNAPSHOTS
 from lightning_fed.workers.store import new_object_id
 
 
@@ -126,8 +127,9 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
             deferred = grad is not None and can_defer_grad(grad, worker)
             with torch.no_grad():
                 copy = _like(tensor, tensor.detach().clone())
-                if grad is not None:
+                if grad is not None:  # copied before anything changes: a failed copy leaves the module as it was
                     copy.grad = None if deferred else grad.detach().clone()
+                snapshot = SNAPSHOTS.copy_of(grad) if deferred else None
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, copy), worker)
             ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
@@ -137,8 +139,8 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
                 ptr._state = "deleted"
                 me._send(DeleteMessage(obj_id), worker)
                 raise
-            if deferred:  # `tensor` is the pointer now (swapped); the gradient follows it, kept aside at the worker
-                defer_grad(tensor, grad)
+            if snapshot is not None:  # `tensor` is the pointer now (swapped); its gradient follows, kept aside
+                defer_grad(tensor, snapshot)
             done.append((name, tensor))
     except BaseException:
         for name, tensor in done:  # leave the module as it was
