@@ -93,7 +93,7 @@ class SnapshotPool:
 
 
 SNAPSHOTS = SnapshotPool()
-"""The process's pool of undelivered gradient copies."""
+"""The process's pool of undelivered gradient copies (at most 256 MiB; ``SNAPSHOTS.clear()`` frees them)."""
 
 
 class GradDelivery:

@@ -136,3 +136,10 @@ def test_the_pool_keeps_no_more_than_its_bytes() -> None:
     assert pool.copy_of(torch.ones(4)) is a
     assert pool.copy_of(torch.ones(4)) is not b
     assert pool.copy_of(torch.ones(2, 2)).shape == (2, 2)  # another shape: a fresh copy
+
+
+def test_a_worker_placed_in_another_process_takes_its_gradients_along(bob: VirtualWorker) -> None:
+    delivery = keep_aside(bob)
+    bob.place_elsewhere("bob runs in process 1 now")
+    assert delivery.state == DELIVERED and torch.equal(attached(bob), torch.full((3,), 5.0))
+    bob.place_elsewhere(None)
