@@ -167,7 +167,7 @@ class BaseWorker:
         handler = self._routes.get(type(message))
         if handler is None:
             raise WorkerError(f"worker {self.id!r} does not understand a {type(message).__name__}.")
-        if self._grad_outbox:  # gradients kept aside: attached first if this message could see them
+        if self._grad_outbox.by_param:  # gradients kept aside: attached first if this message could see them
             self._grad_outbox.before(self, message)
         if not changes_grads(message):
             return handler(self, message)

@@ -189,9 +189,7 @@ class GradOutbox:
     def _may_see_grads(self, message: CommandMessage, objects: dict[int, Any]) -> bool:
         """Whether the command names a kept gradient's parameter or pointer, a tensor that requires grad, or
         anything not a plain tensor; ``param.grad = None`` on a gradient nobody saw drops it instead."""
-        ids = _ref_ids(message.args, [])
-        if message.kwargs:
-            _ref_ids(tuple(message.kwargs.values()), ids)
+        ids = _ref_ids((message.args, message.kwargs), [])
         if message.command == _GRAD_SET and len(ids) == 1 and len(message.args) == 2 and message.args[1] is None:
             delivery = self.by_param.get(ids[0])
             if delivery is not None and delivery.grad_id is None:
@@ -242,11 +240,9 @@ def _ref_ids(value: Any, out: list[int]) -> list[int]:
     kind = type(value)
     if kind is ObjectRef:
         out.append(value.obj_id)
-    elif kind is tuple or kind is list:
-        for item in value:
+    elif kind is tuple or kind is list or kind is dict:
+        for item in value.values() if kind is dict else value:
             _ref_ids(item, out)
-    elif kind is dict:
-        _ref_ids(tuple(value.values()), out)
     return out
 
 
