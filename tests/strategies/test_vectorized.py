@@ -280,6 +280,36 @@ def test_a_non_vmap_error_in_training_step_is_raised_not_swallowed():
         _fit(True, model=Broken(4, 3))
 
 
+class _Tied(BoringClassifier):
+    """An autoencoder-like tie: the output layer reuses a square hidden layer's weight (one parameter, two names)."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 4, hidden=4, lr=0.05)
+        self.net[2].weight = self.net[0].weight
+
+
+def test_tied_weights_train_as_one_parameter_like_sequential():
+    torch.manual_seed(0)
+    seq, _ = _fit(False, model=_Tied(), local_loop="steps")
+    torch.manual_seed(0)
+    start = _Tied()
+    torch.manual_seed(0)
+    vec, _ = _fit(True, model=_Tied())
+    assert vec.net[2].weight is vec.net[0].weight
+    assert max_abs_diff(seq, vec) < 1e-5
+    assert max_abs_diff(start, vec) > 1e-3
+
+
+def test_a_loss_that_is_not_one_number_is_refused_naming_its_shape():
+    class TwoLosses(BoringClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.stack([F.cross_entropy(self(x), y)] * 2)
+
+    with pytest.raises(FederatedConfigError, match=r"loss of shape \(2,\) per worker; return a scalar loss"):
+        _fit(True, model=TwoLosses(4, 3))
+
+
 # -- checkpoint / resume -------------------------------------------------------------------------------------------
 def test_resume_from_round_checkpoint_equals_uninterrupted_vectorized_run(tmp_path):
     kw = dict(optimizer="adam", partition="quantity_skew", clients_per_round=3)

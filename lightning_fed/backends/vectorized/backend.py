@@ -153,19 +153,18 @@ class VectorizedBackend(SequentialBackend):
         (``mean=False``: a fused chunk, whose Lightning step shows none)."""
         assert self.vector is not None
         real = self._real_batches(step)
-        losses = self.vector.compute(real, self.active, batch_idx)
-        if not losses:
+        positions, values = self.vector.compute(real, self.active, batch_idx)
+        if not positions:
             return None
         workers = step.cohort.workers
-        sizes = [batch_size_of(real[k]) for k, _ in losses]
-        values = torch.stack([loss.reshape(()) for _, loss in losses])
-        released = [i for i, (k, _) in enumerate(losses) if releases_scalars(workers[k])]  # else no per-worker loss
+        sizes = [batch_size_of(real[k]) for k in positions]
+        released = [i for i, k in enumerate(positions) if releases_scalars(workers[k])]  # else no per-worker loss
         if released:
-            mine = values if len(released) == len(losses) else values[released]
-            ids = [workers[losses[i][0]].id for i in released]
+            mine = values if len(released) == len(positions) else values[released]
+            ids = [workers[positions[i]].id for i in released]
             self.rounds.losses.add_many(ids, mine, [sizes[i] for i in released])
-        for i in released:
-            self.rounds.stats.loss(workers[losses[i][0]].id, losses[i][1])
+            for worker_id, loss in zip(ids, mine.unbind()):
+                self.rounds.stats.loss(worker_id, loss)
         if not mean:
             return None
         weights = [size or 1 for size in sizes]

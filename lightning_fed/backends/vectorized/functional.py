@@ -95,17 +95,25 @@ def _under_vmap(name: str) -> Exception:
     )
 
 
+def metric_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The torchmetrics metrics among ``module``'s submodules, with their names (``"<root>"`` for ``module``)."""
+    return [(name or "<root>", sub) for name, sub in module.named_modules() if is_metric(sub)]
+
+
 @contextlib.contextmanager
-def guarded_metrics(module: nn.Module, error: Callable[[str], Exception] = _under_vmap) -> Iterator[None]:
+def guarded_metrics(
+    module: nn.Module,
+    error: Callable[[str], Exception] = _under_vmap,
+    metrics: list[tuple[str, nn.Module]] | None = None,
+) -> Iterator[None]:
     """Within the block, calling or updating any torchmetrics metric of ``module`` raises ``error(its name)`` (default
     :class:`MetricUnderVmap`) before the metric changes: its state updates in place and cannot be batched over
-    workers under ``vmap`` (nor updated from several threads at once)."""
+    workers under ``vmap`` (nor updated from several threads at once). ``metrics``: :func:`metric_modules` of
+    ``module``, found once by a caller that guards at every step."""
     saved = []
-    for name, sub in module.named_modules():
-        if not is_metric(sub):
-            continue
+    for name, sub in metric_modules(module) if metrics is None else metrics:
 
-        def refuse(*args: Any, _name: str = name or "<root>", **kwargs: Any) -> Any:
+        def refuse(*args: Any, _name: str = name, **kwargs: Any) -> Any:
             raise error(_name)
 
         saved.append((sub, vars(sub).get("forward"), vars(sub).get("update")))
@@ -120,6 +128,22 @@ def guarded_metrics(module: nn.Module, error: Callable[[str], Exception] = _unde
                     vars(sub).pop(attr, None)
                 else:
                     setattr(sub, attr, value)
+
+
+def tied_names(module: nn.Module, names: list[str]) -> dict[str, list[str]]:
+    """Each of ``names`` (parameters of ``module``) with every name under which ``module`` holds the same tensor:
+    found once, so that ``functional_call(..., tie_weights=False)`` at every step swaps tied weights together.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)); net[1].weight = net[0].weight
+        >>> tied_names(net, ["0.weight", "0.bias"])
+        {'0.weight': ['0.weight', '1.weight'], '0.bias': ['0.bias']}
+    """
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in module.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(tensor), []).append(name)
+    named = dict(module.named_parameters(remove_duplicate=False))
+    return {name: by_tensor[id(named[name])] for name in names}
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
@@ -66,10 +66,12 @@ from lightning_fed.backends.vectorized.functional import (
     leading_size,
     like_layout,
     loss_of,
+    metric_modules,
     patched_log,
     shapes,
     sized_log,
     stack_batches,
+    tied_names,
 )
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.logs import warn
@@ -100,6 +102,13 @@ def recreate_optimizer(optimizer: Optimizer, params: Sequence[Tensor]) -> Optimi
                 f"`vectorize=True` could not re-create your optimizer {type(optimizer).__name__} over the "
                 f"stacked parameters ({err}): pass vectorize=False."
             ) from err
+
+
+def _one_vector(losses: list[Tensor]) -> Tensor:
+    """The workers' losses as one vector (no step has none: the backend skips a step without active workers)."""
+    if not losses:
+        return torch.zeros(0)
+    return losses[0].reshape(-1) if len(losses) == 1 else torch.cat([loss.reshape(-1) for loss in losses])
 
 
 # -- the stacked workers of one cohort --------------------------------------------------------------------------------
@@ -140,6 +149,8 @@ class VectorizedWorkers:
         self._names = [named[id(p)] for p in self.user_params]  # of the stacked tensors, in their order
         self._position = {id(p): i for i, p in enumerate(self.user_params)}
         self.frozen = {named[id(p)]: p for p in module.parameters() if id(p) not in self._position}
+        self._tied = tied_names(self._call, self._names)  # found once: functional_call need not untie every step
+        self._metrics: list[tuple[str, nn.Module]] = []
         self.cohort: Cohort | None = None
         self.stacked: list[Tensor] = []
         self.stacked_optimizer: Optimizer | None = None
@@ -160,6 +171,7 @@ class VectorizedWorkers:
         self.cohort = cohort
         self.counts = [0] * k
         self._layout_matched = False
+        self._metrics = metric_modules(self.module)  # once a cohort, not at every step
 
     def _load_states(self, cohort: Cohort) -> None:
         saved = [self.states.get(w.id) for w in cohort.workers]
@@ -219,15 +231,16 @@ class VectorizedWorkers:
         self.states.put(worker_id, [state])
 
     # -- one vectorized step ----------------------------------------------------------------------------------------
-    def compute(self, batches: Sequence[Any], active: Sequence[bool], batch_idx: int) -> list[tuple[int, Tensor]]:
-        """Gradients of every active worker's ``training_step`` loss; returns ``[(worker position, loss)]``."""
+    def compute(self, batches: Sequence[Any], active: Sequence[bool], batch_idx: int) -> tuple[list[int], Tensor]:
+        """Gradients of every active worker's ``training_step`` loss; returns the workers' positions and their losses
+        (detached, one vector: ``losses[i]`` is worker ``positions[i]``'s)."""
         assert self.cohort is not None
         self._active = list(active)
         positions = [k for k, a in enumerate(active) if a]
-        losses: list[tuple[int, Tensor]] = []
+        result: tuple[list[int], Tensor] | None = None
         if self.use_vmap:
             try:
-                losses = self._compute_vmap(batches, positions, batch_idx)
+                result = self._compute_vmap(batches, positions, batch_idx)
             except Exception as err:
                 if not is_vmap_error(err) or self.dry_run:
                     raise
@@ -237,13 +250,14 @@ class VectorizedWorkers:
                 )
                 self.use_vmap = False
         if not self.use_vmap:
-            losses = self._compute_loop(batches, positions, batch_idx)
+            result = self._compute_loop(batches, positions, batch_idx)
         for t in self.stacked:  # a parameter the loss does not reach gets a zero gradient, as in the sequential path
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
         if not self._layout_matched:
             self._match_grad_layout()
-        return losses
+        assert result is not None
+        return result
 
     def _match_grad_layout(self) -> None:
         """Once a cohort: store each stacked parameter (and its optimizer state) in the memory layout of the gradient
@@ -261,14 +275,19 @@ class VectorizedWorkers:
                     if _elementwise(value, t.shape):
                         self.stacked_optimizer.state[t][key] = like_layout(value, g)
 
-    def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
+    def _swapped(self, worker_params: Sequence[Tensor]) -> dict[str, Tensor]:
+        """``functional_call``'s tensors for one step: each trained parameter under all its (tied) names."""
+        return {alias: t for name, t in zip(self._names, worker_params) for alias in self._tied[name]}
+
+    def _compute_vmap(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> tuple[list[int], Tensor]:
         """One vmapped forward per group of equal batch shapes; one gradient of the sum of the workers' losses (the
         workers share no parameter, so each slice of the stacked gradient is that worker's own gradient)."""
         by_shape: dict[tuple, list[int]] = {}
         for k in positions:
             by_shape.setdefault(shapes(batches[k]), []).append(k)
         k_workers = len(self.counts)
-        losses: list[tuple[int, Tensor]] = []
+        order: list[int] = []
+        group_losses: list[Tensor] = []
         total: Tensor | None = None
         pending_logs = []
         for group in by_shape.values():
@@ -282,25 +301,32 @@ class VectorizedWorkers:
             def forward(worker_params: list[Tensor], worker_batch: Any, recorder: LogRecorder = recorder) -> Any:
                 recorder.calls.clear()
                 recorder.values.clear()
-                swapped = {**self.frozen, **dict(zip(self._names, worker_params))}
-                loss = loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx)))
+                swapped = self._swapped(worker_params)
+                loss = loss_of(functional_call(self._call, swapped, (worker_batch, batch_idx), tie_weights=False))
                 return loss, tuple(recorder.values)
 
-            with patched_log(self.module, recorder), guarded_metrics(self.module):
+            with patched_log(self.module, recorder), guarded_metrics(self.module, metrics=self._metrics):
                 loss, logged = vmap(forward, randomness="different")(params, stack_batches([batches[k] for k in group]))
+            if loss.numel() != len(group):
+                raise FederatedConfigError(
+                    f"`vectorize=True`: training_step returned a loss of shape {tuple(loss.shape[1:])} per worker; "
+                    "return a scalar loss (one number a batch, as loss.backward() needs)."
+                )
             total = loss.sum() if total is None else total + loss.sum()
-            for j, k in enumerate(group):
-                losses.append((k, loss[j].detach()))
-                pending_logs.extend((call, values[j], batches[k]) for call, values in zip(recorder.calls, logged))
+            order += group
+            group_losses.append(loss.detach().reshape(len(group)))
+            if recorder.calls:
+                for j, k in enumerate(group):
+                    pending_logs.extend((call, values[j], batches[k]) for call, values in zip(recorder.calls, logged))
         if total is not None:  # autograd.grad, not backward: no accumulation copy into the parameters' layout
             grads = torch.autograd.grad(total, self.stacked, allow_unused=True)
             for t, g in zip(self.stacked, grads):
                 t.grad = g
         if not self.dry_run:
             self._log_merged(pending_logs)  # after the gradient: a bad log call cannot leave half a step behind
-        return losses
+        return order, _one_vector(group_losses)
 
-    def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> list[tuple[int, Tensor]]:
+    def _compute_loop(self, batches: Sequence[Any], positions: list[int], batch_idx: int) -> tuple[list[int], Tensor]:
         for t in self.stacked:
             t.grad = torch.zeros_like(t)
         losses = []
@@ -313,8 +339,8 @@ class VectorizedWorkers:
             for stacked, grad in zip(self.stacked, torch.autograd.grad(loss, leaves, allow_unused=True)):
                 if grad is not None:
                     stacked.grad[k].copy_(grad)
-            losses.append((k, loss.detach()))
-        return losses
+            losses.append(loss.detach().reshape(1))
+        return positions, _one_vector(losses)
 
     def _log_merged(self, pending: list[tuple[LogCall, Tensor, Any]]) -> None:
         """Log the step's values: one ``self.log`` call per name carrying all workers' values where Lightning's epoch
