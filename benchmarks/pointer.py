@@ -277,6 +277,16 @@ def split_worker_time(workers: list[sy.VirtualWorker], fn: Any, runs: int) -> li
             del w._execute
 
 
+def own_faults() -> tuple[int, float]:
+    """This process's minor page faults and system CPU seconds so far ((0, 0.0) where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0, 0.0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_stime
+
+
 def train_loop(
     workers: list[sy.VirtualWorker], steps: int, batch_size: int, repeats: int, profile: int, block: int = 3
 ) -> dict[str, Any]:
@@ -301,9 +311,18 @@ def train_loop(
             sendget_model.send(data.location)
             sendget_model.get()
 
+    faults: dict[str, list[tuple[int, float]]] = {"plain": [], "fed": []}
+
+    def with_faults(name: str, fn: Any) -> float:  # the seconds, and the loop's page faults and system time aside
+        before = own_faults()
+        seconds = time_once_s(fn)
+        after = own_faults()
+        faults[name].append((after[0] - before[0], after[1] - before[1]))
+        return seconds
+
     contenders = {
-        "plain": lambda: time_once_s(lambda: plain_loop(models["plain"], opts["plain"], batches, device)),
-        "fed": lambda: time_once_s(lambda: fed_loop(models["fed"], opts["fed"], fed_batches, device)),
+        "plain": lambda: with_faults("plain", lambda: plain_loop(models["plain"], opts["plain"], batches, device)),
+        "fed": lambda: with_faults("fed", lambda: fed_loop(models["fed"], opts["fed"], fed_batches, device)),
         "resident": lambda: time_once_s(
             lambda: resident_loop(models["resident"], opts["resident"], fed_batches, device)
         ),
@@ -312,6 +331,7 @@ def train_loop(
     for run in contenders.values():  # warm-up pass, not recorded
         run()
     gc.collect()
+    faults = {name: [] for name in faults}
     times = interleaved(contenders, repeats)
 
     # both models saw the same batches in the same order: the federated one must have learned the same weights
@@ -348,6 +368,10 @@ def train_loop(
         "goal_ratio": GOAL_RATIO,
         "max_param_diff_fed_vs_plain": max_diff,
         "split_ms_per_step": split,  # fastest of 3 extra runs: time inside the worker's torch calls vs outside
+        # the allocator's share: glibc hands large freed blocks back to the kernel, and the next allocation
+        # faults its pages in again (system time); both loops pay it, and it varies from repeat to repeat
+        "page_faults_per_step": {n: summary([f / steps for f, _ in v]) for n, v in faults.items()},
+        "system_ms_per_step": {n: summary([t / steps * 1e3 for _, t in v]) for n, v in faults.items()},
         "messages_per_step": sum(messages.values()),
         "messages_by_kind": dict(sorted(messages.items(), key=lambda kv: -kv[1])),
     }
@@ -479,6 +503,15 @@ def main(argv: list[str] | None = None) -> int:
                 for name, v in sp.items()
             )
             + f"; plain: {ms['plain']:.2f} (median) all of it"
+        )
+        pf, sy_ms = train["page_faults_per_step"], train["system_ms_per_step"]
+        print(
+            "page faults / system time per step (median, min-max over repeats): "
+            + "; ".join(
+                f"{n}: {pf[n]['median']:.0f} ({pf[n]['min']:.0f}-{pf[n]['max']:.0f}) faults, "
+                f"{sy_ms[n]['median']:.1f} ({sy_ms[n]['min']:.1f}-{sy_ms[n]['max']:.1f}) ms"
+                for n in ("plain", "fed")
+            )
         )
         print("messages in one step:", train["messages_by_kind"])
         end_load = [round(x, 2) for x in load_average() or ()]

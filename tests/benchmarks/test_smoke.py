@@ -56,6 +56,8 @@ def test_pointer_benchmark_smoke():
     assert {"plain", "fed", "resident", "sendget"} <= train["step_ms"].keys()
     # the federated loop trained the same weights as plain PyTorch (a correctness check, not a timing)
     assert train["max_param_diff_fed_vs_plain"] < 1e-5
+    for key in ("page_faults_per_step", "system_ms_per_step"):  # each timed loop's allocator cost, per repeat
+        assert set(train[key]) == {"plain", "fed"} and all(v["min"] >= 0 for v in train[key].values())
     blocks = train["alternating_blocks"]
     assert blocks["block"] == 3 and blocks["pairs"] == 1 and blocks["ratio_of_sums"] > 0  # smoke: 2 steps, one pass
 
