@@ -440,6 +440,7 @@ def run_lightning_fed(w: Workload, data: Data, args: argparse.Namespace, vectori
     out = {"wall_s": wall, "cpu_s": cpu, "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
     if strategy.vectorize_choice is not None:  # vectorize="auto": what it measured and chose
         out["vectorize_choice"] = str(strategy.vectorize_choice)
+    out["threads"] = strategy.threads.describe()  # num_threads="auto": the torch threads it gave each round
     return out
 
 
@@ -503,8 +504,9 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
             result = CONTENDERS[name](w, data, args)
             result["test_acc"] = test_accuracy(w.model, result["state"], data)
             extras[name].append(result)
-            print(f"# workload {w.name}: {name} took {result['wall_s']:.2f} s, test accuracy {result['test_acc']}",
-                  flush=True)  # fmt: skip
+            threads = f"; {result['threads']}" if "threads" in result else ""
+            print(f"# workload {w.name}: {name} took {result['wall_s']:.2f} s, test accuracy {result['test_acc']}"
+                  f"{threads}", flush=True)  # fmt: skip
             return result["wall_s"]
 
         return call
@@ -519,6 +521,8 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
         results[name] = {"wall_s": summary(walls[name])["median"], "wall_s_all": walls[name],
                          "test_acc": runs[-1]["test_acc"], "test_acc_all": [r["test_acc"] for r in runs]}  # fmt: skip
         results[name].update({k: v for k, v in runs[-1].items() if k not in ("wall_s", "test_acc")})
+        if "threads" in runs[-1]:  # per repeat: a repeat that ran at fewer threads explains a slow wall time
+            results[name]["threads_all"] = [r["threads"] for r in runs]
         if name == "flower":  # the same, without Ray's and the actors' start-up
             results[name]["after_startup_s_all"] = [r["wall_s"] - r["startup_s"] for r in runs]
     for name in names:  # same clients, batches and sums as plain: the weights should agree (dropout aside)

@@ -27,6 +27,9 @@ def test_flower_benchmark_smoke():
         for name in ("lightning_fed", "plain"):
             assert results[name]["wall_s"] > 0
             assert 0.0 <= results[name]["test_acc"] <= 1.0
+            if name.startswith("lightning_fed"):  # num_threads="auto"'s threads, one description per repeat
+                assert len(results[name]["threads_all"]) == record["config"]["repeats"]
+                assert all(t.startswith("num_threads=") for t in results[name]["threads_all"])
         assert {"min", "median", "max"} <= workload["ratios"]["lightning_fed/plain"].keys()
         if workload["workload"]["model"] != "pfl_cnn":  # no dropout: the same batches give the plain loop's weights
             for name in ("lightning_fed", "lightning_fed_vectorized"):
