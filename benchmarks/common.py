@@ -86,6 +86,27 @@ def print_machine(info: dict[str, Any]) -> None:
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
+def wait_until_quiet(max_busy: float = 0.3, window_s: float = 0.5, timeout_s: float = 15.0) -> float:
+    """Sleep until other processes keep at most ``max_busy`` cores busy over a ``window_s`` window (this process
+    sleeps through it, so all the busy time is theirs), at most ``timeout_s``; return the seconds waited.
+
+    A contender that starts while the previous one's processes wind down (Ray's, after Flower) would pay for them,
+    and ``num_threads="auto"`` would see the cores busy. Without ``/proc/stat`` this returns at once.
+    """
+    from lightning_fed.backends.threads import machine_busy_seconds
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        before, t0 = machine_busy_seconds(), time.monotonic()
+        if before is None:
+            break
+        time.sleep(window_s)
+        after = machine_busy_seconds()
+        if after is None or (after - before) / (time.monotonic() - t0) <= max_busy:
+            break
+    return time.monotonic() - start
+
+
 def time_loop_ns(fn: Callable[[], Any], iters: int) -> int:
     """Nanoseconds for ``iters`` calls of ``fn`` (``time.perf_counter_ns``)."""
     start = time.perf_counter_ns()

@@ -74,6 +74,7 @@ from benchmarks.common import (
     print_machine,
     ratios,
     summary,
+    wait_until_quiet,
 )
 from benchmarks.pfl_contender import pfl_available, run_pfl
 
@@ -500,7 +501,8 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
 
     def timed(name: str) -> Callable[[], float]:
         def call() -> float:
-            print(f"# workload {w.name}: running {name}", flush=True)
+            waited = wait_until_quiet()  # the previous contender's processes (Ray's) have wound down
+            print(f"# workload {w.name}: running {name} (after {waited:.1f} s waiting for a quiet machine)", flush=True)
             result = CONTENDERS[name](w, data, args)
             result["test_acc"] = test_accuracy(w.model, result["state"], data)
             extras[name].append(result)
