@@ -1,0 +1,48 @@
+"""benchmarks.common's helpers that decide when and how contenders run."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import lightning_fed.backends.threads as threads
+from benchmarks import common
+
+
+def _busy_then_quiet(monkeypatch: pytest.MonkeyPatch, busy_windows: int) -> None:
+    """A machine whose other processes keep 1.5 cores busy for ``busy_windows`` windows, then none; no real sleep."""
+    clock = itertools.count()
+    now = {"t": 0.0}
+    total = {"busy": 0.0}
+
+    def busy_seconds() -> float:
+        return total["busy"]
+
+    def sleep(seconds: float) -> None:
+        window = next(clock)
+        now["t"] += seconds
+        total["busy"] += (1.5 if window < busy_windows else 0.0) * seconds
+
+    monkeypatch.setattr(threads, "machine_busy_seconds", busy_seconds)
+    monkeypatch.setattr(common.time, "sleep", sleep)
+    monkeypatch.setattr(common.time, "monotonic", lambda: now["t"])
+
+
+def test_wait_until_quiet_waits_out_a_busy_spell():
+    with pytest.MonkeyPatch.context() as mp:
+        _busy_then_quiet(mp, busy_windows=3)
+        waited = common.wait_until_quiet(max_busy=0.3, window_s=0.5, timeout_s=15.0)
+    assert waited == pytest.approx(2.0)  # three busy windows, then the quiet one
+
+
+def test_wait_until_quiet_gives_up_at_its_timeout():
+    with pytest.MonkeyPatch.context() as mp:
+        _busy_then_quiet(mp, busy_windows=1000)
+        waited = common.wait_until_quiet(max_busy=0.3, window_s=0.5, timeout_s=3.0)
+    assert waited == pytest.approx(3.0)
+
+
+def test_wait_until_quiet_returns_at_once_without_proc_stat(monkeypatch):
+    monkeypatch.setattr(threads, "machine_busy_seconds", lambda: None)
+    assert common.wait_until_quiet(timeout_s=5.0) < 0.5
