@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -139,9 +140,38 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``, taken as independent repeats (order
+    statistics: the true median lies below the j-th smallest value with Binomial(n, 1/2) probability), at least
+    ``level``; ``None`` when there are too few values for that level (fewer than 6 for 95%). A machine that drifts
+    during the run makes repeats less independent than this assumes.
+
+    Example:
+        >>> median_interval(list(range(1, 16)))  # 15 repeats: the 4th and 12th smallest (96.5% coverage)
+        (4, 12)
+        >>> median_interval([1.0, 2.0, 3.0]) is None
+        True
+    """
+    n = len(values)
+    ordered = sorted(values)
+    below = 0.0  # P(Binomial(n, 1/2) < j), j = 0, 1, ...
+    for j in range(n // 2 + 1):
+        p_j = math.comb(n, j) / 2**n
+        if 1 - 2 * (below + p_j) < level:  # taking the (j+1)-th value would cover less than ``level``
+            return (ordered[j - 1], ordered[n - j]) if j > 0 else None
+        below += p_j
+    return None
+
+
 def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
-    """min/median/max of the per-repeat ratios ``num[i] / den[i]``."""
-    return summary([a / b for a, b in zip(num, den, strict=True)])
+    """min/median/max of the per-repeat ratios ``num[i] / den[i]``, and a 95% confidence interval for their median
+    (``ci95``, from 6 repeats on: see :func:`median_interval`)."""
+    values = [a / b for a, b in zip(num, den, strict=True)]
+    out: dict[str, Any] = summary(values)
+    interval = median_interval(values)
+    if interval is not None:
+        out["ci95"] = list(interval)
+    return out
 
 
 def differences(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:

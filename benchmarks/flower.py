@@ -583,7 +583,8 @@ def print_workload(record: dict[str, Any]) -> None:
         rows.append([name, r["wall_s"], f"{100 * r['test_acc']:.2f}%", detail])
     print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes (last repeat)"], rows))
     for key, r in record["ratios"].items():
-        print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f})")
+        ci = f"; 95% confidence interval of the median {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}" if "ci95" in r else ""
+        print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f}{ci})")
     for name in res:
         if name != "plain" and "plain" in res:
             print(f"max |weight difference| {name} vs plain: {res[name].get('max_abs_diff_vs_plain')}")

@@ -46,3 +46,12 @@ def test_wait_until_quiet_gives_up_at_its_timeout():
 def test_wait_until_quiet_returns_at_once_without_proc_stat(monkeypatch):
     monkeypatch.setattr(threads, "machine_busy_seconds", lambda: None)
     assert common.wait_until_quiet(timeout_s=5.0) < 0.5
+
+
+def test_median_interval_covers_at_least_the_level_and_widens_with_it():
+    values = [float(v) for v in range(20)]
+    low, high = common.median_interval(values, 0.95)
+    assert (low, high) == (5.0, 14.0)  # the 6th and 15th smallest of 20: 95.9% coverage
+    assert common.median_interval(values, 0.99)[0] < low  # more confidence, a wider interval
+    assert common.median_interval(values[:5]) is None  # five repeats cannot give 95%
+    assert "ci95" in common.ratios([2.0] * 6, [1.0] * 6) and "ci95" not in common.ratios([2.0] * 5, [1.0] * 5)
