@@ -92,18 +92,20 @@ def wait_until_quiet(max_busy: float = 0.3, window_s: float = 0.5, timeout_s: fl
     sleeps through it, so all the busy time is theirs), at most ``timeout_s``; return the seconds waited.
 
     A contender that starts while the previous one's processes wind down (Ray's, after Flower) would pay for them,
-    and ``num_threads="auto"`` would see the cores busy. Without ``/proc/stat`` this returns at once.
+    and ``num_threads="auto"`` would see the cores busy. The measure is "auto"'s own
+    (:func:`lightning_fed.backends.threads.busy_elsewhere`). Without ``/proc/stat`` this returns at once.
     """
-    from lightning_fed.backends.threads import machine_busy_seconds
+    from lightning_fed.backends.threads import busy_elsewhere, cpu_snapshot
 
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        before, t0 = machine_busy_seconds(), time.monotonic()
+        before = cpu_snapshot()
         if before is None:
             break
         time.sleep(window_s)
-        after = machine_busy_seconds()
-        if after is None or (after - before) / (time.monotonic() - t0) <= max_busy:
+        after = cpu_snapshot()
+        busy = None if after is None else busy_elsewhere(before, after)
+        if busy is None or busy <= max_busy:
             break
     return time.monotonic() - start
 
@@ -163,15 +165,25 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float
     return None
 
 
-def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
-    """min/median/max of the per-repeat ratios ``num[i] / den[i]``, and a 95% confidence interval for their median
-    (``ci95``, from 6 repeats on: see :func:`median_interval`)."""
-    values = [a / b for a, b in zip(num, den, strict=True)]
+def median_summary(values: Sequence[float]) -> dict[str, Any]:
+    """:func:`summary`, and a 95% confidence interval for the median (``ci95``, from 6 values on: see
+    :func:`median_interval`)."""
     out: dict[str, Any] = summary(values)
     interval = median_interval(values)
     if interval is not None:
         out["ci95"] = list(interval)
     return out
+
+
+def interval_text(stats: dict[str, Any], digits: int = 3) -> str:
+    """``"; 95% confidence interval of the median a-b"`` for a :func:`median_summary` that has one, else ``""``."""
+    ci = stats.get("ci95")
+    return f"; 95% confidence interval of the median {ci[0]:.{digits}f}-{ci[1]:.{digits}f}" if ci else ""
+
+
+def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, Any]:
+    """:func:`median_summary` of the per-repeat ratios ``num[i] / den[i]``."""
+    return median_summary([a / b for a, b in zip(num, den, strict=True)])
 
 
 def differences(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:

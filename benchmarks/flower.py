@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (
     format_table,
     interleaved,
+    interval_text,
     machine_info,
     print_json_line,
     print_machine,
@@ -583,8 +584,7 @@ def print_workload(record: dict[str, Any]) -> None:
         rows.append([name, r["wall_s"], f"{100 * r['test_acc']:.2f}%", detail])
     print(format_table(["contender", "wall s (median)", "test accuracy", "where the time goes (last repeat)"], rows))
     for key, r in record["ratios"].items():
-        ci = f"; 95% confidence interval of the median {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}" if "ci95" in r else ""
-        print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f}{ci})")
+        print(f"{key}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f}{interval_text(r, 2)})")
     for name in res:
         if name != "plain" and "plain" in res:
             print(f"max |weight difference| {name} vs plain: {res[name].get('max_abs_diff_vs_plain')}")

@@ -46,8 +46,10 @@ from benchmarks.common import (
     differences,
     format_table,
     interleaved,
+    interval_text,
     load_average,
     machine_info,
+    median_summary,
     print_json_line,
     print_machine,
     ratios,
@@ -207,7 +209,7 @@ def alternating_blocks(plain: Any, fed: Any, steps: int, block: int, passes: int
         "block": block,
         "pairs": len(pair_ratios),
         "ratio_of_sums": fed_s / plain_s,
-        "pair_ratio": ratios(pair_ratios, [1.0] * len(pair_ratios)),  # min/median/max and the median's ci95
+        "pair_ratio": median_summary(pair_ratios),
         "plain_ms_per_step": plain_s / (passes * steps) * 1e3,
     }
 
@@ -331,7 +333,8 @@ def train_loop(
     for run in contenders.values():  # warm-up pass, not recorded
         run()
     gc.collect()
-    faults = {name: [] for name in faults}
+    for recorded in faults.values():  # the warm-up's faults are not the loops'
+        recorded.clear()
     times = interleaved(contenders, repeats)
 
     # both models saw the same batches in the same order: the federated one must have learned the same weights
@@ -479,10 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )  # fmt: skip
         verdict = "meets" if train["meets_goal"] else "MISSES"
-        ci = ratio.get("ci95")
-        ci_text = f"; 95% confidence interval of the median {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
         print(
-            f"\nfed/plain = {ratio['median']:.3f} (min {ratio['min']:.3f}, max {ratio['max']:.3f}{ci_text}): {verdict} "
+            f"\nfed/plain = {ratio['median']:.3f} (min {ratio['min']:.3f}, max {ratio['max']:.3f}"
+            f"{interval_text(ratio)}): {verdict} "
             f"the {GOAL_RATIO}x goal. Per step, fed - plain: {train['fed_extra_ms_per_step']['median']:.2f} ms; "
             f"pointer dispatch (model kept at worker - plain): {train['dispatch_ms_per_step']['median']:.2f} ms; "
             f"module send+get: {ms['sendget']:.2f} ms; "
@@ -490,13 +492,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{train['max_param_diff_fed_vs_plain']:.2e}."
         )
         blocks = train["alternating_blocks"]
-        pair, ci = blocks["pair_ratio"], blocks["pair_ratio"].get("ci95")
-        pair_ci = f"; 95% confidence interval of the median {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+        pair = blocks["pair_ratio"]
         print(
             f"alternating blocks of {blocks['block']} steps ({blocks['pairs']} plain/fed pairs, plain "
             f"{blocks['plain_ms_per_step']:.1f} ms/step): fed/plain = {blocks['ratio_of_sums']:.3f} (ratio of the "
             f"summed times); per pair median {pair['median']:.3f} (min {pair['min']:.3f}, max {pair['max']:.3f}"
-            f"{pair_ci})"
+            f"{interval_text(pair)})"
         )
         sp = train["split_ms_per_step"]
         print(

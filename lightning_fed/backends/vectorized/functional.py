@@ -139,11 +139,12 @@ def tied_names(module: nn.Module, names: list[str]) -> dict[str, list[str]]:
         >>> tied_names(net, ["0.weight", "0.bias"])
         {'0.weight': ['0.weight', '1.weight'], '0.bias': ['0.bias']}
     """
-    by_tensor: dict[int, list[str]] = {}
+    aliases: dict[int, list[str]] = {}  # one list per tensor, shared by all its names
+    of_name: dict[str, list[str]] = {}
     for name, tensor in module.named_parameters(remove_duplicate=False):
-        by_tensor.setdefault(id(tensor), []).append(name)
-    named = dict(module.named_parameters(remove_duplicate=False))
-    return {name: by_tensor[id(named[name])] for name in names}
+        of_name[name] = aliases.setdefault(id(tensor), [])
+        of_name[name].append(name)
+    return {name: of_name[name] for name in names}
 
 
 @contextlib.contextmanager

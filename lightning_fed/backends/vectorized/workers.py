@@ -105,7 +105,7 @@ def recreate_optimizer(optimizer: Optimizer, params: Sequence[Tensor]) -> Optimi
 
 
 def _one_vector(losses: list[Tensor]) -> Tensor:
-    """The workers' losses as one vector (no step has none: the backend skips a step without active workers)."""
+    """The workers' losses as one vector, in the order given (empty for a step without active workers)."""
     if not losses:
         return torch.zeros(0)
     return losses[0].reshape(-1) if len(losses) == 1 else torch.cat([loss.reshape(-1) for loss in losses])
