@@ -155,12 +155,16 @@ def pytest_counts(output: str) -> dict[str, int]:
     return {}
 
 
-_CUDA_MARK = re.compile(r"^\s*(@pytest\.mark\.cuda\b|pytestmark\b.*\bpytest\.mark\.cuda\b)", re.MULTILINE)
+_CUDA_MARK = re.compile(
+    r"^\s*(@pytest\.mark\.cuda\b|pytestmark\b.*\bpytest\.mark\.cuda\b|[^#\n]*\bmarks=\[?[^\]\n]*\bpytest\.mark\.cuda\b)",
+    re.MULTILINE,
+)
 
 
 def cuda_test_files(tests: Path) -> list[str]:
-    """The test files (relative to the repository) that mark tests ``cuda`` (a ``@pytest.mark.cuda`` line, or a
-    ``pytestmark`` naming it), found without importing them."""
+    """The test files (relative to the repository) that mark tests ``cuda`` (a ``@pytest.mark.cuda`` line, a
+    ``pytestmark`` naming it, or a ``pytest.param(..., marks=[pytest.mark.cuda, ...])``), found without importing
+    them."""
     return sorted(
         str(path.relative_to(tests.parent))
         for path in tests.rglob("test_*.py")

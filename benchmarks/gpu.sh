@@ -24,8 +24,8 @@ else
     py=python
 fi
 
-# The packages lightning_fed needs that the GPU image (KINDS.md, nvidia-h200) does not hold, at the versions used here.
-wheels=(cryptography cffi pycparser)
+# The packages lightning_fed and its DP tests need that the GPU image (KINDS.md, nvidia-h200) lacks, at the versions used here.
+wheels=(cryptography cffi pycparser opacus)
 
 if [[ "${1:-}" == "--prepare-wheels" ]]; then
     specs=()

@@ -129,6 +129,7 @@ def test_pytest_counts_reads_the_summary_line():
 def test_the_cuda_marker_selects_every_test_that_asks_for_cuda():
     files = gpu.cuda_test_files(ROOT / "tests")
     assert "tests/strategies/test_vectorized.py" in files and "tests/pointers/test_pointer_tensor.py" in files
+    assert "tests/privacy/dp/test_ghost.py" in files  # a pytest.param(..., marks=[pytest.mark.cuda, ...])
     assert "tests/benchmarks/test_gpu_smoke.py" not in files  # it names the marker in a message only
     skips_without_cuda = re.compile(r"^\s*@pytest\.mark\.skipif\(\s*not torch\.cuda\.is_available\(\)", re.MULTILINE)
     asking = [

@@ -29,30 +29,39 @@ pytestmark = [
 ]
 
 
-def cnn() -> nn.Module:
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+    ),
+]
+
+
+def cnn(device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
-    return DPMNISTCNN()
+    return DPMNISTCNN().to(device)
 
 
-def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (12, 9)]
+    drawn = [(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (12, 9)]
+    return [(x.to(device), y.to(device)) for x, y in drawn]
 
 
-def opacus_steps(clip: float, expected: int):
+def opacus_steps(clip: float, expected: int, device: str = "cpu"):
     """Opacus' reference: its clipped sums (``p.summed_grad``) of the first step, parameters and accountant after all."""
-    net = GradSampleModule(cnn())
+    net = GradSampleModule(cnn(device))
     opt = DPOptimizer(
         torch.optim.SGD(net.parameters(), lr=LR),
         noise_multiplier=Z,
         max_grad_norm=clip,
         expected_batch_size=expected,
-        generator=torch.Generator().manual_seed(SEED),
+        generator=torch.Generator(device).manual_seed(SEED),
     )
     accountant = RDPAccountant()
     opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=expected / SHARD))
     summed = None
-    for x, y in batches():
+    for x, y in batches(device):
         F.nll_loss(net(x), y).backward()
         opt.step()
         summed = summed or [p.summed_grad.clone() for p in net.parameters()]
@@ -60,8 +69,8 @@ def opacus_steps(clip: float, expected: int):
     return summed, list(net._module.parameters()), accountant
 
 
-def median_norm() -> float:
-    net, (x, y) = cnn(), batches()[0]
+def median_norm(device: str = "cpu") -> float:
+    net, (x, y) = cnn(device), batches(device)[0]
     clipper = GhostClipper(net)
     F.nll_loss(net(x), y).backward()
     norms = clipper.per_sample_norms(list(net.parameters()))
@@ -69,35 +78,39 @@ def median_norm() -> float:
     return float(norms.median())
 
 
-def test_one_dp_step_on_the_dp_cnn_equals_opacus_step_and_accounting():
-    clip, expected = median_norm(), 10  # half the samples clipped, half not: the clip factors matter
-    ref_summed, ref_params, ref_accountant = opacus_steps(clip, expected)
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_dp_step_on_the_dp_cnn_equals_opacus_step_and_accounting(device, monkeypatch):
+    # on a GPU: the same noise from a CUDA generator; full-precision convolutions (cuDNN's TF32 would differ by ~1e-3)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    clip, expected = median_norm(device), 10  # half the samples clipped, half not: the clip factors matter
+    ref_summed, ref_params, ref_accountant = opacus_steps(clip, expected, device)
 
-    net, (x, y) = cnn(), batches()[0]  # our clipped sum of the first batch, from the ghost clipper
+    net, (x, y) = cnn(device), batches(device)[0]  # our clipped sum of the first batch, from the ghost clipper
     clipper = GhostClipper(net)
     F.nll_loss(net(x), y).backward()
     params = list(net.parameters())
     norms = clipper.per_sample_norms(params)
     assert (norms > clip).any() and (norms < clip).any()
     summed = clipper.clipped_sum(params, clip)
-    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(summed, ref_summed))
+    tol = 1e-6 if device == "cpu" else 1e-5  # the GPU's reductions run in another order
+    assert all(torch.allclose(a, b, rtol=0, atol=tol) for a, b in zip(summed, ref_summed))
     # the test can fail: a clip norm 1% off moves the clipped sum far beyond the tolerance
     F.nll_loss(net(x), y).backward()
     perturbed = clipper.clipped_sum(params, clip * 1.01)
     assert max(float((a - b).abs().max()) for a, b in zip(perturbed, ref_summed)) > 1e-4
     clipper.remove_hooks()
 
-    net = cnn()  # the aggregator's two steps on the unwrapped CNN, the same noise seed: Opacus' parameters
+    net = cnn(device)  # the aggregator's two steps on the unwrapped CNN, the same noise seed: Opacus' parameters
     dp = DPSGDAggregator(FedAvg(), DPConfig(level="sample", noise_multiplier=Z, max_grad_norm=clip, seed=SEED))
     dp.attach(net, {"w": SHARD}, batch_size=expected)
     assert dp.grad_sample_mode == "ghost" and dp.expected_batch_sizes["w"] == expected
     opt = torch.optim.SGD(net.parameters(), lr=LR)
-    for x, y in batches():
+    for x, y in batches(device):
         F.nll_loss(net(x), y).backward()
         dp.privatize_gradients("w", list(net.parameters()))
         opt.step()
         opt.zero_grad()
-    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(net.parameters(), ref_params))
+    assert all(torch.allclose(a, b, rtol=0, atol=tol) for a, b in zip(net.parameters(), ref_params))
     assert dp.accountants["w"].history == ref_accountant.history
     assert dp.epsilon("w") == ref_accountant.get_epsilon(delta=1e-5)
     dp.detach()
