@@ -49,6 +49,16 @@ class LightningCalls:
     precision: Callable[[], Any]  # the precision plugin
     restore: Callable[[], None]  # apply a checkpoint's federated state now, if one waits
     progress: Callable[[str, BaseWorker], None]  # the progress bar's text: unit and worker
+    batch_mover: Callable[[], Callable[[list[Any]], list[Any]]]  # moves real batches to the module's device
+
+
+class LocalWork:
+    """What a backend that gathers its workers' batches itself hands Lightning as a training "batch": a description
+    of local work (which worker, which of its batches), with no tensors. The strategy passes it to the backend
+    untouched: the transfer hooks and the move to the device run on each real batch, at the worker
+    (:meth:`Backend.to_device`)."""
+
+    __slots__ = ()
 
 
 def worker_of(batch: Any) -> tuple[Any, BaseWorker]:
@@ -72,6 +82,14 @@ class Backend:
         self.rounds = rounds
         self.session: WorkerSession | None = None  # open while a worker runs its step
         self.loader: FederatedDataLoader | None = None  # the federated train loader
+        self._mover: Callable[[list[Any]], list[Any]] | None = None
+
+    def to_device(self, batches: list[Any]) -> list[Any]:
+        """Real batches a worker gathered itself, as Lightning would hand them to ``training_step``: through the
+        module's and datamodule's transfer hooks where they exist, on the module's device."""
+        if self._mover is None:  # decided once a backend (a fit's setup rebuilds it)
+            self._mover = self.calls.batch_mover()
+        return self._mover(batches)
 
     @contextmanager
     def at_worker(self, batch: Any, target: tuple[Any, BaseWorker] | None = None) -> Iterator[WorkerSession]:

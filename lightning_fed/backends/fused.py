@@ -51,7 +51,7 @@ from lightning.pytorch.plugins.precision import Precision
 from torch.optim import Optimizer
 
 from lightning_fed._compat.lightning import saves_within_epochs, set_logging_batch
-from lightning_fed.backends.base import worker_of
+from lightning_fed.backends.base import LocalWork, worker_of
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.privacy.dp import DPSGDAggregator
 from lightning_fed.rounds.planning import RoundPlan
@@ -84,7 +84,7 @@ def stepped_already() -> Iterator[None]:
         yield
 
 
-class LocalBatches:
+class LocalBatches(LocalWork):
     """One Lightning step of a fused round: ``count`` of ``worker``'s local batches, from its ``first``, of the
     ``steps`` it trains in round ``round_index``."""
 
@@ -182,7 +182,7 @@ class FusedBackend(SequentialBackend):
         step = self._direct_step if self._direct() else self._lightning_step
         trainer = self.calls.trainer()
         with self.at_shard(work.worker) as shard:  # one session for the chunk: the worker's own data
-            chunk = self.loader.gather_batches(shard, [next(self._source) for _ in range(work.count)])
+            chunk = self.to_device(self.loader.gather_batches(shard, [next(self._source) for _ in range(work.count)]))
             for batch_idx, real in enumerate(chunk, start=work.first):
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
                 self.rounds.stats.step(work.worker.id)

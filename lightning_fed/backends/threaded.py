@@ -66,6 +66,7 @@ from torch.optim import Optimizer
 from lightning_fed._compat.lightning import set_logging_batch
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.wrapper import gradient_editors
+from lightning_fed.backends.base import LocalWork
 from lightning_fed.backends.fused import FUSED_BATCHES, FusedBackend, step_hooks_overridden, stepped_already
 from lightning_fed.backends.vectorized.functional import guarded_metrics
 from lightning_fed.backends.vectorized.workers import recreate_optimizer
@@ -231,7 +232,7 @@ def thread_blockers(trainer: Any, module: LightningModule, aggregator: Aggregato
 
 
 # -- the backend -------------------------------------------------------------------------------------------------------
-class GroupChunk:
+class GroupChunk(LocalWork):
     """One Lightning step: up to :data:`FUSED_BATCHES` local batches of each worker of a group, from its ``first``."""
 
     __slots__ = ("first", "last", "round_index", "steps", "workers")
@@ -299,7 +300,8 @@ class ThreadedBackend(FusedBackend):
                 continue
             with self.at_shard(worker) as shard:  # the worker's batches, read in its session
                 source = self._sources[worker.id]
-                work.append((worker, replica, self.loader.gather_batches(shard, [next(source) for _ in range(count)])))
+                batches = self.to_device(self.loader.gather_batches(shard, [next(source) for _ in range(count)]))
+                work.append((worker, replica, batches))
         at_once = max(1, torch.get_num_threads())  # the torch thread budget (num_threads): one a worker thread
         results = []
         with guarded_metrics(self.calls.module(), metric_in_thread):  # the replicas share the module's metrics

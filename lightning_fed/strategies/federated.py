@@ -239,10 +239,10 @@ class FederatedStrategy(FederatedParallelStrategy):
     # -- the training step: each hook hands off to the backend ----------------------------------------------------
     @override
     def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
-        batch = super().batch_to_device(batch, device, dataloader_idx)
-        backend = self.backend
-        if backend is not None and self.lightning_module.trainer.training:
-            return backend.batch_start(batch)  # before any callback sees the batch: the right worker is active
+        if glue.moved_by_lightning(batch):
+            batch = super().batch_to_device(batch, device, dataloader_idx)
+        if self.backend is not None and self.lightning_module.trainer.training:
+            return self.backend.batch_start(batch)  # before any callback sees the batch: the right worker is active
         return batch
 
     @override

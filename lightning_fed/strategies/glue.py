@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
-from lightning_fed.backends.base import Backend, LightningCalls
+from lightning_fed.backends.base import Backend, LightningCalls, LocalWork
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
 from lightning_fed.backends.threaded import ThreadedBackend, thread_blockers
@@ -75,7 +77,33 @@ def lightning_calls(strategy: FederatedStrategy) -> LightningCalls:
         precision=lambda: strategy.precision_plugin,
         restore=strategy.apply_restored_state,
         progress=progress,
+        batch_mover=lambda: batch_mover(strategy),
     )
+
+
+def moved_by_lightning(batch: Any) -> bool:
+    """Whether Lightning's transfer (the hooks, then the device) applies to a training batch: not to a backend's
+    :class:`~lightning_fed.backends.base.LocalWork`, which holds no tensors (the backend moves each real batch at the
+    worker, :func:`batch_mover`)."""
+    return not isinstance(batch, LocalWork)
+
+
+TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]:
+    """How a backend moves the real batches its workers gathered (:class:`~lightning_fed.backends.base.LocalWork`):
+    one by one through Lightning's transfer (the module's and datamodule's hooks, then the device) where a hook is
+    overridden; else straight to the module's device, and not at all on the CPU."""
+    module = strategy.lightning_module
+    trainer = trainer_of(module)
+    datamodule = getattr(trainer, "datamodule", None)
+    if any(is_overridden(hook, module) or is_overridden(hook, datamodule) for hook in TRANSFER_HOOKS):
+        return lambda batches: [Strategy.batch_to_device(strategy, batch) for batch in batches]
+    device = strategy.root_device
+    if device.type == "cpu":
+        return lambda batches: batches
+    return lambda batches: move_data_to_device(batches, device)
 
 
 def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:

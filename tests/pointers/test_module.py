@@ -123,21 +123,24 @@ def train_federated(
         assert type(loss) is PointerTensor and loss.location is worker
 
 
-def assert_same_state(model: nn.Module, reference: nn.Module, atol: float = 1e-5) -> None:
+def assert_same_state(model: nn.Module, reference: nn.Module, atol: float = 1e-5, noise: tuple[str, ...] = ()) -> None:
+    """The same state and gradients; the values of the parameters in ``noise`` (trained on rounding noise) are not
+    compared, their gradients are."""
     state, ref_state = model.state_dict(), reference.state_dict()
     assert list(state) == list(ref_state)
     assert "bn.running_mean" in state and "bn.num_batches_tracked" in state
     for key, value in state.items():
         assert type(value) is torch.Tensor, key
         assert value.device == ref_state[key].device, key
-        assert (value - ref_state[key]).abs().max().item() < atol, key
+        assert key in noise or (value - ref_state[key]).abs().max().item() < atol, key
     assert state["bn.num_batches_tracked"].item() == ref_state["bn.num_batches_tracked"].item() == NUM_STEPS
     for (name, p), (_, ref_p) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert type(p.grad) is torch.Tensor, name
         assert (p.grad - ref_p.grad).abs().max().item() < atol, name
 
 
-def run_oracle(optimizer_name: str, workers: tuple[BaseWorker, BaseWorker], *, through_hook: bool, device="cpu"):
+def run_oracle(optimizer_name: str, workers: tuple[BaseWorker, BaseWorker], *, through_hook: bool, device="cpu",
+               noise: tuple[str, ...] = ()):  # fmt: skip
     batches = make_batches(device)
     reference = make_model(device)
     model = copy.deepcopy(reference)
@@ -149,7 +152,7 @@ def run_oracle(optimizer_name: str, workers: tuple[BaseWorker, BaseWorker], *, t
     # the test can fail: training moved the parameters and the running stats
     assert (reference.fc.weight - initial["fc.weight"]).abs().max().item() > 1e-3
     assert (reference.bn.running_var - initial["bn.running_var"]).abs().max().item() > 1e-3
-    assert_same_state(model, reference)
+    assert_same_state(model, reference, noise=noise)
     return model, opt, reference, ref_opt
 
 
@@ -394,8 +397,14 @@ def test_model_loop_keeps_the_store_empty_and_memory_flat(alice: VirtualWorker, 
 def test_seed_loop_on_cuda_equals_plain_pytorch(hook: sy.TorchHook, optimizer_name: str) -> None:
     westside = sy.VirtualWorker(hook, id="westside")
     grapevine = sy.VirtualWorker(hook, id="grapevine")
-    model, *_ = run_oracle(optimizer_name, (westside, grapevine), through_hook=True, device="cuda")
+    # conv.bias feeds a BatchNorm, so its gradient is zero up to rounding; Adam scales that rounding to steps of
+    # about lr, and CUDA's convolution kernels round differently from run to run: Adam's conv.bias values are noise
+    # there, and so is the BatchNorm's running mean, which adds them (the gradients are still compared)
+    noise = ("conv.bias", "bn.running_mean") if optimizer_name == "adam" else ()
+    model, _, reference, _ = run_oracle(optimizer_name, (westside, grapevine), through_hook=True, device="cuda",
+                                        noise=noise)  # fmt: skip
     assert model.fc.weight.device.type == "cuda"
+    assert reference.conv.bias.grad.abs().max().item() < 1e-5  # the premise: nothing but rounding (fc: about 1)
 
 
 # -- recurrent modules: their weak references to their weights ------------------------------------------------------

@@ -197,3 +197,59 @@ def test_a_worker_with_more_than_32_batches_spans_several_lightning_steps_with_t
     fused, fused_trainer = fit("fused")
     assert max_abs_diff(steps, fused) == 0.0
     assert fused_trainer.global_step == 2 * 2 * 2  # 2 rounds x 2 workers x (32 + 3 batches)
+
+
+# -- the batch-transfer hooks see each real local batch -----------------------------------------------------------------
+class ScaledInputs(BoringClassifier):
+    """Doubles the inputs in ``on_after_batch_transfer`` (where a GPU augmentation goes) and records what each
+    training call received."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(4, 3, hidden=8, lr=0.05)
+        self.received: list[str] = []
+        self.devices: set[tuple[str, str]] = set()  # (the batch's, the module's) device types
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch  # a local-work descriptor here would not unpack
+        if self.trainer.training:
+            self.received.append(type(x).__name__)
+            self.devices.add((x.device.type, self.device.type))
+        return [x * 2, y]
+
+
+@pytest.mark.parametrize(
+    "strategy_kw",
+    [{"local_loop": "fused"}, {"local_loop": "auto", "vectorize": True}, {"local_loop": "auto", "parallel_workers": 2}],
+    ids=["fused", "vectorized", "threaded"],
+)
+def test_transfer_hooks_run_on_each_real_local_batch_as_with_one_step_per_batch(strategy_kw):
+    steps_model, steps_fit = _fit("steps", model=ScaledInputs())
+    kw = dict(strategy_kw)
+    model, fit = _fit(kw.pop("local_loop"), model=ScaledInputs(), **kw)
+    assert type(steps_fit.strategy.backend) is SequentialBackend
+    assert type(fit.strategy.backend) is not SequentialBackend
+    assert set(steps_model.received) == {"PointerTensor"}  # at the worker, through pointers
+    assert set(model.received) == {"Tensor"}  # at the worker, in its session: the real batch, never a descriptor
+    assert len(model.received) == len(steps_model.received) == 3 * 12  # 3 rounds, 60 samples in batches of 5
+    assert max_abs_diff(steps_model, model) < 1e-6
+    plain, _ = _fit("steps")  # the hook mattered
+    assert max_abs_diff(plain, model) > 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "strategy_kw",
+    [{"local_loop": "steps"}, {"local_loop": "fused"}, {"local_loop": "auto", "vectorize": True},
+     {"local_loop": "auto", "parallel_workers": 2}],
+    ids=["steps", "fused", "vectorized", "threaded"],
+)  # fmt: skip
+def test_on_the_gpu_every_local_loop_trains_like_the_cpu(strategy_kw):
+    kw = dict(strategy_kw)
+    loop = kw.pop("local_loop")
+    cpu, _ = _fit(loop, model=ScaledInputs(), trainer_kw={"accelerator": "cpu"}, **kw)
+    gpu, _ = _fit(loop, model=ScaledInputs(), trainer_kw={"accelerator": "gpu", "devices": 1}, **kw)
+    assert gpu.devices == {("cuda", "cuda")} and cpu.devices == {("cpu", "cpu")}  # (Lightning moves it home after)
+    assert set(gpu.received) == ({"PointerTensor"} if loop == "steps" else {"Tensor"})
+    assert max_abs_diff(cpu, gpu) < 1e-5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -415,8 +416,14 @@ def test_plan_cohorts_groups_workers_by_optimizer_state_signature():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_vectorized_equals_sequential_on_gpu():
-    kw = dict(optimizer="adam", partition="quantity_skew", trainer_kw=dict(accelerator="gpu", devices=1))
-    seq, _ = _fit(False, **kw)
-    vec, _ = _fit(True, **kw)
-    assert next(vec.parameters()).is_cuda
+    seen: set[str] = set()
+
+    class DeviceSeen(pl.Callback):  # the module's device while it trains (Lightning moves it home after fit)
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.add(pl_module.device.type)
+
+    kw = dict(optimizer="adam", partition="quantity_skew")
+    seq, _ = _fit(False, trainer_kw=dict(accelerator="gpu", devices=1, callbacks=[DeviceSeen()]), **kw)
+    vec, _ = _fit(True, trainer_kw=dict(accelerator="gpu", devices=1, callbacks=[DeviceSeen()]), **kw)
+    assert seen == {"cuda"}
     assert max_abs_diff(seq, vec) < 1e-5

@@ -179,7 +179,7 @@ class VectorizedBackend(SequentialBackend):
             for worker, batches in zip(step.cohort.workers, step.chunk):
                 if batches and type(batches[0]) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
                     with self.at_shard(worker) as shard:
-                        gathered.append(self.loader.gather_batches(shard, batches))
+                        gathered.append(self.to_device(self.loader.gather_batches(shard, batches)))
                 else:
                     gathered.append(None)
             self._chunk = (step.chunk, gathered)
@@ -191,7 +191,7 @@ class VectorizedBackend(SequentialBackend):
                 real.append(mine[step.step - step.chunk_start])
             else:
                 with batch[0].location.session(batch) as resolved:  # each worker's batch, from its own store
-                    real.append(resolved)
+                    real.append(self.to_device([resolved])[0])
         return real
 
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:

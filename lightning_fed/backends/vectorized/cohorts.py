@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_fed.backends.base import LocalWork
 from lightning_fed.rounds.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
 
@@ -39,7 +40,7 @@ class Cohort:
         return max(self.steps)
 
 
-class VectorStep:
+class VectorStep(LocalWork):
     """One vectorized step: the next pointer batch of each of the cohort's workers (``None``: it has none left).
 
     ``chunk`` holds every worker's batches of the :data:`CHUNK_STEPS` steps from ``chunk_start`` (this one among
@@ -80,7 +81,7 @@ def cohort_steps(cohorts: Sequence[Cohort], planner: Any, round_index: int, sour
                 yield VectorStep(cohort, step, batches, chunk, start)
 
 
-class VectorChunk:
+class VectorChunk(LocalWork):
     """One Lightning step of a fused vectorized round: a chunk of one cohort's consecutive :class:`VectorStep` s."""
 
     __slots__ = ("steps",)
