@@ -28,6 +28,7 @@ import json
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_fed.aggregation import Aggregator
@@ -101,3 +102,33 @@ def open_worker_states(
     """Undo :func:`seal_worker_states` (each worker opens its own)."""
     keys = keys if keys is not None else KeyFiles()
     return {w: unseal(blob, keys.key(w), _context(w, fp_digest)) for w, blob in sealed.items()}
+
+
+def placed_on(state: Any, device: torch.device) -> Any:
+    """A checkpoint's federated state with its floating-point tensors (the round's partial sums and updates, local
+    models, the server's and workers' optimizer moments) and the devices it recorded on ``device``, the module's.
+    Integer and byte tensors (sealed worker states, RNG states, ring values) and optimizers' ``step`` counts stay where
+    they are. So a run saved on a GPU resumes on the CPU, and one saved on the CPU resumes on a GPU.
+
+    Example:
+        >>> import torch
+        >>> state = {"sums": [torch.ones(2)], "rng": torch.zeros(3, dtype=torch.uint8), "at": torch.device("cpu"),
+        ...          "optimizer": {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}}
+        >>> moved = placed_on(state, torch.device("meta"))
+        >>> moved["sums"][0].device, moved["rng"].device, moved["at"]
+        (device(type='meta'), device(type='cpu'), device(type='meta'))
+        >>> moved["optimizer"]["step"].device, moved["optimizer"]["exp_avg"].device
+        (device(type='cpu'), device(type='meta'))
+    """
+    if isinstance(state, Tensor):
+        return state.to(device) if state.is_floating_point() or state.is_complex() else state
+    if isinstance(state, torch.device):
+        return device
+    if isinstance(state, dict):
+        return {k: v if k == "step" else placed_on(v, device) for k, v in state.items()}
+    if isinstance(state, list):
+        return [placed_on(v, device) for v in state]
+    if isinstance(state, tuple):
+        items = [placed_on(v, device) for v in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return state

@@ -332,7 +332,7 @@ class FederatedStrategy(FederatedParallelStrategy):
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         kwargs = {} if weights_only is None else {"weights_only": weights_only}  # Lightning < 2.6 has no such argument
         checkpoint = glue.read_checkpoint(super().load_checkpoint, checkpoint_path, kwargs)
-        self._restored = checkpoint.get(glue.CHECKPOINT_KEY)
+        self._restored = glue.restored_state(checkpoint, self.root_device)
         self._restored_callbacks = dict(checkpoint.get("callbacks", {}))
         if self.lightning_module is None or self.lightning_module.trainer.state.fn != "fit":
             return checkpoint

@@ -35,6 +35,7 @@ from lightning_fed.strategies.checkpoint import (
     digest,
     fingerprint,
     open_worker_states,
+    placed_on,
     seal_worker_states,
 )
 from lightning_fed.workers.base import BaseWorker
@@ -272,7 +273,7 @@ def load_federated_state(strategy: FederatedStrategy, state: dict[str, Any]) -> 
     fp = fingerprint(rounds.stats.rows, strategy.mode, rounds.aggregator)
     check_fingerprint(state.get("fingerprint"), fp)
     rounds.load_state_dict(state)
-    opened = open_worker_states(state.get("worker_states", {}), digest(fp))
+    opened = placed_on(open_worker_states(state.get("worker_states", {}), digest(fp)), strategy.root_device)
     for worker_id, worker_state in opened.items():
         rounds.load_worker_state(worker_id, worker_state, strategy.optimizers)
     resume = getattr(strategy.backend, "resume_state", None)
@@ -280,6 +281,12 @@ def load_federated_state(strategy: FederatedStrategy, state: dict[str, Any]) -> 
         resume["local"] = opened.get(resume["active"], {}).get("local")
     if state.get("rng"):
         restore_rng(state["rng"])
+
+
+def restored_state(checkpoint: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint's federated state, its tensors placed for a module on ``device`` (:func:`placed_on`)."""
+    state = checkpoint.get(CHECKPOINT_KEY)
+    return None if state is None else placed_on(state, device)
 
 
 def checked_for_fit(checkpoint: dict[str, Any], path: Any, accept_plain: bool) -> dict[str, Any]:

@@ -113,4 +113,4 @@ def unseal(sealed: torch.Tensor, key: bytes, context: str) -> Any:
             "this worker state was not sealed for this worker and federation (another worker id, another "
             "federation's settings, another key file, or a changed checkpoint): it cannot be opened."
         ) from None
-    return torch.load(io.BytesIO(plain), weights_only=True)
+    return torch.load(io.BytesIO(plain), map_location="cpu", weights_only=True)  # placed by the caller

@@ -38,16 +38,17 @@ class _Scheduled(BoringClassifier):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _fit(kwargs: dict[str, Any], ckpt_path: Path | None = None, save_to: Path | None = None) -> torch.nn.Module:
+def _fit(kwargs: dict[str, Any], ckpt_path: Path | None = None, save_to: Path | None = None,
+         accelerator: str = "auto", dropout: float = 0.2) -> torch.nn.Module:  # fmt: skip
     torch.manual_seed(0)
     fed = FedDM(tiny_dataset(24), num_workers=2, batch_size=4)
-    model = _Scheduled(num_classes=3, hidden=8, dropout=0.2)
+    model = _Scheduled(num_classes=3, hidden=8, dropout=dropout)
     callbacks = [] if save_to is None else [
         ModelCheckpoint(dirpath=save_to, every_n_train_steps=1, save_top_k=-1, filename="{step}")
     ]  # fmt: skip
     tr = trainer(
         max_epochs=ROUNDS, strategy=FederatedStrategy(**kwargs), enable_checkpointing=save_to is not None,
-        callbacks=callbacks, deterministic=False,
+        callbacks=callbacks, deterministic=False, accelerator=accelerator, devices=1,
     )  # fmt: skip
     tr.fit(model, datamodule=fed, ckpt_path=ckpt_path)
     assert tr.strategy.round_index == ROUNDS
@@ -86,3 +87,31 @@ def test_a_mid_round_checkpoint_of_secure_aggregation_is_refused_for_resuming(tm
     with pytest.raises(FederatedConfigError, match=r"middle of federated round 0 \(step 2 of 6\).*Resume from a"):
         _fit(kwargs, ckpt_path=tmp_path / "step=2.ckpt")
     assert _equal(_fit(kwargs, ckpt_path=tmp_path / "step=6.ckpt"), _fit(kwargs))  # a round's end resumes exactly
+
+
+def _close(a: torch.nn.Module, b: torch.nn.Module, atol: float) -> bool:
+    return all(
+        torch.allclose(x.cpu(), y.cpu(), atol=atol) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "median", "client-dp"])
+def test_on_the_gpu_a_mid_round_checkpoint_resumes_exactly(tmp_path, name):
+    config = CONFIGS[name]
+    reference = _fit(config(), accelerator="gpu")
+    _fit(config(), save_to=tmp_path, accelerator="gpu")
+    for step in (2, 5, 8):  # the partial sums, the server's state and each worker's sealed state saved on the GPU
+        assert _close(_fit(config(), ckpt_path=tmp_path / f"step={step}.ckpt", accelerator="gpu"), reference, 1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "median"])
+def test_a_mid_round_checkpoint_saved_on_the_gpu_resumes_on_the_cpu(tmp_path, name):
+    config = CONFIGS[name]  # no dropout: the GPU and the CPU draw different masks
+    reference = _fit(config(), accelerator="gpu", dropout=0.0)
+    _fit(config(), save_to=tmp_path, accelerator="gpu", dropout=0.0)
+    resumed = _fit(config(), ckpt_path=tmp_path / "step=5.ckpt", accelerator="cpu", dropout=0.0)
+    assert _close(resumed, reference, 1e-5)
