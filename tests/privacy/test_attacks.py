@@ -336,7 +336,7 @@ def _tensors(obj, out):
 def _recovered(checkpoint: dict, samples: torch.Tensor) -> int:
     """The attack: for a linear layer on one sample, a gradient-like buffer's weight row divided by its bias entry
     is the sample. Try every (matrix, vector) pair in the checkpoint; count the private samples recovered."""
-    tensors = [t.detach().double() for t in _tensors(checkpoint, []) if t.is_floating_point()]
+    tensors = [t.detach().double().cpu() for t in _tensors(checkpoint, []) if t.is_floating_point()]  # any device
     mats = [t for t in tensors if t.dim() == 2 and t.shape[1] == FEATURES]
     vecs = [t for t in tensors if t.dim() == 1]
     found = set()
@@ -442,7 +442,7 @@ def test_a_plain_lightning_checkpoint_resumes_only_as_weights_and_only_when_aske
     class Start(pl.Callback):
         def on_train_start(self, trainer, module):
             seen["epoch"] = trainer.current_epoch
-            seen["weight"] = module.net[0].weight.detach().clone()
+            seen["weight"] = module.net[0].weight.detach().cpu().clone()  # on the GPU where there is one
 
     strategy = FederatedStrategy(accept_plain_checkpoint=True)
     with pytest.warns(UserWarning, match="starts from its weights"):
@@ -490,7 +490,7 @@ def _holds_a_sample(obj: Any, samples: torch.Tensor, depth: int = 8, seen: set[i
     if isinstance(obj, torch.Tensor):
         if obj.numel() == 0 or obj.numel() % samples.shape[1] or not obj.is_floating_point():
             return False
-        rows = obj.detach().reshape(-1, samples.shape[1])
+        rows = obj.detach().reshape(-1, samples.shape[1]).cpu()  # a copy on the GPU counts too
         return bool((rows[:, None, :] == samples[None]).all(-1).any())
     if depth == 0:
         return False
