@@ -91,6 +91,16 @@ class Backend:
             self._mover = self.calls.batch_mover()
         return self._mover(batches)
 
+    def gather_batches(
+        self, shard: Any, positions: list[Tensor], loader: FederatedDataLoader | None = None
+    ) -> list[Any]:
+        """The batches at ``positions`` of a worker's ``shard`` (from :meth:`at_shard`, in its session), gathered there
+        (:meth:`FederatedDataLoader.gather_batches` of ``loader``, default this backend's) and moved as
+        :meth:`to_device` moves them: what a backend that gathers its own batches trains on."""
+        loader = loader if loader is not None else self.loader
+        assert loader is not None
+        return self.to_device(loader.gather_batches(shard, positions))
+
     @contextmanager
     def at_worker(self, batch: Any, target: tuple[Any, BaseWorker] | None = None) -> Iterator[WorkerSession]:
         """Open the session of the worker that owns ``batch`` (the one way the step runs there); ``target``: its

@@ -182,7 +182,7 @@ class FusedBackend(SequentialBackend):
         step = self._direct_step if self._direct() else self._lightning_step
         trainer = self.calls.trainer()
         with self.at_shard(work.worker) as shard:  # one session for the chunk: the worker's own data
-            chunk = self.to_device(self.loader.gather_batches(shard, [next(self._source) for _ in range(work.count)]))
+            chunk = self.gather_batches(shard, [next(self._source) for _ in range(work.count)])
             for batch_idx, real in enumerate(chunk, start=work.first):
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
                 self.rounds.stats.step(work.worker.id)

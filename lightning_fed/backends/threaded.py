@@ -300,8 +300,7 @@ class ThreadedBackend(FusedBackend):
                 continue
             with self.at_shard(worker) as shard:  # the worker's batches, read in its session
                 source = self._sources[worker.id]
-                batches = self.to_device(self.loader.gather_batches(shard, [next(source) for _ in range(count)]))
-                work.append((worker, replica, batches))
+                work.append((worker, replica, self.gather_batches(shard, [next(source) for _ in range(count)])))
         at_once = max(1, torch.get_num_threads())  # the torch thread budget (num_threads): one a worker thread
         results = []
         with guarded_metrics(self.calls.module(), metric_in_thread):  # the replicas share the module's metrics

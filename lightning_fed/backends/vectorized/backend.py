@@ -179,7 +179,7 @@ class VectorizedBackend(SequentialBackend):
             for worker, batches in zip(step.cohort.workers, step.chunk):
                 if batches and type(batches[0]) is torch.Tensor:  # positions (a pointer batch is a tuple of pointers)
                     with self.at_shard(worker) as shard:
-                        gathered.append(self.to_device(self.loader.gather_batches(shard, batches)))
+                        gathered.append(self.gather_batches(shard, batches))
                 else:
                     gathered.append(None)
             self._chunk = (step.chunk, gathered)

@@ -268,7 +268,7 @@ def _choose(backend: Backend, loader: Any, trainer: Any) -> tuple[Backend, Vecto
     worker = plan.workers[0]
     positions = next(iter(loader.batch_positions(worker, 0)))
     with backend.at_shard(worker, loader) as shard:  # the worker's own batch, at the worker
-        (batch,) = backend.to_device([loader.gather(shard, positions)])
+        (batch,) = backend.gather_batches(shard, [positions], loader)
         choice = measure(backend.calls.module(), backend.calls.optimizers()[0], batch, plan.workers,
                          trainer.gradient_clip_val, trainer.gradient_clip_algorithm)  # fmt: skip
     info(f"FederatedStrategy: {choice} (measured in {choice.measure_s:.2f} s).")
