@@ -527,6 +527,29 @@ def test_vectorized_workers_keep_no_gathered_batch_after_fit(tmp_path):
     assert not _holds_a_sample(stopped.backend, stopped_data.x)
 
 
+@pytest.mark.parametrize("hooked", [False, True], ids=["moved-directly", "transfer-hook"])
+@pytest.mark.parametrize("kw", [{"local_loop": "fused"}, {"parallel_workers": 2}], ids=["fused", "threaded"])
+def test_backends_that_gather_their_batches_keep_none_after_fit(tmp_path, kw, hooked):
+    data = _DM(n_per_worker=3, batch_size=1)
+    seen_mid_step: list[bool] = []
+
+    class PassThroughTransfer(BoringClassifier):  # each real batch goes through Lightning's transfer, at the worker
+        def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+            return batch
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            seen_mid_step.append(_holds_a_sample(batch, data.x))  # the samples stay out of the module's attributes
+            return super().training_step(batch, batch_idx)
+
+    strategy = FederatedStrategy(**kw)
+    _fit(tmp_path, data, strategy, 1, model=(PassThroughTransfer if hooked else BoringClassifier)(FEATURES, 2, lr=0.1))
+    assert type(strategy.backend).__name__ == ("FusedBackend" if "local_loop" in kw else "ThreadedBackend")
+    if hooked:  # the oracle can fail: the batches the step sees are the worker's samples
+        assert seen_mid_step and all(seen_mid_step)
+    assert not _holds_a_sample(strategy.backend, data.x)
+    assert not _holds_a_sample(torch.load(tmp_path / "last.ckpt", weights_only=False), data.x)
+
+
 def test_every_update_that_leaves_a_worker_is_audited_with_its_rule(tmp_path):
     data = _DM(n_per_worker=2)
     _fit(tmp_path, data, FederatedStrategy(), 2)
