@@ -80,17 +80,19 @@ class SiteWorker:
         accepted_models: the LightningModule classes this site trains in FedAvg rounds, by name.
         state_dir: where the site keeps its training state between rounds (a restart goes on from it), or ``None``.
         allow_seeded_secagg: take part in seeded secure-aggregation rounds (reproducible keys: tests only).
+        device: where the site trains in FedAvg rounds: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
     """
 
     def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, accepted_models: Mapping[str, type] | None = None,
-                 state_dir: str | None = None, allow_seeded_secagg: bool = False) -> None:  # fmt: skip
+                 state_dir: str | None = None, allow_seeded_secagg: bool = False,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
         if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
             raise FederatedConfigError(
                 f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
             )
         self.worker = VirtualWorker(id=id, policy=policy)
-        self.training = SiteTraining(accepted_models or {}, state_dir)
+        self.training = SiteTraining(accepted_models or {}, state_dir, device)
         self.secagg = SiteSecAgg(id, allow_seeded=allow_seeded_secagg)  # its clients' secrets, in memory only
         self.max_message_bytes = max_message_bytes
         self.datasets: dict[str, tuple[int, int]] = {}

@@ -10,7 +10,9 @@ folder (``--state-dir``) it also writes it to its own disk after every round, so
 of a run goes on from where it was (the server never sees that state).
 
 The local loop is Lightning's automatic optimization, step for step: ``zero_grad``, ``training_step``,
-``backward``, ``optimizer.step``: the deployed round equals the in-process simulation (tested).
+``backward``, ``optimizer.step``: the deployed round equals the in-process simulation (tested). It runs on the
+site's device (``--device cuda`` for a site with a GPU; the CPU by default): the model and each batch move there,
+and what the site answers comes back to its CPU first, so the wire and secure aggregation never see a device.
 
 Example:
     >>> import torch
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,12 +98,50 @@ def load_class(path: str) -> type:
     return found
 
 
-class SiteTraining:
-    """A site's local training, for the model classes its operator accepted (``{name: class}``)."""
+def site_device(device: str | torch.device) -> torch.device:
+    """The device a site trains on (``--device``), checked now: one this machine has, or a
+    :class:`~lightning_fed.exceptions.FederatedConfigError` that names it and what to pass instead.
 
-    def __init__(self, accepted: Mapping[str, type], state_dir: str | Path | None = None) -> None:
+    Example:
+        >>> site_device("cpu")
+        device(type='cpu')
+        >>> site_device("gpu")
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: `--device 'gpu'` is not valid: pass cpu, cuda or cuda:N...
+    """
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise FederatedConfigError(f"`--device {device!r}` is not valid: pass cpu, cuda or cuda:N ({err}).") from None
+    if found.type == "cpu":
+        return found
+    if found.type != "cuda":
+        raise FederatedConfigError(
+            f"`--device {device!r}` is not supported: a site trains on cpu or cuda (cuda:N for the N-th GPU)."
+        )
+    if not torch.cuda.is_available():
+        raise FederatedConfigError(
+            f"`--device {device!r}`: this site has no usable CUDA device (torch.cuda.is_available() is False); "
+            "pass --device cpu, or install a CUDA build of torch."
+        )
+    count = torch.cuda.device_count()
+    if found.index is not None and found.index >= count:
+        raise FederatedConfigError(
+            f"`--device {device!r}`: this site has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+            "pass one of them."
+        )
+    return found
+
+
+class SiteTraining:
+    """A site's local training, for the model classes its operator accepted (``{name: class}``), on ``device``."""
+
+    def __init__(self, accepted: Mapping[str, type], state_dir: str | Path | None = None,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
         self.accepted = dict(accepted)
         self.state_dir = None if state_dir is None else Path(state_dir)
+        self.device = site_device(device)
         self._runs: dict[str, tuple[str, nn.Module, torch.optim.Optimizer]] = {}  # federation -> its model, optimizer
 
     def _state_file(self, federation: str) -> Path | None:
@@ -122,10 +162,11 @@ class SiteTraining:
                 model = cls(**request.hparams)
             except TypeError as err:
                 raise WorkerError(f"{request.model}(**hparams) failed at this site: {err}.") from None
+            model = model.to(self.device)  # before its optimizer is made: the optimizer holds the moved parameters
             run = (request.model, model, _one_optimizer(model.configure_optimizers(), request.model))
             saved = self._state_file(request.federation)
             if saved is not None and saved.is_file():  # a restart in the middle of a run: the site's own state
-                found = torch.load(saved, weights_only=True)
+                found = torch.load(saved, weights_only=True, map_location=self.device)
                 if found.get("model") == request.model:
                     run[2].load_state_dict(found["optimizer"])
             self._runs[request.federation] = run
@@ -144,17 +185,17 @@ class SiteTraining:
         if missing:
             raise WorkerError(f"the global model's tensors do not match {request.model}: {sorted(missing)[:5]}.")
         with torch.no_grad():
-            model.load_state_dict(request.state)
-        start = [t.detach().clone() for t in _model_tensors(model)]
+            model.load_state_dict(request.state)  # copies the global model onto the site's device
+        start = _on_cpu(_model_tensors(model))
         if request.reset_optimizer:
             optimizer.state.clear()
         model.train()
-        loss_sum, samples = 0.0, 0
+        loss_sum, samples = torch.zeros((), dtype=torch.float64, device=self.device), 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is the server's
             for batch_idx, positions in enumerate(request.batches):
                 index = torch.tensor(positions, dtype=torch.long)
-                batch = [data[index], targets[index]]
+                batch = [data[index].to(self.device), targets[index].to(self.device)]  # no copy on the CPU
                 optimizer.zero_grad()
                 output = model.training_step(batch, batch_idx)
                 loss = output["loss"] if isinstance(output, Mapping) else output
@@ -162,7 +203,7 @@ class SiteTraining:
                     raise WorkerError(f"{request.model}.training_step returned {type(output).__name__}, not a loss.")
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss.detach()) * len(positions)
+                loss_sum += loss.detach().double() * len(positions)  # summed on the device: no wait at each step
                 samples += len(positions)
         saved = self._state_file(request.federation)
         if saved is not None:  # written whole, then renamed: a crash leaves the previous round's state
@@ -170,9 +211,14 @@ class SiteTraining:
             partial = saved.with_suffix(".tmp")
             torch.save({"model": request.model, "optimizer": optimizer.state_dict()}, partial)
             partial.replace(saved)
-        state = {} if request.secagg is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
-        end = [t.detach().clone() for t in _model_tensors(model)]
-        return LocalRound(start, end, state, len(request.batches), samples, loss_sum)
+        state = {} if request.secagg is not None else model.state_dict()
+        state = dict(zip(state, _on_cpu(state.values())))
+        return LocalRound(start, _on_cpu(_model_tensors(model)), state, len(request.batches), samples, float(loss_sum))
+
+
+def _on_cpu(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors`` (detached) in the site's CPU memory: what leaves the training loop."""
+    return [t.detach().to("cpu", copy=True) for t in tensors]
 
 
 def _model_tensors(model: nn.Module) -> list[Tensor]:

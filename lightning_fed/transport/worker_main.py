@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=None,
                         help="a folder of this site's own where its training state (optimizer) is kept between "
                              "rounds, so a restart goes on from it")  # fmt: skip
+    parser.add_argument("--device", default="cpu",
+                        help="where this site trains in FedAvg rounds: cpu (default), cuda or cuda:N (one of "
+                             "its GPUs)")  # fmt: skip
     parser.add_argument(SEEDED_FLAG, action="store_true",
                         help="TESTS ONLY: take part in seeded secure-aggregation rounds (SecureAggregationConfig("
                              "seed=...)); a seed chosen by the server lets it derive this site's keys and unmask "
@@ -79,7 +82,7 @@ def build_server(args: argparse.Namespace) -> SiteServer:
     accepted = {path: load_class(path) for path in args.accept_model}
     site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB),
                       accepted_models=accepted, state_dir=args.state_dir,
-                      allow_seeded_secagg=args.allow_seeded_secagg)  # fmt: skip
+                      allow_seeded_secagg=args.allow_seeded_secagg, device=args.device)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
                       allowed_peers=tuple(args.allow_peer or ("server",)))  # fmt: skip
 
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = ", ".join(f"{name}" for name in server.site.datasets) or "none"
     seeded = f"; {SEEDED_FLAG}: seeded secure aggregation allowed, TESTS ONLY" if args.allow_seeded_secagg else ""
     print(f"lightning-fed worker {args.id!r} listening on {host}:{port} ({mode}; datasets: {datasets}; "
-          f"policy: {args.policy}{seeded})", flush=True)  # fmt: skip
+          f"policy: {args.policy}; trains on {server.site.training.device}{seeded})", flush=True)  # fmt: skip
     try:
         while not stop.wait(0.5):
             pass

@@ -117,6 +117,7 @@ def test_site_configuration_files(tmp_path):
         (["--insecure", "--data", "mnist-train"], "`--data mnist-train` is not valid: pass NAME=PATH"),
         (["--insecure", "--max-message-mb", "0"], "`--max-message-mb 0.0` is not valid"),
         (["--insecure", "--config", "{tmp}/site.json"], "`--config .*site.json` is not valid json"),
+        (["--insecure", "--device", "gpu"], r"`--device 'gpu'` is not valid: pass cpu, cuda or cuda:N"),
     ],
 )
 def test_the_worker_program_exits_with_a_clear_message(tmp_path, capsys, argv, match):
@@ -178,3 +179,65 @@ def test_a_sites_training_releases_only_what_its_policy_allows():
     with pytest.raises(WorkerError, match=r"failed to train .*BoringClassifier: IndexError \(details withheld") as err:
         decode_answer(bad_targets.handle(encode_request(_train_request(name, model, [[2, 3]]))))
     assert "7" not in str(err.value)
+
+
+# -- the site's device -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("device", "cuda", "match"),
+    [
+        ("gpu", (False, 0), r"`--device 'gpu'` is not valid: pass cpu, cuda or cuda:N"),
+        ("mps", (False, 0), r"`--device 'mps'` is not supported: a site trains on cpu or cuda"),
+        ("cuda", (False, 0), r"`--device 'cuda'`: this site has no usable CUDA device .* pass --device cpu"),
+        ("cuda:3", (True, 2), r"`--device 'cuda:3'`: this site has 2 CUDA device\(s\), cuda:0 to cuda:1"),
+    ],
+)
+def test_a_site_refuses_a_device_it_does_not_have(monkeypatch, device, cuda, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda[0])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda[1])
+    with pytest.raises(FederatedConfigError, match=match):
+        SiteWorker("clinic", device=device)
+
+
+def _site_round(device: str, seen: list | None = None):
+    """One FedAvg round of a BoringClassifier at a site on ``device``: the site's answer and the model it trained."""
+    from lightning_fed.testing import BoringClassifier
+    from lightning_fed.transport.training import SiteTraining
+
+    class Seen(BoringClassifier):
+        def training_step(self, batch, batch_idx):
+            if seen is not None:
+                seen.append((batch[0].device.type, self.device.type))
+            return super().training_step(batch, batch_idx)
+
+    torch.manual_seed(0)
+    model = Seen(4, 2)
+    site = SiteTraining({"Seen": Seen}, device=device)
+    data, targets = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    done = site.fit(_train_request("Seen", model, [[0, 1, 2, 3], [4, 5, 6, 7], [1, 3, 5, 7]]), data, targets)
+    return done, site._runs["run1"][1]
+
+
+def test_what_a_site_answers_is_a_copy_on_its_cpu():
+    seen: list = []
+    done, trained = _site_round("cpu", seen)
+    assert seen == [("cpu", "cpu")] * 3 and done.steps == 3 and done.samples == 12
+    for answer in (done.start, done.end, list(done.state.values())):
+        assert all(t.device.type == "cpu" for t in answer)
+    end, state = [t.clone() for t in done.end], {k: v.clone() for k, v in done.state.items()}
+    with torch.no_grad():  # the site's next round changes its model in place: the answer it gave must not change
+        for p in trained.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(done.end, end))
+    assert all(torch.equal(done.state[k], v) for k, v in state.items())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_site_with_a_gpu_trains_there_like_on_its_cpu():
+    seen: list = []
+    on_gpu, trained = _site_round("cuda", seen)
+    on_cpu, _ = _site_round("cpu")
+    assert seen == [("cuda", "cuda")] * 3 and next(trained.parameters()).device.type == "cuda"
+    assert all(t.device.type == "cpu" for t in [*on_gpu.start, *on_gpu.end, *on_gpu.state.values()])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(on_gpu.end, on_cpu.end))
+    assert on_gpu.loss_sum == pytest.approx(on_cpu.loss_sum, rel=1e-5)
