@@ -40,13 +40,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.aggregation.wrapper import AggregatorWrapper, aggregator_chain
+from lightning_fed.backends.base import LocalWork
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import DPAggregator
@@ -58,8 +60,10 @@ from lightning_fed.transport.training import TrainRequest
 _WORKER_HOOKS = ("worker_start", "adjust_gradients", "worker_update")
 
 
-class SiteWork(NamedTuple):
-    """One Lightning step of a deployed round: a site and the positions of its local batches."""
+@dataclass(frozen=True, slots=True)
+class SiteWork(LocalWork):
+    """One Lightning step of a deployed round: a site and the positions of its local batches. Lightning's transfer
+    hooks never see it: the site runs them on each of its real batches (:mod:`lightning_fed.transport.training`)."""
 
     worker: str
     batches: tuple[tuple[int, ...], ...]

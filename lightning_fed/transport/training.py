@@ -11,8 +11,9 @@ of a run goes on from where it was (the server never sees that state).
 
 The local loop is Lightning's automatic optimization, step for step: ``zero_grad``, ``training_step``,
 ``backward``, ``optimizer.step``: the deployed round equals the in-process simulation (tested). It runs on the
-site's device (``--device cuda`` for a site with a GPU; the CPU by default): the model and each batch move there,
-and what the site answers comes back to its CPU first, so the wire and secure aggregation never see a device.
+site's device (``--device cuda`` for a site with a GPU; the CPU by default): each batch goes through the module's
+transfer hooks to that device, as in the simulation, and what the site answers comes back to its CPU first, so the
+wire and secure aggregation never see a device.
 
 Example:
     >>> import torch
@@ -195,7 +196,7 @@ class SiteTraining:
             warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is the server's
             for batch_idx, positions in enumerate(request.batches):
                 index = torch.tensor(positions, dtype=torch.long)
-                batch = [data[index].to(self.device), targets[index].to(self.device)]  # no copy on the CPU
+                batch = transferred(model, [data[index], targets[index]], self.device)
                 optimizer.zero_grad()
                 output = model.training_step(batch, batch_idx)
                 loss = output["loss"] if isinstance(output, Mapping) else output
@@ -214,6 +215,30 @@ class SiteTraining:
         state = {} if request.secagg is not None else model.state_dict()
         state = dict(zip(state, _on_cpu(state.values())))
         return LocalRound(start, _on_cpu(_model_tensors(model)), state, len(request.batches), samples, float(loss_sum))
+
+
+def transferred(model: nn.Module, batch: Any, device: torch.device) -> Any:
+    """``batch`` through the module's transfer hooks as Lightning's Trainer runs them (``on_before_batch_transfer``,
+    ``transfer_batch_to_device``, ``on_after_batch_transfer``, dataloader 0): the simulation runs them on each local
+    batch, so the site does too. A module without the hooks (a plain ``nn.Module``) gets the move alone; on the CPU
+    the default move copies nothing.
+
+    Example:
+        >>> from lightning_fed.testing import BoringClassifier
+        >>> class Halved(BoringClassifier):
+        ...     def on_after_batch_transfer(self, batch, dataloader_idx):
+        ...         return [batch[0] / 2, batch[1]]
+        >>> transferred(Halved(2, 2), [torch.ones(1, 2), torch.zeros(1)], torch.device("cpu"))[0]
+        tensor([[0.5000, 0.5000]])
+    """
+    if not all(hasattr(model, hook) for hook in _TRANSFER_HOOKS):
+        return [t.to(device) for t in batch]
+    batch = model.on_before_batch_transfer(batch, 0)
+    batch = model.transfer_batch_to_device(batch, device, 0)
+    return model.on_after_batch_transfer(batch, 0)
+
+
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 def _on_cpu(tensors: Iterable[Tensor]) -> list[Tensor]:

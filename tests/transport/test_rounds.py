@@ -29,13 +29,14 @@ from tests.transport.conftest import RestartableSite, Site, mnist_sites, site_te
 SEEDS = {"alice": 5, "bob": 6}
 SIZES = {"alice": 24, "bob": 16}
 ACCEPTED = "lightning_fed.models.MNISTClassifier"
+HOOKED = "tests.helpers.hooked_models.HalvedInputs"
 
 
 @pytest.fixture(scope="module")
 def training_sites(tmp_path_factory: pytest.TempPathFactory, federation) -> Iterator[dict[str, Site]]:
     """alice and bob, mutual TLS, each serving its own MNIST folder and accepting MNISTClassifier."""
     sizes = {s: SIZES[s] for s in ("alice", "bob")}
-    args = ["--certs", str(federation), "--accept-model", ACCEPTED]
+    args = ["--certs", str(federation), "--accept-model", ACCEPTED, "--accept-model", HOOKED]
     with mnist_sites(tmp_path_factory.mktemp("training-sites"), sizes, SEEDS, args) as started:
         yield started
 
@@ -62,9 +63,10 @@ class _Simulated(pl.LightningDataModule):
         return self.loader
 
 
-def _fit(datamodule, aggregation: str, rounds: int = 2) -> tuple[dict[str, torch.Tensor], FederatedStrategy]:
+def _fit(datamodule, aggregation: str, rounds: int = 2, model_class: type = MNISTClassifier,
+         ) -> tuple[dict[str, torch.Tensor], FederatedStrategy]:  # fmt: skip
     torch.manual_seed(0)
-    model = MNISTClassifier(lr=0.05, momentum=0.5)
+    model = model_class(lr=0.05, momentum=0.5)
     if aggregation == "central-dp":  # client-level DP, the server's noise (seeded: both runs draw the same)
         strategy = FederatedStrategy(privacy=DPConfig(noise_multiplier=0.3, clip_norm=0.5, seed=7))
     else:
@@ -100,6 +102,19 @@ def test_a_deployed_run_equals_the_simulation(training_sites, federation, aggreg
     assert summary["alice"]["steps"] == 2 * 3 and summary["bob"]["steps"] == 2 * 2  # 24 and 16 samples, batch 8
     sent = [r.rule for r in sites[0].audit_log if r.kind == "update"][sent_before:]  # the site's record of what left
     assert sent == ["release_model"] * 2
+
+
+def test_the_modules_transfer_hooks_run_at_the_site_as_in_the_simulation(training_sites, federation):
+    """A module whose ``on_after_batch_transfer`` unpacks its batch: the server's Lightning never hands it a site's
+    work description, and the site runs it on each real batch, as the simulation does at its workers."""
+    from tests.helpers.hooked_models import HalvedInputs
+
+    sites = _remote(training_sites, federation)
+    deployed, _ = _fit(SiteDataModule(sites, "mnist-train", batch_size=8, seed=3), "fedavg", model_class=HalvedInputs)
+    simulated, _ = _fit(_Simulated(seed=3), "fedavg", model_class=HalvedInputs)
+    unhooked, _ = _fit(_Simulated(seed=3), "fedavg")
+    assert max((deployed[k] - simulated[k]).abs().max().item() for k in deployed) < 1e-6
+    assert max((simulated[k] - unhooked[k]).abs().max().item() for k in deployed) > 1e-4  # the hook matters
 
 
 def test_a_site_trains_only_the_model_classes_it_accepted(training_sites, federation):
