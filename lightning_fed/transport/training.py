@@ -217,11 +217,10 @@ class SiteTraining:
         return LocalRound(start, _on_cpu(_model_tensors(model)), state, len(request.batches), samples, float(loss_sum))
 
 
-def transferred(model: nn.Module, batch: Any, device: torch.device) -> Any:
-    """``batch`` through the module's transfer hooks as Lightning's Trainer runs them (``on_before_batch_transfer``,
-    ``transfer_batch_to_device``, ``on_after_batch_transfer``, dataloader 0): the simulation runs them on each local
-    batch, so the site does too. A module without the hooks (a plain ``nn.Module``) gets the move alone; on the CPU
-    the default move copies nothing.
+def transferred(model: Any, batch: Any, device: torch.device) -> Any:
+    """``batch`` through the LightningModule's transfer hooks as Lightning's Trainer runs them
+    (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``, dataloader 0): the
+    simulation runs them on each local batch, so the site does too. On the CPU the default move copies nothing.
 
     Example:
         >>> from lightning_fed.testing import BoringClassifier
@@ -231,14 +230,9 @@ def transferred(model: nn.Module, batch: Any, device: torch.device) -> Any:
         >>> transferred(Halved(2, 2), [torch.ones(1, 2), torch.zeros(1)], torch.device("cpu"))[0]
         tensor([[0.5000, 0.5000]])
     """
-    if not all(hasattr(model, hook) for hook in _TRANSFER_HOOKS):
-        return [t.to(device) for t in batch]
     batch = model.on_before_batch_transfer(batch, 0)
     batch = model.transfer_batch_to_device(batch, device, 0)
     return model.on_after_batch_transfer(batch, 0)
-
-
-_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 def _on_cpu(tensors: Iterable[Tensor]) -> list[Tensor]:

@@ -241,3 +241,19 @@ def test_a_site_with_a_gpu_trains_there_like_on_its_cpu():
     assert all(t.device.type == "cpu" for t in [*on_gpu.start, *on_gpu.end, *on_gpu.state.values()])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(on_gpu.end, on_cpu.end))
     assert on_gpu.loss_sum == pytest.approx(on_cpu.loss_sum, rel=1e-5)
+
+
+def test_a_transfer_hook_that_fails_on_the_sites_data_keeps_the_values_home():
+    """The module's transfer hooks run at the site on its real batches: an attacker's (or a buggy) hook that puts the
+    batch into its error message gets the site's withheld-details error, with none of the values."""
+    from lightning_fed.testing import BoringClassifier
+
+    class Quoting(BoringClassifier):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            raise ValueError(f"batch was {batch[0].tolist()}")
+
+    site = SiteWorker("toy-site", accepted_models={"Quoting": Quoting})
+    site.add_dataset("toy", torch.full((4, 4), 7.25), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(WorkerError, match=r"failed to train Quoting: ValueError \(details withheld") as err:
+        decode_answer(site.handle(encode_request(_train_request("Quoting", Quoting(4, 2), [[0, 1]]))))
+    assert "7.25" not in str(err.value)
