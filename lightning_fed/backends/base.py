@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -59,6 +60,15 @@ class LocalWork:
     (:meth:`Backend.to_device`)."""
 
     __slots__ = ()
+
+
+TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def overrides_transfer(*owners: Any) -> bool:
+    """Whether any of ``owners`` (a LightningModule, a LightningDataModule, ``None``) overrides one of Lightning's
+    :data:`TRANSFER_HOOKS`: without one, a batch's transfer is a plain move to the device (none on the CPU)."""
+    return any(is_overridden(hook, owner) for owner in owners if owner is not None for hook in TRANSFER_HOOKS)
 
 
 def worker_of(batch: Any) -> tuple[Any, BaseWorker]:

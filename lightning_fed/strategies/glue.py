@@ -17,11 +17,10 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
-from lightning_fed.backends.base import Backend, LightningCalls, LocalWork
+from lightning_fed.backends.base import Backend, LightningCalls, LocalWork, overrides_transfer
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
 from lightning_fed.backends.threaded import ThreadedBackend, thread_blockers
@@ -89,9 +88,6 @@ def moved_by_lightning(batch: Any) -> bool:
     return not isinstance(batch, LocalWork)
 
 
-TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
-
-
 def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]:
     """How a backend moves the real batches its workers gathered (:class:`~lightning_fed.backends.base.LocalWork`):
     one by one through Lightning's transfer (the module's and datamodule's hooks, then the device) where a hook is
@@ -99,7 +95,7 @@ def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]
     module = strategy.lightning_module
     trainer = trainer_of(module)
     datamodule = getattr(trainer, "datamodule", None)
-    if any(is_overridden(hook, module) or is_overridden(hook, datamodule) for hook in TRANSFER_HOOKS):
+    if overrides_transfer(module, datamodule):
         return lambda batches: [Strategy.batch_to_device(strategy, batch) for batch in batches]
     device = strategy.root_device
     if device.type == "cpu":

@@ -36,15 +36,17 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor, nn
 
 from lightning_fed.aggregation.functional import model_delta
+from lightning_fed.backends.base import overrides_transfer
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
 
 if TYPE_CHECKING:
@@ -192,11 +194,12 @@ class SiteTraining:
             optimizer.state.clear()
         model.train()
         loss_sum, samples = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        moved = batch_transfer(model, self.device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is the server's
             for batch_idx, positions in enumerate(request.batches):
                 index = torch.tensor(positions, dtype=torch.long)
-                batch = transferred(model, [data[index], targets[index]], self.device)
+                batch = moved([data[index], targets[index]])
                 optimizer.zero_grad()
                 output = model.training_step(batch, batch_idx)
                 loss = output["loss"] if isinstance(output, Mapping) else output
@@ -217,22 +220,31 @@ class SiteTraining:
         return LocalRound(start, _on_cpu(_model_tensors(model)), state, len(request.batches), samples, float(loss_sum))
 
 
-def transferred(model: Any, batch: Any, device: torch.device) -> Any:
-    """``batch`` through the LightningModule's transfer hooks as Lightning's Trainer runs them
-    (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``, dataloader 0): the
-    simulation runs them on each local batch, so the site does too. On the CPU the default move copies nothing.
+def batch_transfer(model: Any, device: torch.device) -> Callable[[Any], Any]:
+    """How the site moves each local batch, decided once a round as the simulation's backends decide it
+    (:func:`~lightning_fed.strategies.glue.batch_mover`): through the LightningModule's transfer hooks as Lightning's
+    Trainer runs them (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``,
+    dataloader 0) where the module overrides one; else straight to ``device``, and not at all on the CPU.
 
     Example:
         >>> from lightning_fed.testing import BoringClassifier
         >>> class Halved(BoringClassifier):
         ...     def on_after_batch_transfer(self, batch, dataloader_idx):
         ...         return [batch[0] / 2, batch[1]]
-        >>> transferred(Halved(2, 2), [torch.ones(1, 2), torch.zeros(1)], torch.device("cpu"))[0]
+        >>> batch_transfer(Halved(2, 2), torch.device("cpu"))([torch.ones(1, 2), torch.zeros(1)])[0]
         tensor([[0.5000, 0.5000]])
     """
-    batch = model.on_before_batch_transfer(batch, 0)
-    batch = model.transfer_batch_to_device(batch, device, 0)
-    return model.on_after_batch_transfer(batch, 0)
+    if overrides_transfer(model):
+
+        def through_hooks(batch: Any) -> Any:
+            batch = model.on_before_batch_transfer(batch, 0)
+            batch = model.transfer_batch_to_device(batch, device, 0)
+            return model.on_after_batch_transfer(batch, 0)
+
+        return through_hooks
+    if device.type == "cpu":
+        return lambda batch: batch
+    return lambda batch: move_data_to_device(batch, device)
 
 
 def _on_cpu(tensors: Iterable[Tensor]) -> list[Tensor]:
