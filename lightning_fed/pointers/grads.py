@@ -59,10 +59,12 @@ def can_defer_grad(grad: torch.Tensor, worker: BaseWorker) -> bool:
     return plain and answers_here(worker)
 
 
-def defer_grad(ptr: PointerTensor, copy: torch.Tensor) -> None:
-    """Send ``copy`` (:meth:`SnapshotPool.copy_of <lightning_fed.workers.outbox.SnapshotPool.copy_of>` of the
-    gradient of the tensor ``ptr`` now points to) to be kept aside at its worker."""
-    ptr.__dict__[_DELIVERY] = ptr.owner._send(DeferredGradMessage(ptr.id_at_location, copy), ptr.location)
+def defer_grad(ptr: PointerTensor, grad: torch.Tensor, pooled: bool = True) -> None:
+    """Send ``grad``, the gradient of the tensor ``ptr`` now points to, to be kept aside at its worker: a copy from
+    :meth:`SnapshotPool.copy_of <lightning_fed.workers.outbox.SnapshotPool.copy_of>` (``pooled``), or the gradient's
+    own memory handed over (:mod:`lightning_fed.pointers.handover`)."""
+    message = DeferredGradMessage(ptr.id_at_location, grad, pooled)
+    ptr.__dict__[_DELIVERY] = ptr.owner._send(message, ptr.location)
 
 
 def _kept_aside(ptr: PointerTensor, delivery: GradDelivery) -> PointerTensor:

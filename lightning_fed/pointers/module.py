@@ -2,7 +2,8 @@
 
 ``send_module`` gives each parameter/buffer's worker its own copy and turns the local tensor *object* into a
 :class:`PointerTensor` with :func:`torch.utils.swap_tensors`, so every reference to it (the module, an optimizer
-built before ``send``, a tied weight) now points to the worker. ``get_module`` does the reverse. An optimizer then
+built before ``send``, a tied weight) now points to the worker; memory nothing else of the sender reaches is handed
+over instead of copied (:mod:`lightning_fed.pointers.handover`). ``get_module`` does the reverse. An optimizer then
 steps the worker's tensors through the pointers; its per-element state (momentum buffers, Adam moments: the state
 tensors shaped like their parameter) follows the parameter from worker to worker and home again, while scalar
 state such as Adam's ``step`` stays with the optimizer. A parameter's gradient travels with it; a worker in this
@@ -35,6 +36,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import PointerError
 from lightning_fed.pointers.grads import can_defer_grad, defer_grad
+from lightning_fed.pointers.handover import handed_over, sole_grad
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
@@ -123,13 +125,14 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
             if isinstance(tensor, PointerTensor):
                 tensor.move(worker)
                 continue
+            own_grad = sole_grad(tensor)  # asked before `grad` below holds the gradient too
             grad = tensor.grad
             deferred = grad is not None and can_defer_grad(grad, worker)
-            with torch.no_grad():
-                copy = _like(tensor, tensor.detach().clone())
-                if grad is not None:  # copied before anything changes: a failed copy leaves the module as it was
-                    copy.grad = None if deferred else grad.detach().clone()
-                snapshot = SNAPSHOTS.copy_of(grad) if deferred else None
+            with torch.no_grad():  # copied (or handed over) before anything changes: a failure leaves the module as is
+                copy = _like(tensor, handed_over(tensor))
+                if grad is not None:
+                    copy.grad = None if deferred else own_grad if own_grad is not None else grad.detach().clone()
+                snapshot = None if not deferred else own_grad if own_grad is not None else SNAPSHOTS.copy_of(grad)
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, copy), worker)
             ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
@@ -140,7 +143,7 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
                 me._send(DeleteMessage(obj_id), worker)
                 raise
             if snapshot is not None:  # `tensor` is the pointer now (swapped); its gradient follows, kept aside
-                defer_grad(tensor, snapshot)
+                defer_grad(tensor, snapshot, pooled=own_grad is None)
             done.append((name, tensor))
     except BaseException:
         for name, tensor in done:  # leave the module as it was

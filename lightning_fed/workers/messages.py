@@ -58,10 +58,13 @@ class ObjectMessage:
 @dataclass(frozen=True, slots=True)
 class DeferredGradMessage:
     """Keep ``grad``, the gradient object ``param_id`` carried when it was sent, aside until something at the worker
-    could see it (:mod:`lightning_fed.workers.outbox`); answered with the delivery's handle. In-process workers only."""
+    could see it (:mod:`lightning_fed.workers.outbox`); answered with the delivery's handle. In-process workers only.
+    ``pooled``: ``grad`` is a copy from the sender's snapshot pool, which takes it back if nothing at the worker saw
+    it."""
 
     param_id: int
     grad: torch.Tensor
+    pooled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

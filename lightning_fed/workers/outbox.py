@@ -14,7 +14,8 @@ storing or deleting other objects does not look at it. So everything observable 
 been had the gradient been attached on arrival. The common case, ``optimizer.zero_grad()`` right after
 ``model.send()``, sets a gradient nobody saw to ``None``: it is dropped, and its memory, which only this library ever
 held, copies the next send's gradient (:data:`SNAPSHOTS`), instead of the allocator handing out fresh pages each step.
-A delivered gradient belongs to the worker and is never reused.
+A delivered gradient belongs to the worker and is never reused. (A gradient that only its parameter held is not
+copied at all: its memory is handed over, :mod:`lightning_fed.pointers.handover`, and freed if dropped.)
 
 Example:
     >>> import torch
@@ -104,12 +105,13 @@ class GradDelivery:
     ``param.grad = None`` while no such pointer is left, it calls :meth:`drop`: nothing at the worker saw the gradient.
     """
 
-    __slots__ = ("_outbox", "grad", "grad_id", "param_id", "state")
+    __slots__ = ("_outbox", "grad", "grad_id", "param_id", "pooled", "state")
 
-    def __init__(self, outbox: GradOutbox, param_id: int, grad: torch.Tensor) -> None:
+    def __init__(self, outbox: GradOutbox, param_id: int, grad: torch.Tensor, pooled: bool = True) -> None:
         self._outbox = outbox
         self.param_id = param_id
         self.grad: torch.Tensor | None = grad
+        self.pooled = pooled
         self.grad_id: int | None = None
         self.state = PENDING
 
@@ -141,11 +143,11 @@ class GradOutbox:
     def __bool__(self) -> bool:
         return bool(self.by_param)
 
-    def add(self, param_id: int, grad: torch.Tensor) -> GradDelivery:
+    def add(self, param_id: int, grad: torch.Tensor, pooled: bool = True) -> GradDelivery:
         old = self.by_param.pop(param_id, None)
         if old is not None:  # the same id stored twice: the first gradient's parameter is gone
             self._drop(old)
-        delivery = self.by_param[param_id] = GradDelivery(self, param_id, grad)
+        delivery = self.by_param[param_id] = GradDelivery(self, param_id, grad, pooled)
         return delivery
 
     def deliver(self, worker: BaseWorker) -> None:
@@ -232,7 +234,7 @@ class GradOutbox:
     def _drop(delivery: GradDelivery) -> None:
         grad, delivery.grad = delivery.grad, None
         delivery.state = DROPPED
-        if grad is not None:
+        if grad is not None and delivery.pooled:  # a gradient handed over by its sender is simply freed
             SNAPSHOTS.give(grad)
 
 
@@ -248,4 +250,4 @@ def _ref_ids(value: Any, out: list[int]) -> list[int]:
 
 def handle_deferred_grad(worker: BaseWorker, message: DeferredGradMessage) -> GradDelivery:
     """The worker's handler: keep ``message.grad`` aside for object ``message.param_id``."""
-    return worker._grad_outbox.add(message.param_id, message.grad)
+    return worker._grad_outbox.add(message.param_id, message.grad, message.pooled)

@@ -172,11 +172,13 @@ def test_only_memory_no_worker_saw_is_reused(alice: VirtualWorker) -> None:
     SNAPSHOTS.clear()
     model = trained_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    held = model.weight.grad  # a name holds each gradient sent below: the sends copy them (pointers/handover.py)
     sy.send(model, alice)
     first = delivery(model.weight).grad.data_ptr()
+    assert first != held.data_ptr()
     opt.zero_grad()  # dropped unseen: its buffer is kept for the next send
     sy.get(model)
-    model.weight.grad = torch.ones_like(model.weight)
+    model.weight.grad = held = torch.ones_like(model.weight)
     sy.send(model, alice)
     assert delivery(model.weight).grad.data_ptr() == first
     g = model.weight.grad
@@ -184,9 +186,9 @@ def test_only_memory_no_worker_saw_is_reused(alice: VirtualWorker) -> None:
     _ = model.weight * 1  # attached: this memory is the worker's now
     assert delivered.grad.data_ptr() == first and torch.equal(g.get(), torch.ones(2, 3))
     sy.get(model)
-    model.weight.grad = torch.zeros_like(model.weight)
+    model.weight.grad = held = torch.zeros_like(model.weight)
     sy.send(model, alice)  # a fresh buffer, not the one the worker was given
-    assert delivery(model.weight).grad.data_ptr() != first
+    assert delivery(model.weight).grad.data_ptr() not in (first, held.data_ptr())
 
 
 def test_sparse_and_graph_gradients_travel_attached(alice: VirtualWorker) -> None:
