@@ -1,4 +1,5 @@
-"""Handing a sent module's memory to the worker instead of copying it, when nothing else in this process reaches it.
+"""Handing a sent module's memory to the worker instead of copying it, when nothing else in this process reaches it;
+and, when the module comes home, leaving the worker nothing of that memory.
 
 ``model.send(worker)`` turns every parameter and buffer *object* into a pointer in place (``torch.utils.swap_tensors``),
 so after the send no name, module or optimizer of the sender reaches the values the object held. Copying those values
@@ -12,6 +13,10 @@ loop sends the model at every batch. A send therefore hands the worker the memor
   alone does).
 
 Otherwise the worker gets a copy, as before. Either way nothing outside the worker can read or change what it holds.
+
+``model.get()`` brings the worker's memory home without a copy; the object the worker held, which its autograd graph
+may still hold, then lets go of it (:func:`let_go`), so the worker cannot see what the sender writes there next, and
+the next send can hand it over again instead of copying: in the seed's loop, no copy at any step.
 
 Example:
     >>> import torch
@@ -84,3 +89,61 @@ def sole_grad(param: torch.Tensor) -> torch.Tensor | None:
     if sys.getrefcount(grad) - 2 != _TORCH_REFS_ON_GRAD or tensor_holders(grad) != 2 or not unshared_memory(grad):
         return None
     return grad.detach()
+
+
+def python_refs(tensor: torch.Tensor) -> int:
+    """How many references Python counts on ``tensor``, less this call's own (ask it on a line of its own)."""
+    return sys.getrefcount(tensor) - 2  # less this function's argument and getrefcount's
+
+
+def _python_refs_of_a_former() -> tuple[int, int] | None:
+    """What :func:`python_refs` says of a tensor that one name holds, and how much more while C++ holds it too (an
+    autograd graph's ``AccumulateGrad`` node, a ``.grad`` field: torch then keeps its Python object alive with one
+    reference of its own); measured once. ``None``: the counts are not as described, and nothing is ever let go."""
+    former = torch.zeros(1, requires_grad=True)
+    alone = python_refs(former)
+    graph = former * 1
+    held = python_refs(former)
+    described = tensor_holders(former) == 2 and held == alone + 1
+    del graph
+    return (alone, held - alone) if described else None
+
+
+_FORMER_REFS = _python_refs_of_a_former()
+
+
+def let_go(former: torch.Tensor, python_refs: int) -> bool:
+    """After a module tensor came home, make the object its worker held (``former``) let go of the memory and the
+    gradient that the sender now holds; returns whether it did.
+
+    An in-process worker's autograd graph still holds that object after ``get`` (the seed's loop keeps ``loss`` until
+    the next batch), and so holds the sender's memory: the worker could see what the sender writes there next, and the
+    next ``send`` must copy the memory rather than hand it over. Pointing the object at empty memory ends both. Only
+    when ``python_refs`` (the caller's :func:`python_refs` of ``former``) says that nothing but the caller names it:
+    the worker's store has forgotten it, and no other store entry, list or name of the worker holds it. A later
+    backward through that old graph then fails (the parameter has left the worker) instead of writing into the
+    sender's gradient.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)
+        >>> home = p.detach()
+        >>> refs = python_refs(p)  # on its own line: while let_go's arguments are evaluated, `p` is held twice
+        >>> let_go(p, refs), p.shape, p.grad, home  # nothing else names `p`
+        (True, torch.Size([0]), None, tensor([1., 1., 1.]))
+        >>> q = torch.ones(2); kept = [q]
+        >>> refs = python_refs(q)
+        >>> let_go(q, refs), q  # a list names it too
+        (False, tensor([1., 1.]))
+    """
+    holders = tensor_holders(former)
+    if _FORMER_REFS is None or holders is None or type(former) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    alone, by_torch = _FORMER_REFS
+    if python_refs != alone + (by_torch if holders > 1 else 0):  # a store entry, a list or a name holds it too
+        return False
+    if former.layout is not torch.strided or not former.is_leaf:
+        return False
+    with torch.no_grad():
+        former.grad = None
+        former.data = torch.empty(0, dtype=former.dtype, device=former.device)
+    return True

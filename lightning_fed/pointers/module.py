@@ -3,7 +3,8 @@
 ``send_module`` gives each parameter/buffer's worker its own copy and turns the local tensor *object* into a
 :class:`PointerTensor` with :func:`torch.utils.swap_tensors`, so every reference to it (the module, an optimizer
 built before ``send``, a tied weight) now points to the worker; memory nothing else of the sender reaches is handed
-over instead of copied (:mod:`lightning_fed.pointers.handover`). ``get_module`` does the reverse. An optimizer then
+over instead of copied (:mod:`lightning_fed.pointers.handover`). ``get_module`` does the reverse, and the worker's
+former objects let go of the memory that came home. An optimizer then
 steps the worker's tensors through the pointers; its per-element state (momentum buffers, Adam moments: the state
 tensors shaped like their parameter) follows the parameter from worker to worker and home again, while scalar
 state such as Adam's ``step`` stays with the optimizer. A parameter's gradient travels with it; a worker in this
@@ -36,7 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import PointerError
 from lightning_fed.pointers.grads import can_defer_grad, defer_grad
-from lightning_fed.pointers.handover import handed_over, sole_grad
+from lightning_fed.pointers.handover import handed_over, let_go, python_refs, sole_grad
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
@@ -156,6 +157,8 @@ def _fetch_into(name: str, ptr: PointerTensor) -> None:
     remote = ptr.get()
     fresh = _like(remote, remote.detach())  # a new tensor object over the same storage: no copy
     _swap(name, ptr, fresh)
+    refs = python_refs(remote)  # asked on its own line: an argument being evaluated would hold it too
+    let_go(remote, refs)  # the worker's graph keeps nothing of the memory that came home
 
 
 def get_module(module: nn.Module) -> nn.Module:

@@ -163,3 +163,76 @@ def test_training_through_handed_over_memory_equals_plain_training(alice: Virtua
         sy.get(fed)
     for a, b in zip(fed.parameters(), plain.parameters()):
         assert torch.equal(a, b)
+
+
+def graph_leaves(root: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors an autograd graph holds (its ``AccumulateGrad`` nodes' variables), as a worker can reach
+    them through a result it keeps."""
+    found, todo, seen = [], [root.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if hasattr(node, "variable"):
+            found.append(node.variable)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def test_the_seed_loop_that_keeps_its_loss_hands_memory_over_at_every_send(alice: VirtualWorker) -> None:
+    # the seed's loop keeps `loss` (a pointer) until the next batch: its graph at the worker holds the parameters
+    bob = VirtualWorker(id="bob")
+    SNAPSHOTS.clear()
+    model = trained_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):
+        weight, grad = model.weight.data_ptr(), model.weight.grad.data_ptr()
+        sy.send(model, (alice, bob)[step % 2])
+        assert at_worker(model.weight).data_ptr() == weight, f"step {step}: the parameter was copied"
+        assert delivery(model.weight).grad.data_ptr() == grad, f"step {step}: the gradient was copied"
+        opt.zero_grad()
+        x, y = (
+            sy.send(torch.randn(4, 3), model.weight.location),
+            sy.send(torch.tensor([0, 1, 1, 0]), model.weight.location),
+        )
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sy.get(model)
+        assert loss.location._store.objects[loss.id_at_location].grad_fn is not None  # the graph is still there
+    assert SNAPSHOTS._bytes == 0
+
+
+def test_the_graph_a_worker_keeps_sees_nothing_the_sender_writes_after_get(alice: VirtualWorker) -> None:
+    model = nn.Linear(3, 2)
+    sy.send(model, alice)
+    x, y = sy.send(torch.randn(4, 3), alice), sy.send(torch.tensor([0, 1, 1, 0]), alice)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)  # the worker's graph can run again
+    assert sorted(t.numel() for t in graph_leaves(at_worker(loss))) == [2, 6]  # the worker reaches its parameters
+    sy.get(model)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+        model.weight.grad.fill_(7.0)
+    held = graph_leaves(at_worker(loss))  # looked up after the get, as the worker would
+    assert len(held) == 2 and all(t.numel() == 0 and t.grad is None for t in held)  # nothing of the sender's memory
+    before = model.weight.grad.clone()
+    with pytest.raises(
+        Exception, match=r"failed to run torch\.Tensor\.backward.*size of tensor"
+    ):  # fails, writes nothing
+        loss.backward()
+    assert torch.equal(model.weight.grad, before)
+
+
+def test_a_parameter_the_worker_still_names_keeps_its_memory_and_the_next_send_copies(alice: VirtualWorker) -> None:
+    model = nn.Linear(3, 2)
+    sy.send(model, alice)
+    peeked = at_worker(model.weight)  # a name for the worker's object, as a PySyft user peeks at bob._objects
+    sy.get(model)
+    assert peeked.shape == (2, 3) and peeked.data_ptr() == model.weight.data_ptr()  # not let go: it is named
+    sy.send(model, alice)
+    assert at_worker(model.weight).data_ptr() != peeked.data_ptr()  # shared memory: copied, not handed over
+    with torch.no_grad():
+        at_worker(model.weight).fill_(3.0)
+    assert not (peeked == 3.0).any()
