@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
@@ -69,6 +71,19 @@ def overrides_transfer(*owners: Any) -> bool:
     """Whether any of ``owners`` (a LightningModule, a LightningDataModule, ``None``) overrides one of Lightning's
     :data:`TRANSFER_HOOKS`: without one, a batch's transfer is a plain move to the device (none on the CPU)."""
     return any(is_overridden(hook, owner) for owner in owners if owner is not None for hook in TRANSFER_HOOKS)
+
+
+def device_mover(device: torch.device) -> Callable[[Any], Any]:
+    """A batch's (or a list of batches') move to ``device`` where no transfer hook is overridden: none on the CPU.
+
+    Example:
+        >>> batch = [torch.ones(2)]
+        >>> device_mover(torch.device("cpu"))(batch) is batch
+        True
+    """
+    if device.type == "cpu":
+        return lambda batch: batch
+    return lambda batch: move_data_to_device(batch, device)
 
 
 def worker_of(batch: Any) -> tuple[Any, BaseWorker]:

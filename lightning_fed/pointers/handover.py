@@ -54,20 +54,36 @@ def handed_over(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach() if unshared_memory(tensor) else tensor.detach().clone()
 
 
-def _torch_refs_on_grad() -> int | None:
-    """The references torch itself keeps on a parameter's gradient object (measured once), or ``None`` when counting
-    references does not tell whether a name holds a gradient (then gradients are always copied)."""
-    param = torch.zeros(1, requires_grad=True)
-    (param * 1).sum().backward()
-    grad = param.grad
-    alone = sys.getrefcount(grad) - 2  # less `grad` and getrefcount's argument
-    held = [grad]
-    with_name = sys.getrefcount(grad) - 2
-    del held
-    return alone if with_name == alone + 1 and tensor_holders(grad) == 2 else None
+def _python_refs(tensor: torch.Tensor) -> int:
+    """The references Python counts on ``tensor``, less this call's own: its caller's name for it and anything else
+    (a list, a store entry, torch's own hold while C++ references the tensor)."""
+    return sys.getrefcount(tensor) - 2  # less this function's argument and getrefcount's
 
 
-_TORCH_REFS_ON_GRAD = _torch_refs_on_grad()
+def _seen_from_a_call(tensor: torch.Tensor) -> int:
+    """:func:`_python_refs` from a function given the tensor by a caller that names it, as :func:`let_go` is (and as
+    :func:`sole_grad` asks, naming the gradient itself)."""
+    return _python_refs(tensor)
+
+
+def _refs_on_a_held_tensor() -> tuple[int, int] | None:
+    """What :func:`_seen_from_a_call` says of a tensor that one name holds, and how much more while C++ holds it too
+    (an autograd graph's ``AccumulateGrad`` node, a parameter's ``.grad`` field: torch then keeps its Python object
+    alive with one reference of its own); measured once. ``None``: the counts are not as described, and nothing is
+    ever handed over on a count (gradients are copied, nothing is let go)."""
+    former = torch.zeros(1, requires_grad=True)
+    alone = _seen_from_a_call(former)
+    graph = former * 1
+    held = _seen_from_a_call(former)
+    described = tensor_holders(former) == 2 and held == alone + 1
+    del graph
+    (former * 1).sum().backward()
+    grad = former.grad
+    described = described and tensor_holders(grad) == 2 and _seen_from_a_call(grad) == held
+    return (alone, held - alone) if described else None
+
+
+_REFS = _refs_on_a_held_tensor()
 
 
 def sole_grad(param: torch.Tensor) -> torch.Tensor | None:
@@ -83,66 +99,44 @@ def sole_grad(param: torch.Tensor) -> torch.Tensor | None:
         True
     """
     grad = param.grad
-    if grad is None or _TORCH_REFS_ON_GRAD is None or grad.requires_grad:
+    if grad is None or _REFS is None or grad.requires_grad:
         return None
-    # the references to the gradient object: torch's own, `grad` here and getrefcount's argument
-    if sys.getrefcount(grad) - 2 != _TORCH_REFS_ON_GRAD or tensor_holders(grad) != 2 or not unshared_memory(grad):
+    alone, by_torch = _REFS  # `grad` here, and torch's hold for the parameter's .grad field: nothing else
+    if _seen_from_a_call(grad) != alone + by_torch or tensor_holders(grad) != 2 or not unshared_memory(grad):
         return None
     return grad.detach()
 
 
-def python_refs(tensor: torch.Tensor) -> int:
-    """How many references Python counts on ``tensor``, less this call's own (ask it on a line of its own)."""
-    return sys.getrefcount(tensor) - 2  # less this function's argument and getrefcount's
-
-
-def _python_refs_of_a_former() -> tuple[int, int] | None:
-    """What :func:`python_refs` says of a tensor that one name holds, and how much more while C++ holds it too (an
-    autograd graph's ``AccumulateGrad`` node, a ``.grad`` field: torch then keeps its Python object alive with one
-    reference of its own); measured once. ``None``: the counts are not as described, and nothing is ever let go."""
-    former = torch.zeros(1, requires_grad=True)
-    alone = python_refs(former)
-    graph = former * 1
-    held = python_refs(former)
-    described = tensor_holders(former) == 2 and held == alone + 1
-    del graph
-    return (alone, held - alone) if described else None
-
-
-_FORMER_REFS = _python_refs_of_a_former()
-
-
-def let_go(former: torch.Tensor, python_refs: int) -> bool:
+def let_go(former: torch.Tensor) -> bool:
     """After a module tensor came home, make the object its worker held (``former``) let go of the memory and the
     gradient that the sender now holds; returns whether it did.
 
     An in-process worker's autograd graph still holds that object after ``get`` (the seed's loop keeps ``loss`` until
     the next batch), and so holds the sender's memory: the worker could see what the sender writes there next, and the
     next ``send`` must copy the memory rather than hand it over. Pointing the object at empty memory ends both. Only
-    when ``python_refs`` (the caller's :func:`python_refs` of ``former``) says that nothing but the caller names it:
-    the worker's store has forgotten it, and no other store entry, list or name of the worker holds it. A later
+    when nothing but the caller's name (and torch's graph) holds it: the worker's store has forgotten it, and no other
+    store entry, list or name of the worker holds it. A later
     backward through that old graph then fails (the parameter has left the worker) instead of writing into the
     sender's gradient.
 
     Example:
         >>> p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)
         >>> home = p.detach()
-        >>> refs = python_refs(p)  # on its own line: while let_go's arguments are evaluated, `p` is held twice
-        >>> let_go(p, refs), p.shape, p.grad, home  # nothing else names `p`
+        >>> let_go(p), p.shape, p.grad, home  # nothing else names `p`
         (True, torch.Size([0]), None, tensor([1., 1., 1.]))
         >>> q = torch.ones(2); kept = [q]
-        >>> refs = python_refs(q)
-        >>> let_go(q, refs), q  # a list names it too
+        >>> let_go(q), q  # a list names it too
         (False, tensor([1., 1.]))
     """
-    holders = tensor_holders(former)
-    if _FORMER_REFS is None or holders is None or type(former) not in (torch.Tensor, torch.nn.Parameter):
-        return False
-    alone, by_torch = _FORMER_REFS
-    if python_refs != alone + (by_torch if holders > 1 else 0):  # a store entry, a list or a name holds it too
+    if _REFS is None or type(former) not in (torch.Tensor, torch.nn.Parameter):
         return False
     if former.layout is not torch.strided or not former.is_leaf:
         return False
+    holders = tensor_holders(former)
+    alone, by_torch = _REFS
+    # counted from here as _seen_from_a_call counts: the caller's name for `former` and this function's parameter
+    if holders is None or _python_refs(former) != alone + (by_torch if holders > 1 else 0):
+        return False  # a store entry, a list or a name holds it too
     with torch.no_grad():
         former.grad = None
         former.data = torch.empty(0, dtype=former.dtype, device=former.device)

@@ -37,7 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import PointerError
 from lightning_fed.pointers.grads import can_defer_grad, defer_grad
-from lightning_fed.pointers.handover import handed_over, let_go, python_refs, sole_grad
+from lightning_fed.pointers.handover import handed_over, let_go, sole_grad
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
@@ -157,8 +157,7 @@ def _fetch_into(name: str, ptr: PointerTensor) -> None:
     remote = ptr.get()
     fresh = _like(remote, remote.detach())  # a new tensor object over the same storage: no copy
     _swap(name, ptr, fresh)
-    refs = python_refs(remote)  # asked on its own line: an argument being evaluated would hold it too
-    let_go(remote, refs)  # the worker's graph keeps nothing of the memory that came home
+    let_go(remote)  # the worker's graph keeps nothing of the memory that came home
 
 
 def get_module(module: nn.Module) -> nn.Module:

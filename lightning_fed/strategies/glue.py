@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
-from lightning_fed.backends.base import Backend, LightningCalls, LocalWork, overrides_transfer
+from lightning_fed.backends.base import Backend, LightningCalls, LocalWork, device_mover, overrides_transfer
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
 from lightning_fed.backends.threaded import ThreadedBackend, thread_blockers
@@ -97,10 +96,7 @@ def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]
     datamodule = getattr(trainer, "datamodule", None)
     if overrides_transfer(module, datamodule):
         return lambda batches: [Strategy.batch_to_device(strategy, batch) for batch in batches]
-    device = strategy.root_device
-    if device.type == "cpu":
-        return lambda batches: batches
-    return lambda batches: move_data_to_device(batches, device)
+    return device_mover(strategy.root_device)
 
 
 def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:

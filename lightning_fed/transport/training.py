@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor, nn
 
 from lightning_fed.aggregation.functional import model_delta
-from lightning_fed.backends.base import overrides_transfer
+from lightning_fed.backends.base import device_mover, overrides_transfer
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
 
 if TYPE_CHECKING:
@@ -242,9 +241,7 @@ def batch_transfer(model: Any, device: torch.device) -> Callable[[Any], Any]:
             return model.on_after_batch_transfer(batch, 0)
 
         return through_hooks
-    if device.type == "cpu":
-        return lambda batch: batch
-    return lambda batch: move_data_to_device(batch, device)
+    return device_mover(device)
 
 
 def _on_cpu(tensors: Iterable[Tensor]) -> list[Tensor]:

@@ -29,5 +29,4 @@ def test_the_installed_torch_counts_tensor_holders() -> None:
 
 def test_the_reference_counts_behave_as_measured_at_import() -> None:
     # None would mean: nothing is ever handed over at a get's let-go, and a gradient is always copied
-    assert handover._FORMER_REFS is not None
-    assert handover._TORCH_REFS_ON_GRAD is not None
+    assert handover._REFS is not None
