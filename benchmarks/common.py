@@ -75,14 +75,48 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "load_avg": [round(x, 2) for x in load] if load else None,
+        "host_speed": host_speed(),
     }
+
+
+def host_speed(repeats: int = 5) -> dict[str, float]:
+    """How fast this host runs, now, the two kinds of work the benchmarks time (about 0.2 s; the best of
+    ``repeats``, so a momentary stall does not count):
+
+    - ``small_op_us``: microseconds for one ``x + y`` of two 10-element tensors: Python and torch's dispatch, which
+      the pointer layer and the per-step framework code spend their time in;
+    - ``bmm_gflops``: GFLOP/s of ``torch.bmm`` of the 2NN's first layer for 10 workers at batch 10
+      (``10 x 10 x 784`` by ``10 x 784 x 200``, into a kept output): the vectorized step's arithmetic.
+
+    A shared host's speed changes from hour to hour by more than any change in this project; two runs compare only
+    where these agree. Example:
+
+        >>> sorted(host_speed(repeats=1))
+        ['bmm_gflops', 'small_op_us']
+    """
+    x, y = torch.randn(10), torch.randn(10)
+    ops = 2000
+    small = min(time_loop_ns(lambda: x + y, ops) for _ in range(repeats)) / ops / 1e3
+    a, b = torch.randn(10, 10, 784), torch.randn(10, 784, 200)
+    out = torch.empty(10, 10, 200)
+    calls = 20
+    torch.bmm(a, b, out=out)
+    best = min(time_loop_ns(lambda: torch.bmm(a, b, out=out), calls) for _ in range(repeats)) / calls / 1e9
+    return {"small_op_us": round(small, 3), "bmm_gflops": round(2 * 10 * 10 * 784 * 200 / best / 1e9, 1)}
+
+
+def host_speed_text(speed: dict[str, float] | None) -> str:
+    """``host_speed()`` in words, for a benchmark's header line."""
+    if not speed:
+        return "host speed: not measured"
+    return f"host speed: small op {speed['small_op_us']:.2f} µs, bmm {speed['bmm_gflops']:.1f} GFLOP/s"
 
 
 def print_machine(info: dict[str, Any]) -> None:
     print(
         f"# {info['date']}  cpu: {info['cpu_model']}  cores: {info['cores']}  ram: {info['ram_gib']} GiB  "
         f"python {info['python']}  torch {info['torch']}  threads: {info['torch_threads']}  "
-        f"load avg: {info['load_avg']}"
+        f"load avg: {info['load_avg']}  {host_speed_text(info.get('host_speed'))}"
     )
 
 

@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
     format_table,
+    host_speed_text,
     interleaved,
     interval_text,
     machine_info,
@@ -685,8 +686,9 @@ def main(argv: list[str] | None = None) -> int:
             records[key] = run_workload(w, data, names, args)
             print_workload(records[key])
     end = machine_info()
-    print(f"\n# load avg at the end: {end['load_avg']}")
-    print_json_line({"benchmark": "flower", "machine": info, "load_avg_end": end["load_avg"], "flwr": flwr_version,
+    print(f"\n# load avg at the end: {end['load_avg']}  {host_speed_text(end['host_speed'])}")
+    print_json_line({"benchmark": "flower", "machine": info, "load_avg_end": end["load_avg"],
+                     "host_speed_end": end["host_speed"], "flwr": flwr_version,
                      "pfl": pfl_version, "git": repo, "config": vars(args), "contenders": names,
                      "workloads": records})  # fmt: skip
     return 0

@@ -45,6 +45,8 @@ import lightning_fed as sy
 from benchmarks.common import (
     differences,
     format_table,
+    host_speed,
+    host_speed_text,
     interleaved,
     interval_text,
     load_average,
@@ -521,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         print("messages in one step:", train["messages_by_kind"])
         end_load = [round(x, 2) for x in load_average() or ()]
         print(f"load average (1/5/15 min) at start: {info['load_avg']}, at end: {end_load}")
+        end_speed = host_speed()
+        print(f"{host_speed_text(info['host_speed'])} at the start; {host_speed_text(end_speed)} at the end")
         if args.profile:
             print("\n## cProfile of one federated loop\n" + train.pop("profile"))
     finally:
@@ -537,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": train,
             "rss_mib": rss_mib(),
             "load_avg_end": [round(x, 2) for x in load_average() or ()],
+            "host_speed_end": end_speed,
         }
     )
     return 0

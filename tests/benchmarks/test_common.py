@@ -55,3 +55,24 @@ def test_median_interval_covers_at_least_the_level_and_widens_with_it():
     assert common.median_interval(values, 0.99)[0] < low  # more confidence, a wider interval
     assert common.median_interval(values[:5]) is None  # five repeats cannot give 95%
     assert "ci95" in common.ratios([2.0] * 6, [1.0] * 6) and "ci95" not in common.ratios([2.0] * 5, [1.0] * 5)
+
+
+def test_host_speed_reports_the_best_repeat_in_microseconds_and_gflops(monkeypatch):
+    """With a fake clock: the small op's time is the fastest repeat over its calls, and bmm's rate is its flops (2 x
+    10 x 10 x 784 x 200 = 31.36 MFLOP a call) over the fastest repeat's time per call."""
+    timings = iter([9_000_000, 6_000_000, 8_000_000, 4_000_000, 3_136_000, 5_000_000])
+
+    def fake_loop(fn, iters):
+        return next(timings)
+
+    monkeypatch.setattr(common, "time_loop_ns", fake_loop)
+    monkeypatch.setattr(common.torch, "bmm", lambda *args, **kwargs: None)
+    speed = common.host_speed(repeats=3)
+    assert speed == {"small_op_us": 3.0, "bmm_gflops": 200.0}  # 6 ms / 2000 calls; 31.36 MFLOP / 156.8 µs
+    assert common.host_speed_text(speed) == "host speed: small op 3.00 µs, bmm 200.0 GFLOP/s"
+    assert common.host_speed_text(None) == "host speed: not measured"
+
+
+def test_machine_info_measures_the_host_now():
+    speed = common.machine_info()["host_speed"]
+    assert speed["small_op_us"] > 0 and speed["bmm_gflops"] > 0
