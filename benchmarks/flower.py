@@ -478,6 +478,9 @@ CONTENDERS: dict[str, Callable[[Workload, Data, argparse.Namespace], dict[str, A
     # the sequential path with one Lightning step per batch (local_loop="steps"), and with per-step logging
     "lightning_fed_steps": lambda w, data, args: run_lightning_fed(w, data, args, local_loop="steps"),
     "lightning_fed_logged": lambda w, data, args: run_lightning_fed(w, data, args, log_steps=True),
+    "lightning_fed_vectorized_logged": lambda w, data, args: run_lightning_fed(
+        w, data, args, vectorize=True, log_steps=True
+    ),
     "plain": run_plain,
 }
 RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed", "plain"), ("flower", "plain"),
@@ -485,7 +488,8 @@ RATIOS = [("flower", "lightning_fed"), ("pfl", "lightning_fed"), ("lightning_fed
           ("pfl", "lightning_fed_vectorized"), ("lightning_fed_vectorized", "plain"), ("lightning_fed_steps", "plain"),
           ("lightning_fed_logged", "plain"), ("flower", "lightning_fed_auto"),
           ("pfl", "lightning_fed_auto"), ("pfl", "lightning_fed_threads"), ("flower", "lightning_fed_threads"),
-          ("lightning_fed", "lightning_fed_threads")]  # fmt: skip
+          ("lightning_fed", "lightning_fed_threads"),
+          ("lightning_fed_vectorized_logged", "lightning_fed_vectorized")]  # fmt: skip
 
 
 @torch.no_grad()

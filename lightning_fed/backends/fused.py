@@ -16,8 +16,10 @@ per batch, so this backend runs up to :data:`FUSED_BATCHES` of a worker's batche
     rounds.finalize()
 
 The numbers equal the per-batch path's (same batches, same order, same optimizer calls: tested), and so do the
-epoch means ``self.log`` gives. What changes is what a Lightning step is: up to 32 local batches of one worker, so
-``trainer.global_step`` counts those, an ``on_step`` metric shows the last batch of each, and
+epoch values ``self.log`` gives: a Lightning step hands each logged name to Lightning once, merged
+(:mod:`~lightning_fed.backends.batched_logs`). What changes is what a Lightning step is: up to 32 local batches of one
+worker, so ``trainer.global_step`` counts those, an ``on_step`` metric shows their merged value (for the default
+``reduce_fx="mean"``, their mean weighed as the epoch mean weighs them), and
 ``on_train_batch_start``/``on_train_batch_end`` run once per 32 batches. So ``FederatedStrategy(local_loop="auto")``
 (the default) fuses only when nothing observes single batches (:func:`fusion_blockers`: such hooks in the module or
 a callback, ``max_steps``, step-based validation or checkpoints, gradient accumulation, step-interval schedulers,
@@ -52,6 +54,7 @@ from torch.optim import Optimizer
 
 from lightning_fed._compat.lightning import saves_within_epochs, set_logging_batch
 from lightning_fed.backends.base import LocalWork, worker_of
+from lightning_fed.backends.batched_logs import batched_logs
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.privacy.dp import DPSGDAggregator
 from lightning_fed.rounds.planning import RoundPlan
@@ -181,12 +184,13 @@ class FusedBackend(SequentialBackend):
         (optimizer,) = self.calls.optimizers()  # automatic optimization: one optimizer
         step = self._direct_step if self._direct() else self._lightning_step
         trainer = self.calls.trainer()
-        with self.at_shard(work.worker) as shard:  # one session for the chunk: the worker's own data
+        with self.at_shard(work.worker) as shard, batched_logs(self.calls.module()) as logs:  # one session a chunk
             chunk = self.gather_batches(shard, [next(self._source) for _ in range(work.count)])
             for batch_idx, real in enumerate(chunk, start=work.first):
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
                 self.rounds.stats.step(work.worker.id)
-                set_logging_batch(trainer, real)
+                set_logging_batch(trainer, real)  # for the self.log calls that go to Lightning at once
+                logs.batch = real
                 self.stepping = True
                 try:
                     step(self._closure(real, batch_idx, optimizer), optimizer)

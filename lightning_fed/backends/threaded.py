@@ -67,6 +67,7 @@ from lightning_fed._compat.lightning import set_logging_batch
 from lightning_fed.aggregation.base import Aggregator
 from lightning_fed.aggregation.wrapper import gradient_editors
 from lightning_fed.backends.base import LocalWork
+from lightning_fed.backends.batched_logs import batched_logs
 from lightning_fed.backends.fused import FUSED_BATCHES, FusedBackend, step_hooks_overridden, stepped_already
 from lightning_fed.backends.vectorized.functional import guarded_metrics
 from lightning_fed.backends.vectorized.workers import recreate_optimizer
@@ -313,15 +314,17 @@ class ThreadedBackend(FusedBackend):
 
     def _replay(self, worker: BaseWorker, result: ChunkResult) -> None:
         rounds, trainer, module = self.rounds, self.calls.trainer(), self.calls.module()
-        for step in result.steps:
-            rounds.failures.skip_batch(worker.id)  # counts the worker's batches
-            rounds.stats.step(worker.id)
-            set_logging_batch(trainer, step.batch)
-            for name, value, args, kwargs in step.logged:
-                module.log(name, value, *args, **kwargs)
-            if step.loss is not None:
-                self.record(worker, step.loss, step.batch)
-            self._done[worker.id] += 1  # as the fused path counts: a batch training_step skipped is a local step
+        with batched_logs(module) as logs:  # merged per worker's chunk, as the fused path's Lightning step merges
+            for step in result.steps:
+                rounds.failures.skip_batch(worker.id)  # counts the worker's batches
+                rounds.stats.step(worker.id)
+                set_logging_batch(trainer, step.batch)
+                logs.batch = step.batch
+                for name, value, args, kwargs in step.logged:
+                    module.log(name, value, *args, **kwargs)
+                if step.loss is not None:
+                    self.record(worker, step.loss, step.batch)
+                self._done[worker.id] += 1  # as the fused path counts: a batch training_step skipped is a local step
         if result.error is not None:  # the batch that raised counts, as in the fused path
             rounds.failures.skip_batch(worker.id)
             rounds.stats.step(worker.id)

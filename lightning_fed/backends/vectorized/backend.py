@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_fed.backends.batched_logs import batched_logs
 from lightning_fed.backends.fused import stepped_already
 from lightning_fed.backends.sequential import SequentialBackend
 from lightning_fed.backends.vectorized.checks import check_vectorizable
@@ -135,12 +136,13 @@ class VectorizedBackend(SequentialBackend):
         step = args[0] if args else kwargs.get("batch")
         if isinstance(step, VectorChunk):  # fused: every step of the chunk, the optimizer's included
             assert self.vector is not None
-            for i, one in enumerate(step.steps):
-                if i:
-                    self._begin_step(one)
-                if not self.skip:
-                    self._vector_step(one, one.step, mean=False)
-                    self.vector.step()
+            with batched_logs(self.calls.module()):  # each logged name goes to Lightning once a chunk
+                for i, one in enumerate(step.steps):
+                    if i:
+                        self._begin_step(one)
+                    if not self.skip:
+                        self._vector_step(one, one.step, mean=False)
+                        self.vector.step()
             return self.calls.skipped_output()
         if not isinstance(step, VectorStep):
             return super().training_step(args, kwargs)

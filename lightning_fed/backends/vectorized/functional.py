@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_fed.backends.batched_logs import shadowed_log
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.rounds.lifecycle import is_metric
 
@@ -77,11 +78,8 @@ class LogRecorder:
 
 @contextlib.contextmanager
 def patched_log(module: Any, recorder: LogRecorder) -> Iterator[None]:
-    module.log = recorder  # an instance attribute shadows LightningModule.log (and log_dict, which calls it)
-    try:
+    with shadowed_log(module, recorder):  # an instance attribute shadows LightningModule.log (and log_dict)
         yield
-    finally:
-        del module.log
 
 
 class MetricUnderVmap(RuntimeError):
@@ -157,11 +155,8 @@ def sized_log(module: Any, batch_size: int) -> Iterator[None]:
         kwargs.setdefault("batch_size", batch_size)
         return log(*args, **kwargs)
 
-    module.log = with_size
-    try:
+    with shadowed_log(module, with_size):
         yield
-    finally:
-        del module.log
 
 
 def is_dense(t: Tensor) -> bool:

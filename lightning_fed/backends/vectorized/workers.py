@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
+from lightning_fed.backends.batched_logs import reduction_of
 from lightning_fed.backends.vectorized.cohorts import Cohort, _elementwise
 from lightning_fed.backends.vectorized.functional import (
     LogCall,
@@ -77,10 +78,6 @@ from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.logs import warn
 from lightning_fed.rounds.worker_state import optimizer_params
 from lightning_fed.workers.base import BaseWorker
-
-# Lightning's epoch reductions that one call can carry for all workers exactly (see VectorizedWorkers._log_merged)
-_REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean", "max": "max", torch.max: "max",
-                               "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
 
 
 def recreate_optimizer(optimizer: Optimizer, params: Sequence[Tensor]) -> Optimizer:
@@ -354,8 +351,7 @@ class VectorizedWorkers:
             by_name.setdefault(entry[0].name, []).append(entry)
         for entries in by_name.values():
             call = entries[0][0]
-            reduce = call.kwargs.get("reduce_fx", "mean")
-            reduce = _REDUCTIONS.get(reduce, reduce) if isinstance(reduce, str) or callable(reduce) else reduce
+            reduce = reduction_of(call.kwargs)  # one call carries all workers' values exactly (None: it cannot)
             explicit = [c.kwargs.get("batch_size") for c, _, _ in entries]
             sizes = [b if b is not None else leading_size(batch) for b, (_, _, batch) in zip(explicit, entries)]
             values = torch.stack([v.float() if not v.is_floating_point() else v for _, v, _ in entries])
