@@ -141,8 +141,8 @@ class LogBatcher:
         names = list(self._pending) if name is None else [name] if name in self._pending else []
         for key in names:
             pending = self._pending.pop(key)
-            values = torch.stack([v.double() for v in pending.values])
             first = pending.values[0]
+            values = torch.stack([v.to(first.device, torch.float64) for v in pending.values])
             kwargs = dict(pending.kwargs)
             if pending.reduce == "mean":
                 weights = torch.tensor(pending.weights, dtype=torch.float64, device=values.device)
