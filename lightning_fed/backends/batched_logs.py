@@ -142,10 +142,11 @@ class LogBatcher:
         for key in names:
             pending = self._pending.pop(key)
             first = pending.values[0]
-            values = torch.stack([v.to(first.device, torch.float64) for v in pending.values])
+            wide = torch.float32 if first.device.type == "mps" else torch.float64  # MPS has no float64
+            values = torch.stack([v.to(first.device, wide) for v in pending.values])
             kwargs = dict(pending.kwargs)
             if pending.reduce == "mean":
-                weights = torch.tensor(pending.weights, dtype=torch.float64, device=values.device)
+                weights = torch.tensor(pending.weights, dtype=wide, device=values.device)
                 merged = (values * weights).sum() / weights.sum()
                 kwargs["batch_size"] = sum(pending.weights)
             else:  # Lightning weighs no max, min or sum by batch size
