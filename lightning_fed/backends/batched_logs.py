@@ -43,8 +43,8 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
 # Lightning's epoch reductions that one call can carry for many exactly, by the names and functions it accepts
-REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean", "max": "max", torch.max: "max",
-                              "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
+_REDUCTIONS: dict[Any, str] = {"mean": "mean", "avg": "mean", torch.mean: "mean", "max": "max", torch.max: "max",
+                               "min": "min", torch.min: "min", "sum": "sum", torch.sum: "sum"}  # fmt: skip
 _UNMERGEABLE = ("sync_dist", "enable_graph")
 
 
@@ -53,7 +53,7 @@ def reduction_of(kwargs: dict[str, Any]) -> str | None:
     (``None``: another one, which one call cannot carry for many)."""
     reduce = kwargs.get("reduce_fx", "mean")
     try:
-        return REDUCTIONS.get(reduce)
+        return _REDUCTIONS.get(reduce)
     except TypeError:  # an unhashable reduce_fx
         return None
 

@@ -120,6 +120,19 @@ class ManyLogs(BoringClassifier):
         return loss
 
 
+def lightning_log_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the name of every call that reaches ``LightningModule.log``, in order."""
+    calls: list[str] = []
+    log = pl.LightningModule.log
+
+    def counted(self, name, *args, **kwargs):
+        calls.append(name)
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", counted)
+    return calls
+
+
 def _fit(local_loop: str, rounds: int = 2, **strategy_kw: Any) -> pl.Trainer:
     torch.manual_seed(0)
     model = ManyLogs(4, 3, hidden=8, lr=0.05)
@@ -133,14 +146,7 @@ def test_a_fused_fit_logs_the_epoch_values_of_one_call_per_batch_and_calls_light
     monkeypatch,
 ):
     steps = _fit("steps")
-    calls: list[str] = []
-    log = pl.LightningModule.log
-
-    def counted(self, name, *args, **kwargs):
-        calls.append(name)
-        return log(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(pl.LightningModule, "log", counted)
+    calls = lightning_log_calls(monkeypatch)
     fused = _fit("fused")
     names = ("train_loss", "x_max", "x_min", "seen", "x_mean", "half_loss")
     for key in ("train_loss_epoch", "x_max_epoch", "x_min_epoch", "seen", "x_mean_epoch", "half_loss_epoch"):
@@ -181,14 +187,7 @@ def test_logging_a_name_again_with_other_options_raises_lightnings_error():
 
 def test_vectorized_chunks_log_once_a_name_a_lightning_step_with_the_sequential_epoch_mean(monkeypatch):
     sequential = _fit("steps", rounds=1)
-    calls: list[str] = []
-    log = pl.LightningModule.log
-
-    def counted(self, name, *args, **kwargs):
-        calls.append(name)
-        return log(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(pl.LightningModule, "log", counted)
+    calls = lightning_log_calls(monkeypatch)
     vectorized = _fit("auto", rounds=1, vectorize=True)
     assert vectorized.strategy.backend.fused
     for key in ("train_loss_epoch", "x_mean_epoch", "x_max_epoch", "seen"):
@@ -196,3 +195,15 @@ def test_vectorized_chunks_log_once_a_name_a_lightning_step_with_the_sequential_
             float(sequential.callback_metrics[key]), abs=1e-5
         ), key
     assert calls.count("train_loss") == vectorized.global_step == 1  # 5 vectorized steps in one Lightning step
+
+
+def test_unfused_vectorized_steps_log_once_a_name_a_step_with_the_sequential_epoch_mean(monkeypatch):
+    sequential = _fit("steps", rounds=1)
+    calls = lightning_log_calls(monkeypatch)
+    vectorized = _fit("steps", rounds=1, vectorize=True)
+    assert not vectorized.strategy.backend.fused
+    for key in ("train_loss_epoch", "x_mean_epoch", "x_max_epoch", "seen"):
+        assert float(vectorized.callback_metrics[key]) == pytest.approx(
+            float(sequential.callback_metrics[key]), abs=1e-5
+        ), key
+    assert calls.count("train_loss") == vectorized.global_step == 5  # one a vectorized step, not one a worker

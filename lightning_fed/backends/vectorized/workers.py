@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.optim import Optimizer
 
-from lightning_fed.backends.batched_logs import reduction_of
+from lightning_fed.backends.batched_logs import batched_logs
 from lightning_fed.backends.vectorized.cohorts import Cohort, _elementwise
 from lightning_fed.backends.vectorized.functional import (
     LogCall,
@@ -340,39 +340,16 @@ class VectorizedWorkers:
         return positions, _one_vector(losses)
 
     def _log_merged(self, pending: list[tuple[LogCall, Tensor, Any]]) -> None:
-        """Log the step's values: one ``self.log`` call per name carrying all workers' values where Lightning's epoch
-        reduction allows it exactly (a batch-size-weighted mean, max, min or sum), else one call per worker.
-
-        One call per name costs one Lightning ``log`` a step instead of K; the epoch value is the same as the
-        sequential path's (where every worker's step logs its own value under the same name).
-        """
-        by_name: dict[str, list[tuple[LogCall, Tensor, Any]]] = {}
-        for entry in pending:
-            by_name.setdefault(entry[0].name, []).append(entry)
-        for entries in by_name.values():
-            call = entries[0][0]
-            reduce = reduction_of(call.kwargs)  # one call carries all workers' values exactly (None: it cannot)
-            explicit = [c.kwargs.get("batch_size") for c, _, _ in entries]
-            sizes = [b if b is not None else leading_size(batch) for b, (_, _, batch) in zip(explicit, entries)]
-            values = torch.stack([v.float() if not v.is_floating_point() else v for _, v, _ in entries])
-            if len(entries) == 1 or reduce not in ("mean", "max", "min", "sum"):
-                for c, v, batch in entries:
-                    self._log(c, v, batch)
-                continue
-            if reduce == "mean":
-                weights = torch.tensor(sizes, dtype=values.dtype, device=values.device)
-                merged = (values * weights).sum() / weights.sum()
-            else:
-                merged = getattr(values, reduce)()
-            self._log(call, merged, None, batch_size=sum(sizes))
-
-    def _log(self, call: LogCall, value: Tensor, batch: Any, batch_size: int | None = None) -> None:
-        kwargs = dict(call.kwargs)
-        if batch_size is not None:
-            kwargs["batch_size"] = batch_size
-        elif kwargs.get("batch_size") is None:
-            kwargs["batch_size"] = leading_size(batch)
-        self.module.log(call.name, value, **kwargs)
+        """Log the step's values: each worker's calls as its sequential step makes them (weighed by its own batch),
+        handed to Lightning as one call per name where one call carries them exactly (a mean, max, min or sum:
+        :mod:`~lightning_fed.backends.batched_logs`), else one call per worker. The epoch value is the sequential
+        path's; inside a fused chunk, the chunk's own batcher merges these calls again, once a Lightning step."""
+        with batched_logs(self.module):
+            for call, value, batch in pending:
+                kwargs = dict(call.kwargs)
+                if kwargs.get("batch_size") is None:
+                    kwargs["batch_size"] = leading_size(batch)
+                self.module.log(call.name, value, **kwargs)
 
     def step(self) -> None:
         """Clip each worker's gradients, step the stacked optimizer; masked (inactive) workers do not move."""
