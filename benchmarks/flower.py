@@ -542,11 +542,25 @@ def run_workload(w: Workload, data: Data, names: list[str], args: argparse.Names
     for num, den in RATIOS:
         if num in walls and den in walls:
             out["ratios"][f"{num}/{den}"] = ratios(walls[num], walls[den])
-    if "flower" in walls and "lightning_fed" in walls:
-        out["ratios"]["flower_after_startup/lightning_fed"] = ratios(
-            results["flower"]["after_startup_s_all"], walls["lightning_fed"]
-        )
+    out["ratios"].update(after_startup_ratios(results, walls))
     return out
+
+
+def after_startup_ratios(results: dict[str, Any], walls: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Flower's time without its start-up (Ray's and the actors'), repeat by repeat, over each lightning_fed
+    contender's: a quotient that a slow hour moves less, since it sets arithmetic against arithmetic.
+
+    Example:
+        >>> r = after_startup_ratios({"flower": {"after_startup_s_all": [6.0, 9.0]}},
+        ...                          {"flower": [10.0, 13.0], "lightning_fed_auto": [2.0, 3.0], "plain": [4.0, 4.0]})
+        >>> list(r), r["flower_after_startup/lightning_fed_auto"]["median"]
+        (['flower_after_startup/lightning_fed_auto'], 3.0)
+    """
+    if "flower" not in results:
+        return {}
+    rounds = results["flower"]["after_startup_s_all"]
+    return {f"flower_after_startup/{name}": ratios(rounds, wall)
+            for name, wall in walls.items() if name.startswith("lightning_fed")}  # fmt: skip
 
 
 def profile(w: Workload, data: Data, names: list[str], args: argparse.Namespace) -> None:

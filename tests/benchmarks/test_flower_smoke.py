@@ -6,6 +6,8 @@ lightning_fed and plain still run, on all three workloads (C: pfl's cross-device
 
 from __future__ import annotations
 
+import pytest
+
 from tests.benchmarks.test_smoke import run_smoke
 
 
@@ -37,3 +39,17 @@ def test_flower_benchmark_smoke():
         # every contender trained the same clients each round
         assert len(workload["schedule"]) == workload["workload"]["rounds"]
         assert all(len(clients) == workload["workload"]["clients_per_round"] for clients in workload["schedule"])
+
+
+def test_flower_after_startup_is_set_against_every_lightning_fed_contender_repeat_by_repeat():
+    from benchmarks.flower import after_startup_ratios
+
+    walls = {"flower": [10.0, 20.0, 12.0], "lightning_fed_vectorized": [2.0, 4.0, 2.0], "lightning_fed": [5.0, 5.0, 4.0],
+             "plain": [3.0, 3.0, 3.0]}  # fmt: skip
+    results = {"flower": {"after_startup_s_all": [6.0, 8.0, 9.0]}}  # Flower's rounds and shut-down, per repeat
+    got = after_startup_ratios(results, walls)
+    assert set(got) == {"flower_after_startup/lightning_fed_vectorized", "flower_after_startup/lightning_fed"}
+    vec = got["flower_after_startup/lightning_fed_vectorized"]  # 6/2, 8/4, 9/2
+    assert (vec["min"], vec["median"], vec["max"]) == (2.0, 3.0, 4.5)
+    assert got["flower_after_startup/lightning_fed"]["median"] == pytest.approx(1.6)  # 1.2, 1.6, 2.25
+    assert after_startup_ratios({}, {"lightning_fed": [1.0]}) == {}  # no Flower (its venv only): no quotient
