@@ -12,6 +12,7 @@ once a round, in the aggregation. With one device in one process nothing of this
 
 from __future__ import annotations
 
+import atexit
 import io
 from datetime import timedelta
 from typing import Any, Literal
@@ -44,6 +45,30 @@ from lightning_fed.collective import Collective
 from lightning_fed.exceptions import FederatedConfigError
 
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
+_DESTROY_REGISTERED = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, while it is still whole (once per process).
+
+    A Gloo group left for the interpreter's finalization can abort the process ("terminate called without an active
+    exception", SIGABRT): its worker threads still hold tensors when the interpreter is torn down, so a job whose
+    training succeeded exits with an error, and ``torchrun`` reports the run as failed. Destroying the group at exit is
+    what torch's documentation asks of every script; Lightning does it for NCCL only.
+
+    Example:
+        >>> destroy_process_group_at_exit(); destroy_process_group_at_exit()  # a second call registers nothing more
+        >>> _destroy_default_group()  # what runs at exit: here no group exists, so nothing to do
+    """
+    global _DESTROY_REGISTERED
+    if not _DESTROY_REGISTERED:
+        atexit.register(_destroy_default_group)
+        _DESTROY_REGISTERED = True
+
+
+def _destroy_default_group() -> None:
+    if distributed_is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class _FederatedMultiProcessingLauncher(MultiProcessingLauncher):
@@ -203,7 +228,10 @@ class FederatedParallelStrategy(ParallelStrategy):
         kwargs: dict[str, Any] = {"timeout": self._timeout}
         if self.root_device.type != "cpu":
             kwargs["device_id"] = self.root_device
+        created = not distributed_is_initialized()  # a process group the user set up is the user's to destroy
         init_dist_connection(self.cluster_environment, self._process_group_backend, **kwargs)
+        if created and self._process_group_backend != "nccl":  # Lightning destroys an NCCL group at exit itself
+            destroy_process_group_at_exit()
         self._collective = Collective(self.root_device if self._process_group_backend == "nccl" else "cpu")
 
     @override

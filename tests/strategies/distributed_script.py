@@ -9,6 +9,7 @@ fits in its own process with ``devices=1``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -140,7 +141,19 @@ def fit(
     return out
 
 
+def report_process_group_at_exit() -> None:
+    """Registered before any fit, so it runs after the strategy's own exit handler (atexit runs them last in, first
+    out): says whether a process group was still alive for the interpreter's finalization to tear down."""
+    state = "left" if torch.distributed.is_initialized() else "destroyed" if USED_GROUP else "none"
+    print(f"process group at exit: {state}", flush=True)
+
+
+USED_GROUP = False
+
+
 def main() -> None:
+    global USED_GROUP
+    atexit.register(report_process_group_at_exit)
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--runs", default="fedavg", help="comma-separated: a kind, or 'resume' (three fits)")
@@ -170,6 +183,7 @@ def main() -> None:
             results[run] = fit(
                 run, rounds=args.rounds, devices=args.devices, workers=args.workers, start_method=args.start_method
             )
+    USED_GROUP = torch.distributed.is_initialized()
     if int(torch.distributed.get_rank() if torch.distributed.is_initialized() else 0) == 0:
         torch.save(results, args.out)
 

@@ -388,6 +388,10 @@ def _run_script(tmp_path: Path, *args: str, launcher: str = "popen", timeout: in
         command = [sys.executable, str(SCRIPT), "--out", str(out), "--start-method", launcher, *args]
     proc = _launch(command, timeout)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    # no process left a Gloo group to the interpreter's finalization, which can abort a finished run (SIGABRT)
+    assert "process group at exit: left" not in proc.stdout, proc.stdout[-3000:]
+    if launcher != "spawn":  # spawned processes end without exit handlers (and without finalization)
+        assert proc.stdout.count("process group at exit: destroyed") == 2, proc.stdout[-3000:]
     return torch.load(out, weights_only=False)
 
 
