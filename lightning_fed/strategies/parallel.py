@@ -13,6 +13,7 @@ once a round, in the aggregation. With one device in one process nothing of this
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 from datetime import timedelta
 from typing import Any, Literal
@@ -45,9 +46,9 @@ from lightning_fed.collective import Collective
 from lightning_fed.exceptions import FederatedConfigError
 
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
-_DESTROY_REGISTERED = False
 
 
+@functools.cache  # registered once per process
 def destroy_process_group_at_exit() -> None:
     """Destroy the default process group when the interpreter exits, while it is still whole (once per process).
 
@@ -60,10 +61,7 @@ def destroy_process_group_at_exit() -> None:
         >>> destroy_process_group_at_exit(); destroy_process_group_at_exit()  # a second call registers nothing more
         >>> _destroy_default_group()  # what runs at exit: here no group exists, so nothing to do
     """
-    global _DESTROY_REGISTERED
-    if not _DESTROY_REGISTERED:
-        atexit.register(_destroy_default_group)
-        _DESTROY_REGISTERED = True
+    atexit.register(_destroy_default_group)
 
 
 def _destroy_default_group() -> None:

@@ -141,14 +141,14 @@ def fit(
     return out
 
 
+USED_GROUP = False  # set once the fits are done: whether this process joined a process group
+
+
 def report_process_group_at_exit() -> None:
     """Registered before any fit, so it runs after the strategy's own exit handler (atexit runs them last in, first
     out): says whether a process group was still alive for the interpreter's finalization to tear down."""
     state = "left" if torch.distributed.is_initialized() else "destroyed" if USED_GROUP else "none"
     print(f"process group at exit: {state}", flush=True)
-
-
-USED_GROUP = False
 
 
 def main() -> None:
