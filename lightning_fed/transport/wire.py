@@ -21,8 +21,9 @@ Example:
     >>> data = encode_request(CommandMessage("torch.add", (ObjectRef(1), torch.ones(2))), deletes=(7,))
     >>> data[:4], len(data) < 2000
     (b'LFW1', True)
-    >>> decode_request(data)
-    (CommandMessage(command='torch.add', args=(ObjectRef(obj_id=1), tensor([1., 1.])), kwargs={}), (7,))
+    >>> message, deletes = decode_request(data)
+    >>> message.command, message.args, message.grad_enabled, deletes  # the sender's autograd mode travels
+    ('torch.add', (ObjectRef(obj_id=1), tensor([1., 1.])), True, (7,))
     >>> decode_answer(encode_error(PermissionError("no")))
     Traceback (most recent call last):
     ...
@@ -195,8 +196,9 @@ def encode_request(message: Any, deletes: Sequence[int] = (), max_bytes: int = D
     elif kind is DeleteMessage:
         header = {"kind": "delete", "id": message.obj_id}
     elif kind is CommandMessage:
+        grad = torch.is_grad_enabled() if message.grad_enabled is None else message.grad_enabled  # the caller's mode
         header = {"kind": "command", "command": message.command, "args": enc.value(tuple(message.args)),
-                  "kwargs": enc.value(dict(message.kwargs))}  # fmt: skip
+                  "kwargs": enc.value(dict(message.kwargs)), "grad": bool(grad)}  # fmt: skip
     elif kind is SearchMessage:
         header = {"kind": "search", "query": [str(item) for item in message.query]}
     elif kind is DatasetMessage:
@@ -252,7 +254,7 @@ def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         args, kwargs = dec.value(header.get("args")), dec.value(header.get("kwargs"))
         if type(args) is not tuple or type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
             raise dec.bad(header.get("args"), "a command's args are a tuple and its kwargs a dict of str keys")
-        message = CommandMessage(one("command", (str,)), args, kwargs)
+        message = CommandMessage(one("command", (str,)), args, kwargs, one("grad", (bool,)))
     elif kind == "search":
         query = one("query", (list,))
         if not all(type(item) is str for item in query):

@@ -316,7 +316,11 @@ class BaseWorker:
         if func is None:
             reason = refusal_reason(message.command) or "it is not in the worker's command allowlist"
             raise WorkerError(f"worker {self.id!r} refuses to run {message.command}: {reason}.")
-        return self._execute(message.command, func, message.args, message.kwargs, command=True)
+        grad = message.grad_enabled
+        if grad is None or grad is torch.is_grad_enabled():
+            return self._execute(message.command, func, message.args, message.kwargs, command=True)
+        with torch.set_grad_enabled(grad):  # the sender's mode (a remote sender's no_grad() reaches the site)
+            return self._execute(message.command, func, message.args, message.kwargs, command=True)
 
     def _handle_plan(self, message: PlanMessage) -> Any:
         fn = self._plans.get(message.plan)

@@ -93,11 +93,17 @@ class DeleteMessage:
 
 @dataclass(frozen=True, slots=True)
 class CommandMessage:
-    """Run the allowlisted command ``command`` on the worker's objects named in ``args``/``kwargs``."""
+    """Run the allowlisted command ``command`` on the worker's objects named in ``args``/``kwargs``.
+
+    ``grad_enabled`` is the sender's autograd mode (``torch.is_grad_enabled()``), under which the worker runs the
+    command; ``None`` (in process) runs it under the receiving thread's mode, which is the sender's own thread. A
+    remote worker always sends it: an optimizer's in-place step runs under ``torch.no_grad()`` at the site too.
+    """
 
     command: str
     args: tuple
     kwargs: dict = field(default_factory=dict)
+    grad_enabled: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

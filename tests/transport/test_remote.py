@@ -143,3 +143,58 @@ def test_what_a_remote_worker_refuses_to_do(alice):
         ptr + sy.send(torch.ones(1), bob)
     with pytest.raises(WorkerError, match=r"refuses to run torch.Tensor.item"):
         alice._recv(CommandMessage("torch.Tensor.item", (ObjectRef(1),)))
+
+
+class _SeedNet(torch.nn.Module):
+    """The seed tutorial's CNN, narrowed to keep the test quick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 5)
+        self.fc = torch.nn.Linear(4 * 12 * 12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return torch.log_softmax(self.fc(x.view(x.shape[0], -1)), dim=1)
+
+
+def _seed_loop(data, target, steps: int = 3):
+    """The seed tutorial's training loop on pointers: the model goes to the data, trains a step and comes back."""
+    torch.manual_seed(0)
+    model = _SeedNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)  # momentum: state follows the model
+    losses = []
+    for _ in range(steps):
+        sy.send(model, data.location)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.nll_loss(model(data), target)
+        loss.backward()
+        optimizer.step()  # in place on the site's leaf parameters, under the no_grad() it runs in here
+        sy.get(model)
+        losses.append(loss.get())
+    return model, torch.stack(losses)
+
+
+def test_the_seed_training_loop_runs_at_a_site_as_on_a_virtual_worker(alice):
+    data, target = alice.search("mnist-train")
+    images, labels = make_mnist_arrays(NUM_TRAIN, seed=SEEDS["alice"])  # what the site serves, made here
+    oracle = sy.VirtualWorker(id="alice-oracle")
+    local_data = sy.send(((torch.from_numpy(images).float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1), oracle)
+    local_target = sy.send(torch.from_numpy(labels).long(), oracle)
+    remote_model, remote_losses = _seed_loop(data, target)
+    local_model, local_losses = _seed_loop(local_data, local_target)
+    torch.testing.assert_close(remote_losses, local_losses, rtol=1e-5, atol=1e-6)
+    for (name, remote), local in zip(remote_model.state_dict().items(), local_model.state_dict().values()):
+        assert type(remote) is torch.Tensor, name  # home again, not a pointer
+        torch.testing.assert_close(remote, local, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(remote_model.fc.weight, _SeedNet().fc.weight)  # it trained
+    assert remote_losses[-1] < remote_losses[0]
+
+
+def test_no_grad_reaches_the_site(alice):
+    w = sy.send(torch.ones(2, requires_grad=True), alice)
+    with torch.no_grad():
+        w.mul_(3.0)  # in place on a leaf that requires grad: only allowed without autograd
+        assert not (w * 2).requires_grad
+    assert (w * 2).requires_grad
+    assert w.get().tolist() == [3.0, 3.0]

@@ -70,7 +70,7 @@ ARGS = (ObjectRef(5), 1, -2.5, float("nan"), float("inf"), 1 + 2j, "s", None, Tr
 @pytest.mark.parametrize(
     "message",
     [
-        CommandMessage("torch.Tensor.add_", ARGS, {"alpha": 2, "out": ObjectRef(9)}),
+        CommandMessage("torch.Tensor.add_", ARGS, {"alpha": 2, "out": ObjectRef(9)}, grad_enabled=False),
         GetMessage(12, keep=True),
         GetMessage(13),
         DeleteMessage(14),
@@ -86,6 +86,13 @@ def test_messages_round_trip(message):
     assert type(back) is type(message) and deletes == (3, 4)
     for name in message.__slots__:
         assert _same(getattr(message, name), getattr(back, name)), name
+
+
+def test_a_command_carries_the_senders_autograd_mode():
+    message = CommandMessage("torch.Tensor.add_", (ObjectRef(1), 1.0))  # in process: the thread's mode
+    with torch.no_grad():
+        assert decode_request(encode_request(message))[0].grad_enabled is False  # optimizer.step() at the site
+    assert decode_request(encode_request(message))[0].grad_enabled is True
 
 
 def test_an_object_message_keeps_what_travels_with_a_tensor():
@@ -198,6 +205,18 @@ def test_nothing_is_unpickled_from_the_network(tmp_path):
             "'os.system' is not a torch dtype",
         ),
         (_raw_frame({"kind": "search", "query": ["a", 1], "deletes": []}), "a search query is a list of strings"),
+        (
+            _raw_frame(
+                {
+                    "kind": "command",
+                    "command": "torch.neg",
+                    "args": {"tuple": []},
+                    "kwargs": {"dict": []},
+                    "deletes": [],
+                }
+            ),
+            "grad must be bool",
+        ),
     ],
 )
 def test_malformed_requests_are_refused(data, match):

@@ -127,6 +127,21 @@ def test_object_then_get_hands_the_object_back(alice: VirtualWorker) -> None:
     assert alice.objects == {}
 
 
+def test_a_command_runs_under_the_autograd_mode_it_carries(alice: VirtualWorker) -> None:
+    put(alice, 10, torch.ones(2, requires_grad=True))
+    step = CommandMessage("torch.Tensor.add_", (ObjectRef(10), 1.0), {}, grad_enabled=False)
+    me._send(step, alice)  # an optimizer's in-place step on a leaf: allowed under no_grad, as it ran at the sender
+    assert alice.objects[10].tolist() == [2.0, 2.0] and torch.is_grad_enabled()
+    with pytest.raises(WorkerError, match="leaf Variable that requires grad"):
+        me._send(CommandMessage("torch.Tensor.add_", (ObjectRef(10), 1.0), {}, grad_enabled=True), alice)
+    with torch.no_grad():
+        me._send(CommandMessage("torch.mul", (ObjectRef(10), 2.0), {}, grad_enabled=True), alice)
+    product = max(alice.objects)
+    assert alice.objects[product].requires_grad  # recorded: the message's mode, not the thread's
+    me._send(CommandMessage("torch.mul", (ObjectRef(10), 2.0)), alice)  # None: the sender's thread's mode
+    assert alice.objects[max(alice.objects)].requires_grad
+
+
 def test_get_keep_hands_a_copy_and_keeps_the_object(alice: VirtualWorker) -> None:
     value = torch.tensor([1.0, 2.0], requires_grad=True)
     put(alice, 10, value)
