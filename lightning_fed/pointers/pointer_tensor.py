@@ -231,7 +231,11 @@ class PointerTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        raise PointerError(f"{func} reached a pointer below __torch_function__; this is a lightning_fed bug.")
+        raise PointerError(
+            f"{func} cannot run on a pointer: torch called it without offering it to pointers first (as it does for "
+            "Tensor.set_ and the sparse constructors), so no worker can run it. Compute it at the worker from commands "
+            "that take pointers, or .get() the tensors first where the worker's policy releases them."
+        )
 
 
 def remote_call(func: Any, args: tuple, kwargs: dict | None) -> Any:

@@ -94,7 +94,7 @@ class WorkerGuard:
             if found and not bits:
                 first_id = obj_id
             bits |= found
-            if storage is not None:
+            if storage is not None or type(obj) is torch.Tensor:  # a sparse or MKL-DNN tensor: labelled as an object
                 tracked.append(obj)
         if not bits:
             return None

@@ -3,8 +3,8 @@
 
 ``t.untyped_storage()`` is the same Python object for every tensor over that memory, and it can be weakly
 referenced: it dies with the memory. :class:`StorageLabels` keeps ``id(storage) -> labels`` and drops an entry when
-its storage dies, so an id reused by new memory never inherits old labels. Objects without a storage (dataset
-shards, a pointer kept at a worker) are labelled by their object id instead.
+its storage dies, so an id reused by new memory never inherits old labels. Tensors without a storage (sparse,
+MKL-DNN) are labelled as objects, for as long as they live; other objects (dataset shards) by their id in the store.
 
 Labels are bits: :data:`PRIVATE` (the worker's data, or computed from it) and :data:`MODEL` (model parameters,
 their gradients and updates).
@@ -78,11 +78,12 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
 class StorageLabels:
     """One worker's labels: by storage for tensors, by object id for everything else (see the module docstring)."""
 
-    __slots__ = ("_by_id", "_labels", "_refs")
+    __slots__ = ("_by_id", "_labels", "_objects", "_refs")
 
     def __init__(self) -> None:
         self._labels: dict[int, int] = {}  # id(storage) -> bits (read directly by the guard's fast path)
         self._refs: dict[int, weakref.ref] = {}
+        self._objects: dict[int, int] = {}  # id(tensor) -> bits, for tensors without a storage (weakly referenced)
         self._by_id: dict[int, int] = {}
 
     @property
@@ -95,27 +96,52 @@ class StorageLabels:
         storage = storage_of(obj)
         if storage is not None:
             return self._labels.get(id(storage), 0)
-        return self._by_id.get(obj_id, 0) if obj_id is not None else 0
+        found = self._objects.get(id(obj), 0) if self._objects else 0
+        return found | self._by_id.get(obj_id, 0) if obj_id is not None else found
 
     def of_tensor(self, tensor: Any) -> int:
         storage = storage_of(tensor)
-        return 0 if storage is None else self._labels.get(id(storage), 0)
+        if storage is None:
+            return self._objects.get(id(tensor), 0) if self._objects else 0
+        return self._labels.get(id(storage), 0)
 
     def add(self, obj_id: int | None, obj: Any, bits: int) -> None:
-        """Add ``bits`` to the labels of ``obj``'s memory (or of ``obj_id`` when it has no storage)."""
+        """Add ``bits`` to the labels of ``obj``'s memory (or of ``obj`` and ``obj_id`` when it has no storage)."""
         if not bits:
             return
         storage = storage_of(obj)
         if storage is None:
+            if isinstance(obj, torch.Tensor):
+                self._add_object(obj, bits)
             if obj_id is not None:
                 self._by_id[obj_id] = self._by_id.get(obj_id, 0) | bits
             return
         self.add_storage(storage, bits)
 
     def add_tensor(self, tensor: Any, bits: int) -> None:
-        storage = storage_of(tensor) if bits else None
+        """Add ``bits`` to the labels of ``tensor``'s memory, or of the tensor itself when it has no storage."""
+        if not bits:
+            return
+        storage = storage_of(tensor)
         if storage is not None:
             self.add_storage(storage, bits)
+        elif isinstance(tensor, torch.Tensor):  # sparse, MKL-DNN: what is computed from it is labelled in turn
+            self._add_object(tensor, bits)
+
+    def _add_object(self, tensor: torch.Tensor, bits: int) -> None:
+        key = id(tensor)
+        objects = self._objects
+        if key in objects:
+            objects[key] |= bits
+            return
+        refs = self._refs
+
+        def dead(_: Any, key: int = key) -> None:  # the tensor is gone: a new object may reuse its id
+            objects.pop(key, None)
+            refs.pop(-key - 1, None)
+
+        refs[-key - 1] = weakref.ref(tensor, dead)  # negative keys: never an id(storage)
+        objects[key] = bits
 
     def add_storage(self, storage: Any, bits: int) -> None:
         key = id(storage)
@@ -139,10 +165,14 @@ class StorageLabels:
     def clear(self) -> None:
         self._labels.clear()
         self._refs.clear()
+        self._objects.clear()
         self._by_id.clear()
 
     def __len__(self) -> int:
-        return len(self._labels) + len(self._by_id)
+        return len(self._labels) + len(self._objects) + len(self._by_id)
 
     def __repr__(self) -> str:
-        return f"StorageLabels({len(self._labels)} storages, {len(self._by_id)} objects)"
+        return (
+            f"StorageLabels({len(self._labels)} storages, {len(self._objects)} tensors without storage, "
+            f"{len(self._by_id)} objects)"
+        )

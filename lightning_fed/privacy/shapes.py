@@ -18,12 +18,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from lightning_fed.privacy.labels import leaves
+from lightning_fed.workers.commands import resolve_command
 
 # the result shape depends on the values of any input
 _VALUE_SHAPED = frozenset(
@@ -52,6 +56,8 @@ _SIZED = frozenset(
         "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "fold",
         "fft_fft", "fft_fftn", "fft_hfft", "fft_hfftn", "fft_ifft", "fft_ifftn", "fft_ihfft", "fft_ihfftn",
         "fft_irfft", "fft_irfftn", "fft_rfft", "fft_rfftn", "fft_fft2", "fft_ifft2", "fft_rfft2", "fft_irfft2",
+        "fractional_max_pool2d", "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+        "fractional_max_pool3d_with_indices", "upsample", "upsample_nearest", "upsample_bilinear",
     }
 )  # fmt: skip
 # plain Python values a command may return about private tensors: metadata, never computed from the values
@@ -66,6 +72,14 @@ _METADATA = frozenset(
     }
 )  # fmt: skip
 _SAFE_VALUES = (type(None), torch.Size, torch.dtype, torch.device, torch.layout, torch.memory_format, str)
+# an integer argument in an aten schema (a size, a dim, a stride, a count; SymInt reads as int); float arguments that
+# set a result's size by their names; Python functions' size arguments whose annotations torch rewrites to None
+_INTEGER_TYPES = frozenset({"int", "Optional[int]", "List[int]", "Optional[List[int]]"})
+_SCALE_NAMES = frozenset(
+    {"scale_factor", "scale_factors", "scales", "scales_d", "scales_h", "scales_w", "output_ratio"}
+)
+_SIZE_NAMES = frozenset({"size", "shape", "output_size", "kernel_size", "stride", "padding", "dilation", "pad"})
+_INT_ANNOTATION = re.compile(r"\bint\b")
 
 SHAPE_FIX = "DataAccessPolicy(release_shapes=True)"
 
@@ -91,7 +105,76 @@ def shape_reason(name: str, args: tuple, kwargs: dict, is_private: Callable[[Any
         rest = list(args[1:]) + list(kwargs.values())
         if _private_in(rest, is_private, mask_only=False):
             return "a private number sets the shape of its result (a size, a dim or a count taken from a tensor)"
+        return None
+    positions, names, varargs = integer_arguments(name)
+    if positions or names:
+        found = [args[i] for i in positions if i < len(args)]
+        if varargs is not None:
+            found.extend(args[varargs:])
+        found.extend(value for key, value in kwargs.items() if key in names)
+        if found and _private_in(found, is_private, mask_only=False):
+            return (
+                "a private number is passed where it takes an integer (a size, a dim, a stride or a count), which "
+                "can set the shape of its result"
+            )
     return None
+
+
+@functools.cache
+def integer_arguments(name: str) -> tuple[frozenset[int], frozenset[str], int | None]:
+    """Where command ``name`` takes an integer: its positions, its keyword names, and the position from which every
+    positional argument is one (``x.view(2, n)``), from torch's operator schemas (any overload) or, for a Python
+    function, its own signature.
+
+    Example:
+        >>> positions, names, varargs = integer_arguments("torch.broadcast_to")
+        >>> positions, "size" in names, varargs
+        (frozenset({1}), True, 1)
+        >>> sorted(integer_arguments("torch.conv1d")[0])  # stride, padding, dilation, groups
+        [3, 4, 5, 6]
+        >>> integer_arguments("torch.Tensor.copy_")[0]  # copy_(src): a tensor (TorchScript's copy_.int aside)
+        frozenset()
+    """
+    short = short_name(name)
+    positions: set[int] = set()
+    names: set[str] = set(_SIZE_NAMES | _SCALE_NAMES)  # a private tensor passed by one of these names: always
+    tensor_positions: set[int] = set()
+    tensor_names: set[str] = set()
+    varargs: int | None = None
+    for schema in torch._C._jit_get_schemas_for_operator(f"aten::{short}"):
+        if schema.overload_name.startswith("prim") or not any("Tensor" in str(a.real_type) for a in schema.arguments):
+            continue  # TorchScript's own overloads (``aten::add.int(int a, int b)``, ``to.prim_dtype``)
+        positional = [arg for arg in schema.arguments if not arg.kwarg_only]
+        for index, arg in enumerate(schema.arguments):
+            kind = str(arg.real_type)
+            if kind in _INTEGER_TYPES or arg.name in _SCALE_NAMES:
+                names.add(arg.name)
+                if not arg.kwarg_only:
+                    positions.add(index)
+            elif "Tensor" in kind:  # an overload takes a tensor here (``copy_(self, src)`` beside ``copy_.int``)
+                tensor_names.add(arg.name)
+                if not arg.kwarg_only:
+                    tensor_positions.add(index)
+        if positional and str(positional[-1].real_type) in ("List[int]", "Optional[List[int]]"):
+            varargs = min(len(positional) - 1, varargs if varargs is not None else len(positional))
+    positions -= tensor_positions  # a tensor there is used as a tensor, not read as a number
+    names -= tensor_names
+    if varargs in tensor_positions:
+        varargs = None
+    func = resolve_command(name)
+    params = list(inspect.signature(func).parameters.values()) if inspect.isfunction(func) else []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if params and all(param.kind in kinds or param.kind is inspect.Parameter.KEYWORD_ONLY for param in params):
+        positions.clear()  # a Python function with named parameters: its own positions (the schema's may differ)
+        varargs = None
+        for index, param in enumerate(params):
+            text = str(param.annotation)
+            integer = _INT_ANNOTATION.search(text) is not None and "Tensor" not in text
+            if integer or param.name in names or param.name in _SIZE_NAMES or param.name in _SCALE_NAMES:
+                names.add(param.name)
+                if param.kind in kinds:
+                    positions.add(index)
+    return frozenset(positions), frozenset(names), varargs
 
 
 def _private_in(value: Any, is_private: Callable[[Any], bool], mask_only: bool) -> bool:

@@ -663,3 +663,12 @@ def test_a_fetched_pointer_answers_no_layout(alice: VirtualWorker) -> None:
         ptr.is_sparse
     with pytest.raises(PointerError, match=r"already fetched with \.get\(\)"):
         ptr.layout
+
+
+def test_calls_torch_makes_without_asking_pointers_say_what_to_do(alice: VirtualWorker) -> None:
+    target, source = sy.send(torch.zeros(3), alice), sy.send(torch.ones(3), alice)
+    with pytest.raises(PointerError, match=r"aten.set_.* cannot run on a pointer: torch called it without offering"):
+        target.set_(source)
+    with pytest.raises(PointerError, match=r"sparse_coo_tensor.* cannot run on a pointer: .*\.get\(\) the tensors"):
+        torch.sparse_coo_tensor(sy.send(torch.tensor([[0, 1]]), alice), source[:2], (3,))
+    assert target.get().tolist() == [0.0, 0.0, 0.0]  # nothing ran

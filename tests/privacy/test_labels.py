@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import warnings
 from typing import Any
 
@@ -14,7 +15,7 @@ from lightning_fed.privacy.labels import MODEL, PRIVATE, StorageLabels, label_na
 from lightning_fed.privacy.shapes import plain_value_reason, shape_reason, short_name
 from lightning_fed.workers import VirtualWorker, me
 from lightning_fed.workers.commands import allowlist, resolve_command
-from lightning_fed.workers.messages import CommandMessage, ObjectMessage, ObjectRef
+from lightning_fed.workers.messages import CommandMessage, GetMessage, ObjectMessage, ObjectRef
 
 
 # -- StorageLabels ------------------------------------------------------------------------------------------------------
@@ -153,3 +154,156 @@ def test_a_command_on_public_inputs_is_not_checked() -> None:
     me._send(ObjectMessage(1, torch.tensor([0.0, 2.0, 0.0])), worker)
     desc = me._send(CommandMessage("torch.Tensor.nonzero", (ObjectRef(1),)), worker)
     assert desc.shape == (1, 1) and worker.audit_log.refused == []
+
+
+# -- fuzz: a private number anywhere a command takes an integer ----------------------------------------------------
+SIZE_SLOTS = {  # where a command may take a size, a dim or a count: within a tuple, or after another argument
+    "the second argument": lambda base, n: (base, n),
+    "a one-tuple": lambda base, n: (base, (n,)),
+    "a tuple's second item": lambda base, n: (base, (1, n)),
+    "the third argument": lambda base, n: (base, 1, n),
+    "the third argument, in a tuple": lambda base, n: (base, 1, (n,)),
+}
+
+
+BASES = {"3-d": torch.arange(24.0).reshape(2, 3, 4), "one element": torch.ones(1), "4 channels": torch.ones(1, 4, 2, 2)}
+
+
+def _shape_dependent_slots() -> list[tuple[str, str, str]]:
+    """(command, base, slot) whose result shape differs between a number 1 and 2 in that slot."""
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(allowlist()):
+            if any(part in name for part in SKIP):
+                continue
+            func = resolve_command(name)
+            for (base_name, base), (slot, make) in itertools.product(BASES.items(), SIZE_SLOTS.items()):
+                try:
+                    first = _signature(func(*make(base.clone(), torch.tensor(1))))
+                    second = _signature(func(*make(base.clone(), torch.tensor(2))))
+                except Exception:  # does not run with these arguments
+                    continue
+                if first != second:
+                    found.append((name, base_name, slot))
+    return found
+
+
+def test_fuzz_a_private_number_in_any_size_slot_is_refused() -> None:
+    found = _shape_dependent_slots()
+    names = {name for name, *_ in found}
+    assert {"torch.broadcast_to", "torch.Tensor.sum_to_size", "torch.Tensor.expand", "torch.pixel_shuffle"} <= names
+    worker = _private_worker()
+    for index, base in enumerate(BASES.values(), start=2):
+        me._send(ObjectMessage(index, base.clone()), worker)  # the owner's tensors: public
+    for name, base_name, slot in found:
+        ref = _put_private(worker, 1, torch.tensor(1))
+        args = SIZE_SLOTS[slot](ObjectRef(2 + list(BASES).index(base_name)), ref)
+        with pytest.raises(PermissionDeniedError, match=rf"refuses to run {name} on private inputs"):
+            me._send(CommandMessage(name, args), worker)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"),
+    [
+        ("torch.broadcast_to", ("public", ("private",)), {}),
+        ("torch.Tensor.broadcast_to", ("public", ("private",)), {}),
+        ("torch.pixel_shuffle", ("public4d", "private"), {}),
+        ("torch.conv1d", ("public3d", "weight", None, "private"), {}),
+        ("torch.conv1d", ("public3d", "weight"), {"stride": "private"}),
+        ("torch.conv1d", ("public3d", "weight"), {"padding": ("private",)}),
+        ("torch.conv1d", ("public3d", "weight"), {"dilation": "private"}),
+        ("torch.nn.functional.interpolate", ("public3d",), {"scale_factor": "private_float"}),
+        ("torch.nn.functional.max_pool1d", ("public3d", "private"), {}),
+        ("torch.nn.functional.fractional_max_pool2d", ("public4d", 2), {"output_ratio": "private_float"}),
+    ],
+)
+def test_a_private_number_as_a_size_stride_or_scale_is_refused(name: str, args: tuple, kwargs: dict) -> None:
+    values = {
+        "public": torch.ones(3),
+        "public3d": torch.ones(1, 1, 12),
+        "public4d": torch.ones(1, 4, 2, 2),
+        "weight": torch.ones(1, 1, 3),
+        "private": torch.tensor(2),
+        "private_float": torch.tensor(0.5),
+    }
+    worker = _private_worker()
+    refs: dict[str, ObjectRef] = {}
+    for index, (key, value) in enumerate(values.items(), start=1):
+        if key.startswith("private"):
+            refs[key] = _put_private(worker, index, value)
+        else:
+            me._send(ObjectMessage(index, value), worker)
+            refs[key] = ObjectRef(index)
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(swap(item) for item in value)
+        return refs[value] if isinstance(value, str) else value
+
+    message = CommandMessage(name, swap(args), {key: swap(value) for key, value in kwargs.items()})
+    with pytest.raises(PermissionDeniedError, match=rf"refuses to run {name} on private inputs: a private number"):
+        me._send(message, worker)
+    assert worker.audit_log.refused[-1].kind == "shape"
+
+
+def test_private_tensors_where_a_command_takes_tensors_still_run() -> None:
+    worker = _private_worker()
+    x = _put_private(worker, 1, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    y = _put_private(worker, 2, torch.tensor([1, 0]))
+    me._send(ObjectMessage(3, torch.ones(2, 2, dtype=torch.float64)), worker)
+    checks = [
+        CommandMessage("torch.Tensor.to", (ObjectRef(3), x)),  # dtype and device of a private tensor: metadata
+        CommandMessage("torch.add", (x, ObjectRef(3))),
+        CommandMessage("torch.nn.functional.cross_entropy", (x, y)),
+        CommandMessage("torch.index_select", (x, 0, y)),
+        CommandMessage("torch.nn.functional.embedding", (y, x)),
+        CommandMessage("torch.Tensor.view", (x, 4)),  # a public size
+    ]
+    for message in checks:
+        me._send(message, worker)
+    assert worker.audit_log.refused == []
+
+
+# -- tensors without a storage (sparse, MKL-DNN) --------------------------------------------------------------------
+def test_tensors_without_storage_carry_labels_as_objects_while_they_live() -> None:
+    labels = StorageLabels()
+    sparse = torch.ones(2, 2).to_sparse()
+    labels.add_tensor(sparse, PRIVATE)
+    assert labels.of_tensor(sparse) == PRIVATE and labels.of(None, sparse) == PRIVATE
+    assert labels.of_tensor(torch.ones(2, 2).to_sparse()) == 0  # another tensor: its own labels
+    del sparse
+    gc.collect()
+    assert len(labels) == 0
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("torch.Tensor.to_mkldnn", ())],
+        [("torch.Tensor.to_mkldnn", ()), ("torch.Tensor.to_dense", ())],
+        [("torch.Tensor.sparse_mask", ("mask",))],
+        [("torch.Tensor.sparse_mask", ("mask",)), ("torch.Tensor.to_dense", ())],
+    ],
+    ids=["to_mkldnn", "to_mkldnn-to_dense", "sparse_mask", "sparse_mask-to_dense"],
+)
+def test_what_is_computed_from_data_through_a_tensor_without_storage_stays(steps: list) -> None:
+    worker = _private_worker()
+    data = torch.tensor([[0.25, -1.5], [3.0, 0.5]])
+    current = _put_private(worker, 1, data.clone())
+    me._send(ObjectMessage(2, torch.ones(2, 2).to_sparse()), worker)  # the owner's mask: public
+    for name, extra in steps:
+        args = (current, *(ObjectRef(2) for _ in extra))
+        current = ObjectRef(me._send(CommandMessage(name, args), worker).obj_id)
+    with pytest.raises(PermissionDeniedError, match=r"refuses to release object \d+ \(data, shape \(2, 2\)\)"):
+        me._send(GetMessage(current.obj_id), worker)
+    assert [r.kind for r in worker.audit_log.refused] == ["data"] and len(worker.audit_log) == 0
+
+
+def test_private_values_written_into_a_public_sparse_tensor_label_it() -> None:
+    worker = _private_worker()
+    me._send(ObjectMessage(1, torch.zeros(2, 2).to_sparse()), worker)  # public
+    private = _put_private(worker, 2, torch.tensor([[1.0, 0.0], [0.0, 2.0]]).to_sparse())
+    me._send(CommandMessage("torch.Tensor.add_", (ObjectRef(1), private)), worker)
+    with pytest.raises(PermissionDeniedError, match="refuses to release"):
+        me._send(GetMessage(1), worker)
