@@ -80,6 +80,7 @@ _SCALE_NAMES = frozenset(
 )
 _SIZE_NAMES = frozenset({"size", "shape", "output_size", "kernel_size", "stride", "padding", "dilation", "pad"})
 _INT_ANNOTATION = re.compile(r"\bint\b")
+_PLAIN_INT = {int}
 
 SHAPE_FIX = "DataAccessPolicy(release_shapes=True)"
 
@@ -112,7 +113,7 @@ def shape_reason(name: str, args: tuple, kwargs: dict, is_private: Callable[[Any
         if varargs is not None:
             found.extend(args[varargs:])
         found.extend(value for key, value in kwargs.items() if key in names)
-        if found and _private_in(found, is_private, mask_only=False):
+        if _private_number_in(found, is_private):
             return (
                 "a private number is passed where it takes an integer (a size, a dim, a stride or a count), which "
                 "can set the shape of its result"
@@ -175,6 +176,17 @@ def integer_arguments(name: str) -> tuple[frozenset[int], frozenset[str], int | 
                 if param.kind in kinds:
                     positions.add(index)
     return frozenset(positions), frozenset(names), varargs
+
+
+def _private_number_in(values: list[Any], is_private: Callable[[Any], bool]) -> bool:
+    """:func:`_private_in` over ``values``, quick for what layers pass (ints, tuples of ints, ``None``)."""
+    for value in values:
+        kind = type(value)
+        if kind is int or value is None or (kind is tuple and set(map(type, value)) <= _PLAIN_INT):
+            continue
+        if _private_in(value, is_private, mask_only=False):
+            return True
+    return False
 
 
 def _private_in(value: Any, is_private: Callable[[Any], bool], mask_only: bool) -> bool:
