@@ -7,9 +7,11 @@ over instead of copied (:mod:`lightning_fed.pointers.handover`). ``get_module`` 
 former objects let go of the memory that came home. An optimizer then
 steps the worker's tensors through the pointers; its per-element state (momentum buffers, Adam moments: the state
 tensors shaped like their parameter) follows the parameter from worker to worker and home again, while scalar
-state such as Adam's ``step`` stays with the optimizer. A parameter's gradient travels with it; a worker in this
-process keeps it aside until something there could see it (:mod:`lightning_fed.workers.outbox`), so the
-``optimizer.zero_grad()`` that follows ``model.send()`` in the seed's loop costs no command.
+state such as Adam's ``step`` stays with the optimizer. Between remote sites, which do not connect to one another,
+the state passes through this process (a ``get`` under the first site's policy, then a ``send``). A parameter's
+gradient travels with it; a worker in this process keeps it aside until something there could see it
+(:mod:`lightning_fed.workers.outbox`), so the ``optimizer.zero_grad()`` that follows ``model.send()`` in the seed's
+loop costs no command.
 
 Example:
     >>> import torch, lightning_fed as sy
@@ -207,9 +209,19 @@ def _state_follows_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
             for key, value in entries.items():
                 if type(value) is PointerTensor:
                     if value.location is not target:
-                        entries[key] = value.get() if target is None else value.move(target)
+                        entries[key] = _follow(value, target)
                 elif target is not None and isinstance(value, torch.Tensor) and _travels(key, value, param):
                     entries[key] = send_tensor(value, target)
+
+
+def _follow(value: PointerTensor, target: BaseWorker | None) -> torch.Tensor:
+    """``value`` brought to ``target`` (home when ``None``): moved directly between workers in this process, and
+    through this process when either end is a remote site (sites do not connect to one another)."""
+    if target is None:
+        return value.get()
+    if getattr(value.location, "remote", False) or getattr(target, "remote", False):
+        return send_tensor(value.get(), target)
+    return value.move(target)
 
 
 def get_optimizer_state(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -2,8 +2,11 @@
 
 :class:`SiteWorker` is the site without a transport: a :class:`~lightning_fed.workers.VirtualWorker` with the site's
 policy (strict by default) whose store holds the site's datasets as private tensors, and a method that answers a
-request frame with an answer frame (:mod:`.wire`). The site protects its datasets: they cannot be replaced or deleted
-from outside, and a ``.get()`` the policy allows leaves a copy (the site keeps its data).
+request frame with an answer frame (:mod:`.wire`). The site protects its datasets: they cannot be replaced, deleted or
+written to from outside (a command that would write to one, or to a view of one, is refused before it runs:
+:mod:`.readonly`), and a ``.get()`` the policy allows leaves a copy (the site keeps its data). A ``.get()`` lets go of
+its object only once the answer is encoded: an answer over the site's or the client's message limit, or one the wire
+cannot carry (a sparse tensor), leaves the object at the site.
 
 :class:`SiteServer` serves a ``SiteWorker`` on one gRPC method (``/lightning_fed.Worker/Call``, a stream of 1 MiB
 chunks each way, raw bytes, no generated code). With credentials it requires a client certificate signed by the
@@ -42,6 +45,7 @@ from lightning_fed.aggregation.functional import accumulation_dtype
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError, WorkerError
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
+from lightning_fed.transport.readonly import storage_key, written_ids
 from lightning_fed.transport.secagg import SecAggKeys, SecAggShares, SecAggUnmask, SiteSecAgg
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
 from lightning_fed.transport.tls import Credentials, check_insecure
@@ -53,13 +57,20 @@ from lightning_fed.transport.wire import (
     check_size,
     chunks,
     declared_size,
-    decode_request,
     describe,
     encode_answer,
     encode_error,
+    read_request,
 )
 from lightning_fed.workers.base import VirtualWorker
-from lightning_fed.workers.messages import LABEL_PRIVATE, DatasetMessage, DeleteMessage, GetMessage, ObjectMessage
+from lightning_fed.workers.messages import (
+    LABEL_PRIVATE,
+    CommandMessage,
+    DatasetMessage,
+    DeleteMessage,
+    GetMessage,
+    ObjectMessage,
+)
 from lightning_fed.workers.store import new_object_id
 
 SERVICE = "lightning_fed.Worker"
@@ -97,6 +108,7 @@ class SiteWorker:
         self.max_message_bytes = max_message_bytes
         self.datasets: dict[str, tuple[int, int]] = {}
         self._protected: set[int] = set()
+        self._memory: dict[int, str] = {}  # storage_key -> the dataset it holds (views of it share the key)
         self._lock = threading.Lock()
         for spec in datasets:
             self.add_dataset(spec.name, *site_tensors(spec))
@@ -116,6 +128,7 @@ class SiteWorker:
         for obj_id, tensor in zip(ids, (data, targets)):
             self.worker._recv(ObjectMessage(obj_id, tensor, LABEL_PRIVATE))
             self._protected.add(obj_id)
+            self._memory[storage_key(tensor)] = name
         self.datasets[name] = ids
         return ids
 
@@ -124,7 +137,7 @@ class SiteWorker:
         policy = self.worker.policy
         rules = {name: getattr(policy, name) for name in ("release_model", "release_scalars", "release_data",
                                                           "release_shapes")}  # fmt: skip
-        lengths = {name: len(self.worker.objects[ids[0]]) for name, ids in self.datasets.items()}
+        lengths = {name: _rows(self.worker.objects.get(ids[0])) for name, ids in self.datasets.items()}
         return {"protocol": PROTOCOL, "id": self.id, "policy": rules, "datasets": dict(self.datasets),
                 "lengths": lengths, "models": sorted(self.training.accepted),
                 "max_message_bytes": self.max_message_bytes}  # fmt: skip
@@ -145,13 +158,16 @@ class SiteWorker:
         """Answer one request frame with an answer (or error) frame; never raises."""
         what = "a request"
         try:
-            message, deletes = decode_request(data, self.max_message_bytes)
+            message, deletes, limit = read_request(data, self.max_message_bytes)
             what = describe(message)
+            limit = self.max_message_bytes if limit is None else min(limit, self.max_message_bytes)  # the client's
             with self._lock:
                 for obj_id in deletes:
                     self._delete(obj_id)
+                if type(message) is GetMessage:
+                    return self._get(message, limit, f"the answer to {what}")
                 answer = self._answer(message)
-            return encode_answer(answer, self.max_message_bytes, f"the answer to {what}")
+            return encode_answer(answer, limit, f"the answer to {what}")
         except Exception as err:
             (log.warning if isinstance(err, PermissionDeniedError) else log.info)("refused %s: %s", what, err)
             return encode_error(err)
@@ -175,19 +191,54 @@ class SiteWorker:
             )
         if kind is DeleteMessage:
             return self._delete(message.obj_id)
-        if kind is GetMessage:
-            found = self.worker.objects.get(message.obj_id)
-            if found is not None and not isinstance(found, torch.Tensor):  # checked before it leaves the store
-                raise WireError(
-                    f"worker {self.id!r} cannot send object {message.obj_id} back: it is a {type(found).__name__}, "
-                    "and only tensors and plain values cross the wire."
-                )
-        if kind is GetMessage and not message.keep and message.obj_id in self._protected:
-            original = self.worker.objects.get(message.obj_id)
-            answer = self.worker._recv(message)  # checked and audited by the site's policy
-            self.worker._recv(ObjectMessage(message.obj_id, original, LABEL_PRIVATE))  # the site keeps its data
-            return answer
+        if kind is CommandMessage:
+            return self._command(message)
         return self.worker._recv(message)
+
+    def _get(self, message: GetMessage, limit: int, what: str) -> bytes:
+        """A get's answer frame, encoded before the object leaves (see ``BaseWorker._handle_get``): an answer over
+        ``limit`` or one the wire refuses leaves the object, its labels and the audit log as they were."""
+        obj_id = message.obj_id
+        found = self.worker.objects.get(obj_id)  # (delivers what the worker's outbox holds, as _recv would)
+        if found is not None and not isinstance(found, torch.Tensor):
+            raise WireError(
+                f"worker {self.id!r} cannot send object {obj_id} back: it is a {type(found).__name__}, and only "
+                "tensors and plain values cross the wire."
+            )
+        answer = self.worker._handle_get(message, lambda obj: encode_answer(obj, limit, what))  # checked, audited
+        if not message.keep and obj_id in self._protected:
+            self.worker._recv(ObjectMessage(obj_id, found, LABEL_PRIVATE))  # the site keeps its data
+        return answer
+
+    def _command(self, message: CommandMessage) -> Any:
+        """Run a command, unless it would write to one of the site's datasets (or to memory they share)."""
+        objects = self.worker.objects
+        for obj_id in written_ids(message.command, message.args, message.kwargs):
+            found = objects.get(obj_id)
+            name = self._memory.get(storage_key(found)) if isinstance(found, torch.Tensor) else None
+            if name is not None:
+                which = "" if obj_id in self._protected else ", a view of it (it shares its memory)"
+                raise PermissionDeniedError(
+                    f"worker {self.id!r} refuses to run {message.command}: it would write to object {obj_id} of "
+                    f"the site's dataset {name!r}{which}, and the site's datasets are read-only from outside. Work on "
+                    "a copy at the site instead (e.g. data.clone(), then change the clone)."
+                )
+        before = self._dataset_state()
+        try:
+            return self.worker._recv(message)
+        finally:
+            if self._dataset_state() != before:  # a write the check above did not recognise: say so, loudly
+                log.error("%s changed one of the site's datasets; restart the site to load them again", message.command)
+                raise WorkerError(
+                    f"worker {self.id!r} ran {message.command}, and it changed one of the site's datasets, which are "
+                    "read-only from outside: the command was not recognised as a write before it ran. The site's "
+                    "operator should restart the site to load its data again."
+                )
+
+    def _dataset_state(self) -> list[tuple[int, bool, int]]:
+        objects = self.worker._store.objects
+        found = (objects.get(obj_id) for obj_id in self._protected)
+        return [(t._version, t.requires_grad, storage_key(t)) for t in found if isinstance(t, torch.Tensor)]
 
     def _train(self, request: TrainRequest) -> dict[str, Any]:
         """A round's local training on one of the site's datasets; its model (or, under secure aggregation, only its
@@ -237,6 +288,11 @@ class SiteWorker:
             log.info("kept object %s: it is one of the site's datasets (a delete from outside is ignored)", obj_id)
             return
         self.worker._recv(DeleteMessage(obj_id))
+
+
+def _rows(tensor: Any) -> int:
+    """A dataset's number of samples (its first dimension); 0 for a tensor without one."""
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 else 0
 
 
 class SiteServer:

@@ -11,7 +11,8 @@ get, delete, command, search, dataset), :class:`SiteQuery`, a round's
 :class:`~lightning_fed.transport.training.TrainRequest` and the secure-aggregation requests of
 :mod:`lightning_fed.transport.secagg` (public keys, encrypted shares, unmasking shares: bytes). A request also
 carries the ids of the objects whose pointers were dropped since the last request (deletes are batched: dropping a
-pointer costs no round trip).
+pointer costs no round trip), and the largest answer its sender accepts (``answer_limit``: the site refuses a larger
+answer itself, before a ``.get()`` lets go of the object).
 ``MoveMessage`` (sites do not connect to one another) and ``PlanMessage`` (no code crosses the wire) are refused.
 An answer is a value, or an error that is raised again on the receiving side as the same exception type.
 
@@ -219,11 +220,19 @@ def encode_request(message: Any, deletes: Sequence[int] = (), max_bytes: int = D
     else:
         raise _refuse(message)
     header["deletes"] = [int(obj_id) for obj_id in deletes]
+    header["answer_limit"] = int(max_bytes)  # the sender accepts no larger answer: the site checks before it answers
     return frame(header, enc.tensors, max_bytes, what)
 
 
 def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[Any, tuple[int, ...]]:
     """``(message, deletes)`` from a request frame; :class:`WireError` for anything malformed or unknown."""
+    message, deletes, _ = read_request(data, max_bytes)
+    return message, deletes
+
+
+def read_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[Any, tuple[int, ...], int | None]:
+    """``(message, deletes, answer_limit)`` from a request frame: ``answer_limit`` is the largest answer the sender
+    accepts (``None`` from a sender that does not say)."""
     header, tensors = unframe(data, max_bytes, "a request")
     kind = header.get("kind")
     dec = ValueDecoder(tensors, f"a request ({kind!r})")
@@ -241,6 +250,9 @@ def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         return found
 
     deletes = tuple(ints("deletes"))
+    limit = header.get("answer_limit")
+    if limit is not None and (type(limit) is not int or limit < PREFIX.size):
+        raise dec.bad(limit, f"answer_limit must be a number of bytes (at least {PREFIX.size})")
     if kind == "object":
         obj = dec.value(header.get("obj"))
         if not isinstance(obj, torch.Tensor):
@@ -283,7 +295,7 @@ def decode_request(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         message = _secagg_message(dec, kind, one("federation", (str,)), one("round"), header.get("body"))
     else:
         raise dec.bad(kind, "unknown message kind")
-    return message, deletes
+    return message, deletes, limit
 
 
 def _secagg_input(dec: ValueDecoder, node: Any) -> SecAggInput | None:

@@ -1,4 +1,5 @@
-"""What a message's arguments become at a worker: its own objects for :class:`ObjectRef`, and checked values.
+"""What a message's arguments become at a worker (its own objects for :class:`ObjectRef`, and checked values),
+and what leaves it after a command: a failed command's message (:func:`withheld`) and a kept copy (:func:`copy_out`).
 
 A command takes the worker's objects, tensors (copied, as a real transfer would copy them) and plain values; any other
 object is refused, since torch hands every argument that defines ``__torch_function__`` the worker's real tensors.
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lightning_fed.exceptions import WorkerError
+from lightning_fed.exceptions import LightningFedError, WorkerError
 from lightning_fed.workers.messages import ObjectRef
 from lightning_fed.workers.store import ObjectStore
 
@@ -76,3 +77,19 @@ def _command_arg(obj: Any, worker_id: Hashable, command: str) -> Any:
         f"worker {worker_id!r} refuses to run {command} with an argument of type {kind.__name__}: a command takes "
         "the worker's objects (pointers), tensors and plain values only. Send the object first."
     )
+
+
+def withheld(failure: Exception, guard: Any) -> bool:
+    """Whether a failed command's message stays at the worker: torch's messages can quote private values; this
+    library's own (a :class:`~lightning_fed.exceptions.LightningFedError`) name types and shapes only, and an open
+    policy (``release_data``) releases the data anyway."""
+    return not isinstance(failure, LightningFedError) and not guard.policy.release_data
+
+
+def copy_out(obj: Any) -> Any:
+    """What ``get(keep=True)`` hands out: a detached copy of a tensor (``requires_grad`` kept), anything else as is."""
+    if isinstance(obj, torch.Tensor):
+        copy = obj.detach().clone()
+        copy.requires_grad_(obj.requires_grad)
+        return copy
+    return obj

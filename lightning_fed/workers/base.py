@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PointerError, WorkerError
-from lightning_fed.workers.arguments import PLAIN_RESULTS, resolve_refs
+from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerError
+from lightning_fed.workers.arguments import PLAIN_RESULTS, copy_out, resolve_refs, withheld
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.epoch import bump_grad_epoch, changes_grads
 from lightning_fed.workers.messages import (
@@ -251,16 +251,24 @@ class BaseWorker:
     def _missing(self, obj_id: int) -> WorkerError:
         return WorkerError(f"worker {self.id!r} holds no object {obj_id}: {self._store.why_missing(obj_id)}.")
 
-    def _handle_get(self, message: GetMessage) -> Any:
-        if message.obj_id not in self._store:
-            raise self._missing(message.obj_id)
-        obj = self._store.get(message.obj_id)
-        if self._guard is not None:  # raises PermissionDeniedError, else audits and returns what may leave
-            obj = self._guard.release(message.obj_id, obj, "to_here" if message.keep else "get")
-        if message.keep:
-            return _copy_out(obj)
-        self._store.depart(message.obj_id, "get")
-        return obj
+    def _handle_get(self, message: GetMessage, deliver: Callable[[Any], Any] | None = None) -> Any:
+        """The object (``keep``: a copy); with ``deliver`` (a site's encoder), ``deliver(obj)``, and the object leaves
+        (store, labels, audit log) only once that returned: an answer that cannot be sent changes nothing here."""
+        obj_id, keep = message.obj_id, message.keep
+        if obj_id not in self._store:
+            raise self._missing(obj_id)
+        obj, request, rule = self._store.get(obj_id), None, ""
+        if self._guard is not None:  # raises PermissionDeniedError (recorded as refused), else what may leave
+            request, rule = self._guard.check(obj_id, obj, "to_here" if keep else "get")
+            obj = self._guard.outgoing(obj, request)
+        answer = copy_out(obj) if keep else obj
+        if deliver is not None:
+            answer = deliver(answer)  # raises: nothing changed here
+        if request is not None:
+            self._guard.commit(request, rule)
+        if not keep:
+            self._store.depart(obj_id, "get")
+        return answer
 
     def _handle_move(self, message: MoveMessage) -> None:
         """Hand an object to another worker, all or nothing: a refused or failed move leaves this store, its labels
@@ -350,7 +358,7 @@ class BaseWorker:
         finally:
             _current_worker.reset(token)
         if failure is not None:  # raised outside the except block: a withheld error keeps no __context__ either
-            if pending is not None and pending.private and _withheld(failure, guard):
+            if pending is not None and pending.private and withheld(failure, guard):
                 name = type(failure).__name__
                 failure = None
                 raise WorkerError(
@@ -409,21 +417,6 @@ BaseWorker._routes = {
     SearchMessage: BaseWorker._handle_search,
     DatasetMessage: BaseWorker._handle_dataset,
 }
-
-
-def _withheld(failure: Exception, guard: Any) -> bool:
-    """Whether a failed command's message stays at the worker: torch's messages can quote private values; this
-    library's own (a :class:`~lightning_fed.exceptions.LightningFedError`) name types and shapes only, and an open
-    policy (``release_data``) releases the data anyway."""
-    return not isinstance(failure, LightningFedError) and not guard.policy.release_data
-
-
-def _copy_out(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        copy = obj.detach().clone()
-        copy.requires_grad_(obj.requires_grad)
-        return copy
-    return obj
 
 
 class VirtualWorker(BaseWorker):

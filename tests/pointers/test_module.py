@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lightning_fed as sy
-from lightning_fed.exceptions import NotAWorkerError, PointerError
+from lightning_fed.exceptions import NotAWorkerError, PointerError, WorkerError
 from lightning_fed.pointers import (
     PointerTensor,
     get_module,
@@ -23,6 +23,7 @@ from lightning_fed.pointers import (
     send_module,
 )
 from lightning_fed.workers import BaseWorker, VirtualWorker
+from lightning_fed.workers.messages import MoveMessage
 
 OPTIMIZERS: dict[str, Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.1),
@@ -195,6 +196,27 @@ def test_get_optimizer_state_brings_the_state_home(optimizer_name: str) -> None:
     for index, entries in state_dict["state"].items():
         for key, value in entries.items():
             assert (value - ref_state_dict["state"][index][key]).abs().max().item() < 1e-5, (index, key)
+
+
+class SiteLike(VirtualWorker):
+    """A worker that, like a remote site (``remote = True``), cannot move an object to another worker."""
+
+    remote = True
+
+    def _recv(self, message):
+        if type(message) is MoveMessage:
+            raise WorkerError(f"worker {self.id!r} cannot move objects: sites do not connect to one another")
+        return super()._recv(message)
+
+
+@pytest.mark.parametrize("optimizer_name", ["momentum", "adam"])
+def test_optimizer_state_passes_through_this_process_between_remote_sites(optimizer_name: str) -> None:
+    # the momentum buffers / Adam moments born at w0 follow the model to w1 and back: as a get and a send
+    workers = (SiteLike(id="w0"), SiteLike(id="w1"))
+    _, opt, _, _ = run_oracle(optimizer_name, workers, through_hook=False)
+    get_optimizer_state(opt)
+    assert all(w.objects == {} for w in workers)
+    assert {r.command for w in workers for r in w.audit_log} == {"get"}  # released under the workers' policies
 
 
 @pytest.mark.parametrize("optimizer_name", ["momentum", "adam"])

@@ -12,7 +12,9 @@ import lightning_fed as sy
 from lightning_fed.exceptions import PermissionDeniedError, PointerError, WorkerError
 from lightning_fed.pointers.api import tag
 from lightning_fed.transport import RemoteWorker
+from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.site_data import MNIST_MEAN, MNIST_STD
+from lightning_fed.transport.wire import MIB
 from lightning_fed.workers.messages import CommandMessage, GetMessage, ObjectMessage, ObjectRef
 from tests.helpers.mnist_files import make_mnist_arrays
 from tests.transport.conftest import NUM_TRAIN, SEEDS
@@ -21,6 +23,13 @@ from tests.transport.conftest import NUM_TRAIN, SEEDS
 @pytest.fixture
 def alice(sites, federation):
     worker = RemoteWorker("alice", sites["alice"].address, certs=federation, timeout=20)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture
+def bob(sites, federation):
+    worker = RemoteWorker("bob", sites["bob"].address, certs=federation, timeout=20)  # bob's own limit: 1 MiB
     yield worker
     worker.close()
 
@@ -158,13 +167,23 @@ class _SeedNet(torch.nn.Module):
         return torch.log_softmax(self.fc(x.view(x.shape[0], -1)), dim=1)
 
 
-def _seed_loop(data, target, steps: int = 3):
-    """The seed tutorial's training loop on pointers: the model goes to the data, trains a step and comes back."""
+def _oracle_shard(site: str):
+    """What ``site`` serves as ``mnist-train``, made here (from the generator's seed) and sent to a VirtualWorker."""
+    images, labels = make_mnist_arrays(NUM_TRAIN, seed=SEEDS[site])
+    oracle = sy.VirtualWorker(id=f"{site}-oracle")
+    data = sy.send(((torch.from_numpy(images).float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1), oracle)
+    return data, sy.send(torch.from_numpy(labels).long(), oracle)
+
+
+def _seed_loop(*shards, steps: int = 3, optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.5)):
+    """The seed tutorial's training loop on pointers: the model goes to the data (the ``(data, target)`` shards in
+    turn), trains a step and comes back."""
     torch.manual_seed(0)
     model = _SeedNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)  # momentum: state follows the model
+    optimizer = optimizer(model.parameters())  # momentum, Adam: the state follows the model
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        data, target = shards[step % len(shards)]
         sy.send(model, data.location)
         optimizer.zero_grad()
         loss = torch.nn.functional.nll_loss(model(data), target)
@@ -175,20 +194,31 @@ def _seed_loop(data, target, steps: int = 3):
     return model, torch.stack(losses)
 
 
-def test_the_seed_training_loop_runs_at_a_site_as_on_a_virtual_worker(alice):
-    data, target = alice.search("mnist-train")
-    images, labels = make_mnist_arrays(NUM_TRAIN, seed=SEEDS["alice"])  # what the site serves, made here
-    oracle = sy.VirtualWorker(id="alice-oracle")
-    local_data = sy.send(((torch.from_numpy(images).float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1), oracle)
-    local_target = sy.send(torch.from_numpy(labels).long(), oracle)
-    remote_model, remote_losses = _seed_loop(data, target)
-    local_model, local_losses = _seed_loop(local_data, local_target)
+def _assert_same_training(remote, local):
+    (remote_model, remote_losses), (local_model, local_losses) = remote, local
     torch.testing.assert_close(remote_losses, local_losses, rtol=1e-5, atol=1e-6)
-    for (name, remote), local in zip(remote_model.state_dict().items(), local_model.state_dict().values()):
-        assert type(remote) is torch.Tensor, name  # home again, not a pointer
-        torch.testing.assert_close(remote, local, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, got), expected in zip(remote_model.state_dict().items(), local_model.state_dict().values()):
+        assert type(got) is torch.Tensor, name  # home again, not a pointer
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(remote_model.fc.weight, _SeedNet().fc.weight)  # it trained
-    assert remote_losses[-1] < remote_losses[0]
+
+
+def test_the_seed_training_loop_runs_at_a_site_as_on_a_virtual_worker(alice):
+    remote = _seed_loop(alice.search("mnist-train"))
+    _assert_same_training(remote, _seed_loop(_oracle_shard("alice")))
+    assert remote[1][-1] < remote[1][0]
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), lambda params: torch.optim.Adam(params, lr=0.01)],
+    ids=["momentum", "adam"],
+)
+def test_optimizer_state_follows_the_model_from_site_to_site(alice, bob, optimizer):
+    # the state born at alice follows the model to bob and back: sites do not connect, so it passes through here
+    remote = _seed_loop(alice.search("mnist-train"), bob.search("mnist-train"), steps=4, optimizer=optimizer)
+    _assert_same_training(remote, _seed_loop(_oracle_shard("alice"), _oracle_shard("bob"), steps=4,
+                                             optimizer=optimizer))  # fmt: skip
 
 
 def test_no_grad_reaches_the_site(alice):
@@ -198,3 +228,51 @@ def test_no_grad_reaches_the_site(alice):
         assert not (w * 2).requires_grad
     assert (w * 2).requires_grad
     assert w.get().tolist() == [3.0, 3.0]
+
+
+def test_a_get_that_cannot_be_answered_leaves_the_object_at_the_site(alice, bob, federation, sites):
+    big = sy.send(torch.ones(1), bob).expand(300_000).clone()  # 1.2 MB, made at bob (whose limit is 1 MiB)
+    with pytest.raises(WireError, match=r"the answer to a GetMessage \(object \d+\) is \d+ bytes .* over the message "
+                                        r"limit of 1048576 bytes"):  # fmt: skip
+        big.get()
+    assert big.is_live and big.sum().get().item() == 300_000  # still at bob
+    sparse = sy.send(torch.eye(3), bob).to_sparse()
+    with pytest.raises(WireError, match=r"cannot carry a Tensor .*layout torch.sparse_coo"):
+        sparse.get()
+    assert torch.equal(sparse.to_dense().get(), torch.eye(3))
+    small = RemoteWorker("alice", sites["alice"].address, certs=federation, timeout=20, max_message_mb=1)
+    try:
+        at_alice = sy.send(torch.ones(1), small).expand(300_000).clone()  # within alice's 64 MiB, over this side's
+        with pytest.raises(WireError, match=r"over the message limit of 1048576 bytes"):
+            at_alice.get()
+        small.max_message_bytes = 2 * MIB
+        assert at_alice.get().sum().item() == 300_000  # it waited at alice
+        gets = [r for r in small.audit_log if r.obj_id == at_alice.id_at_location]
+        assert [r.command for r in gets] == ["get"]  # one release, a get: the failed answer left nothing
+    finally:
+        small.close()
+
+
+def test_the_sites_datasets_are_read_only(alice):
+    data, target = alice.search("mnist-train")
+    before = (data.sum().get(), target.sum().get())
+    refused = r"worker 'alice' refuses to run torch.Tensor.{}: it would write to object \d+ of the site's dataset " \
+              r"'mnist-train'{}, and the site's datasets are read-only from outside"  # fmt: skip
+    with pytest.raises(PermissionDeniedError, match=refused.format("zero_", "")):
+        data.zero_()
+    with pytest.raises(PermissionDeniedError, match=refused.format("fill_", "")):
+        target.fill_(7)
+    with pytest.raises(PermissionDeniedError, match=refused.format("resize_", "")):
+        data.resize_(0)
+    with pytest.raises(PermissionDeniedError, match=refused.format("requires_grad_", "")):
+        data.requires_grad_()
+    view = r", a view of it \(it shares its memory\)"
+    with pytest.raises(PermissionDeniedError, match=refused.format("zero_", view)):
+        data[0:1].zero_()
+    with pytest.raises(PermissionDeniedError, match=refused.format("add_", view)):
+        data.view(-1).add_(1)
+    assert data.clone().zero_().sum().get().item() == 0  # a copy at the site is the client's to change
+    data, target = alice.search("mnist-train")
+    assert data.shape == (NUM_TRAIN, 1, 28, 28) and not data.requires_grad
+    assert torch.equal(data.sum().get(), before[0]) and torch.equal(target.sum().get(), before[1])
+    assert alice.hello()["lengths"] == {"mnist-train": NUM_TRAIN}

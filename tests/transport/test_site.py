@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, WorkerError
+from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.server import SiteWorker
 from lightning_fed.transport.site_data import DatasetSpec, load_mnist, parse_data_flag, site_tensors, specs_from_config
 from lightning_fed.transport.wire import SiteQuery, decode_answer, encode_request
@@ -72,6 +73,83 @@ def test_the_sites_datasets_cannot_be_replaced_or_deleted_from_outside():
     assert shard_id in site.worker.objects  # still at the site
     with pytest.raises(FederatedConfigError, match="already has a dataset 'toy'"):
         site.add_dataset("toy", torch.zeros(1), torch.zeros(1))
+
+
+def test_a_get_whose_answer_cannot_be_sent_leaves_the_object_at_the_site():
+    site = SiteWorker("clinic", max_message_bytes=2**16)
+    site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
+    _ask(site, ObjectMessage(5, torch.ones(1)))
+    big = _ask(site, CommandMessage("torch.Tensor.repeat", (ObjectRef(5), 20_000))).obj_id  # 80 kB
+    sparse = _ask(site, CommandMessage("torch.Tensor.to_sparse", (ObjectRef(5),))).obj_id
+    held = dict(site.worker.objects)
+    with pytest.raises(WireError, match=rf"the answer to a GetMessage \(object {big}\) is \d+ bytes .* over the message "
+                                        r"limit of 65536 bytes"):  # fmt: skip
+        _ask(site, GetMessage(big))
+    with pytest.raises(WireError, match=r"cannot carry a Tensor .*layout torch.sparse_coo"):
+        _ask(site, GetMessage(sparse))
+    site.max_message_bytes = 2**20
+    with pytest.raises(WireError, match=r"over the message limit of 65536 bytes"):  # the client's limit, sent along
+        decode_answer(site.handle(encode_request(GetMessage(big), max_bytes=2**16)))
+    assert site.worker.objects == held and not site.worker.audit_log.records  # nothing left, nothing released
+    assert _ask(site, CommandMessage("torch.Tensor.sum", (ObjectRef(big),))).shape == ()
+    assert torch.equal(_ask(site, GetMessage(big)), torch.ones(20_000))  # it waited at the site
+    assert big not in site.worker.objects
+    assert [(r.obj_id, r.command) for r in site.worker.audit_log] == [(big, "get")]
+
+
+def _refusal(command: str, view: bool = False) -> str:
+    which = r", a view of it \(it shares its memory\)" if view else ""
+    return (rf"worker 'clinic' refuses to run {command}: it would write to object \d+ of the site's dataset 'toy'{which}, "
+            "and the site's datasets are read-only from outside")  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:a worker has an open data-access policy")
+def test_the_sites_datasets_are_read_only_from_outside():
+    site = SiteWorker("clinic", policy="open")
+    data, targets = torch.randn(4, 2), torch.arange(4)
+    data_id, target_id = site.add_dataset("toy", data.clone(), targets.clone())
+    ref = ObjectRef(data_id)
+    view = _ask(site, CommandMessage("torch.Tensor.__getitem__", (ref, slice(0, 1)))).obj_id
+    flat = _ask(site, CommandMessage("torch.Tensor.view", (ref, -1))).obj_id
+    mine = _ask(site, CommandMessage("torch.Tensor.clone", (ref,))).obj_id
+    writes = [
+        ("torch.Tensor.zero_", (ref,), {}, False),
+        ("torch.Tensor.fill_", (ObjectRef(target_id), 7), {}, False),
+        ("torch.Tensor.resize_", (ref, ()), {}, False),
+        ("torch.Tensor.requires_grad_", (ref,), {}, False),
+        ("torch.Tensor.__setitem__", (ref, 0, 1.0), {}, False),
+        ("torch.Tensor.__iadd__", (ref, 1.0), {}, False),
+        ("torch.Tensor.zero_", (ObjectRef(view),), {}, True),
+        ("torch.Tensor.add_", (ObjectRef(flat), 1.0), {}, True),
+        ("torch.add", (ObjectRef(mine), 1.0), {"out": ObjectRef(flat)}, True),
+        ("torch.nn.functional.relu", (ObjectRef(view),), {"inplace": True}, True),
+        ("torch.Tensor.grad.__set__", (ObjectRef(mine), ObjectRef(view)), {}, True),  # backward() would add into it
+    ]
+    for command, args, kwargs, is_view in writes:
+        with pytest.raises(PermissionDeniedError, match=_refusal(command, is_view)):
+            _ask(site, CommandMessage(command, args, kwargs))
+    held = site.worker.objects
+    assert torch.equal(held[data_id], data) and torch.equal(held[target_id], targets)
+    assert not held[data_id].requires_grad and held[data_id].grad is None
+    assert _ask(site, CommandMessage("torch.Tensor.zero_", (ObjectRef(mine),))) == ObjectRef(mine)  # a copy: fine
+    assert _ask(site, SiteQuery("hello"))["lengths"] == {"toy": 4}
+
+
+def test_a_write_the_site_did_not_recognise_is_reported(monkeypatch):
+    from lightning_fed.transport import server
+
+    site = SiteWorker("clinic")
+    data_id, _ = site.add_dataset("toy", torch.ones(4, 2), torch.arange(4))
+    monkeypatch.setattr(server, "written_ids", lambda *args: [])  # a write the check before the command misses
+    with pytest.raises(WorkerError, match=r"ran torch.Tensor.zero_, and it changed one of the site's datasets"):
+        _ask(site, CommandMessage("torch.Tensor.zero_", (ObjectRef(data_id),)))
+
+
+def test_hello_answers_whatever_shape_a_dataset_has():
+    site = SiteWorker("clinic")
+    data_id, _ = site.add_dataset("toy", torch.ones(4, 2), torch.arange(4))
+    site.worker.objects[data_id].resize_(())  # changed at the site itself: hello() still answers every client
+    assert _ask(site, SiteQuery("hello"))["lengths"] == {"toy": 0}
 
 
 def test_a_site_loads_an_mnist_folder_and_a_dataset_class(tmp_path):
