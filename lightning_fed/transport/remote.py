@@ -41,6 +41,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NoReturn
 
 import grpc
+import torch
 
 from lightning_fed.exceptions import FederatedConfigError, WorkerError
 from lightning_fed.privacy.audit import AuditLog, AuditRecord
@@ -62,7 +63,7 @@ from lightning_fed.transport.wire import (
     encode_request,
 )
 from lightning_fed.workers.base import BaseWorker
-from lightning_fed.workers.messages import DeleteMessage
+from lightning_fed.workers.messages import CommandMessage, DeleteMessage
 from lightning_fed.workers.session import WorkerSession
 
 _SITE_POLICY = "the site's"  # what BaseWorker.__init__ hands set_policy: the policy lives at the site
@@ -70,6 +71,19 @@ LATER = (
     "no code crosses the wire: a remote site trains whole FedAvg rounds (FederatedStrategy with a SiteDataModule "
     "over remote workers, one model down and one up per round), and answers the pointer API (send, commands, get)."
 )
+
+
+def _state_left_here() -> str | None:
+    """The torch setting of this thread or process that a command would run under here but not at a site, if any
+    (its autograd mode travels with the command)."""
+    if torch.get_default_dtype() is not torch.float32:
+        return f"torch.set_default_dtype({torch.get_default_dtype()})"
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            return f"torch.autocast({device!r}, dtype={torch.get_autocast_dtype(device)})"
+    if torch.is_anomaly_enabled():
+        return "torch.autograd.set_detect_anomaly(True)"
+    return None
 
 
 class RemoteWorker(BaseWorker):
@@ -138,6 +152,14 @@ class RemoteWorker(BaseWorker):
         if type(message) is DeleteMessage:
             self._deletes.append(message.obj_id)
             return None
+        if type(message) is CommandMessage:
+            unsent = _state_left_here()
+            if unsent is not None:
+                raise WorkerError(
+                    f"remote worker {self.id!r} cannot run {message.command} as it would run here: {unsent} is in "
+                    "effect in this process, and it does not reach the site, which would compute without it. Send "
+                    "commands to a site outside it (the autograd mode, torch.no_grad(), does travel)."
+                )
         if self._hello is None:
             self.hello()
         return self._request(message)

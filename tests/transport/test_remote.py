@@ -276,3 +276,20 @@ def test_the_sites_datasets_are_read_only(alice):
     assert data.shape == (NUM_TRAIN, 1, 28, 28) and not data.requires_grad
     assert torch.equal(data.sum().get(), before[0]) and torch.equal(target.sum().get(), before[1])
     assert alice.hello()["lengths"] == {"mnist-train": NUM_TRAIN}
+
+
+def test_settings_that_do_not_reach_the_site_are_refused_not_ignored(alice):
+    x = sy.send(torch.ones(2, 2), alice)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with autocast, pytest.raises(WorkerError, match=r"torch.autocast\('cpu', dtype=torch.bfloat16\) is in effect"):
+        x @ x  # at the site it would run in float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with pytest.raises(WorkerError, match=r"set_default_dtype\(torch.float64\) .* does not reach the site"):
+            x / 2
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.autograd.set_detect_anomaly(True), pytest.raises(WorkerError, match=r"set_detect_anomaly\(True\)"):
+        x.sqrt()
+    assert (x @ x).get().tolist() == [[2.0, 2.0], [2.0, 2.0]]  # outside them, as before
