@@ -107,8 +107,33 @@ def _recurrent_weights_released(module: nn.Module) -> Iterator[None]:
         for rnn in recurrent:
             rnn._flat_weights = [getattr(rnn, name, None) for name in rnn._flat_weights_names]
             rnn._flat_weight_refs = [None if w is None else weakref.ref(w) for w in rnn._flat_weights]
-            if not any(isinstance(w, PointerTensor) for w in rnn._flat_weights):
+            remote = any(isinstance(w, PointerTensor) for w in rnn._flat_weights)
+            handle = _ZERO_STATE_HOOKS.pop(rnn, None)
+            if handle is not None:
+                handle.remove()
+            if remote:
+                _ZERO_STATE_HOOKS[rnn] = rnn.register_forward_pre_hook(_zero_state_at_the_worker, with_kwargs=True)
+            else:
                 rnn.flatten_parameters()
+
+
+_ZERO_STATE_HOOKS: weakref.WeakKeyDictionary[nn.RNNBase, Any] = weakref.WeakKeyDictionary()
+
+
+def _zero_state_at_the_worker(rnn: nn.RNNBase, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """torch's recurrent modules make a missing initial state here (``torch.zeros``); while the weights are at a
+    worker, make it there instead (``input.new_zeros``), so that ``lstm(x)`` runs on pointers as it does locally."""
+    x = args[0] if args else kwargs.get("input")
+    if type(x) is not PointerTensor or (len(args) > 1 and args[1] is not None) or kwargs.get("hx") is not None:
+        return None
+    layers = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    batch = (x.shape[0 if rnn.batch_first else 1],) if x.dim() == 3 else ()  # an unbatched input has no batch dim
+    out = rnn.proj_size if getattr(rnn, "proj_size", 0) > 0 else rnn.hidden_size
+    hx: Any = x.new_zeros((layers, *batch, out))
+    if isinstance(rnn, nn.LSTM):
+        hx = (hx, x.new_zeros((layers, *batch, rnn.hidden_size)))
+    kwargs = {key: value for key, value in kwargs.items() if key not in ("input", "hx")}
+    return (x, hx, *args[2:]), kwargs
 
 
 def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:

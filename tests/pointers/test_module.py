@@ -466,3 +466,23 @@ def test_a_weak_reference_is_named_as_the_cause(alice: VirtualWorker) -> None:
     with pytest.raises(PointerError, match=r"cannot move module tensor 'weight': something holds a weak reference"):
         send_module(model, alice)
     assert type(model.weight) is nn.Parameter and alice.objects == {}
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("shape", [(2, 5, 3), (5, 3)], ids=["batched", "unbatched"])
+def test_a_recurrent_module_at_a_worker_makes_its_zero_state_there(alice: VirtualWorker, kind: type, shape) -> None:
+    torch.manual_seed(0)
+    model = kind(3, 4, num_layers=2, batch_first=True, bidirectional=kind is nn.GRU)
+    x = torch.randn(*shape)
+    with torch.no_grad():  # (a graph would hold the weights, which swap_tensors then refuses to move)
+        expected, expected_state = model(x)  # torch makes a zero initial state
+    send_module(model, alice)
+    out, state = model(sy.send(x, alice))  # it would be made here, beside pointers, and refused
+    torch.testing.assert_close(out.get(), expected)
+    got = tuple(s.get() for s in state) if kind is nn.LSTM else (state.get(),)
+    for a, b in zip(got, expected_state if kind is nn.LSTM else (expected_state,), strict=True):
+        torch.testing.assert_close(a, b)
+    get_module(model)
+    assert not model._forward_pre_hooks  # home again: torch's own forward, untouched
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], expected)
