@@ -54,12 +54,13 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.strategies.launchers", "_SubprocessScriptLauncher"),
     ("lightning.pytorch.tuner.lr_finder", "_LRCallback"),
 )
-# private attributes read on Lightning objects: (class path, attribute)
+# private attributes read or written on Lightning objects: (class path, attribute; a dotted one from an instance)
 PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.core.module.LightningModule", "_trainer"),
     ("lightning.pytorch.trainer.trainer.Trainer", "_results"),
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_every_n_train_steps"),
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_train_time_interval"),
+    ("lightning.pytorch.trainer.trainer.Trainer", "fit_loop._combined_loader"),
 )
 
 
@@ -112,6 +113,14 @@ def saves_within_epochs(checkpoint: Any) -> bool:
     )
 
 
+def set_up_train_data_again(trainer: Any) -> None:
+    """Where Lightning has set ``trainer``'s train data up already in this fit (inside the strategy's ``setup``, for
+    ``trainer.estimated_stepping_batches``), have it do so again at the fit loop's start, through the strategy as it
+    is then, as Lightning's tuner does after ``lr_find``."""
+    if trainer.train_dataloader is not None:
+        trainer.fit_loop._combined_loader = None
+
+
 def tuner_running(trainer: Any) -> str | None:
     """``"lr_find"`` while Lightning's learning-rate finder runs its range test in ``trainer``, else ``None``."""
     lr_callback = _private("lightning.pytorch.tuner.lr_finder", "_LRCallback")
@@ -131,6 +140,7 @@ __all__ = [
     "distributed_is_initialized",
     "init_dist_connection",
     "replays_batch_on_resume",
+    "set_up_train_data_again",
     "sync_ddp_if_available",
     "sync_module_states",
     "trainer_of",

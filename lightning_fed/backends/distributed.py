@@ -279,6 +279,7 @@ class DistributedBackend(SequentialBackend):
         if not isinstance(batch, IdleBatch):
             return super().batch_start(batch)
         self.open_step(batch)  # this process waits for the busiest one: count the step, train nothing
+        self.step_schedulers.decide(None)  # and no worker's schedule steps
         self.skip = True
         return batch
 

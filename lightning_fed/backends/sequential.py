@@ -43,6 +43,7 @@ from lightning_fed.privacy.dp import DPSGDAggregator, find_dp
 from lightning_fed.rounds.lifecycle import Rounds
 from lightning_fed.rounds.planning import RoundPlan, RoundPlanner
 from lightning_fed.rounds.releases import check_update_release
+from lightning_fed.rounds.worker_state import StepSchedulers
 
 
 class SequentialBackend(Backend):
@@ -53,7 +54,7 @@ class SequentialBackend(Backend):
         rounds: the federation's round lifecycle.
         planning: the :class:`~lightning_fed.rounds.RoundPlanner` arguments (clients per round, local work, seed).
         tolerate_failures: leave a worker whose ``training_step`` raises out of the round instead of stopping.
-        step_schedulers: the step-interval LR schedulers (kept per worker).
+        step_schedulers: the step-interval LR schedulers (kept per worker, stepping with the worker's own batches).
         threads: torch's thread count, re-checked at each round's start (:mod:`~lightning_fed.backends.threads`).
     """
 
@@ -65,13 +66,13 @@ class SequentialBackend(Backend):
         rounds: Rounds,
         planning: dict[str, Any],
         tolerate_failures: bool = False,
-        step_schedulers: list[Any] | None = None,
+        step_schedulers: StepSchedulers | None = None,
         threads: ThreadGovernor | None = None,
     ) -> None:
         super().__init__(calls, rounds)
         self.planning = planning
         self.tolerate_failures = tolerate_failures
-        self.step_schedulers = step_schedulers or []
+        self.step_schedulers = step_schedulers or StepSchedulers()
         self.threads = threads
         self.dp = find_dp(rounds.aggregator)
         self.planner: RoundPlanner | None = None
@@ -188,6 +189,8 @@ class SequentialBackend(Backend):
         self.open_step(batch)
         if worker is not rounds.active:
             rounds.start_worker(worker, self.calls.optimizers(), self.step_schedulers)
+        if self.step_schedulers:  # they step after this batch where its worker's own count meets their frequency
+            self.step_schedulers.decide(rounds.scheduler_states.count_batch())
         self.skip = rounds.failures.skip_batch(worker.id)
         if isinstance(self.dp, DPSGDAggregator) and not self.dp.can_step(worker.id):
             self.skip = True  # this worker's privacy budget is spent
@@ -292,6 +295,7 @@ class SequentialBackend(Backend):
         self.flush_losses()
 
     def teardown(self) -> None:
+        self.step_schedulers.restore()  # the frequencies as given (also after a fit that raised)
         if isinstance(self.dp, DPSGDAggregator):
             self.dp.detach()
 

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import sys
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -114,11 +115,49 @@ class WorkerOptimizerStates:
         self._states.clear()
 
 
+class StepSchedulers(list[Any]):
+    """The step-interval LR schedulers, kept per worker (a list of them, as the rounds swap a worker's schedule in),
+    with Lightning's configs for them: a scheduler of ``frequency`` n steps after every n-th batch of its worker's
+    own, counted across rounds (:meth:`WorkerSchedulerStates.count_batch`).
+
+    Lightning steps a scheduler after a batch when ``(batch_idx + 1) % frequency == 0``, on the round's batch index
+    (every worker's batches): before each batch, :meth:`decide` sets the config's ``frequency`` to 1 where the
+    worker's own count is a multiple of n (it steps) and to ``sys.maxsize`` where not (it does not, whatever the
+    index); :meth:`restore` gives the frequencies back.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> config = SimpleNamespace(scheduler="sched", frequency=3)
+        >>> schedulers = StepSchedulers([config])
+        >>> schedulers, [(schedulers.decide(n), config.frequency == 1)[1] for n in (1, 2, 3, 4, 5, 6)]
+        (['sched'], [False, False, True, False, False, True])
+        >>> schedulers.restore(); config.frequency
+        3
+    """
+
+    def __init__(self, configs: Sequence[Any] = ()) -> None:
+        super().__init__(config.scheduler for config in configs)
+        self.configs = list(configs)
+        self.frequencies = [int(config.frequency) for config in self.configs]
+
+    def decide(self, batches: int | None) -> None:
+        """Whether each scheduler steps after the current batch, its worker's ``batches``-th (``None``: no
+        worker's, such as a process waiting for the others)."""
+        for config, every in zip(self.configs, self.frequencies):
+            config.frequency = 1 if batches is not None and batches % every == 0 else sys.maxsize
+
+    def restore(self) -> None:
+        """The configs' frequencies as they were given."""
+        for config, every in zip(self.configs, self.frequencies):
+            config.frequency = every
+
+
 class WorkerSchedulerStates:
     """Per-worker state of step-interval LR schedulers: each worker's schedule advances with its own local steps.
 
     Epoch-interval schedulers stay global (stepped once a round, after aggregation). A worker that has not trained
-    yet starts from the schedulers' state at the start of fit.
+    yet starts from the schedulers' state at the start of fit. Each worker's own batches are counted with its
+    schedule, across rounds: what a scheduler's ``frequency`` counts (:class:`StepSchedulers`).
 
     Example:
         >>> import torch
@@ -138,6 +177,8 @@ class WorkerSchedulerStates:
         self._initial: list[tuple[dict[str, Any], list[float]]] | None = None
         self._active: Hashable | None = None
         self._schedulers: Sequence[Any] = ()
+        self._batches: dict[Hashable, int] = {}  # each worker's own batches so far (its schedule's, across rounds)
+        self.batches = 0  # the active worker's
 
     @staticmethod
     def _snapshot(schedulers: Sequence[Any]) -> list[tuple[dict[str, Any], list[float]]]:
@@ -158,13 +199,20 @@ class WorkerSchedulerStates:
         if self._initial is None:
             self._initial = self._snapshot(schedulers)
         self._load(schedulers, self._states.get(worker_id, self._initial))
+        self.batches = self._batches.get(worker_id, 0)
         self._active = worker_id
         self._schedulers = schedulers
+
+    def count_batch(self) -> int:
+        """One more batch of the active worker's own; how many it has had."""
+        self.batches += 1
+        return self.batches
 
     def sync(self) -> None:
         """Save the active worker's current schedule (before a checkpoint)."""
         if self._active is not None and self._schedulers:
             self._states[self._active] = self._snapshot(self._schedulers)
+            self._batches[self._active] = self.batches
 
     def deactivate(self, schedulers: Sequence[Any]) -> None:
         self.sync()
@@ -173,6 +221,7 @@ class WorkerSchedulerStates:
     def reset(self) -> None:
         """Forget every worker's schedule (``reset_optimizer_state=True`` does this each round)."""
         self._states.clear()
+        self._batches.clear()
         self._active = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -182,12 +231,17 @@ class WorkerSchedulerStates:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._states.clear()
+        self._batches.clear()
         self._initial = state.get("initial")
 
-    def export(self, worker_id: Hashable) -> list[tuple[dict[str, Any], list[float]]] | None:
-        """``worker_id``'s schedule (``None`` if it has not trained yet)."""
+    def export(self, worker_id: Hashable) -> dict[str, Any] | None:
+        """``worker_id``'s schedule and batches (``None`` if it has not trained yet)."""
         self.sync()
-        return self._states.get(worker_id)
+        states = self._states.get(worker_id)
+        return None if states is None else {"schedules": states, "batches": self._batches.get(worker_id, 0)}
 
-    def load(self, worker_id: Hashable, state: list[tuple[dict[str, Any], list[float]]]) -> None:
-        self._states[worker_id] = [(dict(s), list(lrs)) for s, lrs in state]
+    def load(self, worker_id: Hashable, state: dict[str, Any] | list[tuple[dict[str, Any], list[float]]]) -> None:
+        """Undo :meth:`export` (a list: the schedules alone, as checkpoints before the batch count held them)."""
+        saved = state if isinstance(state, dict) else {"schedules": state, "batches": 0}
+        self._states[worker_id] = [(dict(s), list(lrs)) for s, lrs in saved["schedules"]]
+        self._batches[worker_id] = int(saved["batches"])

@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_fed._compat.lightning import trainer_of, tuner_running
+from lightning_fed._compat.lightning import set_up_train_data_again, trainer_of, tuner_running
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends import Backend, DistributedBackend, FollowBackend, SequentialBackend, VectorizedBackend
 from lightning_fed.backends.threads import ThreadGovernor
@@ -53,8 +53,7 @@ from lightning_fed.privacy.dp import DPConfig
 from lightning_fed.rounds import ByzantineWorkers, ClientFailures, RoundPlan, Rounds, model_tensors
 from lightning_fed.rounds.stats import worker_table
 from lightning_fed.secure_aggregation import SecureAggregationConfig
-from lightning_fed.strategies import glue
-from lightning_fed.strategies.options import check_options, check_process_options, check_secure_aggregation
+from lightning_fed.strategies import glue, options
 from lightning_fed.strategies.parallel import FederatedParallelStrategy
 from lightning_fed.strategies.parts import build_aggregator, per_worker_schedulers
 from lightning_fed.workers.base import BaseWorker
@@ -129,13 +128,13 @@ class FederatedStrategy(FederatedParallelStrategy):
         )  # fmt: skip
         failures = ClientFailures(dropout_rate, deadline_steps, straggler_policy, min_clients)
         byzantine = ByzantineWorkers.coerce(byzantine)
-        self.mode = check_options(
+        self.mode = options.check_options(
             mode=mode, local_epochs=local_epochs, local_steps=local_steps, seed=seed,
             tolerate_failures=tolerate_failures, reset_optimizer_state=reset_optimizer_state, vectorize=vectorize,
             accept_plain_checkpoint=accept_plain_checkpoint, local_loop=local_loop, num_threads=num_threads,
             simulates_failures=failures.enabled or byzantine is not None, parallel_workers=parallel_workers,
         )  # fmt: skip
-        check_secure_aggregation(secure_aggregation)
+        options.check_secure_aggregation(secure_aggregation)
         aggregator = build_aggregator(aggregation, secure_aggregation, privacy, self.mode)
         self._rounds = Rounds(aggregator, failures, byzantine, reset_optimizer_state)
         self.tolerate_failures = self._rounds.tolerate_failures = tolerate_failures
@@ -183,13 +182,10 @@ class FederatedStrategy(FederatedParallelStrategy):
     # -- set-up ---------------------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer) -> None:
+        options.check_trainer_options(trainer, self.mode)
+        self._backend = None  # until this fit's backend exists, a train loader is only planned (process_dataloader)
         super().setup(trainer)
         module = self.lightning_module
-        if self.mode == "fedavg" and not module.automatic_optimization and trainer.training:
-            raise FederatedConfigError(
-                "FederatedStrategy(mode='fedavg') needs `automatic_optimization=True` in your LightningModule (it "
-                "steps each worker's optimizer itself); use mode='follow' for manual optimization."
-            )
         self._rounds.attach(model_tensors(module), len(list(module.parameters())), module)
         self._backend = self._make_backend(trainer)
         if trainer.training:
@@ -198,6 +194,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             glue.resume_open_round(self._backend, self._restored)
             glue.apply_limits(trainer, self._backend)
             self._backend = glue.choose_local_loop(self.local_loop, self._backend, trainer, self.parallel_workers)
+            set_up_train_data_again(trainer)  # if set up in super().setup(): through this backend, as it is now
         glue.add_privacy_monitor(trainer, self.aggregator, self._restored_callbacks)
 
     def _make_backend(self, trainer: pl.Trainer | None) -> Backend:
@@ -207,7 +204,7 @@ class FederatedStrategy(FederatedParallelStrategy):
         planning = {"clients_per_round": self.clients_per_round, "client_fraction": self.client_fraction,
                     "local_epochs": self.local_epochs, "local_steps": self.local_steps, "seed": self.seed}  # fmt: skip
         kwargs = {"tolerate_failures": self.tolerate_failures, "threads": self.threads,
-                  "step_schedulers": per_worker_schedulers(trainer) if trainer is not None else []}  # fmt: skip
+                  "step_schedulers": per_worker_schedulers(trainer) if trainer is not None else None}  # fmt: skip
         if self.is_distributed:
             return DistributedBackend(calls, self._rounds, planning, processes=self.processes(), **kwargs)
         if self.vectorize is True and trainer is not None and trainer.training:
@@ -216,15 +213,15 @@ class FederatedStrategy(FederatedParallelStrategy):
 
     @override
     def check_processes(self, where: str) -> None:
-        check_process_options(self.mode, self.vectorize, where, self.parallel_workers)
+        options.check_process_options(self.mode, self.vectorize, where, self.parallel_workers)
         self.aggregator.check_processes()
 
     @override
     def process_dataloader(self, dataloader: object) -> object:
         if not isinstance(dataloader, FederatedDataLoader):
             return dataloader
-        if self._backend is None:  # before setup (the checks of a run over processes): plan without a module
-            self._backend = self._make_backend(None)
+        if self._backend is None:  # before setup made this fit's backend (estimated_stepping_batches read in
+            return glue.provisional_loader(self._make_backend(None), dataloader)  # configure_optimizers): planned only
         self._tuning = None
         if self.mode == "fedavg" and tuner_running(trainer_of(self.lightning_module)):  # lr_find's range test
             rank_zero_info("FederatedStrategy: the learning-rate finder runs on one continuous stream of batches.")

@@ -21,9 +21,11 @@ from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls, LocalWork, device_mover, overrides_transfer
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
+from lightning_fed.backends.round_loader import RoundLoader
 from lightning_fed.backends.sequential import SequentialBackend, warn_limits
 from lightning_fed.backends.threaded import ThreadedBackend, thread_blockers
 from lightning_fed.backends.vectorized import VectorizedBackend
+from lightning_fed.data.loader import FederatedDataLoader
 from lightning_fed.exceptions import CheckpointMismatchError, FederatedConfigError
 from lightning_fed.logs import info
 from lightning_fed.privacy.dp import PrivacyMonitor, find_dp
@@ -97,6 +99,17 @@ def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]
     if overrides_transfer(module, datamodule):
         return lambda batches: [Strategy.batch_to_device(strategy, batch) for batch in batches]
     return device_mover(strategy.root_device)
+
+
+def provisional_loader(backend: Backend, loader: FederatedDataLoader) -> Any:
+    """The train loader Lightning gets before the strategy's ``setup`` has made the fit's backend (it sets its train
+    data up inside that ``setup`` when ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``): each
+    round planned as one Lightning step per local batch (what a run with a step-interval scheduler trains), with
+    nothing set up. The strategy's ``setup`` then has Lightning set the data up again through the fit's backend."""
+    if not isinstance(backend, SequentialBackend):
+        return loader  # follow mode: a batch is a step
+    backend.loader, backend.planner = loader, backend.make_planner(loader)
+    return RoundLoader(backend)
 
 
 def remote_backend(strategy: FederatedStrategy, backend: Backend) -> Backend:

@@ -157,6 +157,27 @@ def check_secure_aggregation(value: Any) -> None:
         )
 
 
+def check_trainer_options(trainer: Any, mode: str) -> None:
+    """Refuse, before a fit sets anything up, what its ``Trainer`` and module ask that the strategy cannot run, naming
+    the fix: manual optimization with rounds, and ``overfit_batches``."""
+    if not trainer.training:
+        return
+    if mode == "fedavg" and not trainer.lightning_module.automatic_optimization:
+        raise FederatedConfigError(
+            "FederatedStrategy(mode='fedavg') needs `automatic_optimization=True` in your LightningModule (it "
+            "steps each worker's optimizer itself); use mode='follow' for manual optimization."
+        )
+    overfit = trainer.overfit_batches
+    if overfit > 0:
+        raise FederatedConfigError(
+            f"`Trainer(overfit_batches={overfit!r})` rebuilds the train dataloader as a torch DataLoader with a "
+            "sequential sampler, and a federated train loader (pointers to batches at the workers) is not one. To "
+            f"train on fewer batches, pass Trainer(limit_train_batches={overfit!r}) (that share of every worker's "
+            "local work each round) or FederatedStrategy(local_steps=...) (each worker's batches a round), with "
+            "shuffle=False in the FederatedDataModule for the same batches every round."
+        )
+
+
 def check_process_options(mode: str, vectorize: bool | str, where: str, parallel_workers: int = 1) -> None:
     """Refuse what cannot run over several processes (``where`` says how many): follow mode, vectorized workers and
     workers in threads."""

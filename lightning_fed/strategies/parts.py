@@ -8,13 +8,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning.pytorch as pl
 
 from lightning_fed.aggregation import AGGREGATORS, Aggregator
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.privacy.dp import DPConfig, make_private
+from lightning_fed.rounds.worker_state import StepSchedulers
 from lightning_fed.secure_aggregation import SecureAggregationConfig, SecureAggregator
 
 
@@ -54,8 +53,9 @@ def resolve_aggregator(aggregation: str | Aggregator) -> Aggregator:
     )
 
 
-def per_worker_schedulers(trainer: pl.Trainer) -> list[Any]:
-    """The step-interval LR schedulers (kept per worker); refuses mixing them with epoch-interval ones."""
+def per_worker_schedulers(trainer: pl.Trainer) -> StepSchedulers:
+    """The step-interval LR schedulers (kept per worker, each stepping every ``frequency`` of its worker's own
+    batches); refuses mixing them with epoch-interval ones."""
     configs = trainer.lr_scheduler_configs
     step = [c.scheduler for c in configs if c.interval == "step"]
     epoch = [c.scheduler for c in configs if c.interval != "step"]
@@ -65,4 +65,4 @@ def per_worker_schedulers(trainer: pl.Trainer) -> list[Any]:
             f"round); got both ({[type(s).__name__ for s in step]} per step, {[type(s).__name__ for s in epoch]} "
             "per epoch), which would fight over the learning rate: use one kind."
         )
-    return step
+    return StepSchedulers([c for c in configs if c.interval == "step"])

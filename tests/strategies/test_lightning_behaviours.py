@@ -1,6 +1,8 @@
 """Lightning features that the federated core must not break: each test is one behaviour of the core redesign
 (callbacks see the worker that trains, limits cut every worker's work, lr_find runs one stream, metrics under
-vectorized workers, plain module attributes stay with their worker, the privacy monitor resumes)."""
+vectorized workers, plain module attributes stay with their worker, the privacy monitor resumes,
+``estimated_stepping_batches`` in ``configure_optimizers``, ``overfit_batches`` refused, values logged without a batch
+size in the vectorized loop mode, a step scheduler's ``frequency`` per worker)."""
 
 from __future__ import annotations
 
@@ -278,3 +280,118 @@ def test_scale_batch_size_rereads_the_batch_size_when_the_loader_is_rebuilt():
     fit.fit(model, datamodule=data)
     assert model.sizes == {new_size} and fit.strategy.backend.loader.batch_size == new_size
     assert all(row["steps"] > 0 for row in fit.strategy.worker_summary().values())
+
+
+class _ReadsStepCount(BoringClassifier):
+    """Lightning's pattern for a schedule over the whole run: ``estimated_stepping_batches`` read while configuring
+    the optimizers (which sets the train data up inside the strategy's setup)."""
+
+    def configure_optimizers(self) -> Any:
+        self.estimated = self.trainer.estimated_stepping_batches
+        return super().configure_optimizers()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"local_loop": "steps"}, {"vectorize": True}, {"parallel_workers": 2}, {"mode": "follow"}],
+    ids=["fused", "steps", "vectorized", "threads", "follow"],
+)
+def test_estimated_stepping_batches_read_in_configure_optimizers_leaves_the_fit_as_it_was(kwargs):
+    runs = {}
+    for cls in (BoringClassifier, _ReadsStepCount):
+        torch.manual_seed(0)
+        model = cls(num_classes=3, hidden=8)
+        fit = trainer(max_epochs=2, strategy=FederatedStrategy(num_threads=None, **kwargs))
+        fit.fit(model, datamodule=FedDM(tiny_dataset(24), num_workers=2, batch_size=4))  # 3 batches a worker
+        runs[cls] = model, fit
+    (plain, plain_fit), (reads, reads_fit) = runs.values()
+    assert max_abs_diff(plain, reads) == 0.0 and reads_fit.global_step == plain_fit.global_step
+    assert reads_fit.strategy.round_index == plain_fit.strategy.round_index
+    assert [w.id for w in reads_fit.strategy.workers] == [w.id for w in plain_fit.strategy.workers] == ["w0", "w1"]
+    assert reads.estimated == 2 * 6  # the local batches that step an optimizer: 2 rounds of 6
+
+
+class _OneCycle(_ReadsStepCount):
+    def configure_optimizers(self) -> Any:
+        optimizer = super().configure_optimizers()
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.5, total_steps=self.estimated)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_one_cycle_lr_over_the_estimated_stepping_batches_trains():
+    model = _OneCycle(num_classes=3, hidden=8)
+    fit = trainer(max_epochs=2, strategy=FederatedStrategy(num_threads=None))
+    fit.fit(model, datamodule=FedDM(tiny_dataset(24), num_workers=2, batch_size=4))
+    assert fit.global_step == model.estimated == 12  # a step-interval scheduler: one Lightning step per batch
+    assert fit.strategy.round_index == 2
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "follow"])
+def test_overfit_batches_is_refused_naming_the_value_and_what_to_use_instead(mode):
+    fit = trainer(max_epochs=1, overfit_batches=2, strategy=FederatedStrategy(mode=mode))
+    names = r"`Trainer\(overfit_batches=2\)`.*limit_train_batches=2.*local_steps"  # the value and what to use instead
+    with pytest.raises(FederatedConfigError, match=names):  # before the train data is set up (it reads the count)
+        fit.fit(_ReadsStepCount(num_classes=3), datamodule=FedDM(tiny_dataset(24), num_workers=2, batch_size=4))
+
+
+class _LogsUnbatchable(BoringClassifier):
+    """Reads a loss's value (which ``vmap`` cannot batch: vectorized workers take the loop mode) and logs a value
+    without a batch size, through ``log_dict`` or ``log(..., batch_size=None)``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(num_classes=3, hidden=8)
+        self.how = how
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        assert loss.item() == loss.item()  # a Python number: not under vmap
+        self.log("loss", loss, on_step=False, on_epoch=True)
+        if self.how == "log_dict":
+            self.log_dict({"twice": 2 * loss}, on_step=False, on_epoch=True)
+        else:
+            self.log("twice", 2 * loss, on_step=False, on_epoch=True, batch_size=None)
+        return loss
+
+
+@pytest.mark.parametrize("local_loop", ["auto", "steps"])
+@pytest.mark.parametrize("how", ["log_dict", "log"])
+def test_vectorized_loop_mode_logs_the_sequential_paths_epoch_values_without_a_batch_size(how, local_loop):
+    values = []
+    for kwargs in ({"local_loop": "steps"}, {"vectorize": True, "local_loop": local_loop}):
+        torch.manual_seed(0)
+        fit = trainer(max_epochs=1, strategy=FederatedStrategy(num_threads=None, **kwargs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the loop mode's note
+            fit.fit(_LogsUnbatchable(how), datamodule=FedDM(tiny_dataset(60), num_workers=3, batch_size=8))
+        values.append([float(fit.callback_metrics[k]) for k in ("loss", "twice")])  # batches of 8, 8 and 4
+    sequential, vectorized = values
+    assert vectorized == pytest.approx(sequential, abs=1e-6) and sequential[1] == pytest.approx(2 * sequential[0])
+
+
+class _EveryThirdStep(_StepLRModel):
+    """Halves its lr every third step (``frequency=3``)."""
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 3
+        return config
+
+
+def test_a_step_scheduler_with_a_frequency_counts_each_workers_own_batches_across_rounds_and_resumes(tmp_path):
+    def run(max_epochs: int, **kwargs: Any) -> tuple[_EveryThirdStep, pl.Trainer]:
+        model = _EveryThirdStep()
+        saves = [ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)] if max_epochs == 1 else []
+        fit = trainer(max_epochs=max_epochs, strategy=FederatedStrategy(), enable_checkpointing=bool(saves),
+                      callbacks=saves)  # fmt: skip
+        fit.fit(model, datamodule=FedDM(tiny_dataset(48), num_workers=3, batch_size=4), **kwargs)  # 4 batches each
+        return model, fit
+
+    model, fit = run(2)
+    for worker in ("w0", "w1", "w2"):  # whichever place a worker has in its rounds
+        assert [lr for w, lr in model.used if w == worker] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert fit.lr_scheduler_configs[0].frequency == 3  # as given, after fit
+    run(1)  # its last.ckpt: each worker's schedule and count after its 4 batches
+    resumed, _ = run(2, ckpt_path=str(tmp_path / "last.ckpt"))
+    for worker in ("w0", "w1", "w2"):
+        assert [lr for w, lr in resumed.used if w == worker] == [0.5, 0.5, 0.25, 0.25]

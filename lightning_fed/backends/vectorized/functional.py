@@ -148,11 +148,13 @@ def tied_names(module: nn.Module, names: list[str]) -> dict[str, list[str]]:
 @contextlib.contextmanager
 def sized_log(module: Any, batch_size: int) -> Iterator[None]:
     """Within the block ``module.log`` gets ``batch_size`` unless given (loop mode: Lightning's batch is the whole
-    vectorized step, from which it cannot infer one worker's batch size)."""
+    vectorized step, from which it cannot infer one worker's batch size); ``batch_size=None``, which ``log_dict``
+    passes, is not given."""
     log = module.log
 
     def with_size(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("batch_size", batch_size)
+        if kwargs.get("batch_size") is None:
+            kwargs["batch_size"] = batch_size
         return log(*args, **kwargs)
 
     with shadowed_log(module, with_size):
