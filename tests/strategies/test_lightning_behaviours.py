@@ -395,3 +395,38 @@ def test_a_step_scheduler_with_a_frequency_counts_each_workers_own_batches_acros
     resumed, _ = run(2, ckpt_path=str(tmp_path / "last.ckpt"))
     for worker in ("w0", "w1", "w2"):
         assert [lr for w, lr in resumed.used if w == worker] == [0.5, 0.5, 0.25, 0.25]
+
+
+class _FailsAtStep(BoringClassifier):
+    def __init__(self, fail_at: int | None) -> None:
+        super().__init__(num_classes=3)
+        self.fail_at, self.calls = fail_at, 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the training step failed")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"local_loop": "steps"}, {"vectorize": True}], ids=["fused", "steps", "vectorized"]
+)
+def test_a_fit_that_raises_leaves_the_global_model_in_the_module_not_a_workers(kwargs):
+    def fit(fail_at: int | None, rounds: int) -> tuple[_FailsAtStep, list[torch.Tensor]]:
+        pl.seed_everything(0)
+        model = _FailsAtStep(fail_at)
+        data = FederatedDataModule.from_datasets(tiny_dataset(48), tiny_dataset(8), workers=2, batch_size=8, seed=0)
+        run = trainer(max_epochs=rounds, strategy=FederatedStrategy(**kwargs))
+        if fail_at is None:
+            run.fit(model, datamodule=data)
+        else:
+            with pytest.raises(Exception, match="the training step failed"):
+                run.fit(model, datamodule=data)
+        return model, [p.detach().clone() for p in model.parameters()]
+
+    _, after_one_round = fit(None, 1)
+    steps_a_round = fit(None, 1)[0].calls
+    model, after_failure = fit(steps_a_round + 2, 3)  # fails in round 1, the first worker's local work under way
+    assert all(torch.equal(a, b) for a, b in zip(after_failure, after_one_round, strict=True))  # round 0's global
+    assert all(p.grad is None for p in model.parameters())
