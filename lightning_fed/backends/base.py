@@ -206,8 +206,11 @@ class Backend:
     def before_checkpoint(self) -> None:
         """A checkpoint is about to be taken of the module."""
 
+    def end_epoch(self) -> None:
+        """Lightning's training epoch ends, before its epoch-end hooks and checkpoints."""
+
     def end_fit(self) -> None:
-        """Fit ends (also early: ``max_steps``, an exception, a stop requested by a callback)."""
+        """Fit ends (also early: ``max_steps``, a stop requested by a callback; after an exception, ``teardown``)."""
 
     def teardown(self) -> None:
         """The strategy is torn down."""

@@ -289,6 +289,11 @@ class SequentialBackend(Backend):
         self.rounds.put_back(self._stash)
         self._stash = None
 
+    def end_epoch(self) -> None:
+        """A round still open here was cut short (``max_steps``, a callback's ``should_stop``, ``max_time``): it is
+        aggregated now, so that the epoch-end hooks, checkpoints and the fitted module all see the same model."""
+        self.finalize_round()
+
     def end_fit(self) -> None:
         self.batch = None
         self.finalize_round()

@@ -195,7 +195,7 @@ class FederatedStrategy(FederatedParallelStrategy):
             glue.apply_limits(trainer, self._backend)
             self._backend = glue.choose_local_loop(self.local_loop, self._backend, trainer, self.parallel_workers)
             set_up_train_data_again(trainer)  # if set up in super().setup(): through this backend, as it is now
-        glue.add_privacy_monitor(trainer, self.aggregator, self._restored_callbacks)
+        glue.add_callbacks(trainer, self.aggregator, self._restored_callbacks)
 
     def _make_backend(self, trainer: pl.Trainer | None) -> Backend:
         calls = glue.lightning_calls(self)

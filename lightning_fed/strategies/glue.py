@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -185,9 +186,23 @@ def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:
     warn_limits(limit)
 
 
-def add_privacy_monitor(trainer: pl.Trainer, aggregator: Aggregator, saved_callbacks: dict[str, Any]) -> None:
-    """With differential privacy, a :class:`PrivacyMonitor` (logs ``dp/epsilon``, stops at the target), its history
-    restored from the checkpoint being resumed (Lightning restored the callbacks before it was added)."""
+class RoundEnd(Callback):
+    """Closes a round cut short by a stop (``max_steps``, ``should_stop``) at the end of Lightning's training epoch,
+    first of the epoch-end hooks: the module's ``on_train_epoch_end``, the callbacks and ``last.ckpt`` all see the
+    model the fit ends with, not a worker's local model or the round's start."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        backend = getattr(trainer.strategy, "backend", None)
+        if backend is not None:
+            backend.end_epoch()
+
+
+def add_callbacks(trainer: pl.Trainer, aggregator: Aggregator, saved_callbacks: dict[str, Any]) -> None:
+    """The strategy's callbacks: :class:`RoundEnd`, first; with differential privacy, a :class:`PrivacyMonitor` (logs
+    ``dp/epsilon``, stops at the target), its history restored from the checkpoint being resumed (Lightning restored
+    the callbacks before it was added)."""
+    if not any(isinstance(c, RoundEnd) for c in trainer.callbacks):
+        trainer.callbacks.insert(0, RoundEnd())
     if find_dp(aggregator) is None or any(isinstance(c, PrivacyMonitor) for c in trainer.callbacks):
         return
     monitor = PrivacyMonitor()

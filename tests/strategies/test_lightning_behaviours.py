@@ -430,3 +430,35 @@ def test_a_fit_that_raises_leaves_the_global_model_in_the_module_not_a_workers(k
     model, after_failure = fit(steps_a_round + 2, 3)  # fails in round 1, the first worker's local work under way
     assert all(torch.equal(a, b) for a, b in zip(after_failure, after_one_round, strict=True))  # round 0's global
     assert all(p.grad is None for p in model.parameters())
+
+
+class _SeesEpochEnd(BoringClassifier):
+    def on_train_epoch_end(self) -> None:
+        self.at_epoch_end = [p.detach().clone() for p in self.parameters()]
+
+
+class _StopsAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+@pytest.mark.parametrize("kwargs", [{}, {"local_loop": "steps"}, {"vectorize": True}], ids=["fused", "steps", "vec"])
+def test_a_stop_in_the_middle_of_a_round_ends_with_one_model_everywhere(tmp_path, stop, kwargs):
+    pl.seed_everything(0)
+    model = _SeesEpochEnd(num_classes=3)
+    data = FederatedDataModule.from_datasets(tiny_dataset(96), tiny_dataset(8), workers=3, batch_size=8, seed=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    callbacks = [checkpoints] + ([_StopsAt(2)] if stop == "should_stop" else [])
+    run = trainer(max_epochs=3, strategy=FederatedStrategy(**kwargs), callbacks=callbacks, enable_checkpointing=True,
+                  **({"max_steps": 2} if stop == "max_steps" else {}))  # fmt: skip
+    run.fit(model, datamodule=data)
+    assert run.strategy.round_index == 1  # the round cut short was aggregated
+    final = [p.detach() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(model.at_epoch_end, final, strict=True))  # the module's hook
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[name], p.detach()) for name, p in model.named_parameters())  # and last.ckpt
