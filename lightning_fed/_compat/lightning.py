@@ -113,6 +113,12 @@ def saves_within_epochs(checkpoint: Any) -> bool:
     )
 
 
+def lift_max_steps(trainer: Any) -> None:
+    """No step limit for ``trainer``'s fit (``fast_dev_run`` sets ``max_steps`` on the fit loop's epoch loop, which
+    has no public setter; its ``max_epochs=1`` still ends the fit after one epoch)."""
+    trainer.fit_loop.epoch_loop.max_steps = -1
+
+
 def set_up_train_data_again(trainer: Any) -> None:
     """Where Lightning has set ``trainer``'s train data up already in this fit (inside the strategy's ``setup``, for
     ``trainer.estimated_stepping_batches``), have it do so again at the fit loop's start, through the strategy as it
@@ -140,6 +146,7 @@ __all__ = [
     "distributed_is_initialized",
     "init_dist_connection",
     "replays_batch_on_resume",
+    "lift_max_steps",
     "set_up_train_data_again",
     "sync_ddp_if_available",
     "sync_module_states",

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_fed._compat.lightning import replays_batch_on_resume, trainer_of
+from lightning_fed._compat.lightning import lift_max_steps, replays_batch_on_resume, trainer_of
 from lightning_fed.aggregation import Aggregator
 from lightning_fed.backends.base import Backend, LightningCalls, LocalWork, device_mover, overrides_transfer
 from lightning_fed.backends.fused import FusedBackend, fusion_blockers
@@ -183,6 +183,8 @@ def apply_limits(trainer: pl.Trainer, backend: Backend) -> None:
         return
     backend.planning["limit"] = limit
     trainer.limit_train_batches = 1.0  # the round loader's length already is the limited round
+    if trainer.fast_dev_run:  # its max_steps (the same N) would cut the round's tail: the one round is the limit
+        lift_max_steps(trainer)
     warn_limits(limit)
 
 

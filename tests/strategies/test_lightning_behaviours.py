@@ -462,3 +462,13 @@ def test_a_stop_in_the_middle_of_a_round_ends_with_one_model_everywhere(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(model.at_epoch_end, final, strict=True))  # the module's hook
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[name], p.detach()) for name, p in model.named_parameters())  # and last.ckpt
+
+
+@pytest.mark.parametrize("fast_dev_run", [True, 3])
+def test_fast_dev_run_reaches_every_sampled_worker_in_one_round(fast_dev_run):
+    data = FederatedDataModule.from_datasets(tiny_dataset(96), tiny_dataset(8), workers=3, batch_size=8, seed=0)
+    run = pl.Trainer(strategy=FederatedStrategy(), fast_dev_run=fast_dev_run, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False)  # fmt: skip
+    run.fit(BoringClassifier(num_classes=3), datamodule=data)
+    assert run.strategy.round_index == 1
+    assert [row["steps"] for row in run.strategy.worker_summary().values()] == [1, 1, 1]  # at least one each
