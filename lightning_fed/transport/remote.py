@@ -202,7 +202,9 @@ class RemoteWorker(BaseWorker):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return SiteUnavailableError(
                 f"{where} did not answer {what} within the timeout of {self.timeout:g} s: the site is hung, "
-                "overloaded or unreachable; the call was abandoned (pass a larger timeout= if the site is only slow)."
+                "overloaded or unreachable. This side stopped waiting; the site may still run the request (an in-place "
+                "command may still change its object; what a command makes is freed there). Pass a larger timeout= "
+                "if the site is only slow."
             )
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return SiteRefusedError(f"{where} refused this side: {details}")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -43,6 +43,7 @@ import torch
 
 from lightning_fed.aggregation.functional import accumulation_dtype
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError, PermissionDeniedError, WorkerError
+from lightning_fed.privacy.labels import leaves
 from lightning_fed.privacy.policy import DataAccessPolicy
 from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.readonly import storage_key, written_ids
@@ -70,6 +71,7 @@ from lightning_fed.workers.messages import (
     DeleteMessage,
     GetMessage,
     ObjectMessage,
+    TensorDescriptor,
 )
 from lightning_fed.workers.store import new_object_id
 
@@ -154,8 +156,10 @@ class SiteWorker:
 
         return {"released": [plain(r) for r in log_], "refused": [plain(r) for r in log_.refused]}
 
-    def handle(self, data: bytes) -> bytes:
-        """Answer one request frame with an answer (or error) frame; never raises."""
+    def handle(self, data: bytes, abandoned: Callable[[], bool] | None = None) -> bytes:
+        """Answer one request frame with an answer (or error) frame; never raises. ``abandoned()`` says whether the
+        caller gave up waiting (its timeout passed): the objects a command made then are freed, since no pointer
+        will ever name them."""
         what = "a request"
         try:
             message, deletes, limit = read_request(data, self.max_message_bytes)
@@ -167,6 +171,11 @@ class SiteWorker:
                 if type(message) is GetMessage:
                     return self._get(message, limit, f"the answer to {what}")
                 answer = self._answer(message)
+                if abandoned is not None and type(message) is CommandMessage and abandoned():
+                    for made in leaves(answer):
+                        if type(made) is TensorDescriptor:
+                            self._delete(made.obj_id)
+                    raise WireError(f"the caller stopped waiting for {what}: the objects it made were freed")
             return encode_answer(answer, limit, f"the answer to {what}")
         except Exception as err:
             (log.warning if isinstance(err, PermissionDeniedError) else log.info)("refused %s: %s", what, err)
@@ -383,7 +392,7 @@ class SiteServer:
             log.warning("refused a request from %s: %s", context.peer(), err)
             yield from chunks(encode_error(err))
             return
-        yield from chunks(self.site.handle(data))
+        yield from chunks(self.site.handle(data, lambda: not context.is_active()))
 
     def _receive(self, request: Iterator[bytes]) -> bytes:
         """The request's chunks joined; an oversized request is refused from its first bytes, before reading it."""

@@ -335,3 +335,15 @@ def test_a_transfer_hook_that_fails_on_the_sites_data_keeps_the_values_home():
     with pytest.raises(WorkerError, match=r"failed to train Quoting: ValueError \(details withheld") as err:
         decode_answer(site.handle(encode_request(_train_request("Quoting", Quoting(4, 2), [[0, 1]]))))
     assert "7.25" not in str(err.value)
+
+
+def test_what_a_command_makes_after_its_caller_stopped_waiting_is_freed():
+    site = SiteWorker("clinic")
+    data_id, _ = site.add_dataset("toy", torch.randn(4, 2), torch.arange(4))
+    before = set(site.worker.objects)
+    request = encode_request(CommandMessage("torch.max", (ObjectRef(data_id), 1)))  # two new tensors
+    with pytest.raises(WireError, match=r"the caller stopped waiting for a CommandMessage \(torch.max\)"):
+        decode_answer(site.handle(request, abandoned=lambda: True))  # a timed-out client: no pointer will name them
+    assert set(site.worker.objects) == before
+    made = decode_answer(site.handle(request, abandoned=lambda: False))
+    assert {made.values.obj_id, made.indices.obj_id} <= set(site.worker.objects)  # a caller still waiting gets them
