@@ -163,7 +163,7 @@ def integer_arguments(name: str) -> tuple[frozenset[int], frozenset[str], int | 
     if varargs in tensor_positions:
         varargs = None
     func = resolve_command(name)
-    params = list(inspect.signature(func).parameters.values()) if inspect.isfunction(func) else []
+    params = _parameters(func)
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if params and all(param.kind in kinds or param.kind is inspect.Parameter.KEYWORD_ONLY for param in params):
         positions.clear()  # a Python function with named parameters: its own positions (the schema's may differ)
@@ -176,6 +176,17 @@ def integer_arguments(name: str) -> tuple[frozenset[int], frozenset[str], int | 
                 if param.kind in kinds:
                     positions.add(index)
     return frozenset(positions), frozenset(names), varargs
+
+
+def _parameters(func: Any) -> list[inspect.Parameter]:
+    """A Python function's parameters; none for a builtin, or a wrapper of one (``Tensor.__pow__``) without a
+    signature."""
+    if not inspect.isfunction(func):
+        return []
+    try:
+        return list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return []
 
 
 def _private_number_in(values: list[Any], is_private: Callable[[Any], bool]) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 from lightning_fed.exceptions import PermissionDeniedError
 from lightning_fed.privacy.labels import MODEL, PRIVATE, StorageLabels, label_names
-from lightning_fed.privacy.shapes import plain_value_reason, shape_reason, short_name
+from lightning_fed.privacy.shapes import integer_arguments, plain_value_reason, shape_reason, short_name
 from lightning_fed.workers import VirtualWorker, me
 from lightning_fed.workers.commands import allowlist, resolve_command
 from lightning_fed.workers.messages import CommandMessage, GetMessage, ObjectMessage, ObjectRef
@@ -245,6 +245,11 @@ def test_a_private_number_as_a_size_stride_or_scale_is_refused(name: str, args: 
     with pytest.raises(PermissionDeniedError, match=rf"refuses to run {name} on private inputs: a private number"):
         me._send(message, worker)
     assert worker.audit_log.refused[-1].kind == "shape"
+
+
+def test_every_allowlisted_command_has_its_integer_arguments_found() -> None:
+    found = {name: integer_arguments(name) for name in sorted(allowlist())}  # (Tensor.pow: a wrapper, no signature)
+    assert found["torch.Tensor.pow"][0] == frozenset() and found["torch.broadcast_to"][0] == frozenset({1})
 
 
 def test_private_tensors_where_a_command_takes_tensors_still_run() -> None:
