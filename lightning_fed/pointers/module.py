@@ -62,10 +62,12 @@ def _module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
-def _like(template: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-    """A new tensor object over ``data`` of the template's kind (Parameter or plain), grad and attributes kept."""
-    if isinstance(template, nn.Parameter):
-        fresh = type(template)(data, requires_grad=template.requires_grad)
+def _like(template: torch.Tensor, data: torch.Tensor, parameter: bool = False) -> torch.Tensor:
+    """A new tensor object over ``data`` of the template's kind (Parameter or plain; a Parameter too where
+    ``parameter``), grad and attributes kept."""
+    if isinstance(template, nn.Parameter) or parameter:
+        kind = type(template) if isinstance(template, nn.Parameter) else nn.Parameter
+        fresh = kind(data, requires_grad=template.requires_grad)
     else:
         fresh = data.requires_grad_(template.requires_grad) if template.requires_grad else data
     if template.grad is not None:
@@ -180,9 +182,9 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
     return module
 
 
-def _fetch_into(name: str, ptr: PointerTensor) -> None:
+def _fetch_into(name: str, ptr: PointerTensor, parameter: bool = False) -> None:
     remote = ptr.get()
-    fresh = _like(remote, remote.detach())  # a new tensor object over the same storage: no copy
+    fresh = _like(remote, remote.detach(), parameter)  # a new tensor object over the same storage: no copy
     _swap(name, ptr, fresh)
     let_go(remote)  # the worker's graph keeps nothing of the memory that came home
 
@@ -190,9 +192,10 @@ def _fetch_into(name: str, ptr: PointerTensor) -> None:
 def get_module(module: nn.Module) -> nn.Module:
     """Bring every parameter and buffer of ``module`` back from its worker, in place; returns ``module``."""
     with _recurrent_weights_released(module):
-        for name, tensor in _module_tensors(module):
+        slots = {id(p) for sub in module.modules() for p in sub._parameters.values()}  # (a copy's are plain at the
+        for name, tensor in _module_tensors(module):  # worker: model.copy() clones them there)
             if isinstance(tensor, PointerTensor):
-                _fetch_into(name, tensor)
+                _fetch_into(name, tensor, parameter=id(tensor) in slots)
     return module
 
 

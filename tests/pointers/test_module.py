@@ -486,3 +486,15 @@ def test_a_recurrent_module_at_a_worker_makes_its_zero_state_there(alice: Virtua
     assert not model._forward_pre_hooks  # home again: torch's own forward, untouched
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], expected)
+
+
+def test_a_copy_of_a_sent_model_comes_home_with_parameters(alice: VirtualWorker) -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    send_module(model, alice)
+    copy_ = copy.deepcopy(model)  # what PySyft's model.copy() does: each pointer's copy is made at the worker
+    get_module(copy_)
+    get_module(model)
+    assert [type(p) for p in copy_.parameters()] == [nn.Parameter] * 4  # trainable, as the original's
+    assert [type(b) for b in copy_.buffers()] == [torch.Tensor] * 3  # buffers stay plain
+    for mine, theirs in zip(copy_.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()
