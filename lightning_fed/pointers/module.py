@@ -48,17 +48,18 @@ from lightning_fed.workers.outbox import SNAPSHOTS
 from lightning_fed.workers.store import new_object_id
 
 
-def _module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every distinct parameter and buffer object of ``module`` (tied weights once), with a name for errors."""
+def _module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor, bool]]:
+    """Every distinct parameter and buffer object of ``module`` (tied weights once), with a name for errors and
+    whether it sits in a parameter slot."""
     seen: set[int] = set()
-    found: list[tuple[str, torch.Tensor]] = []
+    found: list[tuple[str, torch.Tensor, bool]] = []
     for prefix, sub in module.named_modules(remove_duplicate=False):
-        for kind in (sub._parameters, sub._buffers):
+        for kind, parameter in ((sub._parameters, True), (sub._buffers, False)):
             for name, tensor in kind.items():
                 if tensor is None or id(tensor) in seen:
                     continue
                 seen.add(id(tensor))
-                found.append((f"{prefix}.{name}" if prefix else name, tensor))
+                found.append((f"{prefix}.{name}" if prefix else name, tensor, parameter))
     return found
 
 
@@ -151,7 +152,7 @@ def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
 def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
     done: list[tuple[str, torch.Tensor]] = []
     try:
-        for name, tensor in _module_tensors(module):
+        for name, tensor, _ in _module_tensors(module):
             if isinstance(tensor, PointerTensor):
                 tensor.move(worker)
                 continue
@@ -192,16 +193,15 @@ def _fetch_into(name: str, ptr: PointerTensor, parameter: bool = False) -> None:
 def get_module(module: nn.Module) -> nn.Module:
     """Bring every parameter and buffer of ``module`` back from its worker, in place; returns ``module``."""
     with _recurrent_weights_released(module):
-        slots = {id(p) for sub in module.modules() for p in sub._parameters.values()}  # (a copy's are plain at the
-        for name, tensor in _module_tensors(module):  # worker: model.copy() clones them there)
-            if isinstance(tensor, PointerTensor):
-                _fetch_into(name, tensor, parameter=id(tensor) in slots)
+        for name, tensor, parameter in _module_tensors(module):
+            if isinstance(tensor, PointerTensor):  # a Parameter in a parameter slot (model.copy() clones plain ones)
+                _fetch_into(name, tensor, parameter)
     return module
 
 
 def module_location(module: nn.Module) -> BaseWorker | None:
     """The worker holding ``module``'s tensors, or ``None`` when they are all local."""
-    for _, tensor in _module_tensors(module):
+    for _, tensor, _ in _module_tensors(module):
         if isinstance(tensor, PointerTensor):
             return tensor.location
     return None

@@ -134,14 +134,7 @@ class StorageLabels:
         if key in objects:
             objects[key] |= bits
             return
-        refs = self._refs
-
-        def dead(_: Any, key: int = key) -> None:  # the tensor is gone: a new object may reuse its id
-            objects.pop(key, None)
-            refs.pop(-key - 1, None)
-
-        refs[-key - 1] = weakref.ref(tensor, dead)  # negative keys: never an id(storage)
-        objects[key] = bits
+        self._remember(objects, key, -key - 1, tensor, bits)  # negative ref keys: never an id(storage)
 
     def add_storage(self, storage: Any, bits: int) -> None:
         key = id(storage)
@@ -149,14 +142,18 @@ class StorageLabels:
         if key in labels:
             labels[key] |= bits
             return
+        self._remember(labels, key, key, storage, bits)
+
+    def _remember(self, table: dict[int, int], key: int, ref_key: int, target: Any, bits: int) -> None:
+        """``table[key] = bits`` for as long as ``target`` lives: once it dies, a new object may reuse its id."""
         refs = self._refs
 
-        def dead(_: Any, key: int = key) -> None:  # the memory is gone: a new storage may reuse its id
-            labels.pop(key, None)
-            refs.pop(key, None)
+        def dead(_: Any) -> None:
+            table.pop(key, None)
+            refs.pop(ref_key, None)
 
-        refs[key] = weakref.ref(storage, dead)
-        labels[key] = bits
+        refs[ref_key] = weakref.ref(target, dead)
+        table[key] = bits
 
     def forget_id(self, obj_id: int) -> None:
         """Forget the id labels of ``obj_id`` (it left the worker); memory labels die with their memory."""

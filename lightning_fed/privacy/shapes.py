@@ -171,7 +171,7 @@ def integer_arguments(name: str) -> tuple[frozenset[int], frozenset[str], int | 
         for index, param in enumerate(params):
             text = str(param.annotation)
             integer = _INT_ANNOTATION.search(text) is not None and "Tensor" not in text
-            if integer or param.name in names or param.name in _SIZE_NAMES or param.name in _SCALE_NAMES:
+            if integer or param.name in names:
                 names.add(param.name)
                 if param.kind in kinds:
                     positions.add(index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -89,23 +90,28 @@ def _signature(result: Any) -> Any:
     return ("value", repr(result)[:60])
 
 
-def _value_dependent(call: Any) -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any]]]:
-    """Commands whose shape (first list) or plain value (second) differ between two inputs of one shape."""
-    shapes, values = [], []
+def _fuzzed_commands() -> Iterator[tuple[str, Any]]:
+    """Every allowlisted command but the setters and the like (``SKIP``), with its function; torch's warnings are
+    silenced while the caller runs them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in sorted(allowlist()):
-            if any(part in name for part in SKIP):
+            if not any(part in name for part in SKIP):
+                yield name, resolve_command(name)
+
+
+def _value_dependent(call: Any) -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any]]]:
+    """Commands whose shape (first list) or plain value (second) differ between two inputs of one shape."""
+    shapes, values = [], []
+    for name, func in _fuzzed_commands():
+        for kind, (a, b) in INPUTS.items():
+            try:
+                first, second = _signature(call(func, a.clone())), _signature(call(func, b.clone()))
+            except Exception:  # does not run on these arguments: not this fuzz's concern
                 continue
-            func = resolve_command(name)
-            for kind, (a, b) in INPUTS.items():
-                try:
-                    first, second = _signature(call(func, a.clone())), _signature(call(func, b.clone()))
-                except Exception:  # does not run on these arguments: not this fuzz's concern
-                    continue
-                if first != second:
-                    (values if "'value'" in str(first) else shapes).append((name, kind, call))
-                    break
+            if first != second:
+                (values if "'value'" in str(first) else shapes).append((name, kind, call))
+                break
     return shapes, values
 
 
@@ -172,20 +178,15 @@ BASES = {"3-d": torch.arange(24.0).reshape(2, 3, 4), "one element": torch.ones(1
 def _shape_dependent_slots() -> list[tuple[str, str, str]]:
     """(command, base, slot) whose result shape differs between a number 1 and 2 in that slot."""
     found = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in sorted(allowlist()):
-            if any(part in name for part in SKIP):
+    for name, func in _fuzzed_commands():
+        for (base_name, base), (slot, make) in itertools.product(BASES.items(), SIZE_SLOTS.items()):
+            try:
+                first = _signature(func(*make(base.clone(), torch.tensor(1))))
+                second = _signature(func(*make(base.clone(), torch.tensor(2))))
+            except Exception:  # does not run with these arguments
                 continue
-            func = resolve_command(name)
-            for (base_name, base), (slot, make) in itertools.product(BASES.items(), SIZE_SLOTS.items()):
-                try:
-                    first = _signature(func(*make(base.clone(), torch.tensor(1))))
-                    second = _signature(func(*make(base.clone(), torch.tensor(2))))
-                except Exception:  # does not run with these arguments
-                    continue
-                if first != second:
-                    found.append((name, base_name, slot))
+            if first != second:
+                found.append((name, base_name, slot))
     return found
 
 
