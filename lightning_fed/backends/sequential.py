@@ -300,11 +300,8 @@ class SequentialBackend(Backend):
         self.flush_losses()
 
     def teardown(self) -> None:
-        rounds = self.rounds
-        if rounds.active is not None:  # a fit that raised while a worker trained: nothing of its local work stays
-            rounds.optimizer_states.deactivate(self.calls.optimizers())
-            rounds.active = None
-            rounds.reset_module()  # the module holds the round's global model, as after any fit
+        if self.rounds.active is not None:  # a fit that raised while a worker trained: nothing of its local work stays
+            self.rounds.abandon_worker(self.calls.optimizers())
             self.calls.module().zero_grad(set_to_none=True)
         self.step_schedulers.restore()  # the frequencies as given (also after a fit that raised)
         if isinstance(self.dp, DPSGDAggregator):

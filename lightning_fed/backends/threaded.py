@@ -72,7 +72,7 @@ from lightning_fed.backends.fused import FUSED_BATCHES, FusedBackend, step_hooks
 from lightning_fed.backends.vectorized.functional import guarded_metrics
 from lightning_fed.backends.vectorized.workers import recreate_optimizer
 from lightning_fed.exceptions import FederatedConfigError, WorkerError
-from lightning_fed.rounds.lifecycle import is_metric, model_tensors, restore_plain_tensor_attributes
+from lightning_fed.rounds.module_state import is_metric, model_tensors, restore_plain_tensor_attributes
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.worker_state import delivery_lr, optimizer_params
 from lightning_fed.workers.base import BaseWorker

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -49,6 +48,7 @@ from lightning_fed.aggregation.functional import (
 from lightning_fed.exceptions import SealedStateError
 from lightning_fed.rounds.byzantine import ByzantineWorkers
 from lightning_fed.rounds.failures import ClientFailures, NonFiniteUpdateError
+from lightning_fed.rounds.module_state import plain_tensor_attributes, restore_plain_tensor_attributes
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.rounds.releases import audit, update_rule
 from lightning_fed.rounds.stats import WorkerLosses, WorkerStats
@@ -158,6 +158,15 @@ class Rounds:
         self.deliver(worker, lr=delivery_lr(optimizers))
         self.optimizer_states.deactivate(optimizers)
         self.active = None
+
+    def abandon_worker(self, optimizers: Sequence[Optimizer]) -> None:
+        """The active worker's local work is dropped (the fit raised while it trained): it delivers nothing, the
+        optimizers hold no state (the worker's stays its own), and the module holds the round's global model again."""
+        if self.active is None:
+            return
+        self.optimizer_states.deactivate(optimizers)
+        self.active = None
+        self.reset_module()
 
     def deliver(
         self, worker: BaseWorker, tensors: list[Tensor] | None = None, steps: int | None = None, lr: float = 0.0
@@ -384,66 +393,3 @@ class Rounds:
         self.failures.merge([r["failures"] for r in reports], order)
         self.stats.merge([r["stats"] for r in reports])
         self.losses.merge([r["losses"] for r in reports])
-
-
-def _tensor_like(value: Any) -> bool:
-    if isinstance(value, Tensor):
-        return True
-    return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(v, Tensor) for v in value)
-
-
-def is_metric(value: Any) -> bool:
-    """Whether ``value`` is a torchmetrics ``Metric`` (without importing torchmetrics)."""
-    return _is_metric_class(type(value))
-
-
-@functools.lru_cache(maxsize=256)
-def _is_metric_class(cls: type) -> bool:
-    return any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in cls.__mro__)
-
-
-def _cloned(value: Any) -> Any:
-    """A tensor, or a tuple/list of tensors, cloned (``None`` as is)."""
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    return value if value is None else type(value)(v.detach().clone() for v in value)
-
-
-def plain_tensor_attributes(module: nn.Module) -> dict[tuple[int, str], Any]:
-    """The tensors (and tuples of tensors, and ``None``) a module and its submodules keep in plain attributes (an
-    LSTM's ``self.hidden``), cloned; torchmetrics metrics are left out (they aggregate across workers on purpose)."""
-    out: dict[tuple[int, str], Any] = {}
-    for sub in module.modules():
-        if is_metric(sub):
-            continue
-        for name, value in vars(sub).items():
-            if name.startswith("_") or not (value is None or _tensor_like(value)):
-                continue
-            out[(id(sub), name)] = _cloned(value)
-    return out
-
-
-def restore_plain_tensor_attributes(module: nn.Module, saved: dict[tuple[int, str], Any]) -> None:
-    """Undo what a worker did to the plain tensor attributes since :func:`plain_tensor_attributes`."""
-    for sub in module.modules():
-        if is_metric(sub):
-            continue
-        for name, value in list(vars(sub).items()):
-            if name.startswith("_") or not _tensor_like(value):
-                continue
-            key = (id(sub), name)
-            if key in saved:
-                setattr(sub, name, _cloned(saved[key]))
-            else:
-                delattr(sub, name)
-
-
-def model_tensors(module: torch.nn.Module) -> list[Tensor]:
-    """The tensors FedAvg averages: every parameter and buffer (floating and integer), each object once."""
-    seen: set[int] = set()
-    tensors = []
-    for t in [*module.parameters(), *module.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
-            tensors.append(t)
-    return tensors

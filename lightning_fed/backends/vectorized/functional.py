@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lightning_fed.backends.batched_logs import shadowed_log
 from lightning_fed.exceptions import FederatedConfigError
-from lightning_fed.rounds.lifecycle import is_metric
+from lightning_fed.rounds.module_state import is_metric
 
 
 class TrainingStepCall(nn.Module):
