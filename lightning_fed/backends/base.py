@@ -219,8 +219,17 @@ class Backend:
         return self.name
 
 
-def with_batch(real: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Lightning's ``training_step`` arguments with the pointer batch replaced by the worker's real batch."""
-    if args:
-        return (real, *args[1:]), kwargs
-    return args, {**kwargs, "batch": real}
+def with_batch(real: Any, args: tuple, kwargs: dict, batch_idx: int | None = None) -> tuple[tuple, dict]:
+    """Lightning's ``training_step`` arguments with the pointer batch replaced by the worker's real batch (and
+    Lightning's ``batch_idx`` by ``batch_idx``, where given).
+
+    Example:
+        >>> with_batch("real", ("pointer", 7), {}, batch_idx=2)
+        (('real', 2), {})
+    """
+    args, kwargs = ((real, *args[1:]), kwargs) if args else (args, {**kwargs, "batch": real})
+    if batch_idx is not None and len(args) > 1:
+        args = (args[0], batch_idx, *args[2:])
+    elif batch_idx is not None and "batch_idx" in kwargs:
+        kwargs = {**kwargs, "batch_idx": batch_idx}
+    return args, kwargs

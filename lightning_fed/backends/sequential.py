@@ -212,7 +212,8 @@ class SequentialBackend(Backend):
             with self.at_worker(args[0] if args else kwargs["batch"]):
                 return self.training_step(args, kwargs)
         session = self.session
-        real_args, real_kwargs = with_batch(session.real, args, kwargs)
+        local_index = self.rounds.failures.batches_of(session.worker.id) - 1  # as every path numbers a worker's batches
+        real_args, real_kwargs = with_batch(session.real, args, kwargs, local_index)
         try:
             output = self.calls.training_step(*real_args, **real_kwargs)
         except Exception as err:

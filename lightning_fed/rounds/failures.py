@@ -185,6 +185,11 @@ class ClientFailures:
             return True
         return False
 
+    def batches_of(self, worker_id: Hashable) -> int:
+        """How many of ``worker_id``'s batches this round have passed :meth:`skip_batch` (its current batch's
+        position, from 1)."""
+        return self._batches.get(worker_id, 0)
+
     def record_failure(self, worker_id: Hashable, error: BaseException) -> None:
         """The worker's training step raised ``error``: skip the rest of its round and leave its update out."""
         if worker_id in self._failed:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -91,15 +92,23 @@ def moved_by_lightning(batch: Any) -> bool:
 
 
 def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]:
-    """How a backend moves the real batches its workers gathered (:class:`~lightning_fed.backends.base.LocalWork`):
-    one by one through Lightning's transfer (the module's and datamodule's hooks, then the device) where a hook is
-    overridden; else straight to the module's device, and not at all on the CPU."""
+    """How a backend moves the real batches its workers gathered (:class:`~lightning_fed.backends.base.LocalWork`), as
+    Lightning's loop moves a batch: the precision plugin's ``convert_input`` first (``"64-true"``, ``"bf16-true"``),
+    then one by one through Lightning's transfer (the module's and datamodule's hooks, then the device) where a hook
+    is overridden; else straight to the module's device, and not at all on the CPU."""
     module = strategy.lightning_module
     trainer = trainer_of(module)
     datamodule = getattr(trainer, "datamodule", None)
     if overrides_transfer(module, datamodule):
-        return lambda batches: [Strategy.batch_to_device(strategy, batch) for batch in batches]
-    return device_mover(strategy.root_device)
+        move: Callable[[list[Any]], list[Any]] = lambda batches: [  # noqa: E731
+            Strategy.batch_to_device(strategy, batch) for batch in batches
+        ]
+    else:
+        move = device_mover(strategy.root_device)
+    precision = strategy.precision_plugin
+    if type(precision).convert_input is Precision.convert_input:  # 32-bit and mixed precision leave inputs as they are
+        return move
+    return lambda batches: move([precision.convert_input(batch) for batch in batches])
 
 
 def provisional_loader(backend: Backend, loader: FederatedDataLoader) -> Any:

@@ -472,3 +472,74 @@ def test_fast_dev_run_reaches_every_sampled_worker_in_one_round(fast_dev_run):
     run.fit(BoringClassifier(num_classes=3), datamodule=data)
     assert run.strategy.round_index == 1
     assert [row["steps"] for row in run.strategy.worker_summary().values()] == [1, 1, 1]  # at least one each
+
+
+class _BatchIdxModel(BoringClassifier):
+    """Records the ``batch_idx`` each local step gets and skips the optimizer step on every third one (a step that
+    depends on ``batch_idx``)."""
+
+    def __init__(self) -> None:
+        super().__init__(in_features=4, num_classes=3, lr=0.1, optimizer="momentum")
+        self.seen: list[tuple[str, int]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        self.seen.append((current_worker().id, int(batch_idx)))
+        loss = super().training_step(batch, batch_idx)
+        return None if batch_idx % 3 == 1 else loss
+
+
+class _BatchEndCallback(pl.Callback):
+    """Overrides ``on_train_batch_end``: ``local_loop="auto"`` then takes one Lightning step per batch."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        pass
+
+
+def _fit_batch_idx(strategy: FederatedStrategy, callbacks: list) -> _BatchIdxModel:
+    pl.seed_everything(0)
+    model = _BatchIdxModel()
+    fed = FedDM(tiny_dataset(32), num_workers=2, batch_size=4)  # 4 batches a worker
+    trainer(max_epochs=2, strategy=strategy, callbacks=callbacks).fit(model, datamodule=fed)
+    return model
+
+
+@pytest.mark.parametrize(
+    "kwargs, callbacks",
+    [({"local_loop": "steps"}, []), ({}, []), ({}, [_BatchEndCallback()])],
+    ids=["steps", "fused", "auto-with-callback"],
+)
+def test_training_step_gets_the_workers_own_batch_index_on_every_local_loop(kwargs, callbacks):
+    """A callback must not change training: every path numbers each worker's batches of a round from 0 (fused,
+    threaded, vectorized and remote steps always did; one Lightning step per batch passed the round's index)."""
+    model = _fit_batch_idx(FederatedStrategy(num_threads=None, **kwargs), callbacks)
+    by_worker: dict[str, list[int]] = {}
+    for worker, idx in model.seen:
+        by_worker.setdefault(worker, []).append(idx)
+    assert sorted(by_worker.values()) == [[0, 1, 2, 3, 0, 1, 2, 3]] * 2  # two rounds of 4 batches each
+    reference = _fit_batch_idx(FederatedStrategy(num_threads=None, local_loop="steps"), [])
+    assert max_abs_diff(model, reference) == 0.0
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+@pytest.mark.parametrize("kwargs", [{}, {"vectorize": True}], ids=["fused", "vectorized"])
+def test_true_precision_casts_the_batches_a_backend_gathers_itself(precision, kwargs):
+    """Lightning's precision plugin converts each batch's floats (``convert_input``) before the transfer: the
+    backends that gather their workers' batches themselves do the same, and train as one step per batch does."""
+    if precision == "bf16-true" and kwargs:
+        with pytest.raises(FederatedConfigError, match="vectorize=True` supports 32/64-bit precision"):
+            trainer(max_epochs=1, strategy=FederatedStrategy(**kwargs), precision=precision).fit(
+                BoringClassifier(in_features=4, num_classes=3), datamodule=FedDM(tiny_dataset(16), num_workers=2)
+            )
+        return
+    runs = []
+    for strategy_kwargs in ({"local_loop": "steps"}, kwargs):
+        pl.seed_everything(0)
+        model = BoringClassifier(in_features=4, num_classes=3, lr=0.1)
+        fed = FedDM(tiny_dataset(32), num_workers=2, batch_size=4)
+        trainer(max_epochs=2, strategy=FederatedStrategy(num_threads=None, **strategy_kwargs), precision=precision).fit(
+            model, datamodule=fed
+        )
+        runs.append(model)
+    dtype = torch.float64 if precision == "64-true" else torch.bfloat16
+    assert all(p.dtype == dtype for p in runs[1].parameters())
+    assert max_abs_diff(runs[0], runs[1]) == 0.0
