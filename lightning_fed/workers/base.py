@@ -28,6 +28,7 @@ from lightning_fed.exceptions import FederatedConfigError, PointerError, WorkerE
 from lightning_fed.workers.arguments import PLAIN_RESULTS, copy_out, resolve_refs, withheld
 from lightning_fed.workers.commands import refusal_reason, resolve_command
 from lightning_fed.workers.epoch import bump_grad_epoch, changes_grads
+from lightning_fed.workers.fresh_memory import uninitialized_memory
 from lightning_fed.workers.messages import (
     CommandMessage,
     DatasetMessage,
@@ -347,10 +348,13 @@ class BaseWorker:
         pending = None
         if guard is not None and inputs:  # labels: one storage lookup per input, more only for labelled inputs
             pending = guard.before(label, store.objects, inputs.values(), real_args, real_kwargs)
+        clear = uninitialized_memory(label, real_args) if command else None
         token = _current_worker.set(self)
         failure: Exception | None = None
         try:
             result = func(*real_args, **real_kwargs)
+            if clear is not None:  # freed private bytes never reach a result labelled public
+                clear(result)
         except WorkerError:
             raise
         except Exception as err:

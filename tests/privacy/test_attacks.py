@@ -601,3 +601,37 @@ def test_after_a_failed_worker_the_module_holds_the_global_model(tmp_path):
     strategy = FederatedStrategy(tolerate_failures=True)
     trainer(max_epochs=1, strategy=strategy, callbacks=[Check()]).fit(_FailsAt(), datamodule=data)
     assert seen == [True]
+
+
+# -- route: memory nothing wrote (freed private bytes in a public result) -----------------------------------------------
+_SIZE = 4096  # 16 KiB of float32: below glibc's mmap threshold, so a freed block is handed out again at once
+
+
+def _freed_private_block(worker: VirtualWorker, data: Any) -> None:
+    """A private result the size of the next allocation, filled with a marker, then freed at the worker."""
+    private = (data.flatten()[:1].expand(_SIZE) * 0.0 + 7.25).contiguous()
+    refused(worker, private.get)
+    del private
+
+
+@pytest.mark.parametrize(
+    "fresh",
+    [
+        lambda public: public.new_empty(_SIZE),
+        lambda public: public.new_empty_strided((_SIZE // 2,), (2,)),
+        lambda public: torch.empty_like(public.expand(_SIZE).contiguous() * 0.0),
+        lambda public: public.new_zeros(1).resize_(_SIZE),
+    ],
+    ids=["new_empty", "new_empty_strided", "empty_like", "resize_"],
+)
+def test_memory_nothing_wrote_comes_back_zeroed_never_as_freed_private_bytes(fresh: Callable[[Any], Any]) -> None:
+    """The audit's attack: free a private result, then ask for uninitialised memory of the same size on a public
+    tensor (its labels are public) and take it out. The worker zeroes such memory, so the marker never leaves."""
+    worker, _fed, data, _target = clinic()
+    public = sy.send(torch.zeros(1), worker)
+    for _ in range(5):
+        _freed_private_block(worker, data)
+        leaked = fresh(public)
+        storage = worker.objects[leaked.id_at_location].untyped_storage()  # all of it: as_strided could reach it
+        assert torch.frombuffer(bytes(storage), dtype=torch.uint8).eq(0).all()
+        assert not (leaked.get() == 7.25).any()
