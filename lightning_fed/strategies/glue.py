@@ -55,8 +55,9 @@ def lightning_calls(strategy: FederatedStrategy) -> LightningCalls:
         trainer = trainer_of(strategy.lightning_module)
         if not metrics or trainer is None:
             return
+        rows = {**metrics, "epoch": trainer.current_epoch}  # the round, as Lightning adds to what self.log logs
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(rows, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     def progress(unit: str, worker: BaseWorker) -> None:
