@@ -5,6 +5,8 @@ The PySyft 0.2 pointer API on torch 2.x (``import lightning_fed as sy``: ``sy.To
 Lightning ``FederatedStrategy``. Importing the package patches nothing.
 """
 
+from typing import Any
+
 from lightning_fed import smpc
 from lightning_fed.data import BaseDataset, FederatedDataLoader, FederatedDataModule, FederatedDataset, federate
 from lightning_fed.exceptions import (
@@ -22,6 +24,26 @@ from lightning_fed.workers import BaseWorker, PrivateGridNetwork, VirtualWorker,
 
 __version__ = "0.1.0.dev0"
 local_worker = me
+
+_NOT_OFFERED = {
+    "func2plan": "a worker runs torch functions from an allowlist and the plans its owner installed, never code sent "
+    "to it",
+    "Plan": "a worker runs torch functions from an allowlist and the plans its owner installed, never code sent to it",
+    "create_sandbox": "create the workers (`sy.VirtualWorker(hook, id='bob')`) and tag your data yourself",
+    "MultiPointerTensor": "send to each worker in turn (`[x.send(w) for w in workers]`) and keep the list of pointers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """PySyft 0.2 names that are not offered raise an ``AttributeError`` that says so."""
+    reason = _NOT_OFFERED.get(name)
+    if reason is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(
+        f"lightning_fed.{name} (PySyft 0.2) is not offered: {reason}. README.md, section 'From PySyft 0.2', lists "
+        "what is not supported."
+    )
+
 
 __all__ = [
     "AdditiveSharingTensor",

@@ -22,6 +22,7 @@ from torch import nn
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.pointers.module import get_module, send_module
 from lightning_fed.pointers.pointer_tensor import PointerTensor, _metadata, check_worker
+from lightning_fed.pointers.pysyft_methods import check_gc_flag
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
 
@@ -87,21 +88,42 @@ def _check_tensor_metadata(tensor: Any, what: str) -> None:
         raise TypeError(f"{what}() takes a tensor, got {type(tensor).__name__}.")
 
 
-def send(obj: Any, worker: BaseWorker) -> Any:
-    """Send a tensor (returns a pointer), a pointer (returns a pointer to it at ``worker``: a chain, the data stays;
-    ``ptr.move(worker)`` moves the data) or a module (in place; returns the module)."""
-    check_worker(worker)
+def send(obj: Any, *workers: BaseWorker, garbage_collect_data: bool = True) -> Any:
+    """Send a tensor (returns a pointer), a pointer (returns a pointer to it at the worker: a chain, the data stays;
+    ``ptr.move(worker)`` moves the data) or a module (in place; returns the module) to one worker.
+
+    With ``garbage_collect_data=False`` (PySyft's option), dropping the pointers leaves the objects at the worker.
+    """
+    worker = _one_worker(obj, workers)
+    check_gc_flag(garbage_collect_data)
     if isinstance(obj, PointerTensor):
-        return obj.send(worker)
+        chained = obj.send(worker)
+        if chained is not obj:
+            chained.garbage_collect_data = garbage_collect_data
+        return chained
     if isinstance(obj, torch.Tensor):
         if worker is me:
             return obj
-        return send_tensor(obj, worker)
+        return send_tensor(obj, worker, garbage_collect_data)
     if isinstance(obj, nn.Module):
-        return send_module(obj, worker)
+        return send_module(obj, worker, garbage_collect_data)
     raise TypeError(
         f"send() takes a tensor, a pointer or an nn.Module, got {type(obj).__name__}: "
         "send its tensors one by one, or wrap them in a module."
+    )
+
+
+def _one_worker(obj: Any, workers: tuple[Any, ...]) -> BaseWorker:
+    if len(workers) == 1:
+        return check_worker(workers[0])
+    if not workers:
+        raise FederatedConfigError("send() needs a worker: `x.send(bob)` or `lightning_fed.send(x, bob)`.")
+    ids = [getattr(w, "id", w) for w in workers]
+    what = "model" if isinstance(obj, nn.Module) else "tensor"
+    fix = "[model.copy().send(w) for w in workers]" if what == "model" else "[x.send(w) for w in workers]"
+    raise FederatedConfigError(
+        f"send() to several workers {ids} is not offered: PySyft 0.2 returned a MultiPointerTensor, which "
+        f"lightning_fed does not have. Send the {what} to each worker in turn, e.g. `{fix}`, and keep the list."
     )
 
 

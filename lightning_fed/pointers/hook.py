@@ -37,12 +37,12 @@ from lightning_fed.workers.store import seed_object_ids
 _MISSING = object()
 
 
-def _tensor_send(self: torch.Tensor, worker: BaseWorker) -> Any:
-    return api.send(self, worker)
+def _tensor_send(self: torch.Tensor, *workers: BaseWorker, garbage_collect_data: bool = True) -> Any:
+    return api.send(self, *workers, garbage_collect_data=garbage_collect_data)
 
 
-def _module_send(self: nn.Module, worker: BaseWorker) -> nn.Module:
-    return api.send(self, worker)
+def _module_send(self: nn.Module, *workers: BaseWorker, garbage_collect_data: bool = True) -> nn.Module:
+    return api.send(self, *workers, garbage_collect_data=garbage_collect_data)
 
 
 def _module_get(self: nn.Module) -> nn.Module:

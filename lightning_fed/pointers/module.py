@@ -41,6 +41,7 @@ from lightning_fed.exceptions import PointerError
 from lightning_fed.pointers.grads import can_defer_grad, defer_grad
 from lightning_fed.pointers.handover import handed_over, let_go, sole_grad
 from lightning_fed.pointers.pointer_tensor import PointerTensor, check_worker
+from lightning_fed.pointers.pysyft_methods import check_gc_flag
 from lightning_fed.pointers.transfer import send_tensor
 from lightning_fed.workers.base import BaseWorker, me
 from lightning_fed.workers.messages import DeleteMessage, ObjectMessage
@@ -139,22 +140,27 @@ def _zero_state_at_the_worker(rnn: nn.RNNBase, args: tuple, kwargs: dict) -> tup
     return (x, hx, *args[2:]), kwargs
 
 
-def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
-    """Send every parameter and buffer of ``module`` to ``worker``; returns ``module`` (now holding pointers)."""
+def send_module(module: nn.Module, worker: BaseWorker, garbage_collect_data: bool = True) -> nn.Module:
+    """Send every parameter and buffer of ``module`` to ``worker``; returns ``module`` (now holding pointers).
+
+    With ``garbage_collect_data=False``, dropping the module (its pointers) leaves the tensors at the worker.
+    """
     check_worker(worker)
+    check_gc_flag(garbage_collect_data)
     _ensure_optimizer_state_follows()
     if worker is me:
         return get_module(module)
     with _recurrent_weights_released(module):
-        return _send_module(module, worker)
+        return _send_module(module, worker, garbage_collect_data)
 
 
-def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
+def _send_module(module: nn.Module, worker: BaseWorker, frees: bool) -> nn.Module:
     done: list[tuple[str, torch.Tensor]] = []
     try:
         for name, tensor, _ in _module_tensors(module):
             if isinstance(tensor, PointerTensor):
                 tensor.move(worker)
+                tensor.garbage_collect_data = frees
                 continue
             own_grad = sole_grad(tensor)  # asked before `grad` below holds the gradient too
             grad = tensor.grad
@@ -167,6 +173,7 @@ def _send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
             obj_id = new_object_id()
             me._send(ObjectMessage(obj_id, copy), worker)
             ptr = PointerTensor._make(worker, obj_id, copy.shape, copy.dtype, copy.device, me, copy.layout)
+            ptr._frees = frees
             try:
                 _swap(name, tensor, ptr)
             except PointerError:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lightning_fed.exceptions import NotAWorkerError, PointerError
+from lightning_fed.pointers.pysyft_methods import _DELETED, _FETCHED, _LIVE, _SENT, PySyftPointerMethods
 from lightning_fed.workers.base import BaseWorker, me, register_search
 from lightning_fed.workers.commands import command_name, refusal_reason
 from lightning_fed.workers.messages import (
@@ -42,11 +43,6 @@ from lightning_fed.workers.messages import (
 )
 from lightning_fed.workers.store import new_object_id
 
-_LIVE = "live"
-_FETCHED = "fetched"
-_DELETED = "deleted"
-_SENT = "sent"
-
 
 def check_worker(worker: Any, what: str = "send()") -> BaseWorker:
     """Return ``worker`` if it is a worker, else raise :class:`~lightning_fed.exceptions.NotAWorkerError`."""
@@ -59,7 +55,7 @@ def check_worker(worker: Any, what: str = "send()") -> BaseWorker:
     return worker
 
 
-class PointerTensor(torch.Tensor):
+class PointerTensor(PySyftPointerMethods, torch.Tensor):
     """A pointer to a tensor held by a worker. Create pointers with ``send``, never directly.
 
     A pointer can itself be sent: ``ptr.send(alice)`` on a pointer to bob's tensor gives alice that pointer and
@@ -117,11 +113,16 @@ class PointerTensor(torch.Tensor):
                 "at the worker. Keep the value .get() returned, or send the tensor again."
             )
 
-    def get(self) -> torch.Tensor:
+    def get(self, inplace: bool = False) -> torch.Tensor:
         """Bring the object back from its worker, which forgets it. A pointer can be fetched once.
 
         At the end of a chain this is the tensor; in a chain (a pointer to a pointer) it is the next pointer.
+        ``inplace=True`` is :meth:`get_`: this object becomes the tensor.
         """
+        if inplace is not False:
+            if inplace is True:
+                return self.get_()
+            raise PointerError(f"`inplace={inplace!r}` is not valid: pass True (as get_()) or False.")
         self._check_live()
         obj = self.owner._send(GetMessage(self.id_at_location), self.location)
         self._state = _FETCHED
@@ -166,6 +167,7 @@ class PointerTensor(torch.Tensor):
         shape, dtype, device = self.shape, self.dtype, self.device  # asked at the worker: exact after in-place ops
         held = PointerTensor._make(self.location, self.id_at_location, shape, dtype, device, worker, self._layout)
         held.__dict__.update(_metadata(self))
+        held._points_to_pointer = self._points_to_pointer
         new_id = new_object_id()
         self.owner._send(ObjectMessage(new_id, held), worker)
         self._state = _SENT  # `held` is the one pointer to the data now: dropping this one frees nothing
@@ -173,6 +175,7 @@ class PointerTensor(torch.Tensor):
         self._sent_to = worker.id
         chained = PointerTensor._make(worker, new_id, shape, dtype, device, self.owner, self._layout)
         chained.__dict__.update(_metadata(self))
+        chained._points_to_pointer = True
         return chained
 
     def _on_arrival(self, worker: BaseWorker) -> None:
@@ -260,7 +263,7 @@ def remote_call(func: Any, args: tuple, kwargs: dict | None) -> Any:
 class _Call:
     """Turns a call's arguments into a message (pointers -> ids) and the worker's answer back into pointers."""
 
-    __slots__ = ("local_tensor", "location", "name", "owner", "pointers")
+    __slots__ = ("chain", "local_tensor", "location", "name", "owner", "pointers")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -268,6 +271,7 @@ class _Call:
         self.owner: BaseWorker = me
         self.pointers: dict[int, PointerTensor] = {}
         self.local_tensor: torch.Tensor | None = None
+        self.chain = False  # the arguments are pointers to pointers: so are the results
 
     def convert(self, obj: Any) -> Any:
         kind = type(obj)
@@ -284,6 +288,7 @@ class _Call:
                     f"`ptr.move({self.location.id})`."
                 )
             self.pointers[obj.id_at_location] = obj
+            self.chain = obj._points_to_pointer
             return ObjectRef(obj.id_at_location)
         if kind is tuple or kind is list:
             return kind(self.convert(item) for item in obj)
@@ -306,15 +311,10 @@ class _Call:
     def build(self, response: Any) -> Any:
         kind = type(response)
         if kind is TensorDescriptor:
-            return PointerTensor._make(
-                self.location,
-                response.obj_id,
-                response.shape,
-                response.dtype,
-                response.device,
-                self.owner,
-                response.layout,
-            )
+            ptr = PointerTensor._make(self.location, response.obj_id, response.shape, response.dtype,
+                                      response.device, self.owner, response.layout)  # fmt: skip
+            ptr._points_to_pointer = self.chain
+            return ptr
         if kind is ObjectRef:
             return self.pointers[response.obj_id]
         if kind is tuple or kind is list:

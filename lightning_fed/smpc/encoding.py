@@ -32,6 +32,17 @@ from lightning_fed.exceptions import FederatedConfigError
 _LIMIT = 2.0**62  # an encoded value's bound: one bit of headroom under the signed ring's 2^63
 
 
+class UnsupportedOperationError(FederatedConfigError, NotImplementedError):
+    """A torch operation has no implementation for fixed-precision or shared tensors."""
+
+
+SUPPORTED = (
+    "FixedPrecisionTensor supports +, - and negation, * (by a public int, float or tensor, or by another "
+    "FixedPrecisionTensor), sum(), float_precision() and share(); for anything else share it first with "
+    ".share(bob, alice, crypto_provider=james), or decode it with .float_precision()"
+)
+
+
 @dataclass(frozen=True)
 class FixedPoint:
     """A fixed-point encoding: ``scale = base ** precision_fractional``; ``precision_fractional=0`` is plain ints.
@@ -149,17 +160,119 @@ class FixedPrecisionTensor:
                 "encode both with the same base and precision_fractional."
             )
 
-    def __add__(self, other: FixedPrecisionTensor) -> FixedPrecisionTensor:
-        self._check(other)
-        return FixedPrecisionTensor(self.child + other.child, self.encoding, self.dtype)
+    def _new(self, child: Tensor) -> FixedPrecisionTensor:
+        return FixedPrecisionTensor(child, self.encoding, self.dtype)
 
-    def __sub__(self, other: FixedPrecisionTensor) -> FixedPrecisionTensor:
-        self._check(other)
-        return FixedPrecisionTensor(self.child - other.child, self.encoding, self.dtype)
+    def _operand(self, other: Any, symbol: str) -> Tensor:
+        """``other`` as a public tensor (int or float), else raise naming it."""
+        plain = isinstance(other, (int, float)) or (isinstance(other, Tensor) and type(other) is Tensor)
+        if not plain or isinstance(other, bool) or (isinstance(other, Tensor) and other.is_complex()):
+            raise UnsupportedOperationError(f"FixedPrecisionTensor {symbol} a {type(other).__name__}: {SUPPORTED}.")
+        return torch.as_tensor(other).detach()
+
+    def _encoded(self, other: Any, symbol: str) -> Tensor:
+        if isinstance(other, FixedPrecisionTensor):
+            self._check(other)
+            return other.child
+        return self.encoding.encode(self._operand(other, symbol))
+
+    def __add__(self, other: Any) -> FixedPrecisionTensor:
+        return self._new(self.child + self._encoded(other, "+"))
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> FixedPrecisionTensor:
+        return self._new(self.child - self._encoded(other, "-"))
+
+    def __rsub__(self, other: Any) -> FixedPrecisionTensor:
+        return self._new(self._encoded(other, "-") - self.child)
 
     def __neg__(self) -> FixedPrecisionTensor:
-        return FixedPrecisionTensor(-self.child, self.encoding, self.dtype)
+        return self._new(-self.child)
+
+    def __mul__(self, other: Any) -> FixedPrecisionTensor:
+        """The product; by another fixed-point value or a float it is truncated back to the scale (toward zero, as
+        PySyft), so it is within one unit of ``1 / scale``. Raises ``OverflowError`` if it leaves the ring."""
+        if isinstance(other, FixedPrecisionTensor):
+            self._check(other)
+            return self._new(_truncated(_product(self.child, other.child, self.encoding), self.encoding.scale))
+        t = self._operand(other, "*")
+        if not t.is_floating_point():  # an integer: exact, nothing to truncate
+            return self._new(_product(self.child, t.to(torch.int64), self.encoding))
+        encoded = self.encoding.encode(t)
+        return self._new(_truncated(_product(self.child, encoded, self.encoding), self.encoding.scale))
+
+    __rmul__ = __mul__
+
+    def sum(self, dim: Any = None, keepdim: bool = False) -> FixedPrecisionTensor:
+        """The sum (over ``dim`` if given), exact."""
+        child = self.child.sum() if dim is None else self.child.sum(dim, keepdim=keepdim)
+        _fits(self.child.to(torch.float64).abs().sum(), self.encoding, "sum()")
+        return self._new(child)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "get":
+            raise AttributeError(
+                "FixedPrecisionTensor has no 'get': it is local, there is nothing to get; decode it with "
+                ".float_precision(), or .share(...) it."
+            )
+        if name == "send":
+            raise AttributeError(
+                "FixedPrecisionTensor has no 'send': share it instead with .share(bob, alice, crypto_provider=james), "
+                "or send the float tensor and call ptr.fix_precision() on the pointer."
+            )
+        raise AttributeError(f"FixedPrecisionTensor has no {name!r}: {SUPPORTED}.")
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        method = _TORCH_METHODS.get(func)
+        if method is not None:
+            first, *rest = args
+            if not isinstance(first, FixedPrecisionTensor):  # `tensor * fpt`: the reflected operation of fpt
+                first, rest = rest[0], [first, *rest[1:]]
+                method = _REFLECTED.get(method, method)
+            return getattr(first, method)(*rest, **(kwargs or {}))
+        name = getattr(func, "__name__", repr(func))
+        raise UnsupportedOperationError(f"{name} on a FixedPrecisionTensor is not supported: {SUPPORTED}.")
 
     def __repr__(self) -> str:
         enc = self.encoding
         return f"FixedPrecisionTensor({self.child!r}, base={enc.base}, precision_fractional={enc.precision_fractional})"
+
+
+def _fits(magnitude: Tensor, encoding: FixedPoint, what: str) -> None:
+    if magnitude.numel() and float(magnitude.max()) >= _LIMIT:
+        raise OverflowError(
+            f"precision overflow in {what}: the result leaves the 64-bit ring with base={encoding.base}, "
+            f"precision_fractional={encoding.precision_fractional}; lower precision_fractional or rescale."
+        )
+
+
+def _product(a: Tensor, b: Tensor, encoding: FixedPoint) -> Tensor:
+    _fits((a.to(torch.float64) * b.to(torch.float64)).abs(), encoding, "a product")
+    return a * b
+
+
+def _truncated(v: Tensor, scale: int) -> Tensor:
+    return torch.div(v, scale, rounding_mode="trunc")
+
+
+def _refuse(symbol: str) -> Callable[..., Any]:
+    def op(self: FixedPrecisionTensor, *args: Any) -> Any:
+        raise UnsupportedOperationError(f"`{symbol}` on a FixedPrecisionTensor is not supported: {SUPPORTED}.")
+
+    return op
+
+
+for _name, _symbol in {"__truediv__": "/", "__rtruediv__": "/", "__floordiv__": "//", "__rfloordiv__": "//",
+                       "__matmul__": "@", "__rmatmul__": "@", "__pow__": "**", "__mod__": "%", "__lt__": "<",
+                       "__le__": "<=", "__gt__": ">", "__ge__": ">="}.items():  # fmt: skip
+    setattr(FixedPrecisionTensor, _name, _refuse(_symbol))
+
+_TORCH_METHODS: dict[Any, str] = {
+    torch.sum: "sum", Tensor.sum: "sum", torch.mul: "__mul__", Tensor.mul: "__mul__", Tensor.__mul__: "__mul__",
+    Tensor.__rmul__: "__mul__", torch.add: "__add__", Tensor.__add__: "__add__", torch.sub: "__sub__",
+    torch.neg: "__neg__", Tensor.sub: "__sub__", Tensor.__sub__: "__sub__", Tensor.add: "__add__",
+    Tensor.__radd__: "__add__",
+}  # fmt: skip
+_REFLECTED = {"__sub__": "__rsub__"}  # + and * commute

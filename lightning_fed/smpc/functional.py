@@ -153,9 +153,22 @@ def mul(x: Any, y: Any) -> AST:
 
 
 def div(x: AST, y: Any, rounding_mode: str | None = None) -> AST:
+    """``x / y`` for a public ``y``: fixed-point values only, within the encoding's precision (truncation)."""
     if isinstance(y, AST) or not isinstance(x, AST):
         raise UnsupportedOperationError(
             "division by a shared tensor is not supported: divide by a public number (e.g. the batch size)."
+        )
+    if rounding_mode is not None:
+        raise UnsupportedOperationError(
+            f"torch.div(shared, {y!r}, rounding_mode={rounding_mode!r}) is not supported: shared division has no "
+            "exact floor or trunc, only the fixed-point precision. Divide without rounding_mode, reconstruct with "
+            ".get().float_precision(), then round locally (torch.floor / torch.trunc)."
+        )
+    if x.encoding == INTEGER and not x.dtype.is_floating_point:
+        raise UnsupportedOperationError(
+            f"integer shares / {y!r}: torch's true division gives fractions (7 / 2 = 3.5), which integer shares "
+            "cannot hold (dividing the shares would be off by one at random). Share a fixed-point tensor instead: "
+            "`x.float().fix_precision().share(...)`, then divide."
         )
     if _is_int(y) and torch.as_tensor(y).dim() == 0:
         d = int(y)

@@ -22,21 +22,75 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_fed.exceptions import FederatedConfigError
+from lightning_fed.exceptions import FederatedConfigError, PointerError
 from lightning_fed.pointers.api import get as pointer_get
 from lightning_fed.pointers.pointer_tensor import PointerTensor
 from lightning_fed.smpc import nn as smpc_nn
-from lightning_fed.smpc.encoding import FixedPoint, FixedPrecisionTensor
+from lightning_fed.smpc.encoding import FixedPoint, FixedPrecisionTensor, UnsupportedOperationError
 from lightning_fed.smpc.parties import Parties, Shares, install
 from lightning_fed.smpc.shares import AdditiveSharingTensor, check_protocol, share_encoded
 
 
-class RemoteFixedPrecision:
-    """A pointer's value to be encoded at its worker (``ptr.fix_precision()``); ``.share(...)`` shares it there."""
+class _Remote:
+    """What :class:`RemoteFixedPrecision` and :class:`RemoteShared` share: clear errors for what they lack."""
+
+    _offers = ""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{type(self).__name__} has no {name!r}: {self._offers}.")
+
+    def _no_arithmetic(self, *args: Any) -> Any:
+        raise UnsupportedOperationError(f"{type(self).__name__} has no arithmetic: {self._offers}.")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __matmul__ = _no_arithmetic
+
+
+class RemoteFixedPrecision(_Remote):
+    """A pointer's value in fixed point (``ptr.fix_precision()``, PySyft's pointer to a FixedPrecisionTensor).
+
+    ``.share(...)`` encodes and shares it at its worker; ``.get()`` brings the encoded value here (a
+    :class:`FixedPrecisionTensor`; the worker keeps its tensor, and its policy decides as for ``ptr.to_here()``);
+    ``.float_precision()`` is a pointer to the value rounded to the encoding, at the worker.
+    """
+
+    _offers = (
+        "it offers .share(bob, alice, crypto_provider=james) (shared at its worker), .get() (the "
+        "FixedPrecisionTensor here), .float_precision() (a pointer to the rounded value) and .location"
+    )
 
     def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
         self.pointer = pointer
         self.encoding = encoding
+        self._fetched = False
+
+    @property
+    def location(self) -> Any:
+        return self.pointer.location
+
+    def get(self) -> FixedPrecisionTensor:
+        if self._fetched:
+            raise PointerError(
+                "this fix_precision() value was already brought here with .get(): keep the FixedPrecisionTensor it "
+                "returned, or call ptr.fix_precision().get() again."
+            )
+        value = self.pointer.to_here()  # the worker's policy decides, as for ptr.to_here()
+        if isinstance(value, PointerTensor):
+            raise PointerError(
+                "fix_precision().get() on a pointer chain: call .get() on the chain first, then fix_precision()."
+            )
+        enc = self.encoding
+        fpt = FixedPrecisionTensor.from_float(value, enc.base, enc.precision_fractional)
+        self._fetched = True
+        return fpt
+
+    def float_precision(self) -> PointerTensor:
+        scale = self.encoding.scale
+        dtype = self.pointer.dtype if self.pointer.dtype.is_floating_point else torch.float32
+        return ((self.pointer.to(torch.float64) * scale).round() / scale).to(dtype)
+
+    float_prec = float_precision
 
     def share(self, *workers: Any, crypto_provider: Any = None, protocol: str | None = None,
               requires_grad: bool = False) -> RemoteShared:  # fmt: skip
@@ -53,9 +107,18 @@ class RemoteFixedPrecision:
         ast = AdditiveSharingTensor._make(moved, parties, enc, dtype, protocol, requires_grad)
         return RemoteShared(ast, holder)
 
+    def __repr__(self) -> str:
+        p, enc = self.pointer, self.encoding
+        return (
+            f"RemoteFixedPrecision(-> {p.location.id}:{p.id_at_location}, base={enc.base}, "
+            f"precision_fractional={enc.precision_fractional})"
+        )
 
-class RemoteShared:
+
+class RemoteShared(_Remote):
     """A shared tensor made by the worker ``location``; ``.get()`` hands it (its pointers to shares) over."""
+
+    _offers = "call .get() for the AdditiveSharingTensor (pointers to the shares), then compute with it"
 
     def __init__(self, shared: AdditiveSharingTensor, location: Any) -> None:
         self._shared = shared
@@ -63,6 +126,12 @@ class RemoteShared:
 
     def get(self) -> AdditiveSharingTensor:
         return self._shared
+
+    def __repr__(self) -> str:
+        ids = [w.id for w in self._shared.workers]
+        provider = self._shared.crypto_provider
+        dealer = f", crypto provider {provider.id!r}" if provider is not None else ""
+        return f"RemoteShared(made at {self.location.id!r}, shared among {ids}{dealer}; .get() gives it)"
 
 
 def tensor_fix_precision(self: torch.Tensor, base: int = 10, precision_fractional: int = 3) -> Any:

@@ -28,10 +28,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lightning_fed.exceptions import FederatedConfigError
 from lightning_fed.smpc import autograd
-from lightning_fed.smpc.encoding import INTEGER, FixedPoint, FixedPrecisionTensor, register_sharing
+from lightning_fed.smpc.encoding import (
+    INTEGER,
+    FixedPoint,
+    FixedPrecisionTensor,
+    UnsupportedOperationError,
+    register_sharing,
+)
 from lightning_fed.smpc.parties import Parties, Shares
 from lightning_fed.workers.base import BaseWorker
 
@@ -43,10 +50,6 @@ HANDLERS: dict[Any, Callable[..., Any]] = {}
 """torch function -> secure implementation; filled by :mod:`lightning_fed.smpc.functional`."""
 SECURE: dict[str, Callable[..., Any]] = {}
 """The secure ``ones_like``, ``public_as_shared`` and ``add`` that ``backward`` needs; filled by the same module."""
-
-
-class UnsupportedOperationError(FederatedConfigError, NotImplementedError):
-    """A torch operation has no secure implementation for shared tensors."""
 
 
 class AdditiveSharingTensor(Tensor):
@@ -81,6 +84,8 @@ class AdditiveSharingTensor(Tensor):
         t.encoding = encoding
         t.protocol = protocol
         t._smpc_requires_grad = requires_grad
+        if requires_grad:
+            _watch_optimizers()
         t._smpc_grad = None
         t._smpc_grad_fn = None
         return t
@@ -115,6 +120,12 @@ class AdditiveSharingTensor(Tensor):
         if self.encoding == INTEGER and not self.dtype.is_floating_point:
             return value.to(self.dtype)
         return FixedPrecisionTensor(value, self.encoding, self.dtype)
+
+    def get_(self) -> Any:
+        raise FederatedConfigError(
+            "get_() (PySyft's in-place get) is not offered on a shared tensor: its value comes back as another "
+            "object (a FixedPrecisionTensor, or an int tensor), so write `x = x.get()`."
+        )
 
     def reconstruct(self) -> Tensor | FixedPrecisionTensor:
         """Like :meth:`get` but the shared tensor stays usable (the workers keep their shares)."""
@@ -174,9 +185,11 @@ class AdditiveSharingTensor(Tensor):
     @requires_grad.setter
     def requires_grad(self, value: bool) -> None:
         self._smpc_requires_grad = bool(value)
+        if value:
+            _watch_optimizers()
 
     def requires_grad_(self, requires_grad: bool = True) -> AdditiveSharingTensor:  # type: ignore[override]
-        self._smpc_requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         return self
 
     @property
@@ -240,6 +253,28 @@ class AdditiveSharingTensor(Tensor):
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         raise UnsupportedOperationError(f"{func} reached a shared tensor below __torch_function__ (unsupported).")
+
+
+_optimizer_hook: Any = None
+
+
+def _watch_optimizers() -> None:
+    """Install (once, when a shared tensor first requires grad) the check that only SGD steps shared tensors."""
+    global _optimizer_hook
+    if _optimizer_hook is None:
+        _optimizer_hook = register_optimizer_step_pre_hook(_only_sgd)
+
+
+def _only_sgd(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if any(isinstance(p, AdditiveSharingTensor) for p in group["params"]):
+            raise UnsupportedOperationError(
+                f"torch.optim.{type(optimizer).__name__} cannot step shared parameters: its update needs operations "
+                "with no secure protocol here (square roots, division by shared values). Use torch.optim.SGD, with "
+                "momentum if needed: `torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`."
+            )
 
 
 _METADATA_NAMES = (
