@@ -288,7 +288,8 @@ class _Call:
                     f"`ptr.move({self.location.id})`."
                 )
             self.pointers[obj.id_at_location] = obj
-            self.chain = obj._points_to_pointer
+            if obj._points_to_pointer:
+                self.chain = True
             return ObjectRef(obj.id_at_location)
         if kind is tuple or kind is list:
             return kind(self.convert(item) for item in obj)
@@ -313,7 +314,8 @@ class _Call:
         if kind is TensorDescriptor:
             ptr = PointerTensor._make(self.location, response.obj_id, response.shape, response.dtype,
                                       response.device, self.owner, response.layout)  # fmt: skip
-            ptr._points_to_pointer = self.chain
+            if self.chain:  # the class default (False) otherwise: no write per result
+                ptr._points_to_pointer = True
             return ptr
         if kind is ObjectRef:
             return self.pointers[response.obj_id]
