@@ -52,15 +52,13 @@ from lightning_fed.transport.server import FULL_METHOD, PROTOCOL
 from lightning_fed.transport.tls import PathLike, check_insecure, load_credentials, split_address
 from lightning_fed.transport.training import TrainRequest
 from lightning_fed.transport.wire import (
-    MIB,
-    PREFIX,
     SiteQuery,
-    check_size,
     chunks,
-    declared_size,
     decode_answer,
     describe,
     encode_request,
+    join_chunks,
+    message_limit,
 )
 from lightning_fed.workers.base import BaseWorker
 from lightning_fed.workers.messages import CommandMessage, DeleteMessage
@@ -110,8 +108,7 @@ class RemoteWorker(BaseWorker):
         who = f"RemoteWorker({id!r}, {address!r})"
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise FederatedConfigError(f"{who}: `timeout={timeout!r}` is not valid: pass seconds > 0, e.g. 30.")
-        if isinstance(max_message_mb, bool) or not isinstance(max_message_mb, (int, float)) or max_message_mb <= 0:
-            raise FederatedConfigError(f"{who}: `max_message_mb={max_message_mb!r}` is not valid: pass MiB > 0.")
+        max_message_bytes = message_limit(max_message_mb, "max_message_mb=", who)
         split_address(address)
         credentials = load_credentials(name, who, certs, ca=ca, cert=cert, key=key)
         if credentials is None and not insecure:
@@ -127,7 +124,7 @@ class RemoteWorker(BaseWorker):
         super().__init__(hook, id, policy=_SITE_POLICY, verbose=verbose)  # type: ignore[arg-type]
         self.address = address
         self.timeout = float(timeout)
-        self.max_message_bytes = int(max_message_mb * MIB)
+        self.max_message_bytes = max_message_bytes
         self.secure = credentials is not None
         # a site that restarts is reached again within about 2 s (gRPC's default backoff grows to minutes)
         backoff = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
@@ -181,20 +178,16 @@ class RemoteWorker(BaseWorker):
             raise
 
     def _exchange(self, data: bytes, what: str) -> bytes:
+        """Send ``data`` and join the answer's chunks, refused as soon as it would pass its declared size or this
+        side's limit (a site cannot make this side buffer more)."""
         call = self._rpc(chunks(data), timeout=self.timeout)
-        buffer = bytearray()
         try:
-            for piece in call:
-                buffer += piece
-                if len(buffer) >= PREFIX.size and len(buffer) == len(piece):  # the first piece: check the size
-                    check_size(declared_size(bytes(buffer[: PREFIX.size])), self.max_message_bytes,
-                               f"worker {self.id!r}'s answer to {what}")  # fmt: skip
+            return join_chunks(call, self.max_message_bytes, f"worker {self.id!r}'s answer to {what}")
         except WireError:
             call.cancel()
             raise
         except grpc.RpcError as err:
             raise self._rpc_error(err, what) from None
-        return bytes(buffer)
 
     def _rpc_error(self, err: grpc.RpcError, what: str) -> Exception:
         code, details = err.code(), err.details()

@@ -49,18 +49,18 @@ from lightning_fed.transport.errors import WireError
 from lightning_fed.transport.readonly import storage_key, written_ids
 from lightning_fed.transport.secagg import SecAggKeys, SecAggShares, SecAggUnmask, SiteSecAgg
 from lightning_fed.transport.site_data import DatasetSpec, site_tensors, tag_dataset
-from lightning_fed.transport.tls import Credentials, check_insecure
+from lightning_fed.transport.tls import Credentials, check_insecure, split_address
 from lightning_fed.transport.training import SiteTraining, TrainRequest
 from lightning_fed.transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     PREFIX,
     SiteQuery,
-    check_size,
     chunks,
-    declared_size,
     describe,
     encode_answer,
     encode_error,
+    join_chunks,
+    printable,
     read_request,
 )
 from lightning_fed.workers.base import VirtualWorker
@@ -79,6 +79,9 @@ SERVICE = "lightning_fed.Worker"
 METHOD = "Call"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
 PROTOCOL = 1
+READ_TIMEOUT_S = 120.0
+# keepalive pings find half-open connections; no port sharing with another process
+_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
 log = logging.getLogger("lightning_fed.transport.site")
 
 
@@ -178,7 +181,8 @@ class SiteWorker:
                     raise WireError(f"the caller stopped waiting for {what}: the objects it made were freed")
             return encode_answer(answer, limit, f"the answer to {what}")
         except Exception as err:
-            (log.warning if isinstance(err, PermissionDeniedError) else log.info)("refused %s: %s", what, err)
+            report = log.warning if isinstance(err, PermissionDeniedError) else log.info
+            report("refused %s: %s", printable(what), printable(err))
             return encode_error(err)
 
     def _answer(self, message: Any) -> Any:
@@ -237,7 +241,8 @@ class SiteWorker:
             return self.worker._recv(message)
         finally:
             if self._dataset_state() != before:  # a write the check above did not recognise: say so, loudly
-                log.error("%s changed one of the site's datasets; restart the site to load them again", message.command)
+                log.error("%s changed one of the site's datasets; restart the site to load them again",
+                          printable(message.command))  # fmt: skip
                 raise WorkerError(
                     f"worker {self.id!r} ran {message.command}, and it changed one of the site's datasets, which are "
                     "read-only from outside: the command was not recognised as a write before it ran. The site's "
@@ -268,8 +273,8 @@ class SiteWorker:
         except Exception as err:
             if isinstance(err, LightningFedError) or policy.release_data:
                 raise
-            log.warning("round %d: training %s failed: %s: %s", request.round_index, request.model,
-                        type(err).__name__, err)  # fmt: skip
+            log.warning("round %d: training %s failed: %s: %s", request.round_index, printable(request.model),
+                        type(err).__name__, printable(err))  # fmt: skip
             raise WorkerError(  # raised outside the except block: no chained error carries the message either
                 f"worker {self.id!r} failed to train {request.model}: {type(err).__name__} (details withheld: it ran "
                 "on the site's data, and the message could contain its values; the site's log has them)."
@@ -289,7 +294,7 @@ class SiteWorker:
         if loss is not None:
             self.worker.audit_log.note(self.id, "scalar", "train", "release_scalars", ())
         log.info("round %d: trained %s for %d steps on %r; sent %s (%d values)", request.round_index,
-                 request.model, done.steps, request.dataset, sent, numel)  # fmt: skip
+                 printable(request.model), done.steps, request.dataset, sent, numel)  # fmt: skip
         return answer
 
     def _delete(self, obj_id: int) -> None:
@@ -313,19 +318,26 @@ class SiteServer:
         credentials: the site's CA, certificate and key (mutual TLS), or ``None`` with ``insecure=True``.
         insecure: serve plaintext (loopback addresses only).
         allowed_peers: the certificate common names this site serves (default: the federation server's).
-        max_workers: gRPC threads (requests are answered one at a time; more threads only queue them).
+        max_workers: gRPC threads (requests are answered one at a time; the others wait for their turn).
+        read_timeout: seconds a peer has to send its whole request; a stream still open after it is cancelled, so
+            idle streams cannot hold every thread for long.
     """
 
     def __init__(self, site: SiteWorker, listen: str, credentials: Credentials | None = None, *, insecure: bool = False,
-                 allowed_peers: Sequence[str] = ("server",), max_workers: int = 4) -> None:  # fmt: skip
+                 allowed_peers: Sequence[str] = ("server",), max_workers: int = 16,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:  # fmt: skip
         self.check_transport(site.id, listen, credentials, insecure)
+        if isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float)) or not 0 < read_timeout < 1e6:
+            raise FederatedConfigError(
+                f"site {site.id!r}: `--read-timeout {read_timeout!r}` is not valid: pass seconds > 0, e.g. 120."
+            )
+        self.read_timeout = float(read_timeout)
         self.site = site
         self.listen = listen
         self.credentials = credentials
         self.allowed_peers = tuple(allowed_peers)
         self.port: int | None = None
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                   options=[("grpc.so_reuseport", 0)])  # fmt: skip
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_OPTIONS)
         handler = grpc.stream_stream_rpc_method_handler(self._call)  # raw bytes: no (de)serializers
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
 
@@ -340,6 +352,7 @@ class SiteServer:
             )
         if credentials is not None and insecure:
             raise FederatedConfigError(f"site {site_id!r}: pass certificates or --insecure, not both.")
+        split_address(listen)  # on every path: gRPC would bind a bad port elsewhere, or none
         if insecure:
             check_insecure(listen, f"site {site_id!r}")
 
@@ -384,26 +397,28 @@ class SiteServer:
     def _call(self, request: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         refusal = self._refusal(context)
         if refusal is not None:
-            log.warning("%s", refusal)
+            log.warning("%s", printable(refusal))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        expired = threading.Event()
+
+        def expire() -> None:  # a stream still open after read_timeout is cancelled: it frees its thread
+            expired.set()
+            context.cancel()
+
+        deadline = threading.Timer(self.read_timeout, expire)
+        deadline.daemon = True
+        deadline.start()
         try:
-            data = self._receive(request)
+            data = join_chunks(request, self.site.max_message_bytes, "a request")
         except WireError as err:
-            log.warning("refused a request from %s: %s", context.peer(), err)
+            log.warning("refused a request from %s: %s", printable(context.peer()), printable(err))
             yield from chunks(encode_error(err))
             return
+        except grpc.RpcError:
+            if expired.is_set():
+                log.warning("dropped a request from %s: it was not sent whole within --read-timeout %g s",
+                            printable(context.peer()), self.read_timeout)  # fmt: skip
+            return
+        finally:
+            deadline.cancel()
         yield from chunks(self.site.handle(data, lambda: not context.is_active()))
-
-    def _receive(self, request: Iterator[bytes]) -> bytes:
-        """The request's chunks joined; an oversized request is refused from its first bytes, before reading it."""
-        buffer = bytearray()
-        size: int | None = None
-        limit = self.site.max_message_bytes
-        for piece in request:
-            buffer += piece
-            if size is None and len(buffer) >= PREFIX.size:
-                size = declared_size(bytes(buffer[: PREFIX.size]))
-                check_size(size, limit, "a request")
-            if size is not None and len(buffer) > size:
-                raise WireError(f"a request is malformed: it declares {size} bytes but sends more.")
-        return bytes(buffer)

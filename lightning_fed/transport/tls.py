@@ -11,7 +11,7 @@ Example:
     >>> split_address("alice")
     Traceback (most recent call last):
     ...
-    lightning_fed.exceptions.FederatedConfigError: address 'alice' is not valid: pass HOST:PORT, e.g. 127.0.0.1:50051.
+    lightning_fed.exceptions.FederatedConfigError: address 'alice' is not valid: pass HOST:PORT with a port from 0 ...
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from lightning_fed.exceptions import FederatedConfigError
 
@@ -35,11 +39,16 @@ class Credentials:
     key: bytes
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``(host, port)`` of ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+def split_address(address: str, flag: str | None = None) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:PORT`` for IPv6); an error names ``flag`` (``"--listen "``) if
+    given."""
     host, sep, port = str(address).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise FederatedConfigError(f"address {address!r} is not valid: pass HOST:PORT, e.g. 127.0.0.1:50051.")
+        what = f"address {address!r}" if flag is None else f"`{flag}{address}`"
+        raise FederatedConfigError(
+            f"{what} is not valid: pass HOST:PORT with a port from 0 to 65535 (0 picks a free one), e.g. "
+            "127.0.0.1:50051."
+        )
     return host.strip("[]"), int(port)
 
 
@@ -94,4 +103,33 @@ def load_credentials(party: str, who: str, certs: PathLike | None = None, *, ca:
             f"ca.pem, {party}.pem and {party}.key) or all three files (ca=, cert=, key= / --ca, --cert, --key)."
         )
     data = [_read(path, what, who) for what, path in paths.items() if path is not None]
+    _check_pair(data[1], data[2], paths["the certificate"], paths["the private key"], who, party)
     return Credentials(*data)
+
+
+def _check_pair(cert: bytes, key: bytes, cert_path: Path | None, key_path: Path | None, who: str, party: str) -> None:
+    """Refuse a certificate or key that does not parse, or a key that is not the certificate's (gRPC would only say
+    it cannot bind)."""
+    fix = (
+        f"pass {party}'s own certificate and its key, as python -m lightning_fed.transport.certificates made them "
+        f"(certs=DIR / --certs DIR holding {party}.pem and {party}.key, or cert=/key= / --cert/--key)"
+    )
+    try:
+        public = x509.load_pem_x509_certificate(cert).public_key()
+    except ValueError as err:
+        raise FederatedConfigError(
+            f"{who}: the certificate {str(cert_path)!r} cannot be read ({err}): {fix}."
+        ) from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise FederatedConfigError(
+            f"{who}: the private key {str(key_path)!r} is not a usable private key ({err}; an encrypted key is not "
+            f"supported): {fix}."
+        ) from None
+    raw = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*raw) != public.public_bytes(*raw):
+        raise FederatedConfigError(
+            f"{who}: the private key {str(key_path)!r} does not belong to the certificate {str(cert_path)!r} (another "
+            f"party's key?): {fix}."
+        )

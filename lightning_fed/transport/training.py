@@ -5,7 +5,8 @@ global model's tensors, the batches to train on as positions in one of the site'
 answers with its local model after training, the number of steps, and its loss if its policy releases scalars. No code
 crosses the wire: the request *names* a LightningModule class, and the site builds it only if the site's operator
 accepted that class (``lightning-fed worker --accept-model lightning_fed.models.MNISTClassifier``), from plain
-hyper-parameters. The site keeps its optimizer state between rounds, as a worker does in simulation; with a state
+hyper-parameters. The site keeps its optimizer state between rounds, as a worker does in simulation (for the
+:data:`MAX_RUNS` most recently used runs; a request that fails validation keeps nothing); with a state
 folder (``--state-dir``) it also writes it to its own disk after every round, so a site that restarts in the middle
 of a run goes on from where it was (the server never sees that state).
 
@@ -35,7 +36,10 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +54,9 @@ from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from lightning_fed.transport.secagg import SecAggInput
+
+MAX_RUNS = 4  # runs (federation ids) whose model and optimizer a site keeps in memory
+log = logging.getLogger("lightning_fed.transport.site")
 
 
 @dataclass(frozen=True)
@@ -140,11 +147,15 @@ class SiteTraining:
     """A site's local training, for the model classes its operator accepted (``{name: class}``), on ``device``."""
 
     def __init__(self, accepted: Mapping[str, type], state_dir: str | Path | None = None,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 device: str | torch.device = "cpu", max_runs: int = MAX_RUNS) -> None:  # fmt: skip
         self.accepted = dict(accepted)
-        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.state_dir = None if state_dir is None else _state_folder(state_dir)
         self.device = site_device(device)
-        self._runs: dict[str, tuple[str, nn.Module, torch.optim.Optimizer]] = {}  # federation -> its model, optimizer
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+            raise FederatedConfigError(f"`max_runs={max_runs!r}` is not valid: pass a number of runs >= 1, e.g. 4.")
+        self.max_runs = max_runs
+        # federation -> its model and optimizer, the most recently used last; at most max_runs are kept
+        self._runs: OrderedDict[str, tuple[str, nn.Module, torch.optim.Optimizer]] = OrderedDict()
 
     def _state_file(self, federation: str) -> Path | None:
         if self.state_dir is None or not federation.isalnum():  # the run id names a file: letters and digits only
@@ -152,6 +163,8 @@ class SiteTraining:
         return self.state_dir / f"{federation}.pt"
 
     def _model(self, request: TrainRequest) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The run's model and optimizer, built (and kept) only for a request whose model class, hyper-parameters
+        and state are valid; the least recently used run is let go beyond ``max_runs``."""
         cls = self.accepted.get(request.model)
         if cls is None:
             raise PermissionDeniedError(
@@ -164,6 +177,7 @@ class SiteTraining:
                 model = cls(**request.hparams)
             except TypeError as err:
                 raise WorkerError(f"{request.model}(**hparams) failed at this site: {err}.") from None
+            _check_state(model, request)  # before anything is kept, or moved to the device
             model = model.to(self.device)  # before its optimizer is made: the optimizer holds the moved parameters
             run = (request.model, model, _one_optimizer(model.configure_optimizers(), request.model))
             saved = self._state_file(request.federation)
@@ -171,7 +185,14 @@ class SiteTraining:
                 found = torch.load(saved, weights_only=True, map_location=self.device)
                 if found.get("model") == request.model:
                     run[2].load_state_dict(found["optimizer"])
-            self._runs[request.federation] = run
+        else:
+            _check_state(run[1], request)
+        self._runs[request.federation] = run
+        self._runs.move_to_end(request.federation)
+        while len(self._runs) > self.max_runs:
+            gone, _ = self._runs.popitem(last=False)
+            log.warning("let go of run %r's model and optimizer (at most %d runs are kept; --state-dir keeps their "
+                        "state on disk)", gone, self.max_runs)  # fmt: skip
         return run[1], run[2]
 
     def train(self, request: TrainRequest, data: Tensor, targets: Tensor, release_scalars: bool) -> dict[str, Any]:
@@ -183,9 +204,6 @@ class SiteTraining:
     def fit(self, request: TrainRequest, data: Tensor, targets: Tensor) -> LocalRound:
         """The round's local training from the global model (see :meth:`train`), kept at the site."""
         model, optimizer = self._model(request)
-        missing = set(model.state_dict()) ^ set(request.state)
-        if missing:
-            raise WorkerError(f"the global model's tensors do not match {request.model}: {sorted(missing)[:5]}.")
         with torch.no_grad():
             model.load_state_dict(request.state)  # copies the global model onto the site's device
         start = _on_cpu(_model_tensors(model))
@@ -217,6 +235,35 @@ class SiteTraining:
         state = {} if request.secagg is not None else model.state_dict()
         state = dict(zip(state, _on_cpu(state.values())))
         return LocalRound(start, _on_cpu(_model_tensors(model)), state, len(request.batches), samples, float(loss_sum))
+
+
+def _check_state(model: nn.Module, request: TrainRequest) -> None:
+    """Refuse a global model whose tensor names are not the model's."""
+    missing = set(model.state_dict()) ^ set(request.state)
+    if missing:
+        raise WorkerError(f"the global model's tensors do not match {request.model}: {sorted(missing)[:5]}.")
+
+
+def _state_folder(path: str | Path) -> Path:
+    """``--state-dir``, made if missing and checked now: a folder this site can write to."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FederatedConfigError(
+            f"`--state-dir {path!s}` is a file, not a folder: pass a folder of this site's own (it is made if missing)."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FederatedConfigError(
+            f"`--state-dir {path!s}` is not usable: {err.strerror or err}; pass a folder of this site's own "
+            "(it is made if missing)."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FederatedConfigError(
+            f"`--state-dir {path!s}` is not writable by this site: pass a folder of this site's own, or give it "
+            "write access."
+        )
+    return folder
 
 
 def batch_transfer(model: Any, device: torch.device) -> Callable[[Any], Any]:

@@ -36,8 +36,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,59 @@ def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, max(len(data), 1), size):
         yield bytes(view[start : start + size])
+
+
+def join_chunks(pieces: Iterable[bytes], max_bytes: int, what: str) -> bytes:
+    """The chunks of one frame joined, refused with :class:`WireError` before a chunk would take it past the size its
+    prefix declares or past ``max_bytes`` (also while the prefix is still incomplete): never more is buffered."""
+    buffer = bytearray()
+    size: int | None = None
+    for piece in pieces:
+        seen = len(buffer) + len(piece)
+        if size is None and seen > max_bytes:
+            check_size(seen, max_bytes, what)
+        if size is not None and seen > size:
+            raise WireError(
+                f"{what} is malformed: its prefix declares {size} bytes, but it sends at least {seen}; it was "
+                f"refused after {len(buffer)} bytes."
+            )
+        buffer += piece
+        if size is None and len(buffer) >= PREFIX.size:
+            size = declared_size(bytes(buffer[: PREFIX.size]))
+            check_size(size, max_bytes, what)
+            if len(buffer) > size:
+                raise WireError(f"{what} is malformed: its prefix declares {size} bytes, but it sends more.")
+    return bytes(buffer)
+
+
+def message_limit(mib: float, flag: str, who: str = "") -> int:
+    """``mib`` MiB as a message limit in bytes: a finite number of at least 1 MiB, else a
+    :class:`~lightning_fed.exceptions.FederatedConfigError` naming ``who`` and ``flag`` (``"--max-message-mb "``).
+
+    Example:
+        >>> message_limit(64, "--max-message-mb ")
+        67108864
+        >>> message_limit(float("inf"), "--max-message-mb ")
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.FederatedConfigError: `--max-message-mb inf` is not valid: pass a finite...
+    """
+    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not math.isfinite(mib) or mib < 1:
+        raise FederatedConfigError(
+            f"{who + ': ' if who else ''}`{flag}{mib!r}` is not valid: pass a finite number of MiB, at least 1 "
+            "(e.g. 64, the default)."
+        )
+    return int(mib * MIB)
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with control characters escaped (``\\n`` for a newline): a peer's string cannot forge log lines.
+
+    Example:
+        >>> printable("torch.add\\nINFO forged")
+        'torch.add\\\\nINFO forged'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def frame(header: dict[str, Any], tensors: Sequence[torch.Tensor], max_bytes: int, what: str) -> bytes:

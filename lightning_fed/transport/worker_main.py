@@ -24,13 +24,13 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from lightning_fed.exceptions import FederatedConfigError, LightningFedError
+from lightning_fed.exceptions import LightningFedError
 from lightning_fed.transport.secagg import SEEDED_FLAG
-from lightning_fed.transport.server import SiteServer, SiteWorker
+from lightning_fed.transport.server import READ_TIMEOUT_S, SiteServer, SiteWorker
 from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
-from lightning_fed.transport.tls import load_credentials
+from lightning_fed.transport.tls import load_credentials, split_address
 from lightning_fed.transport.training import load_class
-from lightning_fed.transport.wire import MIB
+from lightning_fed.transport.wire import message_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a JSON (or TOML) file naming the site's datasets (see docs/deployment.md)")
     parser.add_argument("--policy", choices=("strict", "open"), default="strict",
                         help="what may leave this site: 'strict' (default: its data never does) or 'open'")  # fmt: skip
-    parser.add_argument("--max-message-mb", type=float, default=64.0, help="largest message, in MiB (default 64)")
+    parser.add_argument("--max-message-mb", type=float, default=64.0,
+                        help="largest message, in MiB (default 64; at least 1)")  # fmt: skip
+    parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S,
+                        help="seconds a peer has to send a whole request before its stream is cancelled (default "
+                             f"{READ_TIMEOUT_S:g})")  # fmt: skip
     parser.add_argument("--accept-model", action="append", default=[], metavar="CLASS",
                         help="a LightningModule class this site trains in FedAvg rounds (e.g. lightning_fed."
                              "models.MNISTClassifier); repeatable; none: the site trains nothing")  # fmt: skip
@@ -72,19 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
 def build_server(args: argparse.Namespace) -> SiteServer:
     """The site's server from parsed arguments (raises ``FederatedConfigError`` with what to fix)."""
     who = f"site {args.id!r}"
+    split_address(args.listen, "--listen ")
+    max_message_bytes = message_limit(args.max_message_mb, "--max-message-mb ")
     credentials = load_credentials(args.id, who, args.certs, ca=args.ca, cert=args.cert, key=args.key)
     SiteServer.check_transport(args.id, args.listen, credentials, args.insecure)
-    if not args.max_message_mb > 0:
-        raise FederatedConfigError(f"`--max-message-mb {args.max_message_mb}` is not valid: pass MiB > 0, e.g. 64.")
     specs = [parse_data_flag(text) for text in args.data]
     if args.config:
         specs += specs_from_config(load_config(args.config), f"--config {args.config}")
     accepted = {path: load_class(path) for path in args.accept_model}
-    site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=int(args.max_message_mb * MIB),
+    site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=max_message_bytes,
                       accepted_models=accepted, state_dir=args.state_dir,
                       allow_seeded_secagg=args.allow_seeded_secagg, device=args.device)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
-                      allowed_peers=tuple(args.allow_peer or ("server",)))  # fmt: skip
+                      allowed_peers=tuple(args.allow_peer or ("server",)), read_timeout=args.read_timeout)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    host = args.listen.rpartition(":")[0]
+    host = args.listen.rpartition(":")[0]  # checked: HOST:PORT; the port is the one gRPC bound
     mode = "plaintext, --insecure" if args.insecure else "mutual TLS"
     datasets = ", ".join(f"{name}" for name in server.site.datasets) or "none"
     seeded = f"; {SEEDED_FLAG}: seeded secure aggregation allowed, TESTS ONLY" if args.allow_seeded_secagg else ""
