@@ -13,11 +13,17 @@ Per round, with clip norm ``C`` and noise multiplier ``z``:
 3. ``finalize`` adds ``N(0, (z C)^2)`` per coordinate to the sum before the inner aggregator divides
    (``noise="server"``), or each of the ``n`` workers sampled per round has already added ``N(0, (z C)^2 / n)`` to
    its clipped update (``noise="distributed"``: the sum carries the full noise, and no party sees an un-noised
-   sum, which composes with secure aggregation). The accountant steps once, at ``clients_per_round / num_workers``.
+   sum, which composes with secure aggregation). The accountant steps once, at ``clients_per_round / num_workers``,
+   with the noise the sum carries: ``z``, or with distributed noise and only ``k`` of the ``n`` workers contributing
+   (dropouts, failures, stragglers dropped: they added no noise) ``z * sqrt(k / n)``, so epsilon stays honest.
 
 With ``adaptive_clipping`` (Andrew et al. 2021) each worker also reports ``b_k = 1[|Δ_k| <= C] - 1/2``; their sum gets
 ``N(0, sigma_b^2)`` and the bound moves as ``C *= exp(-eta (b - gamma))`` towards the ``gamma`` quantile of the update
 norms; the update noise is then ``z_Δ = (z^-2 - (2 sigma_b)^-2)^-1/2`` so that the round costs ``z`` in all.
+
+The noise comes from a seeded ``torch.Generator`` whose state the checkpoints hold (exact resume; whoever reads a
+checkpoint can replay the noise), or with ``DPConfig(secure_mode=True)`` from the OS, never saved
+(:mod:`~lightning_fed.privacy.dp.noise`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import functional as dpf
 from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noise_multiplier, require_opacus
 from lightning_fed.privacy.dp.config import DPConfig
+from lightning_fed.privacy.dp.noise import SECURE
 
 if TYPE_CHECKING:
     from lightning_fed.collective import Collective
@@ -108,6 +115,13 @@ class DPAggregator(AggregatorWrapper):
                 "DPConfig(noise='distributed') with secure_aggregation (each worker adds its share of the noise), or "
                 "secure_aggregation=False."
             )
+        if config.adaptive_clipping and _takes_the_sum_at_workers(inner):
+            raise FederatedConfigError(
+                f"DPConfig(adaptive_clipping=True) with secure aggregation (`aggregation={inner!r}`) is refused: each "
+                "worker's clipped-or-not report reaches the server on its own, outside the masked sum, so the server "
+                "would learn per worker whether its update norm passed the clip norm. Use a fixed clip_norm "
+                "(adaptive_clipping=False) with secure aggregation, or adaptive clipping without it."
+            )
         super().__init__(inner)
         self.config = config
         self.num_workers = num_workers
@@ -165,6 +179,23 @@ class DPAggregator(AggregatorWrapper):
             )
         return self.noise_multiplier
 
+    def _round_noise_multiplier(self) -> float:
+        """The multiplier of the noise in this round's sum: ``z``, or ``z sqrt(k / n)`` with distributed noise when
+        only ``k`` of the ``n`` expected workers contributed (each adds ``1 / n`` of the variance)."""
+        z = self._noise_multiplier()
+        if self.config.noise != "distributed" or not self.clients_per_round:
+            return z
+        k, n = min(self._count, self.clients_per_round), self.clients_per_round
+        return z if k == n else z * math.sqrt(k / n)
+
+    def _next_noise_multiplier(self) -> float:
+        """What :attr:`should_stop` assumes the next round carries: ``z``, or with distributed noise the smallest
+        multiplier a round has carried so far (the most dropouts seen)."""
+        z = self._noise_multiplier()
+        if self.config.noise != "distributed":
+            return z
+        return min([z, *(h[0] for h in self.accountant.history)])
+
     def _count_stddev(self, contributions: int | None = None) -> float:
         if self.config.clipped_count_stddev is not None:
             return float(self.config.clipped_count_stddev)
@@ -185,7 +216,9 @@ class DPAggregator(AggregatorWrapper):
                 "clipped_count_stddev (default clients_per_round / 20), sample more clients per round, or lower z."
             ) from err
 
-    def _rng(self) -> torch.Generator:
+    def _rng(self) -> dpf.NoiseSource:
+        if self.config.secure_mode:
+            return SECURE  # stateless: nothing to save, replay or predict
         if self._generator is None:
             seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
             collective = self._collective
@@ -225,7 +258,7 @@ class DPAggregator(AggregatorWrapper):
             std = self._update_noise_multiplier() * self._round_clip / math.sqrt(n)
             clipped = dpf.add_gaussian_noise(clipped, std, self._rng(), self._include or None)
             if self.config.adaptive_clipping:
-                report += float(torch.normal(0.0, self._count_stddev() / math.sqrt(n), (1,), generator=self._rng()))
+                report += dpf.gaussian_scalar(self._count_stddev() / math.sqrt(n), self._rng())
         self._reports[worker_id] = report
         return clipped
 
@@ -283,12 +316,12 @@ class DPAggregator(AggregatorWrapper):
                 last = dpf.add_gaussian_noise(last, std, self._rng(), self._include or None)
             self.inner.accumulate(last, weight=1.0, worker_id=worker_id)
         new = self.inner.finalize(global_tensors)  # raises if no worker contributed
-        self.accountant.step(noise_multiplier=self._noise_multiplier(), sample_rate=self.sample_rate)
+        self.accountant.step(noise_multiplier=self._round_noise_multiplier(), sample_rate=self.sample_rate)
         self.rounds += 1
         if self.config.adaptive_clipping and self._count:
             noisy = self._count_sum
             if self.config.noise == "server" and not self._count_noised:
-                noisy += float(torch.normal(0.0, self._count_stddev(self._count), (1,), generator=self._rng()))
+                noisy += dpf.gaussian_scalar(self._count_stddev(self._count), self._rng())
             unclipped = noisy / self._count + 0.5
             self.clip_norm = dpf.adaptive_clip_norm(
                 self.clip_norm, unclipped, self.config.target_quantile, self.config.clip_learning_rate
@@ -329,7 +362,7 @@ class DPAggregator(AggregatorWrapper):
         (counts,) = collective.all_reduce_sum([counts])
         self._count_sum, self._count = float(counts[0]), round(float(counts[1]))
         if self.config.adaptive_clipping and self.config.noise == "server" and self._count and holder is not None:
-            draw = float(torch.normal(0.0, self._count_stddev(self._count), (1,), generator=self._rng()))
+            draw = dpf.gaussian_scalar(self._count_stddev(self._count), self._rng())
             (picked,) = collective.all_reduce_sum([torch.tensor([draw if collective.rank == holder else 0.0])])
             self._count_sum += float(picked[0])
             self._count_noised = True
@@ -344,11 +377,13 @@ class DPAggregator(AggregatorWrapper):
 
     @property
     def should_stop(self) -> bool:
-        """Whether one more round would spend more than ``target_epsilon`` (never, without a target)."""
+        """Whether one more round would spend more than ``target_epsilon`` (never, without a target). With distributed
+        noise the next round is assumed to lose as many workers as the worst round so far; if it loses more, epsilon
+        can pass the target by that difference (the reported epsilon is always the one actually spent)."""
         if self.config.target_epsilon is None:
             return False
         next_eps = self.accountant.epsilon_after(
-            self.config.delta, noise_multiplier=self._noise_multiplier(), sample_rate=self.sample_rate
+            self.config.delta, noise_multiplier=self._next_noise_multiplier(), sample_rate=self.sample_rate
         )
         return next_eps > self.config.target_epsilon
 
@@ -369,6 +404,7 @@ class DPAggregator(AggregatorWrapper):
             "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier,
             "rounds": self.rounds,
+            # secure_mode: nothing. Otherwise the seeded generator's state: whoever reads it can replay the noise
             "generator": self._generator.get_state() if self._generator is not None else None,
         }
 
@@ -382,7 +418,7 @@ class DPAggregator(AggregatorWrapper):
         if state.get("noise_multiplier") is not None:
             self.noise_multiplier = float(state["noise_multiplier"])
         self.rounds = int(state.get("rounds", 0))
-        if state.get("generator") is not None:
+        if state.get("generator") is not None and not self.config.secure_mode:
             self._generator = torch.Generator()
             self._generator.set_state(state["generator"])
 

@@ -58,13 +58,15 @@ class DPConfig:
         accountant: ``"rdp"`` or ``"prv"`` (Opacus' accountants).
         noise: client level: ``"server"`` (the trusted server noises the sum) or ``"distributed"`` (each of the
             ``n`` sampled workers adds ``N(0, (z C)^2 / n)`` to its clipped update, so the sum carries the full noise
-            and no party sees an un-noised sum: the setting to compose with secure aggregation).
+            and no party sees an un-noised sum: the setting to compose with secure aggregation). A round where only
+            ``k < n`` contribute (dropouts) carries ``z sqrt(k / n)``, and is accounted so.
         weighting: client level: ``"uniform"`` (every update weight 1: the sum's sensitivity is ``C``) or
             ``"capped"`` (weight ``min(n_k / weight_cap, 1)``, McMahan et al. 2018's bounded weights; sensitivity
             still ``C``). The noisy weighted sum is divided by the number of contributions, never by sample counts.
         weight_cap: the ``weight_cap`` of ``weighting="capped"`` (samples at which a worker gets full weight).
         adaptive_clipping: client level: the clip norm follows ``target_quantile`` of the update norms (Andrew et
-            al. 2021), from a privatized count of unclipped updates.
+            al. 2021), from a privatized count of unclipped updates. Refused with secure aggregation (each worker's
+            report would reach the server outside the masked sum).
         target_quantile: the fraction of updates adaptive clipping aims to leave unclipped, in (0, 1).
         clip_learning_rate: the geometric step ``eta`` of adaptive clipping: ``C *= exp(-eta (b - target))``.
         clipped_count_stddev: the noise on the unclipped count (``None``: ``clients_per_round / 20``, as Andrew et
@@ -80,7 +82,20 @@ class DPConfig:
             same step up to float rounding (same clip factors, noise and accounting). With ``"ghost"`` the
             non-private gradients are never formed: ``p.grad`` stays ``None`` between ``backward()`` and the step.
         seed: seeds the noise (``None``: ``torch.initial_seed()``, so ``seed_everything`` drives it). Seeded
-            pseudo-random noise suits research and simulation, not deployment (see Opacus' ``secure_mode``).
+            pseudo-random noise suits research and simulation, not deployment: see ``secure_mode``.
+        secure_mode: Opacus' name and meaning. ``False`` (default): the noise comes from a ``torch.Generator``
+            seeded as above, and its state is saved in every checkpoint (``federated.aggregator``) so that a resumed
+            run is bit-identical. **Whoever reads such a checkpoint can regenerate the next round's noise and, with
+            the next model, subtract it: the DP guarantee is void against anyone holding the checkpoints (or the
+            seed). Do not share them.** ``True`` (for deployment): every draw (the update noise, server-side or
+            distributed, the clipped count's noise, DP-SGD's noise) comes from the OS (``os.urandom`` keys
+            expanded by ChaCha20, Box-Muller in float64, :mod:`~lightning_fed.privacy.dp.noise`); nothing of it is
+            saved, so a resumed run continues with fresh noise (the accountant and epsilon resume exactly, the model
+            is not bit-identical to an uninterrupted run). Cannot be combined with ``seed``.
+
+    Example:
+        >>> DPConfig(noise_multiplier=1.0, clip_norm=1.0, secure_mode=True).secure_mode
+        True
     """
 
     level: str = "client"
@@ -102,6 +117,7 @@ class DPConfig:
     loss_reduction: str = "mean"
     grad_sample_mode: str = "auto"
     seed: int | None = None
+    secure_mode: bool = False
 
     def __post_init__(self) -> None:
         _choice("level", self.level, LEVELS)
@@ -120,6 +136,17 @@ class DPConfig:
         self._check_level_options()
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise FederatedConfigError(f"DPConfig `seed={self.seed!r}` is not valid: pass an integer >= 0 or None.")
+        if not isinstance(self.secure_mode, bool):
+            raise FederatedConfigError(
+                f"DPConfig `secure_mode={self.secure_mode!r}` is not valid: pass True (noise from the OS, for "
+                "deployment) or False (seeded, reproducible noise)."
+            )
+        if self.secure_mode and self.seed is not None:
+            raise FederatedConfigError(
+                f"DPConfig `seed={self.seed!r}` and `secure_mode=True` contradict each other: secure mode draws the "
+                "noise from the OS so that nobody can predict or replay it, and a seed would make it predictable. "
+                "Drop seed= (deployment), or set secure_mode=False (research, reproducible runs)."
+            )
 
     def _check_clip_norm(self) -> None:
         clip, alias = self.clip_norm, self.max_grad_norm

@@ -2,7 +2,9 @@
 
 No Lightning and no Opacus here. The per-sample functions follow Opacus' ``DPOptimizer`` step by step (the same
 norms, the same clip factor ``C / (norm + 1e-6)`` capped at 1, the same ``torch.normal`` calls in the same order),
-so with the same generator state they give the same gradients.
+so with the same generator state they give the same gradients. Wherever they take a ``generator``, the stateless
+:data:`~lightning_fed.privacy.dp.noise.SECURE` draws the noise from the OS's secret randomness instead
+(``DPConfig(secure_mode=True)``).
 
 Example:
     >>> import torch
@@ -20,6 +22,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from lightning_fed.privacy.dp.noise import SecureNoise, secure_normal
+
+#: A seeded ``torch.Generator`` (reproducible, its state saved in checkpoints) or the secure, stateless source.
+NoiseSource = torch.Generator | SecureNoise
 
 #: Opacus' guard in ``C / (norm + 1e-6)``: it also keeps a clipped norm at or below ``C`` despite rounding.
 CLIP_EPSILON = 1e-6
@@ -61,7 +68,7 @@ def clip_by_global_norm(
 def gaussian_noise_like(
     tensors: Sequence[Tensor],
     std: float,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource | None = None,
     include: Sequence[bool] | None = None,
 ) -> list[Tensor]:
     """Independent ``N(0, std^2)`` noise shaped like each included tensor (zeros for the others).
@@ -75,15 +82,25 @@ def gaussian_noise_like(
         if not keep or std == 0:
             out.append(torch.zeros_like(t))
             continue
-        noise = torch.normal(0.0, float(std), size=t.shape, generator=generator, dtype=t.dtype, device=device)
+        if isinstance(generator, SecureNoise):
+            noise = secure_normal(t.shape, std, t.dtype)
+        else:
+            noise = torch.normal(0.0, float(std), size=t.shape, generator=generator, dtype=t.dtype, device=device)
         out.append(noise.to(t.device))
     return out
+
+
+def gaussian_scalar(std: float, generator: NoiseSource | None = None) -> float:
+    """One ``N(0, std^2)`` draw as a float (the adaptive clipping count's noise)."""
+    if isinstance(generator, SecureNoise):
+        return float(secure_normal((1,), std)[0])
+    return float(torch.normal(0.0, float(std), (1,), generator=generator))
 
 
 def add_gaussian_noise(
     tensors: Sequence[Tensor],
     std: float,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource | None = None,
     include: Sequence[bool] | None = None,
 ) -> list[Tensor]:
     """``tensor + N(0, std^2)`` for the included tensors (the others unchanged)."""
@@ -165,7 +182,7 @@ def dp_sgd_gradients(
     noise_multiplier: float,
     expected_batch_size: int | None,
     dtypes: Sequence[torch.dtype] | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource | None = None,
     accumulated_iterations: int = 1,
     loss_reduction: str = "mean",
 ) -> list[Tensor]:
@@ -200,7 +217,7 @@ def noisy_gradients(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_batch_size: int | None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource | None = None,
     accumulated_iterations: int = 1,
     loss_reduction: str = "mean",
 ) -> list[Tensor]:
@@ -211,6 +228,8 @@ def noisy_gradients(
     for s in summed:
         if std == 0:
             noise = torch.zeros(s.shape, device=s.device, dtype=s.dtype)
+        elif isinstance(generator, SecureNoise):
+            noise = secure_normal(s.shape, std, s.dtype, s.device)
         else:
             noise = torch.normal(0, std, size=s.shape, device=s.device, generator=generator, dtype=s.dtype)
         out.append(s + noise)

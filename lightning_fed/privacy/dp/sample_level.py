@@ -15,6 +15,10 @@ Each worker has its own accountant (one step per optimizer step at ``q = batch_s
 next step would pass the target, its gradients are dropped (``p.grad = None``: the optimizer leaves the model as it
 is) and it spends nothing more. Batches should be Poisson-sampled (:class:`~lightning_fed.privacy.dp.PoissonBatches`),
 which the accountants assume.
+
+The noise comes from a seeded ``torch.Generator`` per device, whose state the checkpoints hold (exact resume; whoever
+reads a checkpoint can replay the noise), or with ``DPConfig(secure_mode=True)`` from the OS, never saved
+(:mod:`~lightning_fed.privacy.dp.noise`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from lightning_fed.privacy.dp.accountant import PrivacyAccountant, calibrate_noi
 from lightning_fed.privacy.dp.config import DPConfig
 from lightning_fed.privacy.dp.ghost import GhostClipper
 from lightning_fed.privacy.dp.grad_sample import attach_per_sample_clipping, reset_grad_samples
+from lightning_fed.privacy.dp.noise import SECURE
 from lightning_fed.privacy.dp.poisson import PoissonBatches
 
 
@@ -281,7 +286,9 @@ class DPSGDAggregator(AggregatorWrapper):
             else:  # an accumulated step spends at another rate: search again
                 del self._remaining[worker_id]
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _generator(self, device: torch.device) -> dpf.NoiseSource:
+        if self.config.secure_mode:
+            return SECURE  # stateless: nothing to save, replay or predict
         key = str(device)
         if key not in self._generators:
             seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
@@ -313,7 +320,7 @@ class DPSGDAggregator(AggregatorWrapper):
             "inner": self.inner.state_dict(),
             "accountants": {w: a.state_dict() for w, a in self.accountants.items()},
             "noise_multipliers": dict(self.noise_multipliers),
-            "generators": {key: g.get_state() for key, g in self._generators.items()},
+            "generators": {key: g.get_state() for key, g in self._generators.items()},  # none with secure_mode
         }
 
     @override
@@ -325,7 +332,7 @@ class DPSGDAggregator(AggregatorWrapper):
             self.accountants.setdefault(worker_id, PrivacyAccountant(self.config.accountant)).load_state_dict(saved)
         self.noise_multipliers.update({w: float(z) for w, z in state.get("noise_multipliers", {}).items()})
         self._remaining.clear()
-        for key, saved in state.get("generators", {}).items():
+        for key, saved in state.get("generators", {}).items() if not self.config.secure_mode else ():
             generator = torch.Generator(device=key)
             generator.set_state(saved)
             self._generators[key] = generator
