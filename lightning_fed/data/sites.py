@@ -83,7 +83,7 @@ class SiteLoader(FederatedDataLoader):
                     f"site {site.id!r} serves no dataset {dataset!r} (it serves {sorted(found)}): start its worker "
                     f"with --data {dataset}=PATH, or pass the name it serves."
                 )
-            lengths.append(int(found[dataset]))
+            lengths.append(_site_length(site.id, dataset, found[dataset]))
         self.dataset_name = dataset
         self.federated_dataset = SiteShards(sites, lengths)  # type: ignore[assignment]
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, bool(shuffle), bool(drop_last), seed
@@ -107,6 +107,20 @@ class SiteLoader(FederatedDataLoader):
     def __repr__(self) -> str:
         sites = self.federated_dataset.worker_ids
         return f"SiteLoader({self.dataset_name!r}, sites={sites}, batch_size={self.batch_size})"
+
+
+MAX_SITE_SAMPLES = 10**9  # the server shuffles each site's positions in memory: 8 bytes a sample
+
+
+def _site_length(site_id: Hashable, dataset: str, value: Any) -> int:
+    """The sample count a site reported in its hello, checked: the server plans (and allocates) from it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SITE_SAMPLES:
+        raise FederatedConfigError(
+            f"site {site_id!r} reports {value!r} samples in dataset {dataset!r}: a site must report a whole number "
+            f"from 1 to {MAX_SITE_SAMPLES:,}. Check that site's worker (its --data folder), or leave it out of "
+            "`sites`."
+        )
+    return value
 
 
 class SiteDataModule(pl.LightningDataModule):
