@@ -22,6 +22,16 @@ import time
 import lightning.pytorch as pl
 
 from lightning_fed import FederatedStrategy
+from lightning_fed.cli import (
+    HelpFormatter,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+    writable_folder,
+)
 from lightning_fed.datasets import FederatedMNISTDataModule
 from lightning_fed.models import MNISTClassifier
 from lightning_fed.privacy.dp import DPConfig, find_dp
@@ -35,24 +45,25 @@ PRESETS: dict[str, dict[str, float]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (default: data)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (downloaded there if missing)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="eps1.2", help="one of Opacus' three settings")
-    parser.add_argument("--epochs", type=int, default=None, help="rounds (default: the preset's epochs)")
-    parser.add_argument("--sigma", type=float, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None, help="rounds (default: the preset's epochs)")
+    parser.add_argument("--sigma", type=non_negative_float, default=None,
                         help="noise multiplier (default: calibrated to spend the preset's epsilon)")  # fmt: skip
     parser.add_argument("--opacus-sigma", action="store_true",
                         help="use Opacus' noise multiplier of the preset instead of calibrating it")  # fmt: skip
-    parser.add_argument("--clip", type=float, default=None, help="per-sample clip norm (default: the preset's)")
-    parser.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=120,
+    parser.add_argument("--clip", type=positive_float, default=None,
+                        help="per-sample clip norm (default: the preset's)")  # fmt: skip
+    parser.add_argument("--lr", type=positive_float, default=None, help="SGD learning rate (default: the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, default=120,
                         help="each school's expected batch: 0.004 x 30,000 images, Opacus' sample rate")  # fmt: skip
-    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--delta", type=probability, default=1e-5, help="the delta of each school's (epsilon, delta)")
     parser.add_argument("--no-dp", action="store_true", help="train without privacy (same batches, no clipping/noise)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of each round (smoke runs)")
-    parser.add_argument("--limit-test-batches", type=float, default=1.0)
-    parser.add_argument("--log-dir", default="lightning_logs")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the split, the model, the batches and noise")
+    parser.add_argument("--limit-train-batches", type=fraction, default=1.0, help="fraction of each round (smoke runs)")
+    parser.add_argument("--limit-test-batches", type=fraction, default=1.0, help="fraction of the test set")
+    parser.add_argument("--log-dir", type=writable_folder, default="lightning_logs", help="where Lightning logs")
     return parser.parse_args(argv)
 
 

@@ -26,6 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 import lightning_fed as sy
+from lightning_fed.cli import HelpFormatter, positive_float, positive_int
+from lightning_fed.datasets import MNIST_FILES
+
+
+def mnist_root(text: str) -> Path:
+    """``--data-root``'s type: a folder whose MNIST/raw holds the four MNIST .gz files."""
+    raw = Path(text) / "MNIST" / "raw"
+    missing = [name for name in MNIST_FILES if not (raw / name).is_file()]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {str(raw)!r} lacks {', '.join(missing)}. Put the four MNIST .gz files in <data-root>/MNIST/raw "
+            "(examples/mnist_two_schools.py --data-root DIR downloads them there, or copies them with --mnist-from)."
+        )
+    return Path(text)
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -128,14 +142,25 @@ def train(args: argparse.Namespace, hook: Any) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path("data"))
-    parser.add_argument("--part", choices=("all", "classify", "train"), default="all")
-    parser.add_argument("--train-images", type=int, default=6000)
-    parser.add_argument("--test-images", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data-root", type=mnist_root, default="data",
+                        help="folder holding the four MNIST .gz files in MNIST/raw")  # fmt: skip
+    parser.add_argument(
+        "--part",
+        choices=("all", "classify", "train"),
+        default="all",
+        help="classify: (a) encrypted classification; train: (b) encrypted training; all: both",
+    )
+    parser.add_argument(
+        "--train-images",
+        type=positive_int,
+        default=6000,
+        help="training images: the model owner's plain training in (a), the shared ones in (b)",
+    )
+    parser.add_argument("--test-images", type=positive_int, default=1000, help="test images classified on shares")
+    parser.add_argument("--epochs", type=positive_int, default=1, help="epochs of encrypted training (b)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size of encrypted training (b)")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate of encrypted training (b)")
     args = parser.parse_args(argv)
     result: dict[str, float] = {}
     with sy.TorchHook(torch) as hook:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lightning_fed import FederatedStrategy
+from lightning_fed.cli import (
+    HelpFormatter,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed_int,
+    writable_folder,
+)
 from lightning_fed.datasets import MNIST_FILES, FederatedMNISTDataModule
 from lightning_fed.models import MNISTClassifier
 
@@ -34,37 +42,59 @@ RECIPES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (default: data)")
-    parser.add_argument("--mnist-from", default=None,
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw (downloaded there if missing)")
+    parser.add_argument("--mnist-from", type=mnist_source, default=None,
                         help="a folder holding the four MNIST .gz files (itself, or in its MNIST/raw or raw "
                              "subfolder): copied into the data root where missing (for machines without "
-                             "internet); if it does not exist, the files are downloaded")  # fmt: skip
+                             "internet); leave it out to download them")  # fmt: skip
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="fast",
                         help="fast: SGD with momentum, the rounds it takes to pass 99%% (a few minutes on a 2-core "
                              "CPU); seed: the tutorial's own plain SGD, lr 0.01, 10 rounds. --epochs, --lr, "
                              "--momentum and --batch-size override the recipe's")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=None, help="rounds (FedAvg) or epochs (follow)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="rounds (fedavg) or epochs (follow) (default: the recipe's, fast 6, seed 10)")  # fmt: skip
     parser.add_argument("--mode", choices=["fedavg", "follow"], default="fedavg",
                         help="fedavg: rounds of local training + averaging; follow: the seed's way, the model "
                              "follows each batch to its school")  # fmt: skip
-    parser.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
-    parser.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration (with --partition dirichlet)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--momentum", type=float, default=None)
-    parser.add_argument("--parallel-workers", type=int, default=1,
+    parser.add_argument(
+        "--partition",
+        choices=["iid", "dirichlet"],
+        default="iid",
+        help="how MNIST is split between the schools: iid, or a Dirichlet label skew (--alpha)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=positive_float,
+        default=0.3,
+        help="Dirichlet concentration, lower is more skewed (with --partition dirichlet)",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="each school's batch size (default: the recipe's, 64)"
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="SGD learning rate (default: the recipe's, fast 0.02, seed 0.01)",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=non_negative_float,
+        default=None,
+        help="SGD momentum (default: the recipe's, fast 0.9, seed 0)",
+    )
+    parser.add_argument("--parallel-workers", type=positive_int, default=1,
                         help="schools that train at the same time, one thread each (FederatedStrategy("
-                             "parallel_workers=...), fedavg mode only). Default 1: one school after the other, the "
+                             "parallel_workers=...), fedavg mode only). 1: one school after the other, the "
                              "seed's way; on this project's 2-core CPU, 2 at a time gained little for the seed's "
                              "CNN (docs/benchmarks.md)")  # fmt: skip
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of each round (smoke runs)")
-    parser.add_argument("--limit-test-batches", type=float, default=1.0)
-    parser.add_argument("--log-dir", default="lightning_logs",
-                        help="each run logs to <log-dir>/version_N, as `lightning-fed` does (default: "
-                             "lightning_logs)")  # fmt: skip
+    parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator: auto (a GPU if any), cpu, gpu")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the split, the model and the batches")
+    parser.add_argument("--limit-train-batches", type=fraction, default=1.0, help="fraction of each round (smoke runs)")
+    parser.add_argument("--limit-test-batches", type=fraction, default=1.0, help="fraction of the test set")
+    parser.add_argument("--log-dir", type=writable_folder, default="lightning_logs",
+                        help="each run logs to <log-dir>/version_N, as `lightning-fed` does")  # fmt: skip
     args = parser.parse_args(argv)
     for name, value in RECIPES[args.recipe].items():  # what the command line leaves unset comes from the recipe
         if getattr(args, name) is None:
@@ -100,6 +130,11 @@ def find_mnist_files(source: str | Path) -> Path:
     """The folder under ``source`` holding the four MNIST .gz files: ``source`` itself, ``source/MNIST/raw`` or
     ``source/raw``. Raises ``SystemExit`` naming the places looked at when none holds all four."""
     source = Path(source)
+    if not source.is_dir():
+        raise SystemExit(
+            f"--mnist-from {str(source)!r}: there is no such folder. Point --mnist-from at the folder that holds the "
+            f"four MNIST files {', '.join(MNIST_FILES)} (or its MNIST/raw parent), or leave it out to download them."
+        )
     places = [source / "MNIST" / "raw", source / "raw", source]
     for place in places:
         if all((place / name).is_file() for name in MNIST_FILES):
@@ -111,17 +146,19 @@ def find_mnist_files(source: str | Path) -> Path:
     )
 
 
-def copy_mnist_files(source: str | None, root: str) -> None:
-    """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing.
+def mnist_source(text: str) -> str:
+    """``--mnist-from``'s type: a folder that holds the four MNIST files (see :func:`find_mnist_files`)."""
+    try:
+        find_mnist_files(text)
+    except SystemExit as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--mnist-from ")) from None
+    return text
 
-    A ``source`` that does not exist is reported and skipped (the data module then downloads what is missing); one
-    that exists without the files is an error naming where they must be.
-    """
+
+def copy_mnist_files(source: str | None, root: str) -> None:
+    """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing; a
+    ``source`` without them (or that does not exist) is an error naming where they must be."""
     if source is None:
-        return
-    if not Path(source).exists():
-        print(f"--mnist-from {source!r} does not exist: the MNIST files will be downloaded into {root!r} instead.",
-              file=sys.stderr)  # fmt: skip
         return
     found = find_mnist_files(source)
     target = Path(root) / "MNIST" / "raw"

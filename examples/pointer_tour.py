@@ -3,12 +3,18 @@
 Run: ``python examples/pointer_tour.py``
 """
 
+import argparse
+import sys
+
 import torch
 
 import lightning_fed as sy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The tour; ``argv`` (the command line's arguments: only ``--help``) are checked first."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args([] if argv is None else argv)
     # I. Imports and hook: add PySyft's methods to torch (opt-in, and `hook.unhook()` removes them)
     hook = sy.TorchHook(torch)
 
@@ -44,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -24,6 +24,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lightning_fed.exceptions import FederatedConfigError
+
 
 class SeedCNN(nn.Module):
     """The seed tutorial's ``Net``: two 3x3 convolutions (32, 64), 2x2 max-pool, FC 128, FC 10, log-softmax."""
@@ -106,9 +108,11 @@ class MNISTClassifier(pl.LightningModule):
                  optimizer: str = "sgd") -> None:  # fmt: skip
         super().__init__()
         if architecture not in _ARCHITECTURES:
-            raise ValueError(f"`architecture={architecture!r}` is not valid: choose one of {sorted(_ARCHITECTURES)}.")
+            raise FederatedConfigError(
+                f"`architecture={architecture!r}` is not valid: choose one of {sorted(_ARCHITECTURES)}."
+            )
         if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"`optimizer={optimizer!r}` is not valid: choose 'sgd' or 'adam'.")
+            raise FederatedConfigError(f"`optimizer={optimizer!r}` is not valid: choose 'sgd' or 'adam'.")
         self.save_hyperparameters()
         self.net = _ARCHITECTURES[architecture]()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")

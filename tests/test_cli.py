@@ -142,10 +142,10 @@ def test_a_checkpoint_file_given_by_path_loads_in_the_cli(readme_run) -> None:
 
 
 # -- the console script's exit status --------------------------------------------------------------------------------
-def test_console_script_exits_1_with_the_error_on_a_configuration_error(mnist_root, tmp_path) -> None:
+def test_console_script_exits_2_with_one_line_when_a_class_refuses_its_arguments(mnist_root, tmp_path) -> None:
     done = console("fit", "--config", str(CONFIG), "--data.root", mnist_root, "--data.partition=dirichlet", *FAST,
                    cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "lightning-fed: error: Partitioner 'dirichlet' needs `alpha`, which was not given" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -167,7 +167,7 @@ def test_python_m_exits_with_the_status(tmp_path) -> None:
 def test_main_returns_the_exit_status(mnist_root, tmp_path, capsys) -> None:
     assert main(["fit", "--config", str(CONFIG), "--data.root", mnist_root, *FAST]) == 0
     assert main(["fit", "--config", str(CONFIG), "--data.root", mnist_root, "--data.partition=shards",
-                 "--data.alpha=0.3", *FAST]) == 1  # fmt: skip
+                 "--data.alpha=0.3", *FAST]) == 2  # fmt: skip
     assert "lightning-fed: error: Partitioner 'shards' does not take alpha=0.3" in capsys.readouterr().err
 
 
@@ -245,9 +245,9 @@ def test_policy_open_from_the_command_line_or_a_config_opens_the_workers_and_war
                      "lightning_fed.data.FederatedDataModule"),
     ],
 )  # fmt: skip
-def test_a_bad_or_misplaced_policy_is_a_configuration_error(mnist_root, tmp_path, capsys, flags, message):
+def test_a_bad_or_misplaced_policy_is_a_bad_argument(mnist_root, tmp_path, capsys, flags, message):
     root = ["--data.root", mnist_root] if "--config" in flags else []
-    assert main(["fit", *flags, *root, *FAST]) == 1
+    assert main(["fit", *flags, *root, *FAST]) == 2
     assert message in " ".join(capsys.readouterr().err.split())
 
 
@@ -359,8 +359,8 @@ def test_the_example_says_where_the_mnist_files_must_be(tmp_path, capsys):
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(SystemExit, match=r"--mnist-from .*elsewhere.*holds the four MNIST files train-images"):
         _example().copy_mnist_files(str(tmp_path / "elsewhere"), str(tmp_path / "data"))
-    _example().copy_mnist_files(str(tmp_path / "nowhere"), str(tmp_path / "data"))  # README's line, on a machine
-    assert "does not exist: the MNIST files will be downloaded" in capsys.readouterr().err  # without ../shared/data
+    with pytest.raises(SystemExit, match=r"--mnist-from .*nowhere.*: there is no such folder.*or leave it out"):
+        _example().copy_mnist_files(str(tmp_path / "nowhere"), str(tmp_path / "data"))  # no download: a typo
 
 
 def test_lightning_fed_worker_runs_the_site_program(capsys):

@@ -61,6 +61,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_every_n_train_steps"),
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_train_time_interval"),
     ("lightning.pytorch.trainer.trainer.Trainer", "fit_loop._combined_loader"),
+    ("lightning.pytorch.callbacks.ModelCheckpoint", "_find_last_checkpoints"),
+    ("lightning.pytorch.callbacks.ModelCheckpoint", "_ModelCheckpoint__resolve_ckpt_dir"),
 )
 
 
@@ -145,6 +147,7 @@ __all__ = [
     "default_process_group_backend",
     "distributed_is_initialized",
     "init_dist_connection",
+    "last_checkpoint_candidates",
     "lift_max_steps",
     "replays_batch_on_resume",
     "set_up_train_data_again",
@@ -153,3 +156,24 @@ __all__ = [
     "trainer_of",
     "tuner_running",
 ]
+
+
+def last_checkpoint_candidates(trainer: Any) -> tuple[list[str], list[str]] | None:
+    """Where Lightning looks for ``ckpt_path="last"``: each ``ModelCheckpoint``'s folder, and the files it would take
+    (the last checkpoints, and a callback's on-exception ``ckpt_path``); ``None`` where this Lightning has no such
+    lookup (let it decide)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folders: list[str] = []
+    found: list[str] = []
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        find = getattr(callback, "_find_last_checkpoints", None)
+        if find is None:
+            return None
+        resolve = getattr(callback, "_ModelCheckpoint__resolve_ckpt_dir", None)
+        folders.append(str(callback.dirpath or (resolve(trainer) if resolve else "Lightning's default folder")))
+        found += list(find(trainer))
+    found += [path for callback in trainer.callbacks if isinstance(path := getattr(callback, "ckpt_path", None), str)]
+    return folders, found
