@@ -146,6 +146,12 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test_acc", self.test_acc)
 
     @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Log-probabilities of the images of ``batch``: ``(images, labels)`` as the test loader gives, or images."""
+        data = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(data)
+
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

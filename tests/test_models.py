@@ -17,3 +17,22 @@ from lightning_fed.models import MNISTClassifier
 def test_a_bad_option_is_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MNISTClassifier(**kwargs)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_predict_gives_log_probabilities_of_labelled_and_plain_batches(labelled):
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    images, labels = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    dataset = TensorDataset(images, labels) if labelled else TensorDataset(images)
+    loader = DataLoader(
+        dataset, batch_size=4, collate_fn=None if labelled else lambda rows: torch.stack([row[0] for row in rows])
+    )
+    model = MNISTClassifier()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    out = torch.cat(trainer.predict(model, dataloaders=loader))
+    assert out.shape == (6, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(6), atol=1e-5)
+    assert torch.equal(out, model(images).detach())
