@@ -113,6 +113,10 @@ class MNISTClassifier(pl.LightningModule):
             )
         if optimizer not in ("sgd", "adam"):
             raise FederatedConfigError(f"`optimizer={optimizer!r}` is not valid: choose 'sgd' or 'adam'.")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise FederatedConfigError(f"`lr={lr!r}` is not valid: pass a learning rate > 0, e.g. 0.01.")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < float("inf"):
+            raise FederatedConfigError(f"`momentum={momentum!r}` is not valid: pass a number >= 0, e.g. 0.9.")
         self.save_hyperparameters()
         self.net = _ARCHITECTURES[architecture]()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")

@@ -12,6 +12,9 @@ from lightning_fed.models import MNISTClassifier
     [
         ({"optimizer": "rmsprop"}, r"`optimizer='rmsprop'` is not valid: choose 'sgd' or 'adam'"),
         ({"architecture": "resnet"}, r"`architecture='resnet'` is not valid: choose one of \['dp_cnn', 'mcmahan_2nn'"),
+        ({"lr": -1.0}, r"`lr=-1.0` is not valid: pass a learning rate > 0"),
+        ({"lr": float("nan")}, r"`lr=nan` is not valid"),
+        ({"momentum": -0.5}, r"`momentum=-0.5` is not valid: pass a number >= 0"),
     ],
 )
 def test_a_bad_option_is_refused_by_name(kwargs, message):
