@@ -100,16 +100,17 @@ def batch_mover(strategy: FederatedStrategy) -> Callable[[list[Any]], list[Any]]
     module = strategy.lightning_module
     trainer = trainer_of(module)
     datamodule = getattr(trainer, "datamodule", None)
-    if overrides_transfer(module, datamodule):
-        move: Callable[[list[Any]], list[Any]] = lambda batches: [  # noqa: E731
-            Strategy.batch_to_device(strategy, batch) for batch in batches
-        ]
-    else:
-        move = device_mover(strategy.root_device)
-    precision = strategy.precision_plugin
-    if type(precision).convert_input is Precision.convert_input:  # 32-bit and mixed precision leave inputs as they are
+    hooks, precision = overrides_transfer(module, datamodule), strategy.precision_plugin
+    move = device_mover(strategy.root_device)
+    convert = type(precision).convert_input is not Precision.convert_input  # 32-bit and mixed: inputs as they are
+    if not hooks and not convert:
         return move
-    return lambda batches: move([precision.convert_input(batch) for batch in batches])
+
+    def moved(batches: list[Any]) -> list[Any]:
+        batches = [precision.convert_input(batch) for batch in batches] if convert else batches
+        return [Strategy.batch_to_device(strategy, batch) for batch in batches] if hooks else move(batches)
+
+    return moved
 
 
 def provisional_loader(backend: Backend, loader: FederatedDataLoader) -> Any:

@@ -13,16 +13,6 @@ from lightning_fed.pointers import PointerTensor
 from lightning_fed.workers import VirtualWorker
 
 
-@pytest.fixture
-def bob() -> VirtualWorker:
-    return VirtualWorker(id="bob")
-
-
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
 def test_send_on_a_pointer_leaves_the_data_and_gives_the_pointer(bob: VirtualWorker, alice: VirtualWorker) -> None:
     x_ptr = sy.send(torch.tensor([1, 2, 3, 4]), bob)
     data_id = x_ptr.id_at_location

@@ -20,11 +20,6 @@ from lightning_fed.workers.outbox import DELIVERED, DROPPED, PENDING, SNAPSHOTS
 from tests.pointers.test_grads import Counter
 
 
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
 def trained_model(seed: int = 0) -> nn.Linear:
     """A small model whose parameters carry gradients, as after ``model.get()`` in the seed's loop."""
     torch.manual_seed(seed)

@@ -23,11 +23,6 @@ from lightning_fed.workers import VirtualWorker
 from lightning_fed.workers.epoch import grad_epoch
 
 
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
 def remote(ptr: PointerTensor) -> torch.Tensor:
     """The worker's real tensor behind ``ptr`` (test-side peek, not part of the API)."""
     return ptr.location.objects[ptr.id_at_location]

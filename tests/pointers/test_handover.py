@@ -20,11 +20,6 @@ from lightning_fed.workers.outbox import DROPPED, SNAPSHOTS
 from tests.pointers.test_deferred_grads import at_worker, delivery, trained_model
 
 
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
 def train_at_worker(model: nn.Module, worker: VirtualWorker, steps: int = 2) -> None:
     """Steps at the worker that write every parameter and gradient in place (no zero_grad: gradients accumulate)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

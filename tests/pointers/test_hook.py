@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 
 import numpy
 import pytest
@@ -23,13 +22,6 @@ PATCHED = [(torch.Tensor, "send"), (nn.Module, "send"), (nn.Module, "get"), (nn.
 
 def patched_names() -> list[str]:
     return [f"{owner.__name__}.{name}" for owner, name in PATCHED if hasattr(owner, name)]
-
-
-@pytest.fixture
-def hook() -> Iterator[sy.TorchHook]:
-    hook = sy.TorchHook(torch)
-    yield hook
-    hook.unhook()
 
 
 def test_import_patches_nothing() -> None:

@@ -49,23 +49,6 @@ class SmallNet(nn.Module):
         return F.log_softmax(self.fc(x), dim=1)
 
 
-@pytest.fixture
-def hook() -> Iterator[sy.TorchHook]:
-    hook = sy.TorchHook(torch)
-    yield hook
-    hook.unhook()
-
-
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
-@pytest.fixture
-def bob() -> VirtualWorker:
-    return VirtualWorker(id="bob")
-
-
 def make_batches(device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     return [

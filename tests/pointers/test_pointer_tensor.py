@@ -22,16 +22,6 @@ from lightning_fed.workers import VirtualWorker
 POINTER_REPR = re.compile(r"^\(Wrapper\)>\[PointerTensor \| me:(\d+) -> alice:(\d+)\]$")
 
 
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
-
-
-@pytest.fixture
-def bob() -> VirtualWorker:
-    return VirtualWorker(id="bob")
-
-
 def remote(ptr: PointerTensor) -> torch.Tensor:
     """The worker's real tensor behind ``ptr`` (test-side peek, not part of the API)."""
     return ptr.location.objects[ptr.id_at_location]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,23 +14,6 @@ import lightning_fed as sy
 from lightning_fed.exceptions import FederatedConfigError, PermissionDeniedError, PointerError
 from lightning_fed.pointers import PointerTensor
 from lightning_fed.workers import VirtualWorker
-
-
-@pytest.fixture
-def hook() -> Iterator[sy.TorchHook]:
-    hook = sy.TorchHook(torch)
-    yield hook
-    hook.unhook()
-
-
-@pytest.fixture
-def bob() -> VirtualWorker:
-    return VirtualWorker(id="bob")
-
-
-@pytest.fixture
-def alice() -> VirtualWorker:
-    return VirtualWorker(id="alice")
 
 
 # -- garbage_collect_data -------------------------------------------------------------------------------------------
