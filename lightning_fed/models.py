@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -102,10 +103,19 @@ class MNISTClassifier(pl.LightningModule):
         lr: learning rate (the seed uses 0.01).
         momentum: SGD momentum (the seed uses none).
         optimizer: ``"sgd"`` or ``"adam"``.
+        lr_milestones: epochs (rounds, under FedAvg) at which the learning rate is multiplied by ``lr_gamma``, as
+            torch's ``MultiStepLR`` does, stepped once an epoch: ``(4,)`` trains epochs 0-3 at ``lr`` and the rest at
+            ``lr * lr_gamma``. Empty (the default): a constant rate.
+        lr_gamma: the factor of each milestone, in (0, 1].
+
+    Example:
+        >>> model = MNISTClassifier(lr=0.02, momentum=0.9, lr_milestones=(4,))
+        >>> type(model.configure_optimizers()["lr_scheduler"]["scheduler"]).__name__
+        'MultiStepLR'
     """
 
     def __init__(self, architecture: str = "seed_cnn", lr: float = 0.01, momentum: float = 0.0,
-                 optimizer: str = "sgd") -> None:  # fmt: skip
+                 optimizer: str = "sgd", lr_milestones: Sequence[int] = (), lr_gamma: float = 0.1) -> None:  # fmt: skip
         super().__init__()
         if architecture not in _ARCHITECTURES:
             raise FederatedConfigError(
@@ -117,6 +127,18 @@ class MNISTClassifier(pl.LightningModule):
             raise FederatedConfigError(f"`lr={lr!r}` is not valid: pass a learning rate > 0, e.g. 0.01.")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < float("inf"):
             raise FederatedConfigError(f"`momentum={momentum!r}` is not valid: pass a number >= 0, e.g. 0.9.")
+        milestones = list(lr_milestones) if isinstance(lr_milestones, (list, tuple)) else None
+        if (
+            milestones is None
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones)
+            or (milestones != sorted(set(milestones)))
+        ):
+            raise FederatedConfigError(
+                f"`lr_milestones={lr_milestones!r}` is not valid: pass increasing epoch numbers >= 1, e.g. (4,), or () "
+                "for a constant learning rate."
+            )
+        if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
+            raise FederatedConfigError(f"`lr_gamma={lr_gamma!r}` is not valid: pass a factor in (0, 1], e.g. 0.1.")
         self.save_hyperparameters()
         self.net = _ARCHITECTURES[architecture]()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
@@ -156,7 +178,14 @@ class MNISTClassifier(pl.LightningModule):
         return self(data)
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.hparams.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        else:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        if not self.hparams.lr_milestones:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(self.hparams.lr_milestones), gamma=self.hparams.lr_gamma
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

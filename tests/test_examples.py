@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers.mnist_files import write_mnist_raw
@@ -64,10 +65,28 @@ def test_two_schools_train_at_once_with_the_same_result(tmp_path, capsys):
 def test_two_schools_recipes_fill_what_the_command_line_leaves_unset():
     example = _load("mnist_two_schools")
     fast, seed = example.parse_args([]), example.parse_args(["--recipe", "seed"])
-    assert (fast.epochs, fast.lr, fast.momentum) == (6, 0.02, 0.9)
-    assert (seed.epochs, seed.lr, seed.momentum, seed.batch_size) == (10, 0.01, 0.0, 64)  # the seed tutorial's own
-    mixed = example.parse_args(["--recipe", "seed", "--epochs", "3", "--momentum", "0.5"])
-    assert (mixed.epochs, mixed.lr, mixed.momentum) == (3, 0.01, 0.5)
+    assert (fast.epochs, fast.lr, fast.momentum, fast.lr_decay_at) == (6, 0.05, 0.9, [4])
+    # the seed tutorial's own: plain SGD at a constant rate
+    assert (seed.epochs, seed.lr, seed.momentum, seed.batch_size, seed.lr_decay_at) == (10, 0.01, 0.0, 64, [])
+    mixed = example.parse_args(["--recipe", "seed", "--epochs", "3", "--momentum", "0.5", "--lr-decay-at", "2"])
+    assert (mixed.epochs, mixed.lr, mixed.momentum, mixed.lr_decay_at) == (3, 0.01, 0.5, [2])
+    assert example.parse_args(["--lr-decay-at"]).lr_decay_at == []  # the option alone: a constant rate
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr-decay-at", "5", "3"], "argument --lr-decay-at: rounds must increase, got 5 3"),
+        (["--lr-decay-at", "4", "4"], "argument --lr-decay-at: rounds must increase, got 4 4"),
+        (["--lr-decay-at", "0"], "argument --lr-decay-at: 0 is not valid: pass an integer >= 1."),
+    ],
+)
+def test_two_schools_refuses_a_bad_lr_decay_by_name(argv, message, capsys):
+    example = _load("mnist_two_schools")
+    with pytest.raises(SystemExit) as exc:
+        example.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_dp_example_trains_with_calibrated_noise_and_spends_the_target_epsilon(tmp_path, capsys):

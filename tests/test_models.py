@@ -15,6 +15,13 @@ from lightning_fed.models import MNISTClassifier
         ({"lr": -1.0}, r"`lr=-1.0` is not valid: pass a learning rate > 0"),
         ({"lr": float("nan")}, r"`lr=nan` is not valid"),
         ({"momentum": -0.5}, r"`momentum=-0.5` is not valid: pass a number >= 0"),
+        ({"lr_milestones": (4, 2)}, r"`lr_milestones=\(4, 2\)` is not valid: pass increasing epoch numbers >= 1"),
+        ({"lr_milestones": (0,)}, r"`lr_milestones=\(0,\)` is not valid"),
+        ({"lr_milestones": (3, 3)}, r"`lr_milestones=\(3, 3\)` is not valid"),
+        ({"lr_milestones": 4}, r"`lr_milestones=4` is not valid: pass increasing epoch numbers >= 1, e.g. \(4,\)"),
+        ({"lr_milestones": [2.5]}, r"`lr_milestones=\[2.5\]` is not valid"),
+        ({"lr_gamma": 0.0}, r"`lr_gamma=0.0` is not valid: pass a factor in \(0, 1\]"),
+        ({"lr_gamma": 2.0}, r"`lr_gamma=2.0` is not valid"),
     ],
 )
 def test_a_bad_option_is_refused_by_name(kwargs, message):
@@ -39,3 +46,35 @@ def test_predict_gives_log_probabilities_of_labelled_and_plain_batches(labelled)
     assert out.shape == (6, 10)
     assert torch.allclose(out.exp().sum(1), torch.ones(6), atol=1e-5)
     assert torch.equal(out, model(images).detach())
+
+
+def test_lr_milestones_lower_the_rate_once_a_round_at_every_worker():
+    """Under FedAvg an epoch is a round: each round's local steps, at every worker, use the rate of that round."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from lightning_fed import FederatedStrategy
+    from tests.strategies.helpers import FedDM
+
+    seen: list[tuple[int, str, float]] = []
+
+    class Recording(MNISTClassifier):
+        def training_step(self, batch, batch_idx):
+            from lightning_fed.workers import current_worker
+
+            seen.append((self.current_epoch, current_worker().id, self.optimizers().param_groups[0]["lr"]))
+            return super().training_step(batch, batch_idx)
+
+    g = torch.Generator().manual_seed(0)
+    data = FedDM(TensorDataset(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)),
+                 num_workers=2, batch_size=8)  # fmt: skip
+    model = Recording(lr=0.1, momentum=0.9, lr_milestones=(1, 3), lr_gamma=0.5)
+    trainer = pl.Trainer(strategy=FederatedStrategy(), max_epochs=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    rates = {epoch: round(lr, 6) for epoch, _, lr in seen}
+    assert rates == {0: 0.1, 1: 0.05, 2: 0.05, 3: 0.025}
+    assert {worker for _, worker, _ in seen} == {"w0", "w1"}
+    assert all(lr == rates[epoch] for epoch, _, lr in seen)  # both workers of a round at its rate
