@@ -9,6 +9,7 @@ against the ghost clipper; ``auto`` picks ``ghost`` for this CNN). Real MNIST wi
 MNIST-shaped data otherwise (the cost does not depend on the pixels).
 
     python benchmarks/privacy.py --data-root data
+    python benchmarks/privacy.py --data-root data --opacus ghost hooks   # with Opacus' own ratio beside
     python benchmarks/privacy.py --smoke
 """
 
@@ -74,6 +75,40 @@ def fit(dataset: TensorDataset, args: argparse.Namespace, mode: str | None) -> f
     return time.perf_counter() - start
 
 
+def plain_loop(dataset: TensorDataset, args: argparse.Namespace, opacus_mode: str | None) -> float:
+    """Opacus' own price, for reference: ``2 * batches * rounds`` steps of the same CNN, batch and learning rate in a
+    plain PyTorch loop (no Lightning, no federation), without privacy (``opacus_mode=None``) or through Opacus'
+    ``PrivacyEngine.make_private`` with ``grad_sample_mode=opacus_mode`` (``"ghost"``: its fast gradient clipping;
+    ``"hooks"``: per-sample gradients); fixed batches, as the ratio does not depend on the sampling. Returns seconds."""
+    from opacus import PrivacyEngine
+
+    from lightning_fed.models import DPMNISTCNN
+
+    torch.manual_seed(0)
+    model = DPMNISTCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.25)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    criterion = torch.nn.NLLLoss()
+    if opacus_mode is not None:
+        made = PrivacyEngine().make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.1, max_grad_norm=1.0,
+            grad_sample_mode=opacus_mode, poisson_sampling=False,
+            **({"criterion": criterion} if opacus_mode == "ghost" else {}),
+        )  # fmt: skip
+        model, optimizer, criterion = made[0], made[1], (made[2] if opacus_mode == "ghost" else criterion)
+    batches = []
+    for batch in loader:  # read before timing: the federated runs read their batches at the workers, untimed apart
+        batches.append(batch)
+        if len(batches) == 2 * args.batches * args.rounds:
+            break
+    start = time.perf_counter()
+    for x, y in batches:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw (default: synthetic data)")
@@ -84,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["auto"], choices=["auto", "ghost", "hooks"],
                         help="DPConfig.grad_sample_mode of each DP contender")  # fmt: skip
+    parser.add_argument("--opacus", nargs="*", default=[], choices=["ghost", "hooks"],
+                        help="also time Opacus' own DP-SGD with these grad_sample_modes against the same plain loop "
+                             "without privacy, for reference (Opacus' own ratio on this machine)")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0, help="also print the top N cProfile rows of one DP fit")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     parser.add_argument("--smoke", action="store_true")
@@ -99,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"non-private": lambda: fit(dataset, args, None)}
     for mode in args.modes:
         runs[f"DP-SGD ({mode})"] = lambda mode=mode: fit(dataset, args, mode)
+    if args.opacus:
+        runs["plain loop"] = lambda: plain_loop(dataset, args, None)
+        for mode in args.opacus:
+            runs[f"plain loop, Opacus ({mode})"] = lambda mode=mode: plain_loop(dataset, args, mode)
     times = interleaved(runs, args.repeats)
     steps = 2 * args.batches * args.rounds
     print(f"\n2 schools, Opacus' MNIST CNN, batch {args.batch_size}, {args.batches} batches per school per round, "
           f"{args.rounds} rounds ({steps} steps); {args.repeats} interleaved repeats")  # fmt: skip
     rows = [[name, summary(v)["median"], 1000 * summary(v)["median"] / steps] for name, v in times.items()]
     print(format_table(["run", "fit s (median)", "ms/step"], rows))
-    cpu_rows = [[name, summary(CPU_TIMES[m])["median"]] for name, m in zip(times, [None, *args.modes])]
+    cpu_rows = [[name, summary(CPU_TIMES[m])["median"]] for name, m in zip(times, [None, *args.modes])]  # fits
     print(format_table(["run", "process CPU s (median)"], cpu_rows))
     ratio, cpu_ratio = {}, {}
     for mode in args.modes:
@@ -113,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ratio[mode] = c = ratios(CPU_TIMES[mode], CPU_TIMES[None])
         print(f"DP-SGD ({mode}) / non-private: {r['median']:.2f}x wall (min {r['min']:.2f}, max {r['max']:.2f}), "
               f"{c['median']:.2f}x CPU (min {c['min']:.2f}, max {c['max']:.2f}); goal 1.6x")  # fmt: skip
+    opacus_ratio = {}
+    for mode in args.opacus:
+        opacus_ratio[mode] = r = ratios(times[f"plain loop, Opacus ({mode})"], times["plain loop"])
+        print(f"for reference, Opacus ({mode}) / the same plain loop without privacy: {r['median']:.2f}x "
+              f"(min {r['min']:.2f}, max {r['max']:.2f})")  # fmt: skip
     cpu_times = {str(k): summary(v) for k, v in CPU_TIMES.items()}  # before the profiled fit adds its own
     if args.profile:
         import cProfile
@@ -123,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     print_json_line({"benchmark": "privacy", "machine": info, "config": vars(args),
                      "times": {k: summary(v) for k, v in times.items()}, "ratio": ratio,
-                     "cpu_times": cpu_times, "cpu_ratio": cpu_ratio})  # fmt: skip
+                     "cpu_times": cpu_times, "cpu_ratio": cpu_ratio, "opacus_ratio": opacus_ratio})  # fmt: skip
     return 0
 
 

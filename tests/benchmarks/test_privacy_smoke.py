@@ -10,3 +10,24 @@ def test_privacy_benchmark_smoke():
     assert record["benchmark"] == "privacy"
     assert set(record["times"]) == {"non-private", "DP-SGD (auto)"}  # one contender per --modes (default: auto)
     assert record["ratio"]["auto"]["median"] > 0
+
+
+def test_privacy_benchmark_times_opacus_own_ratio_beside_when_asked():
+    import json
+    import subprocess
+    import sys
+
+    from tests.benchmarks.test_smoke import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "privacy.py"), "--smoke", "--opacus", "ghost", "hooks"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(record["times"]) == {
+        "non-private", "DP-SGD (auto)", "plain loop", "plain loop, Opacus (ghost)", "plain loop, Opacus (hooks)",
+    }  # fmt: skip
+    assert set(record["opacus_ratio"]) == {"ghost", "hooks"}
+    assert all(r["median"] > 0 for r in record["opacus_ratio"].values())
+    assert "for reference, Opacus (ghost) / the same plain loop without privacy" in proc.stdout
