@@ -121,7 +121,7 @@ def test_pointer_tour_help_prints_help_instead_of_the_tour(capsys):
      (["--model.architecture", "bogus"], "--model.architecture: `architecture='bogus'` is not valid: choose one of"),
      (["--data.batch_size", "-5"], "--data.batch_size: `batch_size=-5` is not valid: pass an integer >= 1."),
      (["--data.workers", "0"], "--data.workers: `workers=0` is not valid: pass a number of workers >= 1."),
-     (["--data.partition", "bogus"], "Unknown partitioner `'bogus'`: known names are 'dirichlet', 'iid'"),
+     (["--data.partition", "bogus"], "--data.partition: `partition='bogus'` is not a known partitioner: known names are 'dirichlet', 'iid'"),
      (["--trainer.strategy", "fedavgg"], "--trainer.strategy: `fedavgg` is not a strategy name: pass one of fedavg, federated")],
 )  # fmt: skip
 def test_a_bad_value_a_class_refuses_exits_2_with_one_line(tmp_path, capsys, flags, message):

@@ -296,7 +296,7 @@ def test_bad_data_fails_at_setup_naming_the_fix(make, match):
     ("kwargs", "match"),
     [
         ({"datamodule": DataLoader(labelled())}, r"is not a LightningDataModule instance.*from_datasets"),
-        ({"partition": "kmeans"}, r"Unknown partitioner `'kmeans'`"),
+        ({"partition": "kmeans"}, r"`partition='kmeans'` is not a known partitioner"),
         ({"seed": -1}, r"`seed=-1` is not valid: pass an integer >= 0"),
         ({"batch_size": 0}, r"`batch_size=0` is not valid"),
         ({"shuffle": "yes"}, r"`shuffle='yes'` is not valid: pass True or False"),

@@ -64,8 +64,9 @@ def register_partitioner(name: str, fn: Partitioner, *, override: bool = False) 
     return fn
 
 
-def get_partitioner(name_or_callable: str | Partitioner) -> Partitioner:
-    """The partitioner registered under a name; a callable is returned unchanged.
+def get_partitioner(name_or_callable: str | Partitioner, argument: str = "partition") -> Partitioner:
+    """The partitioner registered under a name; a callable is returned unchanged. ``argument`` is the caller's name
+    for it, which an error names (and through it the CLI's flag).
 
     Example:
         >>> get_partitioner("iid").__name__
@@ -77,14 +78,14 @@ def get_partitioner(name_or_callable: str | Partitioner) -> Partitioner:
         if name_or_callable not in PARTITIONERS:
             known = ", ".join(repr(k) for k in sorted(PARTITIONERS))
             raise FederatedConfigError(
-                f"Unknown partitioner `{name_or_callable!r}`: known names are {known}. Pass one of these, a callable, "
-                "or register a new one with `register_partitioner(name, fn)`."
+                f"`{argument}={name_or_callable!r}` is not a known partitioner: known names are {known}. Pass one of "
+                "these, a callable, or register a new one with `register_partitioner(name, fn)`."
             )
         return PARTITIONERS[name_or_callable]
     if callable(name_or_callable):
         return name_or_callable
     raise FederatedConfigError(
-        f"`partitioner={name_or_callable!r}` is neither a registered name nor a callable: "
+        f"`{argument}={name_or_callable!r}` is neither a registered name nor a callable: "
         "pass e.g. 'iid' or 'dirichlet', or a function."
     )
 
@@ -131,7 +132,7 @@ def partition_dataset_indices(
         >>> sorted(i for p in parts for i in p)
         [0, 1, 2, 3, 4, 5]
     """
-    fn = get_partitioner(partitioner)
+    fn = get_partitioner(partitioner, argument="partitioner")
     name = partitioner if isinstance(partitioner, str) else getattr(fn, "__name__", repr(fn))
     _check_workers(_check_int("num_samples", num_samples, 0), num_workers)
     if labels is not None:

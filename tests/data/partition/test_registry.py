@@ -57,8 +57,11 @@ def test_callable_passes_through() -> None:
 def test_unknown_name_lists_known_names() -> None:
     with pytest.raises(FederatedConfigError, match=r"'nope'.*'dirichlet', 'iid', 'quantity_skew', 'shards'"):
         get_partitioner("nope")
-    with pytest.raises(FederatedConfigError, match=r"partitioner=42"):
+    with pytest.raises(FederatedConfigError, match=r"^`partition=42` is neither a registered name nor a callable"):
         get_partitioner(42)
+    # the caller's own name for the argument, which the CLI turns into its flag
+    with pytest.raises(FederatedConfigError, match=r"^`partitioner='nope'` is not a known partitioner: known names"):
+        get_partitioner("nope", argument="partitioner")
 
 
 def test_register_and_duplicate() -> None:
