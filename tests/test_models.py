@@ -45,7 +45,11 @@ def test_predict_gives_log_probabilities_of_labelled_and_plain_batches(labelled)
     out = torch.cat(trainer.predict(model, dataloaders=loader))
     assert out.shape == (6, 10)
     assert torch.allclose(out.exp().sum(1), torch.ones(6), atol=1e-5)
-    assert torch.equal(out, model(images).detach())
+    model.eval()
+    with torch.no_grad():  # the same batches as predict's: a batch's size may change the CPU's kernels
+        expected = torch.cat([model(images[:4]), model(images[4:])])
+    # not bit for bit: on an AVX-512 host the outputs differed in the last bits within a full-suite run (never alone)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
 
 
 def test_lr_milestones_lower_the_rate_once_a_round_at_every_worker():
