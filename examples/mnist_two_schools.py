@@ -182,6 +182,19 @@ def make_logger(log_dir: str) -> Logger:
     return (TensorBoardLogger if tensorboard else CSVLogger)(save_dir=log_dir, name="")
 
 
+def check_test_limit(data: FederatedMNISTDataModule, limit: float) -> None:
+    """Refuse, before training, a ``--limit-test-batches`` that leaves no test batch: Lightning would find out only
+    when ``trainer.test`` starts, after the whole fit."""
+    data.prepare_data()
+    data.setup("test")
+    batches = len(data.test_dataloader())
+    if int(limit * batches) < 1:  # Lightning's own rule for a fraction of the batches
+        raise SystemExit(
+            f"--limit-test-batches {limit}: {limit} of the {batches} test batch(es) is no batch at all, so the test "
+            f"after training would fail. Pass at least {1 / batches:.3g} (one batch), or 1.0 for the whole test set."
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     copy_mnist_files(args.mnist_from, args.data_root)
@@ -194,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_size=args.batch_size,
         seed=args.seed,
     )
+    check_test_limit(data, args.limit_test_batches)
     model = MNISTClassifier(lr=args.lr, momentum=args.momentum, lr_milestones=tuple(args.lr_decay_at))
     parallel = args.parallel_workers if args.mode == "fedavg" else 1
     trainer = pl.Trainer(

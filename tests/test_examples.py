@@ -62,6 +62,20 @@ def test_two_schools_train_at_once_with_the_same_result(tmp_path, capsys):
     assert results[0]["test_acc"] == results[1]["test_acc"]
 
 
+def test_two_schools_refuses_a_test_limit_that_leaves_no_batch_before_training(tmp_path, monkeypatch):
+    source = tmp_path / "shared"
+    write_mnist_raw(source, num_train=128, num_test=64)  # one test batch of 1000
+    example = _load("mnist_two_schools")
+    fits = []
+    monkeypatch.setattr(example.pl.Trainer, "fit", lambda *a, **k: fits.append(a))
+    with pytest.raises(
+        SystemExit, match=r"^--limit-test-batches 0.5: 0.5 of the 1 test batch\(es\) is no batch at all"
+    ):
+        example.main(["--data-root", str(tmp_path / "data"), "--mnist-from", str(source), "--epochs", "1",
+                      "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu", "--limit-test-batches", "0.5"])  # fmt: skip
+    assert fits == []  # refused before any training
+
+
 def test_two_schools_recipes_fill_what_the_command_line_leaves_unset():
     example = _load("mnist_two_schools")
     fast, seed = example.parse_args([]), example.parse_args(["--recipe", "seed"])
