@@ -136,21 +136,21 @@ def _clock(seconds: float) -> str:
 
 def find_mnist_files(source: str | Path) -> Path:
     """The folder under ``source`` holding the four MNIST .gz files: ``source`` itself, ``source/MNIST/raw`` or
-    ``source/raw``. Raises ``SystemExit`` naming the places looked at when none holds all four."""
+    ``source/raw``. Raises ``FileNotFoundError`` naming the places looked at when none holds all four."""
     source = Path(source)
     if not source.is_dir():
-        raise SystemExit(
-            f"--mnist-from {str(source)!r}: there is no such folder. Point --mnist-from at the folder that holds the "
-            f"four MNIST files {', '.join(MNIST_FILES)} (or its MNIST/raw parent), or leave it out to download them."
+        raise FileNotFoundError(
+            f"{str(source)!r}: there is no such folder. Point --mnist-from at the folder that holds the four MNIST "
+            f"files {', '.join(MNIST_FILES)} (or its MNIST/raw parent), or leave it out to download them."
         )
     places = [source / "MNIST" / "raw", source / "raw", source]
     for place in places:
         if all((place / name).is_file() for name in MNIST_FILES):
             return place
     looked = ", ".join(repr(str(place)) for place in places)
-    raise SystemExit(
-        f"--mnist-from {str(source)!r}: none of {looked} holds the four MNIST files {', '.join(MNIST_FILES)}. "
-        "Point --mnist-from at the folder that holds them (or its MNIST/raw parent), or leave it out to download."
+    raise FileNotFoundError(
+        f"{str(source)!r}: none of {looked} holds the four MNIST files {', '.join(MNIST_FILES)}. Point --mnist-from "
+        "at the folder that holds them (or its MNIST/raw parent), or leave it out to download."
     )
 
 
@@ -158,17 +158,20 @@ def mnist_source(text: str) -> str:
     """``--mnist-from``'s type: a folder that holds the four MNIST files (see :func:`find_mnist_files`)."""
     try:
         find_mnist_files(text)
-    except SystemExit as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--mnist-from ")) from None
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 
 def copy_mnist_files(source: str | None, root: str) -> None:
     """Copy the four MNIST .gz files found by :func:`find_mnist_files` into ``root/MNIST/raw`` where missing; a
-    ``source`` without them (or that does not exist) is an error naming where they must be."""
+    ``source`` without them (or that does not exist) exits with a line naming where they must be."""
     if source is None:
         return
-    found = find_mnist_files(source)
+    try:
+        found = find_mnist_files(source)
+    except FileNotFoundError as err:
+        raise SystemExit(f"--mnist-from {err}") from None
     target = Path(root) / "MNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
