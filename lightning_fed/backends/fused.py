@@ -23,7 +23,7 @@ worker, so ``trainer.global_step`` counts those, an ``on_step`` metric shows the
 ``on_train_batch_start``/``on_train_batch_end`` run once per 32 batches. So ``FederatedStrategy(local_loop="auto")``
 (the default) fuses only when nothing observes single batches (:func:`fusion_blockers`: such hooks in the module or
 a callback, ``max_steps``, step-based validation or checkpoints, gradient accumulation, step-interval schedulers,
-sample-level DP, simulated failures) and logs why it did not; ``"steps"`` keeps one Lightning step per batch;
+simulated failures) and logs why it did not; ``"steps"`` keeps one Lightning step per batch;
 ``"fused"`` fuses or refuses, naming what stands in the way.
 
 Example:
@@ -125,8 +125,6 @@ def fusion_blockers(trainer: Any, module: LightningModule, backend: SequentialBa
             found.append(f"val_check_interval={interval}")
     if backend.step_schedulers:
         found.append("a step-interval LR scheduler")
-    if isinstance(backend.dp, DPSGDAggregator):
-        found.append("sample-level DP-SGD (its budget is spent batch by batch)")
     if backend.rounds.failures.enabled:
         found.append(f"simulated failures ({backend.rounds.failures.describe()})")
     if backend.resume_state is not None:
@@ -171,6 +169,9 @@ class FusedBackend(SequentialBackend):
         if batch.first == 0:  # the worker's first Lightning step this round: it starts from the global model
             rounds.start_worker(batch.worker, self.calls.optimizers(), self.step_schedulers)
             positions = self.loader.batch_positions  # gathered at the worker, in its session: no pointer per batch
+            if isinstance(self.dp, DPSGDAggregator):  # Poisson draws where sample-level DP-SGD samples its batches
+                dp, loader = self.dp, self.loader
+                positions = lambda worker, epoch: dp.worker_positions(loader, worker, epoch)  # noqa: E731
             self._source = iter(self.planner.worker_batches(batch.worker, batch.steps, batch.round_index, positions))
             self._failed = None
         self.skip = batch.worker.id == self._failed
@@ -188,6 +189,8 @@ class FusedBackend(SequentialBackend):
             chunk = self.gather_batches(shard, [next(self._source) for _ in range(work.count)])
             for batch_idx, real in enumerate(chunk, start=work.first):
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
+                if isinstance(self.dp, DPSGDAggregator) and not self.dp.can_step(work.worker.id):
+                    continue  # its privacy budget is spent: the batch is drawn, not trained on (as the steps path)
                 self.rounds.stats.step(work.worker.id)
                 set_logging_batch(trainer, real)  # for the self.log calls that go to Lightning at once
                 logs.batch = real

@@ -45,7 +45,10 @@ def mix_seed(*parts: int) -> int:
 
 
 def _make_batch(shard: Any, indices: torch.Tensor, *, collate_fn: Callable[[list[Any]], Any]) -> Any:
-    """The plan a worker runs: gather ``indices`` (positions in its shard) and collate; only tensors leave."""
+    """The plan a worker runs: gather ``indices`` (positions in its shard) and collate; only tensors leave. No
+    ``indices`` (a Poisson draw can take no sample) give one sample's batch with zero rows."""
+    if indices.numel() == 0:
+        return _empty_like(_make_batch(shard, torch.zeros(1, dtype=torch.long), collate_fn=collate_fn))
     positions = indices.tolist()
     batch = _tensor_rows(shard, positions) if collate_fn is default_collate else None
     if batch is None:
@@ -53,6 +56,18 @@ def _make_batch(shard: Any, indices: torch.Tensor, *, collate_fn: Callable[[list
         samples = getitems(positions) if callable(getitems) else [shard[i] for i in positions]
         batch = collate_fn(samples)
     _check_tensors_only(batch)
+    return batch
+
+
+def _empty_like(batch: Any) -> Any:
+    """The same structure with zero rows (tensors sliced ``[:0]``)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:0]
+    if isinstance(batch, dict):
+        return {k: _empty_like(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_empty_like(v) for v in batch]
+        return type(batch)(items) if not hasattr(batch, "_fields") else type(batch)(*items)
     return batch
 
 

@@ -150,7 +150,12 @@ def test_make_workers_from_a_count_ids_or_objects():
         (Stream(), "iid", {}, r"`dataset` of type Stream has no __len__: .*map-style dataset"),
         (labelled(), "iid", {"alpha": 0.5}, r"Partitioner 'iid' does not take alpha=0.5: remove it.*\[\]"),
         (labelled(), "dirichlet", {"alpah": 1}, r"'dirichlet' does not take alpah=1.*\['alpha', 'min_size'"),
-        (labelled(), "kmeans", {}, r"`partition='kmeans'` is not a known partitioner: known names are 'dirichlet', 'iid'"),
+        (
+            labelled(),
+            "kmeans",
+            {},
+            r"`partition='kmeans'` is not a known partitioner: known names are 'dirichlet', 'iid'",
+        ),
     ],
 )
 def test_bad_partitions_are_config_errors_naming_the_fix(workers, dataset, partition, args, match):

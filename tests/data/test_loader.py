@@ -266,11 +266,13 @@ def test_gather_batches_equals_one_gather_per_batch(fed, collate):
     worker = fed.workers[0]
     positions = list(loader.batch_positions(worker, epoch=0))  # 4, 4, 3 positions: a short last batch
     assert [len(p) for p in positions] == [4, 4, 3]
+    positions.insert(1, torch.zeros(0, dtype=torch.long))  # a Poisson draw may take no sample (DP-SGD's batches)
     pointer = fed[worker.id]
     with pointer.location.session(pointer) as shard:  # at the worker, as the vectorized backend reads it
         together = loader.gather_batches(shard, positions)
         apart = [loader.gather(shard, p) for p in positions]
-    assert len(together) == len(apart) == 3
+    assert len(together) == len(apart) == 4
     for a, b in zip(together, apart):
         assert type(a) is type(b) and list(leaves(a))
-        assert all(torch.equal(u, v) for u, v in zip(leaves(a), leaves(b), strict=True))
+        assert all(torch.equal(u, v) and u.dtype == v.dtype for u, v in zip(leaves(a), leaves(b), strict=True))
+    assert [len(next(iter(leaves(b)))) for b in together] == [4, 0, 4, 3]  # zero rows, one sample's other dims

@@ -138,6 +138,32 @@ class BatchStartModule(BoringClassifier):
         pass
 
 
+# -- sample-level DP-SGD: the same Poisson draws, noise and budget stop as one Lightning step per batch --------------
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("budget", [None, 6.0])  # 6.0: 4 steps at q = 1/3, in the middle of round 2
+def test_sample_level_dp_sgd_in_fused_loops_equals_one_lightning_step_per_batch(mode, budget):
+    pytest.importorskip("opacus")
+    noise = {"noise_multiplier": 1.0} if budget is None else {"noise_multiplier": 1.0, "target_epsilon": budget}
+    config = DPConfig(level="sample", max_grad_norm=0.5, seed=2, grad_sample_mode=mode, **noise)
+    steps, steps_trainer = _fit("steps", privacy=config)
+    fused, fused_trainer = _fit("auto", privacy=config)
+    assert type(steps_trainer.strategy.backend) is SequentialBackend
+    assert type(fused_trainer.strategy.backend) is FusedBackend  # sample-level DP no longer needs a step per batch
+    assert max_abs_diff(steps, fused) == 0.0  # the same Poisson batches, clipping and noise, in the same order
+    assert max_abs_diff(_model(), fused) > 1e-3
+    dp_steps, dp_fused = steps_trainer.strategy.aggregator, fused_trainer.strategy.aggregator
+    histories = {w: a.history for w, a in dp_fused.accountants.items()}
+    assert histories == {w: a.history for w, a in dp_steps.accountants.items()}
+    assert steps_trainer.strategy.worker_summary() == fused_trainer.strategy.worker_summary()
+    taken = {w: sum(count for (_, _, count) in h) for w, h in histories.items()}
+    if budget is None:
+        assert taken == {f"w{i}": 3 * 3 for i in range(4)}  # 3 rounds of 3 batches (15 samples, batch 5)
+    else:  # each budget ran out in the middle of round 2, at the same step in both paths
+        assert taken == {f"w{i}": 4 for i in range(4)}
+        assert all(dp_fused.epsilon(w) <= budget and not dp_fused.can_step(w) for w in dp_fused.accountants)
+
+
 def _step_scheduler_model() -> BoringClassifier:
     class StepScheduled(BoringClassifier):
         def configure_optimizers(self):
@@ -158,7 +184,6 @@ BLOCKED = {
     "checkpoint": ({"trainer_kw": {"enable_checkpointing": True, "callbacks": [ModelCheckpoint(every_n_train_steps=2)]}},
                    r"ModelCheckpoint\(every_n_train_steps"),
     "scheduler": ({"model": _step_scheduler_model()}, "a step-interval LR scheduler"),
-    "dp_sgd": ({"privacy": DPConfig(level="sample", noise_multiplier=0.5, max_grad_norm=1.0)}, "sample-level DP-SGD"),
     "dropouts": ({"dropout_rate": 0.3, "seed": 1}, "simulated failures"),
 }  # fmt: skip
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
@@ -39,32 +39,18 @@ def poisson_batch_positions(
     num_samples: int, sample_rate: float, num_batches: int, generator: torch.Generator | None = None
 ) -> list[list[int]]:
     """``num_batches`` Poisson draws of positions in ``range(num_samples)``, each kept with ``sample_rate``."""
+    return [p.tolist() for p in iter_poisson_positions(num_samples, sample_rate, num_batches, generator)]
+
+
+def iter_poisson_positions(
+    num_samples: int, sample_rate: float, num_batches: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """:func:`poisson_batch_positions` one draw at a time, as tensors: a draw is made when it is asked for, so a
+    round that trains fewer batches than an epoch holds draws no more (the same draws, in the same order)."""
     if num_samples <= 0:
         raise ValueError(f"poisson_batch_positions needs num_samples > 0, got {num_samples!r}")
-    out = []
     for _ in range(num_batches):
-        mask = torch.rand(num_samples, generator=generator) < sample_rate
-        out.append(mask.nonzero(as_tuple=False).reshape(-1).tolist())
-    return out
-
-
-def _empty_like(batch: Any) -> Any:
-    """The same structure with zero rows (tensors sliced ``[:0]``)."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:0]
-    if isinstance(batch, dict):
-        return {k: _empty_like(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        items = [_empty_like(v) for v in batch]
-        return type(batch)(items) if not hasattr(batch, "_fields") else type(batch)(*items)
-    return batch
-
-
-def _make_poisson_batch(shard: Any, positions: torch.Tensor, *, collate_fn: Callable[[list[Any]], Any]) -> Any:
-    """The plan a worker runs: collate the drawn samples, or an empty batch shaped like one sample's."""
-    if positions.numel() == 0:
-        return _empty_like(_make_batch(shard, torch.zeros(1, dtype=torch.long), collate_fn=collate_fn))
-    return _make_batch(shard, positions, collate_fn=collate_fn)
+        yield (torch.rand(num_samples, generator=generator) < sample_rate).nonzero(as_tuple=False).reshape(-1)
 
 
 class PoissonBatches:
@@ -91,7 +77,7 @@ class PoissonBatches:
         self.loader = loader
         self.seed = loader.seed if seed is None else int(seed)
         self._plan = f"lightning_fed.poisson_batch.{next(_plan_counter)}"
-        plan = functools.partial(_make_poisson_batch, collate_fn=loader.collate_fn)
+        plan = functools.partial(_make_batch, collate_fn=loader.collate_fn)  # no positions: a batch of zero rows
         for worker in loader.workers:
             worker.install_plan(self._plan, plan)
 
@@ -107,21 +93,25 @@ class PoissonBatches:
     ) -> list[list[int]]:
         """The positions (in the worker's shard) of each batch of ``epoch``; by default as many batches as the
         loader gives the worker per epoch."""
+        return [p.tolist() for p in self.positions(worker, epoch, num_batches)]
+
+    def positions(
+        self, worker: BaseWorker | Hashable, epoch: int, num_batches: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`batch_positions` as tensors, each drawn when it is asked for."""
         worker_id = _worker_id(worker)
         position = self.loader.federated_dataset.worker_ids.index(worker_id)
         count = self.loader.num_batches(worker_id) if num_batches is None else num_batches
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, position, _POISSON_STREAM))
-        return poisson_batch_positions(self.num_samples(worker_id), self.sample_rate(worker_id), count, generator)
+        return iter_poisson_positions(self.num_samples(worker_id), self.sample_rate(worker_id), count, generator)
 
     def worker_batches(
         self, worker: BaseWorker | Hashable, epoch: int, num_batches: int | None = None
     ) -> Iterator[Any]:
         """The worker's Poisson batches of ``epoch``, as pointer batches built at the worker."""
         shard = self.loader.federated_dataset[_worker_id(worker)]
-        for positions in self.batch_positions(worker, epoch, num_batches):
-            message = PlanMessage(
-                self._plan, (ObjectRef(shard.id_at_location), torch.tensor(positions, dtype=torch.long))
-            )
+        for positions in self.positions(worker, epoch, num_batches):
+            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), positions))
             yield pointers_from(me._send(message, shard.location), shard.location)
 
     def close(self) -> None:

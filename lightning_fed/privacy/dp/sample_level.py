@@ -167,6 +167,13 @@ class DPSGDAggregator(AggregatorWrapper):
             return self.poisson.worker_batches(worker, epoch)
         return loader.worker_batches(worker, epoch=epoch)
 
+    def worker_positions(self, loader: Any, worker: Any, epoch: int) -> Any:
+        """The positions in its shard of each of the worker's batches of ``epoch`` (tensors, drawn as they are
+        asked for): what :meth:`worker_batches` gathers, for a loop that gathers its batches at the worker itself."""
+        if self.poisson is not None:
+            return self.poisson.positions(worker, epoch)
+        return loader.batch_positions(worker, epoch=epoch)
+
     # -- the aggregator interface: DP-SGD at the worker, everything else by the inner aggregator ---------------------
     @override
     def setup(self, worker_ids: Sequence[Hashable]) -> None:
