@@ -118,12 +118,13 @@ def test_one_dp_step_on_the_dp_cnn_equals_opacus_step_and_accounting(device, mon
 
 class Mixed(nn.Module):
     """Sequences (Gram and per-sample branches), a layer called twice, a strided dilated one-channel conv (grouped
-    convolution) and a multi-channel one (unfold), a frozen bias."""
+    convolution) and a multi-channel one, strided, padded and dilated unequally in height and width (patches), a
+    frozen bias."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 3, 3, stride=2, padding=1, dilation=2)
-        self.conv2 = nn.Conv2d(3, 4, 2, bias=False)
+        self.conv2 = nn.Conv2d(3, 4, (2, 3), stride=(2, 1), padding=(1, 1), dilation=(1, 2), bias=False)  # patches
         self.short = nn.Linear(8, 8)  # on [n, 2, 8]: T^2 (in + out) < 2 in out, the Gram branch
         self.long = nn.Linear(4, 3)  # on [n, 6, 4]: per-sample gradients
         self.shared = nn.Linear(3, 3)
