@@ -12,7 +12,7 @@ def test_privacy_benchmark_smoke():
     assert record["ratio"]["auto"]["median"] > 0
 
 
-def test_privacy_benchmark_times_opacus_own_ratio_beside_when_asked():
+def test_privacy_benchmark_times_opacus_own_ratio_beside_when_asked_in_channels_last_too():
     import json
     import subprocess
     import sys
@@ -20,7 +20,8 @@ def test_privacy_benchmark_times_opacus_own_ratio_beside_when_asked():
     from tests.benchmarks.test_smoke import ROOT
 
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "privacy.py"), "--smoke", "--opacus", "ghost", "hooks"],
+        [sys.executable, str(ROOT / "benchmarks" / "privacy.py"), "--smoke", "--opacus", "ghost", "hooks",
+         "--channels-last"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,3 +32,4 @@ def test_privacy_benchmark_times_opacus_own_ratio_beside_when_asked():
     assert set(record["opacus_ratio"]) == {"ghost", "hooks"}
     assert all(r["median"] > 0 for r in record["opacus_ratio"].values())
     assert "for reference, Opacus (ghost) / the same plain loop without privacy" in proc.stdout
+    assert record["config"]["channels_last"] and "Opacus' MNIST CNN, channels last" in proc.stdout
