@@ -47,10 +47,12 @@ def iter_poisson_positions(
 ) -> Iterator[torch.Tensor]:
     """:func:`poisson_batch_positions` one draw at a time, as tensors: a draw is made when it is asked for, so a
     round that trains fewer batches than an epoch holds draws no more (the same draws, in the same order)."""
-    if num_samples <= 0:
+    if num_samples <= 0:  # checked at the call, not at the first draw
         raise ValueError(f"poisson_batch_positions needs num_samples > 0, got {num_samples!r}")
-    for _ in range(num_batches):
-        yield (torch.rand(num_samples, generator=generator) < sample_rate).nonzero(as_tuple=False).reshape(-1)
+    return (
+        (torch.rand(num_samples, generator=generator) < sample_rate).nonzero(as_tuple=False).reshape(-1)
+        for _ in range(num_batches)
+    )
 
 
 class PoissonBatches:

@@ -23,7 +23,7 @@ reads a checkpoint can replay the noise), or with ``DPConfig(secure_mode=True)``
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -167,7 +167,7 @@ class DPSGDAggregator(AggregatorWrapper):
             return self.poisson.worker_batches(worker, epoch)
         return loader.worker_batches(worker, epoch=epoch)
 
-    def worker_positions(self, loader: Any, worker: Any, epoch: int) -> Any:
+    def worker_positions(self, loader: Any, worker: Any, epoch: int) -> Iterator[Tensor]:
         """The positions in its shard of each of the worker's batches of ``epoch`` (tensors, drawn as they are
         asked for): what :meth:`worker_batches` gathers, for a loop that gathers its batches at the worker itself."""
         if self.poisson is not None:

@@ -12,6 +12,7 @@ from lightning_fed.aggregation import FedAvg
 from lightning_fed.exceptions import FederatedConfigError, LightningFedError
 from lightning_fed.privacy.dp import DPConfig, DPSGDAggregator, poisson_batch_positions
 from lightning_fed.privacy.dp.functional import dp_sgd_gradients
+from lightning_fed.privacy.dp.poisson import iter_poisson_positions
 
 pytest.importorskip("opacus")
 from opacus import GradSampleModule
@@ -64,6 +65,10 @@ def test_poisson_positions_are_opacus_uniform_with_replacement_sampler():
     assert ours == list(sampler)
     with pytest.raises(ValueError, match="num_samples > 0"):
         poisson_batch_positions(0, 0.1, 1)
+    with pytest.raises(ValueError, match="num_samples > 0"):
+        iter_poisson_positions(0, 0.1, 1)  # at the call, before any draw is asked for
+    drawn = iter_poisson_positions(SHARD, BATCH / SHARD, 6, torch.Generator().manual_seed(3))
+    assert [p.tolist() for p in drawn] == ours  # the same draws one at a time
 
 
 def poisson_batches(count: int = 6):
