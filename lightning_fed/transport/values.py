@@ -57,20 +57,27 @@ _SENT = "only tensors, numbers, strings, None, tuples, lists, dicts, slices, dty
 
 def compact(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` detached, without its Python attributes, and over memory of its own size: ``torch.save`` writes a
-    tensor's whole storage, so a view of a larger tensor is copied first (the rest of that memory never leaves).
+    tensor's whole storage, so a view of a larger tensor is copied first (the rest of that memory never leaves). A
+    channels-last tensor stays channels-last (a CNN trained in that format keeps it across the wire).
 
     Example:
         >>> big = torch.arange(1000.0)
         >>> compact(big[:2]).untyped_storage().nbytes(), compact(big).untyped_storage().nbytes()
         (8, 4000)
+        >>> batch = torch.zeros(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+        >>> compact(batch[:1]).is_contiguous(memory_format=torch.channels_last)
+        True
     """
     plain = tensor.detach()
     if plain.is_conj() or plain.is_neg():
         plain = plain.resolve_conj().resolve_neg()
-    own = plain.storage_offset() == 0 and plain.is_contiguous()
+    own = plain.storage_offset() == 0 and any(plain.is_contiguous(memory_format=f) for f in _DENSE_FORMATS)
     if not own or plain.untyped_storage().nbytes() != plain.numel() * plain.element_size():
-        plain = plain.clone(memory_format=torch.contiguous_format)
+        plain = plain.clone(memory_format=torch.preserve_format)  # dense strides kept, any other view made dense
     return plain
+
+
+_DENSE_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 
 
 def type_name(obj: Any) -> str:

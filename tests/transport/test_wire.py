@@ -242,6 +242,18 @@ def test_a_view_sends_its_own_values_only():
     assert torch.equal(decode_answer(encode_answer(big[10:20:3])), big[10:20:3])
 
 
+@pytest.mark.parametrize("part", [slice(None), slice(1, 3)])
+def test_a_channels_last_tensor_keeps_its_memory_format_across_the_wire(part):
+    batch = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)[part]  # the whole, and a view
+    back = decode_answer(encode_answer(batch))
+    assert torch.equal(back, batch) and back.is_contiguous(memory_format=torch.channels_last)
+    assert back.stride() == batch.stride() and back.untyped_storage().nbytes() == batch.numel() * 4
+    volume = torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    assert decode_answer(encode_answer(volume)).is_contiguous(memory_format=torch.channels_last_3d)
+    odd = batch[:, :2]  # a view that is dense in no format: sent as its values, densely
+    assert torch.equal(decode_answer(encode_answer(odd)), odd)
+
+
 @pytest.mark.parametrize(
     ("error", "kind", "message"),
     [
