@@ -83,6 +83,7 @@ READ_TIMEOUT_S = 120.0
 # keepalive pings find half-open connections; no port sharing with another process
 _OPTIONS = [("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
 log = logging.getLogger("lightning_fed.transport.site")
+DEFAULT_MAX_STORED_BYTES = 1 << 30  # 1 GiB of the server's objects at a site (lightning-fed worker --max-stored-mb)
 
 
 class SiteWorker:
@@ -97,12 +98,16 @@ class SiteWorker:
         state_dir: where the site keeps its training state between rounds (a restart goes on from it), or ``None``.
         allow_seeded_secagg: take part in seeded secure-aggregation rounds (reproducible keys: tests only).
         device: where the site trains in FedAvg rounds: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
+        max_stored_bytes: the most the server's objects at the site (what it sends and what its commands make) may
+            hold, in bytes (:func:`~lightning_fed.workers.store.stored_bytes`; the site's datasets do not count);
+            ``None``: no limit.
     """
 
     def __init__(self, id: str, datasets: Sequence[DatasetSpec] = (), policy: DataAccessPolicy | str = "strict",
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, accepted_models: Mapping[str, type] | None = None,
                  state_dir: str | None = None, allow_seeded_secagg: bool = False,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 device: str | torch.device = "cpu", max_stored_bytes: int | None = DEFAULT_MAX_STORED_BYTES,
+                 ) -> None:  # fmt: skip
         if not isinstance(max_message_bytes, int) or max_message_bytes < PREFIX.size:
             raise FederatedConfigError(
                 f"`max_message_bytes={max_message_bytes!r}` is not valid: pass a number of bytes, e.g. {2**26}."
@@ -117,6 +122,14 @@ class SiteWorker:
         self._lock = threading.Lock()
         for spec in datasets:
             self.add_dataset(spec.name, *site_tensors(spec))
+        if max_stored_bytes is not None:  # what the server stores; add_dataset's datasets are the site's own
+            if isinstance(max_stored_bytes, bool) or not isinstance(max_stored_bytes, int) or max_stored_bytes < 1:
+                raise FederatedConfigError(
+                    f"`max_stored_bytes={max_stored_bytes!r}` is not valid: pass a number of bytes, e.g. "
+                    f"{DEFAULT_MAX_STORED_BYTES}, or None for no limit."
+                )
+            fix = f"restart site {id!r} with a larger --max-stored-mb (now {max_stored_bytes / 2**20:g})"
+            self.worker._store.limit(max_stored_bytes, fix, owner=f"site {id!r}")
 
     @property
     def id(self) -> str:
@@ -130,10 +143,11 @@ class SiteWorker:
         if not data.__dict__.get("tags"):
             tag_dataset(name, data, targets)
         ids = (new_object_id(), new_object_id())
-        for obj_id, tensor in zip(ids, (data, targets)):
-            self.worker._recv(ObjectMessage(obj_id, tensor, LABEL_PRIVATE))
-            self._protected.add(obj_id)
-            self._memory[storage_key(tensor)] = name
+        with self.worker._store.uncounted():  # the site's own data: not the server's quota
+            for obj_id, tensor in zip(ids, (data, targets)):
+                self.worker._recv(ObjectMessage(obj_id, tensor, LABEL_PRIVATE))
+                self._protected.add(obj_id)
+                self._memory[storage_key(tensor)] = name
         self.datasets[name] = ids
         return ids
 

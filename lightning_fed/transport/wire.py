@@ -149,9 +149,10 @@ def join_chunks(pieces: Iterable[bytes], max_bytes: int, what: str) -> bytes:
     return bytes(buffer)
 
 
-def message_limit(mib: float, flag: str, who: str = "") -> int:
-    """``mib`` MiB as a message limit in bytes: a finite number of at least 1 MiB, else a
-    :class:`~lightning_fed.exceptions.FederatedConfigError` naming ``who`` and ``flag`` (``"--max-message-mb "``).
+def message_limit(mib: float, flag: str, who: str = "", default: float = 64) -> int:
+    """``mib`` MiB as a message (or store) limit in bytes: a finite number of at least 1 MiB, else a
+    :class:`~lightning_fed.exceptions.FederatedConfigError` naming ``who`` and ``flag`` (``"--max-message-mb "``) and
+    the ``default`` as an example.
 
     Example:
         >>> message_limit(64, "--max-message-mb ")
@@ -164,7 +165,7 @@ def message_limit(mib: float, flag: str, who: str = "") -> int:
     if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not math.isfinite(mib) or mib < 1:
         raise FederatedConfigError(
             f"{who + ': ' if who else ''}`{flag}{mib!r}` is not valid: pass a finite number of MiB, at least 1 "
-            "(e.g. 64, the default)."
+            f"(e.g. {default:g}, the default)."
         )
     return int(mib * MIB)
 

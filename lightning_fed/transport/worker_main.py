@@ -26,7 +26,7 @@ from types import FrameType
 
 from lightning_fed.exceptions import LightningFedError
 from lightning_fed.transport.secagg import SEEDED_FLAG
-from lightning_fed.transport.server import READ_TIMEOUT_S, SiteServer, SiteWorker
+from lightning_fed.transport.server import DEFAULT_MAX_STORED_BYTES, READ_TIMEOUT_S, SiteServer, SiteWorker
 from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
 from lightning_fed.transport.tls import load_credentials, split_address
 from lightning_fed.transport.training import load_class
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a JSON (or TOML) file naming the site's datasets (see docs/deployment.md)")
     parser.add_argument("--policy", choices=("strict", "open"), default="strict",
                         help="what may leave this site: 'strict' (default: its data never does) or 'open'")  # fmt: skip
+    parser.add_argument("--max-stored-mb", type=float, default=DEFAULT_MAX_STORED_BYTES / 2**20,
+                        help="most the server's objects at this site (what it sends, what its commands make) may "
+                             "hold, in MiB (default 1024; the site's own datasets do not count)")  # fmt: skip
     parser.add_argument("--max-message-mb", type=float, default=64.0,
                         help="largest message, in MiB (default 64; at least 1)")  # fmt: skip
     parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S,
@@ -78,6 +81,7 @@ def build_server(args: argparse.Namespace) -> SiteServer:
     who = f"site {args.id!r}"
     split_address(args.listen, "--listen ")
     max_message_bytes = message_limit(args.max_message_mb, "--max-message-mb ")
+    max_stored_bytes = message_limit(args.max_stored_mb, "--max-stored-mb ", default=DEFAULT_MAX_STORED_BYTES / 2**20)
     credentials = load_credentials(args.id, who, args.certs, ca=args.ca, cert=args.cert, key=args.key)
     SiteServer.check_transport(args.id, args.listen, credentials, args.insecure)
     specs = [parse_data_flag(text) for text in args.data]
@@ -86,7 +90,8 @@ def build_server(args: argparse.Namespace) -> SiteServer:
     accepted = {path: load_class(path) for path in args.accept_model}
     site = SiteWorker(args.id, specs, policy=args.policy, max_message_bytes=max_message_bytes,
                       accepted_models=accepted, state_dir=args.state_dir,
-                      allow_seeded_secagg=args.allow_seeded_secagg, device=args.device)  # fmt: skip
+                      allow_seeded_secagg=args.allow_seeded_secagg, device=args.device,
+                      max_stored_bytes=max_stored_bytes)  # fmt: skip
     return SiteServer(site, args.listen, credentials, insecure=args.insecure,
                       allowed_peers=tuple(args.allow_peer or ("server",)), read_timeout=args.read_timeout)  # fmt: skip
 

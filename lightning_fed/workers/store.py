@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import torch
+
+from lightning_fed.exceptions import WorkerError
 
 _ID_RNG = random.Random()  # its own generator: object ids never consume the user's random state
 _random = _ID_RNG.random
@@ -47,11 +53,32 @@ _GONE = {
 }
 
 
+def stored_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (a tensor, a module's parameters and buffers, or lists, tuples and dicts of
+    them), as a store's quota counts them: each tensor's own elements, views and shared memory counted again.
+
+    Example:
+        >>> stored_bytes(torch.zeros(4)), stored_bytes([torch.zeros(2, dtype=torch.float64), "label"])
+        (16, 16)
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, torch.nn.Module):
+        return sum(stored_bytes(t) for t in (*obj.parameters(), *obj.buffers()))
+    if isinstance(obj, (list, tuple)):
+        return sum(stored_bytes(v) for v in obj)
+    if isinstance(obj, dict):
+        return sum(stored_bytes(v) for v in obj.values())
+    return 0
+
+
 class ObjectStore:
     """The objects a worker holds, by id. The dict is exposed as :attr:`objects` (PySyft's ``_objects``).
 
     The store also remembers how the last ``max_departed`` objects left (:meth:`depart`), so that a request for one
-    of them says what happened to it (:meth:`why_missing`).
+    of them says what happened to it (:meth:`why_missing`). With a ``quota`` (bytes, :func:`stored_bytes`), an object
+    that would take the objects stored since the quota was set past it is refused with a
+    :class:`~lightning_fed.exceptions.WorkerError` and not stored (``fix`` ends that error: how to raise the quota).
 
     Example:
         >>> store = ObjectStore()
@@ -59,26 +86,66 @@ class ObjectStore:
         >>> store.why_missing(1), store.why_missing(2)
         ('it left through .get() earlier (a .get() takes the object out of the worker; use .copy().get() to keep it \
 there)', 'it never existed here')
+        >>> store.limit(8, "raise it")
+        >>> store.set(2, torch.zeros(2)); store.used
+        8
+        >>> store.set(3, torch.zeros(1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_fed.exceptions.WorkerError: this worker holds 8 B of others' objects, its quota is 8 B, and a...
     """
 
-    __slots__ = ("departed", "max_departed", "objects")
+    __slots__ = ("departed", "fix", "max_departed", "objects", "owner", "quota", "sizes", "used")
 
     def __init__(self, max_departed: int = 10_000) -> None:
         self.objects: dict[int, Any] = {}
         self.departed: OrderedDict[int, str] = OrderedDict()
         self.max_departed = max_departed
+        self.quota: int | None = None
+        self.fix, self.owner = "", "this worker"
+        self.sizes: dict[int, int] = {}  # bytes of each object stored since the quota was set
+        self.used = 0
+
+    def limit(self, quota: int, fix: str, owner: str = "this worker") -> None:
+        """Hold at most ``quota`` bytes of objects stored from now on; ``fix`` says how to raise it, ``owner`` names
+        the worker in the error."""
+        self.quota, self.fix, self.owner = int(quota), fix, owner
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Objects stored inside do not count against the quota (a site's own datasets)."""
+        quota, self.quota = self.quota, None
+        try:
+            yield
+        finally:
+            self.quota = quota
 
     def set(self, obj_id: int, obj: Any) -> None:
+        if self.quota is not None:
+            size, before = stored_bytes(obj), self.sizes.get(obj_id, 0)
+            if self.used - before + size > self.quota:
+                raise WorkerError(
+                    f"{self.owner} holds {_amount(self.used)} of others' objects, its quota is {_amount(self.quota)}, "
+                    f"and a {type(obj).__name__} of {_amount(size)} would pass it: it was not stored. Free objects "
+                    f"there (drop their pointers, or .get() them), or {self.fix}."
+                )
+            self.sizes[obj_id], self.used = size, self.used - before + size
         self.objects[obj_id] = obj
 
     def get(self, obj_id: int) -> Any:
         return self.objects[obj_id]
 
     def pop(self, obj_id: int) -> Any:
+        self._release(obj_id)
         return self.objects.pop(obj_id)
 
     def discard(self, obj_id: int) -> None:
+        self._release(obj_id)
         self.objects.pop(obj_id, None)
+
+    def _release(self, obj_id: int) -> None:
+        if self.sizes:
+            self.used -= self.sizes.pop(obj_id, 0)
 
     def new_id(self) -> int:
         """An id not used in this store yet."""
@@ -89,6 +156,7 @@ there)', 'it never existed here')
 
     def depart(self, obj_id: int, how: str) -> None:
         """Forget ``obj_id`` and remember how it left: ``"get"``, ``"delete"``, ``"clear"`` or a sentence."""
+        self._release(obj_id)
         if self.objects.pop(obj_id, None) is None and how == "delete":
             return  # a pointer dropped after its object left: keep the first reason
         departed = self.departed
@@ -119,3 +187,10 @@ there)', 'it never existed here')
 
     def __repr__(self) -> str:
         return f"ObjectStore({len(self.objects)} objects)"
+
+
+def _amount(size: int) -> str:
+    """Bytes for a message: ``512 B``, ``585.9 KiB``, ``3.0 MiB``."""
+    if size < 1 << 10:
+        return f"{size} B"
+    return f"{size / (1 << 10):.1f} KiB" if size < 1 << 20 else f"{size / (1 << 20):.1f} MiB"

@@ -113,6 +113,30 @@ def test_a_peer_cannot_forge_lines_in_the_sites_log(caplog):
     assert any("torch.add\\nlightning-fed worker" in m for m in messages), messages
 
 
+# -- a server that fills a site's memory ---------------------------------------------------------------------------
+def test_a_server_cannot_store_more_than_the_sites_quota_and_what_leaves_frees_room():
+    import lightning_fed as sy
+
+    server = SiteServer(SiteWorker("clinic", max_stored_bytes=MIB), "127.0.0.1:0", insecure=True)
+    port = server.start()
+    clinic = RemoteWorker("clinic", f"127.0.0.1:{port}", insecure=True, timeout=15)
+    try:
+        first = sy.send(torch.ones(150_000), clinic)  # 600 kB
+        with pytest.raises(WorkerError, match=r"^site 'clinic' holds 585\.9 KiB of others' objects, its quota is "
+                                              r"1\.0 MiB, and a Tensor of 585\.9 KiB would pass it: it was not stored\. "
+                                              r".* restart site 'clinic' with a larger --max-stored-mb \(now 1\)\.$"):  # fmt: skip
+            sy.send(torch.ones(150_000), clinic)
+        with pytest.raises(WorkerError, match=r"its quota is 1\.0 MiB"):
+            first * 2  # a result counts as much as a sent tensor
+        assert first.sum().get().item() == 150_000  # the site still works within its quota
+        assert torch.equal(first.get(), torch.ones(150_000))  # what leaves frees its share
+        second = sy.send(torch.full((150_000,), 2.0), clinic)
+        assert second.sum().get().item() == 300_000
+    finally:
+        clinic.close()
+        server.stop(grace=1.0)
+
+
 # -- idle streams ---------------------------------------------------------------------------------------------------
 def test_idle_streams_do_not_hold_the_site_for_longer_than_its_read_timeout():
     server = SiteServer(SiteWorker("alice"), "127.0.0.1:0", insecure=True, read_timeout=1.0)

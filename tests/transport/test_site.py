@@ -97,6 +97,27 @@ def test_a_get_whose_answer_cannot_be_sent_leaves_the_object_at_the_site():
     assert [(r.obj_id, r.command) for r in site.worker.audit_log] == [(big, "get")]
 
 
+def test_a_site_holds_at_most_its_quota_of_the_servers_objects():
+    site = SiteWorker("clinic", max_stored_bytes=1000)
+    data_id, _ = site.add_dataset("toy", torch.randn(400, 2), torch.arange(400))  # the site's own 6 kB: not counted
+    _ask(site, ObjectMessage(5, torch.ones(100)))  # 400 bytes of the server's
+    held = dict(site.worker.objects)
+    with pytest.raises(WorkerError, match=r"site 'clinic' holds 400 B of others' objects, its quota is 1000 B, and a "
+                                          r"Tensor of 800 B "
+                                          r"would pass it: it was not stored\. Free objects there .* or restart site "
+                                          r"'clinic' with a larger --max-stored-mb \(now 0\.000953674\)"):  # fmt: skip
+        _ask(site, CommandMessage("torch.Tensor.repeat", (ObjectRef(5), 2)))  # a result of 800 bytes
+    with pytest.raises(WorkerError, match=r"its quota is 1000 B, and a Tensor of 1\.6 KiB"):
+        _ask(site, CommandMessage("torch.Tensor.sum", (ObjectRef(data_id),), {"dim": 1}))  # results count too
+    assert site.worker.objects == held  # nothing half-stored
+    assert torch.equal(_ask(site, GetMessage(5)), torch.ones(100))  # what leaves frees its share
+    _ask(site, ObjectMessage(6, torch.ones(250)))  # now 1000 bytes fit
+    _ask(site, DeleteMessage(6))  # and deleting frees them
+    _ask(site, ObjectMessage(7, torch.ones(250)))
+    with pytest.raises(FederatedConfigError, match=r"`max_stored_bytes=0` is not valid: pass a number of bytes"):
+        SiteWorker("clinic", max_stored_bytes=0)
+
+
 def _refusal(command: str, view: bool = False) -> str:
     which = r", a view of it \(it shares its memory\)" if view else ""
     return (rf"worker 'clinic' refuses to run {command}: it would write to object \d+ of the site's dataset 'toy'{which}, "
@@ -194,6 +215,10 @@ def test_site_configuration_files(tmp_path):
         (["--certs", "{tmp}"], "cannot read the CA certificate '.*ca.pem'"),
         (["--insecure", "--data", "mnist-train"], "`--data mnist-train` is not valid: pass NAME=PATH"),
         (["--insecure", "--max-message-mb", "0"], "`--max-message-mb 0.0` is not valid"),
+        (
+            ["--insecure", "--max-stored-mb", "nan"],
+            r"`--max-stored-mb nan` is not valid: .* \(e\.g\. 1024, the default\)",
+        ),
         (["--insecure", "--config", "{tmp}/site.json"], "`--config .*site.json` is not valid json"),
         (["--insecure", "--device", "gpu"], r"`--device 'gpu'` is not valid: pass cpu, cuda or cuda:N"),
     ],
@@ -215,6 +240,9 @@ def test_the_worker_program_reads_a_config_file(tmp_path, capsys, monkeypatch):
     args = worker_main.build_parser().parse_args(["--id", "alice", "--insecure", "--config", str(config)])
     server = worker_main.build_server(args)
     assert server.site.datasets.keys() == {"survey"} and server.listen == "127.0.0.1:50051"
+    assert server.site.worker._store.quota == 1024 * 2**20  # --max-stored-mb's default
+    args = worker_main.build_parser().parse_args(["--id", "alice", "--insecure", "--max-stored-mb", "2.5"])
+    assert worker_main.build_server(args).site.worker._store.quota == int(2.5 * 2**20)
 
 
 def _train_request(model_name: str, model, batches):

@@ -103,3 +103,33 @@ def test_new_id_skips_ids_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     candidates = iter([11111111111, 11111111111, 22222222222])
     monkeypatch.setattr(store_module, "new_object_id", lambda: next(candidates))
     assert store.new_id() == 22222222222
+
+
+def test_a_quota_counts_what_is_stored_after_it_and_frees_what_leaves():
+    from lightning_fed.exceptions import WorkerError
+    from lightning_fed.workers.store import stored_bytes
+
+    store = ObjectStore()
+    store.set(1, torch.zeros(1000))  # before the quota: not counted
+    store.limit(100, "raise it")
+    assert stored_bytes(torch.nn.Linear(3, 2)) == 4 * (6 + 2)
+    assert stored_bytes({"a": [torch.zeros(2), (torch.zeros(3, dtype=torch.float16),)], "b": "text"}) == 8 + 6
+    store.set(2, torch.zeros(20))  # 80 B
+    store.set(2, torch.zeros(25))  # replaced: 100 B, not 180
+    assert store.used == 100
+    with pytest.raises(WorkerError, match=r"^this worker holds 100 B .* quota is 100 B, and a list of 4 B would pass it: it was "
+                                          r"not stored\. .* or raise it\."):  # fmt: skip
+        store.set(3, [torch.zeros(1)])
+    assert 3 not in store and store.used == 100
+    with store.uncounted():
+        store.set(4, torch.zeros(1000))  # the owner's own object
+    store.pop(2)
+    assert store.used == 0
+    for obj_id in (5, 6):
+        store.set(obj_id, torch.zeros(10))
+    store.depart(5, "get")
+    store.discard(4)  # uncounted objects leave without changing the count
+    store.discard(1)
+    assert store.used == 40
+    store.clear()
+    assert store.used == 0 and len(store) == 0
