@@ -48,7 +48,7 @@ def iter_poisson_positions(
     """:func:`poisson_batch_positions` one draw at a time, as tensors: a draw is made when it is asked for, so a
     round that trains fewer batches than an epoch holds draws no more (the same draws, in the same order)."""
     if num_samples <= 0:  # checked at the call, not at the first draw
-        raise ValueError(f"poisson_batch_positions needs num_samples > 0, got {num_samples!r}")
+        raise ValueError(f"Poisson batches need num_samples > 0 (the shard's size), got num_samples={num_samples!r}")
     return (
         (torch.rand(num_samples, generator=generator) < sample_rate).nonzero(as_tuple=False).reshape(-1)
         for _ in range(num_batches)
