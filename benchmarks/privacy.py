@@ -51,11 +51,15 @@ class Classifier(MNISTClassifier):
 
     def __init__(self, channels_last: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format(channels_last)
         self.net.to(memory_format=self.memory_format)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return F.nll_loss(self(batch[0].contiguous(memory_format=self.memory_format)), batch[1])
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def load_data(args: argparse.Namespace) -> TensorDataset:
@@ -94,8 +98,8 @@ def plain_loop(dataset: TensorDataset, args: argparse.Namespace, opacus_mode: st
     from lightning_fed.models import DPMNISTCNN
 
     torch.manual_seed(0)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = DPMNISTCNN().to(memory_format=memory_format)
+    layout = memory_format(args.channels_last)
+    model = DPMNISTCNN().to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.25)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
     criterion = torch.nn.NLLLoss()
@@ -114,7 +118,7 @@ def plain_loop(dataset: TensorDataset, args: argparse.Namespace, opacus_mode: st
     start = time.perf_counter()
     for x, y in batches:
         optimizer.zero_grad()
-        criterion(model(x.contiguous(memory_format=memory_format)), y).backward()
+        criterion(model(x.contiguous(memory_format=layout)), y).backward()
         optimizer.step()
     return time.perf_counter() - start
 

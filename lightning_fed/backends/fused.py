@@ -56,7 +56,6 @@ from lightning_fed._compat.lightning import saves_within_epochs, set_logging_bat
 from lightning_fed.backends.base import LocalWork, worker_of
 from lightning_fed.backends.batched_logs import batched_logs
 from lightning_fed.backends.sequential import SequentialBackend
-from lightning_fed.privacy.dp import DPSGDAggregator
 from lightning_fed.rounds.planning import RoundPlan
 from lightning_fed.workers.base import BaseWorker
 
@@ -168,10 +167,7 @@ class FusedBackend(SequentialBackend):
         assert self.planner is not None and self.loader is not None
         if batch.first == 0:  # the worker's first Lightning step this round: it starts from the global model
             rounds.start_worker(batch.worker, self.calls.optimizers(), self.step_schedulers)
-            positions = self.loader.batch_positions  # gathered at the worker, in its session: no pointer per batch
-            if isinstance(self.dp, DPSGDAggregator):  # Poisson draws where sample-level DP-SGD samples its batches
-                dp, loader = self.dp, self.loader
-                positions = lambda worker, epoch: dp.worker_positions(loader, worker, epoch)  # noqa: E731
+            positions = self.planner.position_source  # gathered at the worker, in its session: no pointer per batch
             self._source = iter(self.planner.worker_batches(batch.worker, batch.steps, batch.round_index, positions))
             self._failed = None
         self.skip = batch.worker.id == self._failed
@@ -189,8 +185,8 @@ class FusedBackend(SequentialBackend):
             chunk = self.gather_batches(shard, [next(self._source) for _ in range(work.count)])
             for batch_idx, real in enumerate(chunk, start=work.first):
                 self.rounds.failures.skip_batch(work.worker.id)  # counts the worker's batches
-                if isinstance(self.dp, DPSGDAggregator) and not self.dp.can_step(work.worker.id):
-                    continue  # its privacy budget is spent: the batch is drawn, not trained on (as the steps path)
+                if self.budget_spent(work.worker.id):
+                    continue  # as the per-batch path, which skips the step
                 self.rounds.stats.step(work.worker.id)
                 set_logging_batch(trainer, real)  # for the self.log calls that go to Lightning at once
                 logs.batch = real

@@ -136,6 +136,7 @@ class SequentialBackend(Backend):
             steps_per_round = {w.id: steps.get(w.id, planner.steps_for(w)) for w in loader.workers}
             dp.attach_federated(self.calls.module(), loader, steps_per_round=steps_per_round)
         planner.batch_source = lambda worker, epoch: dp.worker_batches(loader, worker, epoch)
+        planner.position_source = lambda worker, epoch: dp.worker_positions(loader, worker, epoch)
 
     # -- what the round loader asks ---------------------------------------------------------------------------------
     def upcoming_plan(self) -> RoundPlan:
@@ -192,12 +193,16 @@ class SequentialBackend(Backend):
         if self.step_schedulers:  # they step after this batch where its worker's own count meets their frequency
             self.step_schedulers.decide(rounds.scheduler_states.count_batch())
         self.skip = rounds.failures.skip_batch(worker.id)
-        if isinstance(self.dp, DPSGDAggregator) and not self.dp.can_step(worker.id):
-            self.skip = True  # this worker's privacy budget is spent
+        if self.budget_spent(worker.id):
+            self.skip = True
         if not self.skip:
             rounds.stats.step(worker.id)
         self.calls.progress("Round", worker)
         return batch
+
+    def budget_spent(self, worker_id: Any) -> bool:
+        """Whether sample-level DP-SGD spent ``worker_id``'s privacy budget: its batches are drawn, not trained on."""
+        return isinstance(self.dp, DPSGDAggregator) and not self.dp.can_step(worker_id)
 
     def finalize_round(self) -> None:
         """Close the open round (its last worker delivers, the aggregate becomes the global model)."""

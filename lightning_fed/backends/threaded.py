@@ -280,7 +280,7 @@ class ThreadedBackend(FusedBackend):
         self.open_step(batch)
         assert self.planner is not None and self.loader is not None
         if batch.first == 0:  # the group's first Lightning step: each worker starts from the global model
-            positions = self.loader.batch_positions
+            positions = self.planner.position_source
             for worker, steps, replica in zip(batch.workers, batch.steps, self.replicas):
                 rounds.aggregator.worker_start(worker.id, rounds.global_)
                 replica.start(rounds.global_, rounds.attributes, rounds.optimizer_states.get(worker.id))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -219,10 +219,15 @@ class FederatedDataLoader:
 
     def worker_batches(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[Any]:
         """The batches (pointer pairs) of one worker for ``epoch`` (default: the loader's current epoch)."""
+        return self.batches_at(worker, self.batch_positions(worker, epoch))
+
+    def batches_at(self, worker: BaseWorker | Hashable, positions: Iterable[torch.Tensor]) -> Iterator[Any]:
+        """The batches (pointer pairs) built at ``worker`` from each of ``positions`` (in its shard), one at a time:
+        the loader's own batches, or another sampler's (Poisson sampling's, for DP-SGD)."""
         shard = self.federated_dataset[_worker_id(worker)]
-        for positions in self.batch_positions(worker, epoch):
+        for chosen in positions:
             # the positions travel as one tensor, not a list the worker would walk item by item looking for refs
-            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), positions))
+            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), chosen))
             yield pointers_from(me._send(message, shard.location), shard.location)
 
     def batch_positions(self, worker: BaseWorker | Hashable, epoch: int | None = None) -> Iterator[torch.Tensor]:

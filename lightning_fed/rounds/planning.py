@@ -125,8 +125,10 @@ class RoundPlanner:
         self.local_steps = local_steps
         self.seed = seed
         self.limit = limit  # Lightning's limit_train_batches, applied to every worker's local work
-        # where a worker's batches for an epoch come from (differential privacy swaps in Poisson-sampled batches)
+        # where a worker's batches for an epoch come from, as pointer batches and as positions in its shard for the
+        # loops that gather at the worker (differential privacy swaps in Poisson-sampled ones)
         self.batch_source: Callable[[BaseWorker, int], Iterator[Any]] = loader.worker_batches
+        self.position_source: Callable[[BaseWorker, int], Iterator[Any]] = loader.batch_positions
         for worker in self.workers:
             if loader.num_batches(worker) == 0:
                 samples = len(loader.federated_dataset[worker.id])

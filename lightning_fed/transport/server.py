@@ -53,6 +53,7 @@ from lightning_fed.transport.tls import Credentials, check_insecure, split_addre
 from lightning_fed.transport.training import SiteTraining, TrainRequest
 from lightning_fed.transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MIB,
     PREFIX,
     SiteQuery,
     chunks,
@@ -83,7 +84,7 @@ READ_TIMEOUT_S = 120.0
 # keepalive pings find half-open connections; no port sharing with another process
 _OPTIONS = [("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
 log = logging.getLogger("lightning_fed.transport.site")
-DEFAULT_MAX_STORED_BYTES = 1 << 30  # 1 GiB of the server's objects at a site (lightning-fed worker --max-stored-mb)
+DEFAULT_MAX_STORED_BYTES = 1024 * MIB  # 1 GiB of the server's objects at a site (lightning-fed worker --max-stored-mb)
 
 
 class SiteWorker:
@@ -128,7 +129,7 @@ class SiteWorker:
                     f"`max_stored_bytes={max_stored_bytes!r}` is not valid: pass a number of bytes, e.g. "
                     f"{DEFAULT_MAX_STORED_BYTES}, or None for no limit."
                 )
-            fix = f"restart site {id!r} with a larger --max-stored-mb (now {max_stored_bytes / 2**20:g})"
+            fix = f"restart site {id!r} with a larger --max-stored-mb (now {max_stored_bytes / MIB:g})"
             self.worker._store.limit(max_stored_bytes, fix, owner=f"site {id!r}")
 
     @property

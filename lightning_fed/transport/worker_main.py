@@ -30,7 +30,7 @@ from lightning_fed.transport.server import DEFAULT_MAX_STORED_BYTES, READ_TIMEOU
 from lightning_fed.transport.site_data import load_config, parse_data_flag, specs_from_config
 from lightning_fed.transport.tls import load_credentials, split_address
 from lightning_fed.transport.training import load_class
-from lightning_fed.transport.wire import message_limit
+from lightning_fed.transport.wire import MIB, message_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a JSON (or TOML) file naming the site's datasets (see docs/deployment.md)")
     parser.add_argument("--policy", choices=("strict", "open"), default="strict",
                         help="what may leave this site: 'strict' (default: its data never does) or 'open'")  # fmt: skip
-    parser.add_argument("--max-stored-mb", type=float, default=DEFAULT_MAX_STORED_BYTES / 2**20,
+    parser.add_argument("--max-stored-mb", type=float, default=DEFAULT_MAX_STORED_BYTES / MIB,
                         help="most the server's objects at this site (what it sends, what its commands make) may "
                              "hold, in MiB (default 1024; the site's own datasets do not count)")  # fmt: skip
     parser.add_argument("--max-message-mb", type=float, default=64.0,
@@ -81,7 +81,7 @@ def build_server(args: argparse.Namespace) -> SiteServer:
     who = f"site {args.id!r}"
     split_address(args.listen, "--listen ")
     max_message_bytes = message_limit(args.max_message_mb, "--max-message-mb ")
-    max_stored_bytes = message_limit(args.max_stored_mb, "--max-stored-mb ", default=DEFAULT_MAX_STORED_BYTES / 2**20)
+    max_stored_bytes = message_limit(args.max_stored_mb, "--max-stored-mb ", default=DEFAULT_MAX_STORED_BYTES / MIB)
     credentials = load_credentials(args.id, who, args.certs, ca=args.ca, cert=args.cert, key=args.key)
     SiteServer.check_transport(args.id, args.listen, credentials, args.insecure)
     specs = [parse_data_flag(text) for text in args.data]

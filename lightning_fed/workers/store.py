@@ -136,16 +136,17 @@ there)', 'it never existed here')
         return self.objects[obj_id]
 
     def pop(self, obj_id: int) -> Any:
-        self._release(obj_id)
+        if self.sizes:  # counted objects only exist under a quota: the check keeps every other store's path as it was
+            self._release(obj_id)
         return self.objects.pop(obj_id)
 
     def discard(self, obj_id: int) -> None:
-        self._release(obj_id)
+        if self.sizes:
+            self._release(obj_id)
         self.objects.pop(obj_id, None)
 
     def _release(self, obj_id: int) -> None:
-        if self.sizes:
-            self.used -= self.sizes.pop(obj_id, 0)
+        self.used -= self.sizes.pop(obj_id, 0)
 
     def new_id(self) -> int:
         """An id not used in this store yet."""
@@ -156,7 +157,8 @@ there)', 'it never existed here')
 
     def depart(self, obj_id: int, how: str) -> None:
         """Forget ``obj_id`` and remember how it left: ``"get"``, ``"delete"``, ``"clear"`` or a sentence."""
-        self._release(obj_id)
+        if self.sizes:
+            self._release(obj_id)
         if self.objects.pop(obj_id, None) is None and how == "delete":
             return  # a pointer dropped after its object left: keep the first reason
         departed = self.departed

@@ -94,9 +94,8 @@ class VectorizedBackend(SequentialBackend):
 
     def round_batches(self, plan: RoundPlan) -> Iterator[Any]:
         assert self.planner is not None and self.loader is not None
-        loader = self.loader  # plain batches: positions, gathered at each worker in its session (no pointer per batch)
-        source = loader.batch_positions if self.planner.batch_source == loader.worker_batches else None
-        steps = cohort_steps(self.cohorts(plan), self.planner, plan.round_index, source)
+        # positions, gathered at each worker in its session (no pointer per batch)
+        steps = cohort_steps(self.cohorts(plan), self.planner, plan.round_index, self.planner.position_source)
         yield from chunked(steps) if self.fused else steps
 
     def begin_round(self, plan: RoundPlan) -> None:

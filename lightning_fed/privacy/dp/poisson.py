@@ -19,20 +19,15 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
 
-from lightning_fed.data.loader import FederatedDataLoader, _make_batch, mix_seed
-from lightning_fed.pointers.pointer_tensor import pointers_from
-from lightning_fed.workers.base import BaseWorker, me
-from lightning_fed.workers.messages import ObjectRef, PlanMessage
+from lightning_fed.data.loader import FederatedDataLoader, mix_seed
+from lightning_fed.workers.base import BaseWorker
 
 _POISSON_STREAM = 0x9015  # keeps Poisson draws independent of the loader's shuffling and client sampling
-_plan_counter = itertools.count()
 
 
 def poisson_batch_positions(
@@ -78,10 +73,6 @@ class PoissonBatches:
     def __init__(self, loader: FederatedDataLoader, seed: int | None = None) -> None:
         self.loader = loader
         self.seed = loader.seed if seed is None else int(seed)
-        self._plan = f"lightning_fed.poisson_batch.{next(_plan_counter)}"
-        plan = functools.partial(_make_batch, collate_fn=loader.collate_fn)  # no positions: a batch of zero rows
-        for worker in loader.workers:
-            worker.install_plan(self._plan, plan)
 
     def num_samples(self, worker: BaseWorker | Hashable) -> int:
         return len(self.loader.federated_dataset[_worker_id(worker)])
@@ -110,16 +101,12 @@ class PoissonBatches:
     def worker_batches(
         self, worker: BaseWorker | Hashable, epoch: int, num_batches: int | None = None
     ) -> Iterator[Any]:
-        """The worker's Poisson batches of ``epoch``, as pointer batches built at the worker."""
-        shard = self.loader.federated_dataset[_worker_id(worker)]
-        for positions in self.positions(worker, epoch, num_batches):
-            message = PlanMessage(self._plan, (ObjectRef(shard.id_at_location), positions))
-            yield pointers_from(me._send(message, shard.location), shard.location)
+        """The worker's Poisson batches of ``epoch``, as pointer batches built at the worker by the loader's own
+        batch plan (which gives an empty draw a batch of zero rows)."""
+        return self.loader.batches_at(worker, self.positions(worker, epoch, num_batches))
 
     def close(self) -> None:
-        """Remove the batch plan from the workers."""
-        for worker in self.loader.workers:
-            worker.remove_plan(self._plan)
+        """Nothing to release: the batches are built by the loader's plan, which the loader owns."""
 
     def __repr__(self) -> str:
         return (
