@@ -118,6 +118,18 @@ def test_a_site_holds_at_most_its_quota_of_the_servers_objects():
         SiteWorker("clinic", max_stored_bytes=0)
 
 
+def test_the_quota_error_is_no_side_channel_for_a_private_value_dependent_size():
+    # an attacker reads sizes from quota errors: a result whose size depends on private values (how many entries are
+    # nonzero) must be refused by the policy before it exists, so no quota error can carry its size
+    site = SiteWorker("clinic", max_stored_bytes=1)
+    data_id, _ = site.add_dataset("toy", torch.tensor([[0.0, 1.0], [2.0, 0.0], [3.0, 4.0]]), torch.arange(3))
+    for command in ("torch.Tensor.nonzero", "torch.Tensor.unique"):
+        with pytest.raises(PermissionDeniedError, match="release_shapes"):
+            _ask(site, CommandMessage(command, (ObjectRef(data_id),)))
+    with pytest.raises(WorkerError, match=r"a Tensor of 24 B would pass it"):  # a size the data's shape gives away
+        _ask(site, CommandMessage("torch.Tensor.abs", (ObjectRef(data_id),)))
+
+
 def _refusal(command: str, view: bool = False) -> str:
     which = r", a view of it \(it shares its memory\)" if view else ""
     return (rf"worker 'clinic' refuses to run {command}: it would write to object \d+ of the site's dataset 'toy'{which}, "
